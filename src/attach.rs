@@ -1,0 +1,59 @@
+//! Connecting a live process to the Python reader: the glue every command shares.
+
+use anyhow::{anyhow, Result};
+
+use crate::process::{self, threads, LiveMemory, MemoryError, ProcessError};
+use crate::python::{find_interpreter, PyError, StackReader};
+
+/// A live Python process ready to be read.
+pub struct LiveTarget {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line, for titles and messages.
+    pub cmdline: String,
+    /// The Python reader over its memory.
+    pub reader: StackReader<LiveMemory>,
+}
+
+/// Attach to `pid`: check it exists and may be read, find its interpreter.
+pub fn attach(pid: u32) -> Result<LiveTarget> {
+    let maps = process::read_maps(pid).map_err(|e| anyhow!(e))?;
+    let mem = LiveMemory::new(pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let interp = find_interpreter(&mem, pid, &maps, exe.as_deref()).map_err(|e| explain(pid, e))?;
+    Ok(LiveTarget {
+        pid,
+        cmdline: process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}")),
+        reader: StackReader::new(mem, interp),
+    })
+}
+
+/// Turn a reader error into the one line a user should see.
+pub fn explain(pid: u32, e: PyError) -> anyhow::Error {
+    match e {
+        PyError::Memory(MemoryError::Permission) => anyhow!(process::permission_error(pid)),
+        PyError::Memory(MemoryError::Gone) => anyhow!(ProcessError::Exited(pid)),
+        PyError::Memory(_) | PyError::Corrupt(_) if !process::is_alive(pid) => {
+            anyhow!(ProcessError::Exited(pid))
+        }
+        e => anyhow!(e),
+    }
+}
+
+/// Kernel thread ids and their scheduler states, read before anything is stopped so that
+/// prof's own stop is never mistaken for the thread's state.
+pub fn thread_states(pid: u32) -> Result<Vec<(u32, char)>> {
+    let tids = threads::list_threads(pid).map_err(|_| {
+        if process::is_alive(pid) {
+            anyhow!(process::permission_error(pid))
+        } else {
+            anyhow!(ProcessError::Exited(pid))
+        }
+    })?;
+    Ok(tids
+        .into_iter()
+        .filter_map(|t| threads::thread_state(pid, t).map(|s| (t, s)))
+        .collect())
+}

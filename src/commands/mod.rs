@@ -1,0 +1,3 @@
+//! One module per command: glue between the CLI and the library.
+
+pub mod dump;

@@ -1,0 +1,11 @@
+//! prof: a sampling profiler for Python processes.
+//!
+//! Data flows one way: `process` (the target's memory, threads, stops) → `python`
+//! (interpreter discovery, frames, names) → `sample` (the shared data model) → commands.
+
+pub mod attach;
+pub mod cli;
+pub mod commands;
+pub mod process;
+pub mod python;
+pub mod sample;

@@ -1,0 +1,17 @@
+//! The `prof` binary: parse, dispatch, turn errors into one line and an exit code.
+
+use clap::Parser;
+use prof::cli::{Cli, Command};
+use prof::commands;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Dump(args) => commands::dump::run(args),
+    };
+    if let Err(e) = result {
+        // Expected failures are one line; the chain gives the cause without a backtrace.
+        eprintln!("prof: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,272 @@
+//! Reading another address space: the `Memory` seam everything above `process/` reads through.
+
+use std::cell::Cell;
+use std::io::IoSliceMut;
+
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::Pid;
+use thiserror::Error;
+
+/// Why a read of the target's memory failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum MemoryError {
+    /// The address range is not (or no longer) mapped in the target.
+    #[error("address {addr:#x} (+{len}) is not readable in the target")]
+    Unmapped {
+        /// Start of the failed read.
+        addr: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// The process is gone.
+    #[error("the process has exited")]
+    Gone,
+    /// We may not read this process.
+    #[error("permission denied reading the process's memory")]
+    Permission,
+    /// Any other OS error.
+    #[error("reading target memory failed: {0}")]
+    Os(nix::Error),
+}
+
+/// Result of a memory read.
+pub type MemResult<T> = Result<T, MemoryError>;
+
+/// A readable address space: a live process, a core file or an in-memory image.
+pub trait Memory {
+    /// Fill `buf` with the bytes at `addr`; all or nothing.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()>;
+
+    /// Fill several buffers; the default reads them one by one, live memory does one syscall.
+    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
+        for (addr, buf) in reqs.iter_mut() {
+            self.read(*addr, buf)?;
+        }
+        Ok(())
+    }
+
+    /// Number of remote reads issued so far (syscalls for a live process).
+    fn reads(&self) -> u64 {
+        0
+    }
+}
+
+/// Typed little-endian reads on top of any `Memory`.
+pub trait MemoryExt: Memory {
+    /// Read a u64.
+    fn u64(&self, addr: u64) -> MemResult<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// Read an i64.
+    fn i64(&self, addr: u64) -> MemResult<i64> {
+        Ok(self.u64(addr)? as i64)
+    }
+    /// Read a u32.
+    fn u32(&self, addr: u64) -> MemResult<u32> {
+        let mut b = [0u8; 4];
+        self.read(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    /// Read an i32.
+    fn i32(&self, addr: u64) -> MemResult<i32> {
+        Ok(self.u32(addr)? as i32)
+    }
+    /// Read a byte.
+    fn u8(&self, addr: u64) -> MemResult<u8> {
+        let mut b = [0u8; 1];
+        self.read(addr, &mut b)?;
+        Ok(b[0])
+    }
+    /// Read `len` bytes into a new vector (callers bound `len`).
+    fn bytes(&self, addr: u64, len: usize) -> MemResult<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.read(addr, &mut v)?;
+        Ok(v)
+    }
+}
+
+impl<M: Memory + ?Sized> MemoryExt for M {}
+
+impl<M: Memory + ?Sized> Memory for &M {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
+        (**self).read(addr, buf)
+    }
+    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
+        (**self).read_many(reqs)
+    }
+    fn reads(&self) -> u64 {
+        (**self).reads()
+    }
+}
+
+/// Little-endian field access in a buffer copied from the target; out of range reads give 0,
+/// which the callers' validation then rejects like any other garbage.
+pub fn le_u64(buf: &[u8], off: usize) -> u64 {
+    buf.get(off..off + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+/// See [`le_u64`].
+pub fn le_u32(buf: &[u8], off: usize) -> u32 {
+    buf.get(off..off + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+/// See [`le_u64`].
+pub fn le_u8(buf: &[u8], off: usize) -> u8 {
+    buf.get(off).copied().unwrap_or(0)
+}
+
+/// The memory of a live process, read with process_vm_readv (no stop needed).
+pub struct LiveMemory {
+    pid: Pid,
+    reads: Cell<u64>,
+}
+
+/// process_vm_readv accepts at most IOV_MAX iovecs per call.
+const IOV_MAX: usize = 1024;
+
+impl LiveMemory {
+    /// Memory of process `pid`.
+    pub fn new(pid: u32) -> LiveMemory {
+        LiveMemory {
+            pid: Pid::from_raw(pid as i32),
+            reads: Cell::new(0),
+        }
+    }
+
+    fn classify(&self, e: nix::Error, addr: u64, len: usize) -> MemoryError {
+        match e {
+            nix::Error::EFAULT | nix::Error::EIO => MemoryError::Unmapped { addr, len },
+            nix::Error::ESRCH => MemoryError::Gone,
+            nix::Error::EPERM | nix::Error::EACCES => MemoryError::Permission,
+            e => MemoryError::Os(e),
+        }
+    }
+}
+
+impl Memory for LiveMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let len = buf.len();
+        self.reads.set(self.reads.get() + 1);
+        let remote = [RemoteIoVec {
+            base: addr as usize,
+            len,
+        }];
+        let mut local = [IoSliceMut::new(buf)];
+        match process_vm_readv(self.pid, &mut local, &remote) {
+            Ok(n) if n == len => Ok(()),
+            Ok(_) => Err(MemoryError::Unmapped { addr, len }),
+            Err(e) => Err(self.classify(e, addr, len)),
+        }
+    }
+
+    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
+        for chunk in reqs.chunks_mut(IOV_MAX) {
+            let remote: Vec<RemoteIoVec> = chunk
+                .iter()
+                .map(|(a, b)| RemoteIoVec {
+                    base: *a as usize,
+                    len: b.len(),
+                })
+                .collect();
+            let total: usize = remote.iter().map(|r| r.len).sum();
+            let first = chunk.first().map(|c| c.0).unwrap_or(0);
+            let mut local: Vec<IoSliceMut> =
+                chunk.iter_mut().map(|(_, b)| IoSliceMut::new(b)).collect();
+            self.reads.set(self.reads.get() + 1);
+            match process_vm_readv(self.pid, &mut local, &remote) {
+                Ok(n) if n == total => {}
+                // A partial transfer stops at the first unreadable iovec.
+                Ok(_) => {
+                    return Err(MemoryError::Unmapped {
+                        addr: first,
+                        len: total,
+                    })
+                }
+                Err(e) => return Err(self.classify(e, first, total)),
+            }
+        }
+        Ok(())
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+}
+
+/// An address space assembled from byte ranges: unit tests, fuzzing and core files.
+#[derive(Default, Clone)]
+pub struct ImageMemory {
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl ImageMemory {
+    /// An empty address space.
+    pub fn new() -> ImageMemory {
+        ImageMemory::default()
+    }
+    /// Map `data` at `addr`.
+    pub fn add(&mut self, addr: u64, data: Vec<u8>) -> &mut Self {
+        self.regions.push((addr, data));
+        self.regions.sort_by_key(|r| r.0);
+        self
+    }
+}
+
+impl Memory for ImageMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
+        let len = buf.len();
+        let end = addr.checked_add(len as u64).ok_or(MemoryError::Unmapped { addr, len })?;
+        for (start, data) in &self.regions {
+            let rend = start + data.len() as u64;
+            if *start <= addr && end <= rend {
+                let off = (addr - start) as usize;
+                buf.copy_from_slice(&data[off..off + len]);
+                return Ok(());
+            }
+        }
+        Err(MemoryError::Unmapped { addr, len })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_reads_inside_regions_only() {
+        let mut m = ImageMemory::new();
+        m.add(0x1000, (0u8..16).collect());
+        assert_eq!(m.u8(0x1003).unwrap(), 3);
+        assert_eq!(m.u32(0x1000).unwrap(), 0x03020100);
+        assert!(m.u64(0x100c).is_err());
+        assert!(m.u8(0xfff).is_err());
+        assert!(m.u8(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn live_memory_reads_own_process() {
+        let value: u64 = 0x1122_3344_5566_7788;
+        let other: u32 = 7;
+        let m = LiveMemory::new(std::process::id());
+        assert_eq!(m.u64(&value as *const u64 as u64).unwrap(), value);
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 4];
+        m.read_many(&mut [
+            (&value as *const u64 as u64, &mut a[..]),
+            (&other as *const u32 as u64, &mut b[..]),
+        ])
+        .unwrap();
+        assert_eq!(u64::from_le_bytes(a), value);
+        assert_eq!(u32::from_le_bytes(b), 7);
+        assert!(matches!(m.u64(8), Err(MemoryError::Unmapped { .. })));
+    }
+}

@@ -1,0 +1,147 @@
+//! The target layer: memory, maps, threads and stopping a live process.
+
+pub mod maps;
+pub mod memory;
+pub mod ptrace;
+pub mod threads;
+
+pub use maps::{read_maps, MapRange};
+pub use memory::{ImageMemory, LiveMemory, MemResult, Memory, MemoryError, MemoryExt};
+
+use thiserror::Error;
+
+/// Why a process cannot be examined.
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    /// No such process.
+    #[error("no process with pid {0}")]
+    NotFound(u32),
+    /// The kernel refuses access; the message says which setting to change.
+    #[error("permission denied for pid {pid}: {advice}")]
+    Permission {
+        /// The target.
+        pid: u32,
+        /// What the user can do about it.
+        advice: String,
+    },
+    /// The process exited while we looked at it.
+    #[error("process {0} exited")]
+    Exited(u32),
+    /// Anything else the kernel said.
+    #[error("cannot read /proc for pid {pid}: {msg}")]
+    Other {
+        /// The target.
+        pid: u32,
+        /// The error.
+        msg: String,
+    },
+}
+
+impl ProcessError {
+    pub(crate) fn from_proc(pid: u32, e: procfs::ProcError) -> ProcessError {
+        match e {
+            procfs::ProcError::NotFound(_) => {
+                if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    ProcessError::Exited(pid)
+                } else {
+                    ProcessError::NotFound(pid)
+                }
+            }
+            procfs::ProcError::PermissionDenied(_) => permission_error(pid),
+            e => ProcessError::Other {
+                pid,
+                msg: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Build the permission error with the advice that applies on this machine.
+pub fn permission_error(pid: u32) -> ProcessError {
+    ProcessError::Permission {
+        pid,
+        advice: permission_advice(pid),
+    }
+}
+
+fn has_cap_sys_ptrace() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 19) != 0)
+}
+
+fn in_container() -> bool {
+    std::path::Path::new("/.dockerenv").exists()
+        || std::path::Path::new("/run/.containerenv").exists()
+        || std::fs::read_to_string("/proc/1/cgroup")
+            .is_ok_and(|s| s.contains("docker") || s.contains("kubepods") || s.contains("containerd"))
+}
+
+/// Explain, for this machine, why reading another process may be refused.
+pub fn permission_advice(pid: u32) -> String {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let cap = has_cap_sys_ptrace();
+    let target_uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).and_then(|u| u.parse::<u32>().ok()))
+        });
+    let me = unsafe { libc::geteuid() };
+    if !cap && in_container() {
+        return "prof needs CAP_SYS_PTRACE inside a container: run the container with \
+                `--cap-add SYS_PTRACE` (docker/podman) or add SYS_PTRACE to the pod's securityContext"
+            .to_string();
+    }
+    if let Some(uid) = target_uid {
+        if uid != me && !cap {
+            return format!(
+                "the process belongs to uid {uid} and you are uid {me}: run prof as that user or with sudo"
+            );
+        }
+    }
+    match scope {
+        Some(3) => "kernel.yama.ptrace_scope is 3 (attaching disabled until reboot)".to_string(),
+        Some(2) if !cap => {
+            "kernel.yama.ptrace_scope is 2: only root (CAP_SYS_PTRACE) may attach; run prof with sudo"
+                .to_string()
+        }
+        Some(1) if !cap => "kernel.yama.ptrace_scope is 1: run prof with sudo, launch the program \
+                            through prof (`prof record -- python app.py`), or set \
+                            `sysctl kernel.yama.ptrace_scope=0`"
+            .to_string(),
+        _ if !cap => "run prof with sudo (CAP_SYS_PTRACE)".to_string(),
+        _ => "the kernel refused access even with CAP_SYS_PTRACE (a security module such as \
+              SELinux or AppArmor may block ptrace)"
+            .to_string(),
+    }
+}
+
+/// The command line of a process, for messages and titles.
+pub fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let parts: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join(" "))
+    }
+}
+
+/// Is the process still there (and not a zombie)?
+pub fn is_alive(pid: u32) -> bool {
+    match threads::process_state(pid) {
+        Some(state) => state != 'Z' && state != 'X',
+        None => false,
+    }
+}

@@ -1,0 +1,148 @@
+//! Stopping a live process for a consistent read, and always letting it go again.
+//!
+//! Threads are attached with PTRACE_SEIZE and stopped with PTRACE_INTERRUPT, which does not
+//! send a signal the target could observe. The guard's Drop detaches (which resumes), and a
+//! SIGINT/SIGTERM handler detaches every registered thread before prof dies, so the target is
+//! never left in tracing stop.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{permission_error, ProcessError};
+
+/// Upper bound on threads stopped at once; more are read without stopping.
+const MAX_STOPPED: usize = 8192;
+
+/// Tids currently attached, for the signal handler (0 = free slot).
+static ATTACHED: [AtomicI32; MAX_STOPPED] = [const { AtomicI32::new(0) }; MAX_STOPPED];
+static HANDLERS: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn detach_all_and_die(sig: libc::c_int) {
+    for slot in ATTACHED.iter() {
+        let tid = slot.swap(0, Ordering::SeqCst);
+        if tid != 0 {
+            // Only async-signal-safe calls here: raw syscalls.
+            unsafe {
+                libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0);
+            }
+        }
+    }
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Make SIGINT and SIGTERM detach from stopped threads before prof exits.
+/// Installed once, the first time a process is paused.
+pub fn install_signal_handlers() {
+    if HANDLERS.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        unsafe {
+            let prev = libc::signal(sig, detach_all_and_die as *const () as libc::sighandler_t);
+            // Leave a handler someone else installed (record's Ctrl-C) in place.
+            if prev != libc::SIG_DFL && prev != libc::SIG_ERR {
+                libc::signal(sig, prev);
+            }
+        }
+    }
+}
+
+fn register(tid: i32) -> Option<usize> {
+    for (i, slot) in ATTACHED.iter().enumerate() {
+        if slot
+            .compare_exchange(0, tid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// While alive, the listed threads are in ptrace-stop; dropping it resumes and detaches them.
+pub struct PauseGuard {
+    slots: Vec<(usize, Pid, Option<Signal>)>,
+}
+
+impl PauseGuard {
+    /// Stop every thread in `tids` of process `pid`. Threads that exit meanwhile are skipped.
+    pub fn pause(pid: u32, tids: &[u32]) -> Result<PauseGuard, ProcessError> {
+        install_signal_handlers();
+        let mut guard = PauseGuard { slots: Vec::new() };
+        for &tid in tids {
+            let p = Pid::from_raw(tid as i32);
+            let Some(slot) = register(tid as i32) else {
+                break;
+            };
+            match ptrace::seize(p, ptrace::Options::empty()) {
+                Ok(()) => guard.slots.push((slot, p, None)),
+                Err(nix::Error::ESRCH) => {
+                    ATTACHED[slot].store(0, Ordering::SeqCst);
+                    continue;
+                }
+                Err(nix::Error::EPERM) => {
+                    ATTACHED[slot].store(0, Ordering::SeqCst);
+                    if guard.slots.is_empty() && tid == pid {
+                        return Err(permission_error(pid));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    ATTACHED[slot].store(0, Ordering::SeqCst);
+                    return Err(ProcessError::Other {
+                        pid,
+                        msg: format!("cannot attach to thread {tid}: {e}"),
+                    });
+                }
+            }
+            if ptrace::interrupt(p).is_err() {
+                continue;
+            }
+            let pending = wait_for_stop(p);
+            if let Some(last) = guard.slots.last_mut() {
+                last.2 = pending;
+            }
+        }
+        if guard.slots.is_empty() {
+            return Err(ProcessError::Exited(pid));
+        }
+        Ok(guard)
+    }
+
+    /// Number of threads stopped.
+    pub fn stopped(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// Wait until the interrupted thread reports its stop. A signal that arrives at the same
+/// moment shows up as a signal-delivery stop instead; it is returned so detach re-injects it
+/// and the target loses nothing.
+fn wait_for_stop(p: Pid) -> Option<Signal> {
+    for _ in 0..16 {
+        match waitpid(p, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::PtraceEvent(..)) => return None,
+            Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => return None,
+            Ok(WaitStatus::Stopped(_, sig)) => return Some(sig),
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+    None
+}
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        for (slot, p, pending) in self.slots.drain(..) {
+            let _ = ptrace::detach(p, pending);
+            ATTACHED[slot].store(0, Ordering::SeqCst);
+        }
+    }
+}

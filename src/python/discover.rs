@@ -1,0 +1,241 @@
+//! Finding the interpreter in a process: which mapped image holds `_PyRuntime`, where it is
+//! loaded, and which CPython version (and so which [`Layout`]) it is.
+
+use std::path::Path;
+
+use object::elf::{EM_AARCH64, PT_LOAD};
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+use object::{Endianness, Object, ObjectSection, ObjectSymbol};
+use regex::Regex;
+
+use super::layout::{DebugOffsets, Layout, Version, DEBUG_OFFSETS_READ};
+use super::PyError;
+use crate::process::{MapRange, Memory, MemoryExt};
+
+/// Where the interpreter lives in the target and how it is laid out.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    /// Path of the image (libpython or the executable), as the target sees it.
+    pub path: String,
+    /// Load bias of that image.
+    pub bias: u64,
+    /// Address of `_PyRuntime`.
+    pub runtime: u64,
+    /// Address of `PyCode_Type`, for cheap type checks.
+    pub code_type: Option<u64>,
+    /// Offsets for this build.
+    pub layout: Layout,
+    /// How the runtime and version were found, for `--verbose` style messages.
+    pub how: String,
+}
+
+impl Interpreter {
+    /// The version.
+    pub fn version(&self) -> Version {
+        self.layout.version
+    }
+}
+
+/// Symbols and sections of one image that the discovery needs.
+struct ImageInfo {
+    runtime: Option<u64>,
+    runtime_how: &'static str,
+    py_version: Option<u64>,
+    code_type: Option<u64>,
+    first_load: (u64, u64),
+    loads: Vec<(u64, u64)>,
+    aarch64: bool,
+    is_exec: bool,
+}
+
+fn read_image(file: &Path) -> Result<ImageInfo, String> {
+    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+    // SAFETY: the file is mapped read-only; a concurrent truncation could fault, which is the
+    // accepted risk of every ELF reader that maps its input.
+    let data = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
+    let elf = ElfFile64::<Endianness>::parse(&*data).map_err(|e| e.to_string())?;
+    let mut info = ImageInfo {
+        runtime: None,
+        runtime_how: "",
+        py_version: None,
+        code_type: None,
+        first_load: (0, 0),
+        loads: Vec::new(),
+        aarch64: elf.elf_header().e_machine(elf.endian()) == EM_AARCH64,
+        is_exec: elf.elf_header().e_type(elf.endian()) == object::elf::ET_EXEC,
+    };
+    for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+        let addr = sym.address();
+        if addr == 0 {
+            continue;
+        }
+        match sym.name() {
+            Ok("_PyRuntime") if info.runtime.is_none() => {
+                info.runtime = Some(addr);
+                info.runtime_how = "the _PyRuntime symbol";
+            }
+            Ok("Py_Version") => info.py_version = Some(addr),
+            Ok("PyCode_Type") => info.code_type = Some(addr),
+            _ => {}
+        }
+    }
+    if info.runtime.is_none() {
+        if let Some(sec) = elf.section_by_name(".PyRuntime") {
+            info.runtime = Some(sec.address());
+            info.runtime_how = "the .PyRuntime section";
+        }
+    }
+    let endian = elf.endian();
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(endian) == PT_LOAD {
+            info.loads.push((ph.p_offset(endian), ph.p_vaddr(endian)));
+        }
+    }
+    info.loads.sort();
+    info.first_load = info.loads.first().copied().unwrap_or((0, 0));
+    Ok(info)
+}
+
+/// Bias of the image mapped at `maps` entries with this path.
+fn load_bias(info: &ImageInfo, maps: &[&MapRange], page: u64) -> Option<u64> {
+    if info.is_exec {
+        return Some(0);
+    }
+    let first = maps.iter().min_by_key(|m| m.offset)?;
+    let (_, vaddr) = info
+        .loads
+        .iter()
+        .find(|(off, _)| off & !(page - 1) == first.offset)
+        .copied()
+        .unwrap_or(info.first_load);
+    Some(first.start.wrapping_sub(vaddr & !(page - 1)))
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Version from a file name such as `libpython3.9.so.1.0` or `python3.10`.
+fn version_from_path(path: &str) -> Option<Version> {
+    let re = Regex::new(r"python(\d)\.(\d+)[a-z]*(\.so|$)").unwrap();
+    let base = path.rsplit('/').next()?;
+    let c = re.captures(base)?;
+    Some(Version::new(c[1].parse().ok()?, c[2].parse().ok()?, 0))
+}
+
+/// Find the interpreter of process `pid` from its memory map.
+pub fn find_interpreter<M: Memory + ?Sized>(
+    mem: &M,
+    pid: u32,
+    maps: &[MapRange],
+    exe: Option<&str>,
+) -> Result<Interpreter, PyError> {
+    let libpython = Regex::new(r"/libpython3\.\d+[a-z]*\.so").unwrap();
+    let python = Regex::new(r"/python3?(\.\d+)?[a-z]*$").unwrap();
+    let mut candidates: Vec<&str> = Vec::new();
+    for m in maps {
+        let Some(p) = m.path.as_deref() else { continue };
+        if candidates.contains(&p) {
+            continue;
+        }
+        if libpython.is_match(p) || python.is_match(p) || Some(p) == exe {
+            candidates.push(p);
+        }
+    }
+    // A shared build keeps the runtime in libpython even though the executable also matches.
+    candidates.sort_by_key(|p| !libpython.is_match(p));
+    let page = page_size();
+    let mut seen = Vec::new();
+    for path in candidates {
+        let ranges: Vec<&MapRange> = maps.iter().filter(|m| m.path.as_deref() == Some(path)).collect();
+        let Some(file) = ranges[0].open_path(pid) else { continue };
+        let info = match read_image(&file) {
+            Ok(i) => i,
+            Err(e) => {
+                seen.push(format!("{path} ({e})"));
+                continue;
+            }
+        };
+        let Some(runtime) = info.runtime else {
+            seen.push(path.to_string());
+            continue;
+        };
+        let Some(bias) = load_bias(&info, &ranges, page) else { continue };
+        let runtime = runtime.wrapping_add(bias);
+        let mut head = vec![0u8; DEBUG_OFFSETS_READ];
+        mem.read(runtime, &mut head)?;
+        let code_type = info.code_type.map(|a| a.wrapping_add(bias));
+        if DebugOffsets::has_cookie(&head) {
+            let layout = Layout::from_debug_offsets(&head)?;
+            return Ok(Interpreter {
+                path: path.to_string(),
+                bias,
+                runtime,
+                code_type,
+                how: format!("{} and _Py_DebugOffsets", info.runtime_how),
+                layout,
+            });
+        }
+        let (version, vhow) = if let Some(addr) = info.py_version {
+            let hex = mem.u32(addr.wrapping_add(bias))? as u64;
+            (Version::from_hex(hex), "Py_Version")
+        } else if let Some(v) = version_from_path(path) {
+            (v, "the file name")
+        } else {
+            return Err(PyError::UnknownVersion(path.to_string()));
+        };
+        if version.major == 3 && version.minor >= 13 {
+            return Err(PyError::Corrupt(
+                "Python 3.13+ without _Py_DebugOffsets at _PyRuntime",
+            ));
+        }
+        let layout = Layout::from_table(version, info.aarch64)?;
+        return Ok(Interpreter {
+            path: path.to_string(),
+            bias,
+            runtime,
+            code_type,
+            how: format!("{} and {vhow}", info.runtime_how),
+            layout,
+        });
+    }
+    Err(PyError::NotPython(describe(pid, exe, &seen)))
+}
+
+fn describe(pid: u32, exe: Option<&str>, seen: &[String]) -> String {
+    let what = exe.map(|e| e.to_string()).unwrap_or_else(|| format!("pid {pid}"));
+    if seen.is_empty() {
+        format!("{what} is not a Python process (no libpython or python executable is mapped)")
+    } else {
+        format!(
+            "{what} is not a Python process prof can read: {} has no _PyRuntime",
+            seen.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_file_names() {
+        assert_eq!(
+            version_from_path("/x/lib/libpython3.9.so.1.0"),
+            Some(Version::new(3, 9, 0))
+        );
+        assert_eq!(
+            version_from_path("/usr/lib/libpython3.13t.so.1.0"),
+            Some(Version::new(3, 13, 0))
+        );
+        assert_eq!(version_from_path("/usr/bin/python3.10"), Some(Version::new(3, 10, 0)));
+        assert_eq!(version_from_path("/usr/bin/python3"), None);
+        assert_eq!(version_from_path("/usr/bin/python3.10-config"), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! Walking one thread's chain of interpreter frames.
+
+use super::code::CodeCache;
+use super::layout::{FrameRoot, InstrSource, Layout};
+use super::locals::read_locals;
+use super::PyError;
+use crate::process::memory::{le_u32, le_u64, le_u8};
+use crate::process::{Memory, MemoryExt};
+use crate::sample::{Frame, FrameKind};
+
+/// Deepest stack prof follows; deeper chains are cut (and are almost always torn reads).
+pub const MAX_DEPTH: usize = 4096;
+
+/// One Python frame before it is turned into a [`Frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawFrame {
+    /// Address of the frame.
+    pub addr: u64,
+    /// Address of its code object.
+    pub code: u64,
+    /// Byte offset of the current instruction (negative: not started).
+    pub offset: i64,
+    /// First Python frame of a C-level call into the interpreter (for native merging).
+    pub is_entry: bool,
+}
+
+/// The innermost frame pointer of a thread, from a copy of its thread state.
+pub fn first_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Result<u64, PyError> {
+    Ok(match l.frame_root {
+        FrameRoot::Direct(off) => le_u64(tstate, off as usize),
+        FrameRoot::CFrame { cframe, current } => {
+            let cf = le_u64(tstate, cframe as usize);
+            if cf == 0 {
+                0
+            } else {
+                mem.u64(cf + current)?
+            }
+        }
+    })
+}
+
+/// Walk the frame chain from `frame`, innermost first.
+pub fn walk<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    mut frame: u64,
+    out: &mut Vec<RawFrame>,
+) -> Result<(), PyError> {
+    out.clear();
+    let mut buf = [0u8; 512];
+    let size = (l.f_size as usize).clamp(64, buf.len());
+    while frame != 0 {
+        if out.len() >= MAX_DEPTH {
+            return Err(PyError::Corrupt("frame chain too deep (torn read or cycle)"));
+        }
+        mem.read(frame, &mut buf[..size])?;
+        let code = le_u64(&buf, l.f_code as usize) & !l.f_code_tag_mask;
+        let back = le_u64(&buf, l.f_back as usize);
+        let owner = l.f_owner.map(|o| le_u8(&buf, o as usize));
+        // Frames owned by the C stack / interpreter are entry shims, not Python code.
+        if let (Some(owner), Some(limit)) = (owner, l.owner_not_python) {
+            if owner >= limit {
+                if let Some(last) = out.last_mut() {
+                    last.is_entry = true;
+                }
+                frame = back;
+                continue;
+            }
+        }
+        let offset = match l.f_instr {
+            InstrSource::LastiBytes(off) => le_u32(&buf, off as usize) as i32 as i64,
+            InstrSource::LastiUnits(off) => {
+                let u = le_u32(&buf, off as usize) as i32 as i64;
+                if u < 0 {
+                    -1
+                } else {
+                    u * 2
+                }
+            }
+            InstrSource::Pointer(off) => {
+                let ip = le_u64(&buf, off as usize);
+                let base = bytecode_base(mem, l, &buf, code)?;
+                ip.wrapping_sub(base) as i64
+            }
+        };
+        let is_entry = l
+            .f_is_entry
+            .is_some_and(|off| le_u8(&buf, off as usize) != 0);
+        out.push(RawFrame {
+            addr: frame,
+            code,
+            offset,
+            is_entry,
+        });
+        if back == frame {
+            return Err(PyError::Corrupt("frame points to itself"));
+        }
+        frame = back;
+    }
+    Ok(())
+}
+
+/// Where the instruction pointer's bytecode starts: inline in the code object, or in the
+/// thread's own copy on free-threaded 3.14+ (thread-local bytecode).
+fn bytecode_base<M: Memory + ?Sized>(mem: &M, l: &Layout, frame: &[u8], code: u64) -> Result<u64, PyError> {
+    let inline = code + l.co_code_adaptive.unwrap_or(0);
+    if let (Some(idx_off), Some(tlbc)) = (l.f_tlbc_index, l.co_tlbc) {
+        let idx = le_u32(frame, idx_off as usize) as i32;
+        if idx > 0 {
+            let arr = mem.u64(code + tlbc)?;
+            let size = mem.i64(arr)?;
+            if (idx as i64) < size && size < 1 << 16 {
+                return Ok(mem.u64(arr + 8 + 8 * idx as u64)?);
+            }
+        }
+    }
+    Ok(inline)
+}
+
+/// Options for turning raw frames into [`Frame`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameOptions {
+    /// Read local variables.
+    pub locals: bool,
+}
+
+/// Resolve raw frames to named frames through the code cache. A frame whose code object
+/// cannot be read is reported as `<unknown>` rather than dropping the whole stack.
+pub fn resolve<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    codes: &mut CodeCache,
+    raw: &[RawFrame],
+    opts: FrameOptions,
+) -> Result<Vec<Frame>, PyError> {
+    let mut frames = Vec::with_capacity(raw.len());
+    for rf in raw {
+        let Some(code) = codes.get(mem, l, rf.code)? else {
+            // Not a code object (3.13 entry frames point at None): not a Python frame.
+            continue;
+        };
+        let locals = if opts.locals {
+            Some(read_locals(mem, l, code, rf.addr).unwrap_or_default())
+        } else {
+            None
+        };
+        frames.push(Frame {
+            name: code.display_name().to_string(),
+            filename: code.filename.clone(),
+            short_filename: String::new(),
+            line: code.line(l, rf.offset),
+            kind: FrameKind::Python,
+            locals,
+        });
+    }
+    Ok(frames)
+}

@@ -1,0 +1,828 @@
+//! Every offset the Python reader needs, as one value: from `_Py_DebugOffsets` on 3.13+,
+//! from small per-version tables before that.
+
+use thiserror::Error;
+
+use super::linetable::LineTableFormat;
+use crate::process::memory::le_u64;
+
+/// A CPython version as read from the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// 3.
+    pub major: u8,
+    /// 8 … 15.
+    pub minor: u8,
+    /// Patch release.
+    pub micro: u8,
+    /// `PY_VERSION_HEX` release level: 0xA alpha, 0xB beta, 0xC candidate, 0xF final.
+    pub level: u8,
+}
+
+impl Version {
+    /// Decode `PY_VERSION_HEX`.
+    pub fn from_hex(v: u64) -> Version {
+        Version {
+            major: (v >> 24) as u8,
+            minor: (v >> 16) as u8,
+            micro: (v >> 8) as u8,
+            level: ((v >> 4) & 0xf) as u8,
+        }
+    }
+
+    /// A final release of major.minor.micro.
+    pub fn new(major: u8, minor: u8, micro: u8) -> Version {
+        Version {
+            major,
+            minor,
+            micro,
+            level: 0xf,
+        }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)?;
+        match self.level {
+            0xa => write!(f, "a"),
+            0xb => write!(f, "b"),
+            0xc => write!(f, "rc"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How to find a thread's innermost frame from its thread state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameRoot {
+    /// A frame pointer directly in the thread state (≤3.10 `frame`, 3.13+ `current_frame`).
+    Direct(u64),
+    /// 3.11/3.12: `tstate->cframe`, then `cframe->current_frame`.
+    CFrame {
+        /// Offset of `cframe` in the thread state.
+        cframe: u64,
+        /// Offset of `current_frame` in `_PyCFrame`.
+        current: u64,
+    },
+}
+
+/// Where the current instruction of a frame is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstrSource {
+    /// 3.8/3.9 `f_lasti`: a byte offset (i32).
+    LastiBytes(u64),
+    /// 3.10 `f_lasti`: an index in 2-byte code units (i32).
+    LastiUnits(u64),
+    /// 3.11+ `prev_instr`/`instr_ptr`: a pointer into the code object's inline bytecode.
+    Pointer(u64),
+}
+
+/// How the GIL holder is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GilSource {
+    /// ≤3.11: `_PyRuntime.gilstate.tstate_current` points at the holder.
+    RuntimeTstateCurrent(u64),
+    /// 3.12+: `interp->ceval.gil` points at a `_gil_runtime_state` with `locked` and `last_holder`.
+    InterpGil {
+        /// Offset of the `ceval.gil` pointer in the interpreter state.
+        ceval_gil: u64,
+        /// Offset of `locked` (int) in the GIL state.
+        locked: u64,
+        /// Offset of `last_holder` in the GIL state.
+        last_holder: u64,
+    },
+}
+
+/// Every offset the reader uses, for one interpreter build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// The interpreter's version.
+    pub version: Version,
+    /// A free-threaded (no-GIL) build.
+    pub free_threaded: bool,
+    /// `_PyRuntime.interpreters.head`.
+    pub rt_interp_head: u64,
+    /// `PyInterpreterState.next`.
+    pub is_next: u64,
+    /// `PyInterpreterState.id`.
+    pub is_id: u64,
+    /// `PyInterpreterState.threads.head` (`tstate_head` ≤3.11).
+    pub is_threads_head: u64,
+    /// `PyInterpreterState.modules` / `imports.modules`.
+    pub is_modules: u64,
+    /// How the GIL holder is found.
+    pub gil: GilSource,
+    /// Bytes of a thread state to copy in one read.
+    pub ts_size: u64,
+    /// `PyThreadState.next`.
+    pub ts_next: u64,
+    /// `PyThreadState.interp`.
+    pub ts_interp: u64,
+    /// `PyThreadState.thread_id`.
+    pub ts_thread_id: u64,
+    /// `PyThreadState.native_thread_id` (3.11+).
+    pub ts_native_thread_id: Option<u64>,
+    /// Where the innermost frame hangs.
+    pub frame_root: FrameRoot,
+    /// Bytes of a frame to copy in one read.
+    pub f_size: u64,
+    /// The caller frame pointer.
+    pub f_back: u64,
+    /// The code object (`f_code` / `f_executable`).
+    pub f_code: u64,
+    /// Low bits of `f_executable` that are tags, not address (3.14+ stack refs).
+    pub f_code_tag_mask: u64,
+    /// The current instruction.
+    pub f_instr: InstrSource,
+    /// `owner` byte (3.11+).
+    pub f_owner: Option<u64>,
+    /// 3.11 `is_entry` byte.
+    pub f_is_entry: Option<u64>,
+    /// First owner value that is not a Python frame (3.12/3.13: CSTACK 3; 3.14+: INTERPRETER 3).
+    pub owner_not_python: Option<u8>,
+    /// 3.14t `tlbc_index` (int32).
+    pub f_tlbc_index: Option<u64>,
+    /// Local variables array in the frame.
+    pub f_localsplus: u64,
+    /// `co_firstlineno` (int32).
+    pub co_firstlineno: u64,
+    /// `co_argcount` (int32).
+    pub co_argcount: u64,
+    /// `co_filename`.
+    pub co_filename: u64,
+    /// `co_name`.
+    pub co_name: u64,
+    /// `co_qualname` (3.11+).
+    pub co_qualname: Option<u64>,
+    /// `co_lnotab` / `co_linetable`.
+    pub co_linetable: u64,
+    /// Names of the frame's fast locals (`co_varnames` ≤3.10, `co_localsplusnames` 3.11+).
+    pub co_varnames: u64,
+    /// `co_localspluskinds` (3.11+).
+    pub co_localspluskinds: Option<u64>,
+    /// Inline bytecode start (3.11+).
+    pub co_code_adaptive: Option<u64>,
+    /// 3.14t thread-local bytecode array.
+    pub co_tlbc: Option<u64>,
+    /// How `co_linetable` is encoded.
+    pub linetable: LineTableFormat,
+    /// `ob_type` in every object header.
+    pub ob_type: u64,
+    /// `tp_name` (a C string pointer).
+    pub tp_name: u64,
+    /// `tp_flags`.
+    pub tp_flags: u64,
+    /// `tp_dictoffset`.
+    pub tp_dictoffset: u64,
+    /// `PyHeapTypeObject.ht_cached_keys`.
+    pub ht_cached_keys: u64,
+    /// `PyASCIIObject.length`.
+    pub str_length: u64,
+    /// `PyASCIIObject.state` (u32 bit field).
+    pub str_state: u64,
+    /// Bit position of `kind` in `state` (`compact` and `ascii` follow it).
+    pub str_kind_shift: u32,
+    /// Characters of a compact ASCII string.
+    pub str_ascii_data: u64,
+    /// Characters of a compact non-ASCII string (and legacy `data` pointer).
+    pub str_compact_data: u64,
+    /// `ob_size` of var-sized objects (bytes, tuple).
+    pub var_size: u64,
+    /// `PyBytesObject.ob_sval`.
+    pub bytes_sval: u64,
+    /// `PyTupleObject.ob_item`.
+    pub tuple_item: u64,
+    /// `ob_size` (≤3.11) or `lv_tag` (3.12+) of ints.
+    pub long_size: u64,
+    /// First 30-bit digit of an int.
+    pub long_digits: u64,
+    /// `PyFloatObject.ob_fval`.
+    pub float_val: u64,
+    /// `PyDictObject.ma_keys`.
+    pub dict_keys: u64,
+    /// `PyDictObject.ma_values`.
+    pub dict_values: u64,
+    /// `PyModuleObject.md_dict`.
+    pub module_dict: u64,
+}
+
+/// Why no layout could be built.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LayoutError {
+    /// A version prof has no tables for.
+    #[error("Python {0} is not supported (prof reads CPython 3.7 to 3.15)")]
+    Unsupported(Version),
+    /// The `_Py_DebugOffsets` table failed validation.
+    #[error("the interpreter's _Py_DebugOffsets table is invalid: {0}")]
+    BadDebugOffsets(String),
+}
+
+/// Offset of `gilstate.tstate_current` on aarch64, where glibc's bigger mutexes move it.
+fn tstate_current(minor: u8, aarch64: bool) -> u64 {
+    let x86 = match minor {
+        7 => 1368,
+        8 => 1368,
+        9 | 10 => 568,
+        _ => 576,
+    };
+    if aarch64 {
+        x86 + 16
+    } else {
+        x86
+    }
+}
+
+impl Layout {
+    /// The built-in table for 3.7–3.12 (`aarch64` selects the few offsets that differ).
+    pub fn from_table(version: Version, aarch64: bool) -> Result<Layout, LayoutError> {
+        let minor = version.minor;
+        if version.major != 3 || !(7..=12).contains(&minor) {
+            return Err(LayoutError::Unsupported(version));
+        }
+        let old = minor <= 10;
+        let mut l = Layout {
+            version,
+            free_threaded: false,
+            rt_interp_head: if minor <= 10 { 32 } else { 40 },
+            is_next: 0,
+            is_id: match minor {
+                7 | 8 => 16,
+                9 | 10 => 24,
+                11 => 48,
+                _ => 8,
+            },
+            is_threads_head: match minor {
+                ..=10 => 8,
+                11 => 16,
+                _ => 72,
+            },
+            is_modules: match minor {
+                7 | 8 => 56,
+                9 | 10 => 856,
+                11 => 888,
+                _ => 944,
+            },
+            gil: if minor <= 11 {
+                GilSource::RuntimeTstateCurrent(tstate_current(minor, aarch64))
+            } else {
+                GilSource::InterpGil {
+                    ceval_gil: 384,
+                    locked: 16,
+                    last_holder: 8,
+                }
+            },
+            ts_size: match minor {
+                ..=9 => 264,
+                10 => 280,
+                11 => 360,
+                _ => 288,
+            },
+            ts_next: 8,
+            ts_interp: 16,
+            ts_thread_id: match minor {
+                ..=10 => 176,
+                11 => 152,
+                _ => 136,
+            },
+            ts_native_thread_id: match minor {
+                ..=10 => None,
+                11 => Some(160),
+                _ => Some(144),
+            },
+            frame_root: match minor {
+                ..=10 => FrameRoot::Direct(24),
+                11 => FrameRoot::CFrame {
+                    cframe: 56,
+                    current: 8,
+                },
+                _ => FrameRoot::CFrame {
+                    cframe: 56,
+                    current: 0,
+                },
+            },
+            f_size: if old { 112 } else { 80 },
+            f_back: match minor {
+                ..=10 => 24,
+                11 => 48,
+                _ => 8,
+            },
+            f_code: match minor {
+                ..=11 => 32,
+                _ => 0,
+            },
+            f_code_tag_mask: 0,
+            f_instr: match minor {
+                ..=9 => InstrSource::LastiBytes(104),
+                10 => InstrSource::LastiUnits(96),
+                _ => InstrSource::Pointer(56),
+            },
+            f_owner: match minor {
+                ..=10 => None,
+                11 => Some(69),
+                _ => Some(70),
+            },
+            f_is_entry: if minor == 11 { Some(68) } else { None },
+            owner_not_python: if minor == 12 { Some(3) } else { None },
+            f_tlbc_index: None,
+            f_localsplus: match minor {
+                ..=9 => 360,
+                10 => 352,
+                _ => 72,
+            },
+            co_firstlineno: match minor {
+                ..=10 => 40,
+                11 => 72,
+                _ => 68,
+            },
+            co_argcount: match minor {
+                ..=10 => 16,
+                11 => 56,
+                _ => 52,
+            },
+            co_filename: if old { 104 } else { 112 },
+            co_name: if old { 112 } else { 120 },
+            co_qualname: if old { None } else { Some(128) },
+            co_linetable: if old { 120 } else { 136 },
+            co_varnames: if old { 72 } else { 96 },
+            co_localspluskinds: if old { None } else { Some(104) },
+            co_code_adaptive: match minor {
+                ..=10 => None,
+                11 => Some(184),
+                _ => Some(192),
+            },
+            co_tlbc: None,
+            linetable: LineTableFormat::for_version(3, minor),
+            ob_type: 8,
+            tp_name: 24,
+            tp_flags: 168,
+            tp_dictoffset: 288,
+            ht_cached_keys: match minor {
+                9 => 864,
+                12 => 880,
+                _ => 872,
+            },
+            str_length: 16,
+            str_state: 32,
+            str_kind_shift: 2,
+            str_ascii_data: if minor <= 11 { 48 } else { 40 },
+            str_compact_data: if minor <= 11 { 72 } else { 56 },
+            var_size: 16,
+            bytes_sval: 32,
+            tuple_item: 24,
+            long_size: 16,
+            long_digits: 24,
+            float_val: 16,
+            dict_keys: 32,
+            dict_values: 40,
+            module_dict: 16,
+        };
+        if minor == 7 {
+            // 3.7 keeps the 3.8 layout for everything the walk reads except these.
+            l.ts_size = 256;
+        }
+        Ok(l)
+    }
+
+    /// Build the layout from the `_Py_DebugOffsets` table at the start of `_PyRuntime` (3.13+).
+    pub fn from_debug_offsets(raw: &[u8]) -> Result<Layout, LayoutError> {
+        let d = DebugOffsets::decode(raw)?;
+        let version = d.version;
+        let minor = version.minor;
+        let ft = d.free_threaded;
+        let g = |k: &str| d.get(k);
+        let gil_base = g("interpreter_state.gil_runtime_state")?;
+        let ob = g("pyobject.size")?;
+        // The offsets table leaves out a few facts that are fixed per version.
+        let (owner_not_python, tag_mask) = match (minor, ft) {
+            (13, _) => (3, 0),
+            (_, false) => (3, 3),
+            (_, true) => (3, 1),
+        };
+        let holder = g("interpreter_state.gil_runtime_state_holder")?;
+        let locked = g("interpreter_state.gil_runtime_state_locked")?;
+        let l = Layout {
+            version,
+            free_threaded: ft,
+            rt_interp_head: g("runtime_state.interpreters_head")?,
+            is_next: g("interpreter_state.next")?,
+            is_id: g("interpreter_state.id")?,
+            is_threads_head: g("interpreter_state.threads_head")?,
+            is_modules: g("interpreter_state.imports_modules")?,
+            gil: GilSource::InterpGil {
+                ceval_gil: g("interpreter_state.ceval_gil")?,
+                locked: locked.wrapping_sub(gil_base),
+                last_holder: holder.wrapping_sub(gil_base),
+            },
+            ts_size: g("thread_state.size")?.min(4096),
+            ts_next: g("thread_state.next")?,
+            ts_interp: g("thread_state.interp")?,
+            ts_thread_id: g("thread_state.thread_id")?,
+            ts_native_thread_id: Some(g("thread_state.native_thread_id")?),
+            frame_root: FrameRoot::Direct(g("thread_state.current_frame")?),
+            f_size: g("interpreter_frame.size")?,
+            f_back: g("interpreter_frame.previous")?,
+            f_code: g("interpreter_frame.executable")?,
+            f_code_tag_mask: tag_mask,
+            f_instr: InstrSource::Pointer(g("interpreter_frame.instr_ptr")?),
+            f_owner: Some(g("interpreter_frame.owner")?),
+            f_is_entry: None,
+            owner_not_python: Some(owner_not_python),
+            f_tlbc_index: if ft {
+                d.get("interpreter_frame.tlbc_index").ok()
+            } else {
+                None
+            },
+            f_localsplus: g("interpreter_frame.localsplus")?,
+            co_firstlineno: g("code_object.firstlineno")?,
+            co_argcount: g("code_object.argcount")?,
+            co_filename: g("code_object.filename")?,
+            co_name: g("code_object.name")?,
+            co_qualname: Some(g("code_object.qualname")?),
+            co_linetable: g("code_object.linetable")?,
+            co_varnames: g("code_object.localsplusnames")?,
+            co_localspluskinds: Some(g("code_object.localspluskinds")?),
+            co_code_adaptive: Some(g("code_object.co_code_adaptive")?),
+            co_tlbc: if ft {
+                d.get("code_object.co_tlbc").ok()
+            } else {
+                None
+            },
+            linetable: LineTableFormat::for_version(3, minor),
+            ob_type: g("pyobject.ob_type")?,
+            tp_name: g("type_object.tp_name")?,
+            tp_flags: g("type_object.tp_flags")?,
+            tp_dictoffset: d
+                .get("type_object.tp_dictoffset")
+                .unwrap_or(288 + ob - 16),
+            ht_cached_keys: d
+                .get("heap_type_object.ht_cached_keys")
+                .unwrap_or(880 + ob - 16),
+            str_length: g("unicode_object.length")?,
+            str_state: g("unicode_object.state")?,
+            // 3.14t made `interned` a whole byte, moving the other bit fields up by 6.
+            str_kind_shift: if ft && minor >= 14 { 8 } else { 2 },
+            str_ascii_data: g("unicode_object.asciiobject_size")?,
+            str_compact_data: d
+                .get("unicode_object.compactunicodeobject_size")
+                .unwrap_or(g("unicode_object.asciiobject_size")? + 16),
+            var_size: g("bytes_object.ob_size")?,
+            bytes_sval: g("bytes_object.ob_sval")?,
+            tuple_item: g("tuple_object.ob_item")?,
+            long_size: g("long_object.lv_tag")?,
+            long_digits: g("long_object.ob_digit")?,
+            float_val: g("float_object.ob_fval")?,
+            dict_keys: g("dict_object.ma_keys")?,
+            dict_values: g("dict_object.ma_values")?,
+            module_dict: ob,
+        };
+        Ok(l)
+    }
+}
+
+/// Ordered sections and fields of `_Py_DebugOffsets` for one minor version; every field is a u64.
+type DebugSpec = &'static [(&'static str, &'static [&'static str])];
+
+const DEBUG_313: DebugSpec = &[
+    ("runtime_state", &["size", "finalizing", "interpreters_head"]),
+    (
+        "interpreter_state",
+        &[
+            "size",
+            "id",
+            "next",
+            "threads_head",
+            "gc",
+            "imports_modules",
+            "sysdict",
+            "builtins",
+            "ceval_gil",
+            "gil_runtime_state",
+            "gil_runtime_state_enabled",
+            "gil_runtime_state_locked",
+            "gil_runtime_state_holder",
+        ],
+    ),
+    (
+        "thread_state",
+        &[
+            "size",
+            "prev",
+            "next",
+            "interp",
+            "current_frame",
+            "thread_id",
+            "native_thread_id",
+            "datastack_chunk",
+            "status",
+        ],
+    ),
+    (
+        "interpreter_frame",
+        &["size", "previous", "executable", "instr_ptr", "localsplus", "owner"],
+    ),
+    (
+        "code_object",
+        &[
+            "size",
+            "filename",
+            "name",
+            "qualname",
+            "linetable",
+            "firstlineno",
+            "argcount",
+            "localsplusnames",
+            "localspluskinds",
+            "co_code_adaptive",
+        ],
+    ),
+    ("pyobject", &["size", "ob_type"]),
+    ("type_object", &["size", "tp_name", "tp_repr", "tp_flags"]),
+    ("tuple_object", &["size", "ob_item", "ob_size"]),
+    ("list_object", &["size", "ob_item", "ob_size"]),
+    ("dict_object", &["size", "ma_keys", "ma_values"]),
+    ("float_object", &["size", "ob_fval"]),
+    ("long_object", &["size", "lv_tag", "ob_digit"]),
+    ("bytes_object", &["size", "ob_size", "ob_sval"]),
+    ("unicode_object", &["size", "state", "length", "asciiobject_size"]),
+    ("gc", &["size", "collecting"]),
+];
+
+const DEBUG_314: DebugSpec = &[
+    ("runtime_state", &["size", "finalizing", "interpreters_head"]),
+    (
+        "interpreter_state",
+        &[
+            "size",
+            "id",
+            "next",
+            "threads_head",
+            "threads_main",
+            "gc",
+            "imports_modules",
+            "sysdict",
+            "builtins",
+            "ceval_gil",
+            "gil_runtime_state",
+            "gil_runtime_state_enabled",
+            "gil_runtime_state_locked",
+            "gil_runtime_state_holder",
+            "code_object_generation",
+            "tlbc_generation",
+        ],
+    ),
+    (
+        "thread_state",
+        &[
+            "size",
+            "prev",
+            "next",
+            "interp",
+            "current_frame",
+            "thread_id",
+            "native_thread_id",
+            "datastack_chunk",
+            "status",
+        ],
+    ),
+    (
+        "interpreter_frame",
+        &[
+            "size",
+            "previous",
+            "executable",
+            "instr_ptr",
+            "localsplus",
+            "owner",
+            "stackpointer",
+            "tlbc_index",
+        ],
+    ),
+    (
+        "code_object",
+        &[
+            "size",
+            "filename",
+            "name",
+            "qualname",
+            "linetable",
+            "firstlineno",
+            "argcount",
+            "localsplusnames",
+            "localspluskinds",
+            "co_code_adaptive",
+            "co_tlbc",
+        ],
+    ),
+    ("pyobject", &["size", "ob_type"]),
+    ("type_object", &["size", "tp_name", "tp_repr", "tp_flags"]),
+    ("tuple_object", &["size", "ob_item", "ob_size"]),
+    ("list_object", &["size", "ob_item", "ob_size"]),
+    ("set_object", &["size", "used", "table", "mask"]),
+    ("dict_object", &["size", "ma_keys", "ma_values"]),
+    ("float_object", &["size", "ob_fval"]),
+    ("long_object", &["size", "lv_tag", "ob_digit"]),
+    ("bytes_object", &["size", "ob_size", "ob_sval"]),
+    ("unicode_object", &["size", "state", "length", "asciiobject_size"]),
+    ("gc", &["size", "collecting"]),
+    ("gen_object", &["size", "gi_name", "gi_iframe", "gi_frame_state"]),
+    ("llist_node", &["next", "prev"]),
+    (
+        "debugger_support",
+        &[
+            "eval_breaker",
+            "remote_debugger_support",
+            "remote_debugging_enabled",
+            "debugger_pending_call",
+            "debugger_script_path",
+            "debugger_script_path_size",
+        ],
+    ),
+];
+
+/// Bytes of `_PyRuntime` to read so that any supported table fits.
+pub const DEBUG_OFFSETS_READ: usize = 2048;
+
+/// The decoded `_Py_DebugOffsets` table: (section.field, value) pairs.
+#[derive(Debug)]
+pub struct DebugOffsets {
+    /// `PY_VERSION_HEX` from the table.
+    pub version: Version,
+    /// `free_threaded` flag.
+    pub free_threaded: bool,
+    fields: Vec<(String, u64)>,
+}
+
+fn spec_for(minor: u8) -> Option<DebugSpec> {
+    match minor {
+        13 => Some(DEBUG_313),
+        14 => Some(DEBUG_314),
+        _ => None,
+    }
+}
+
+impl DebugOffsets {
+    /// Is this the start of a `_Py_DebugOffsets` table?
+    pub fn has_cookie(raw: &[u8]) -> bool {
+        raw.starts_with(b"xdebugpy")
+    }
+
+    /// Decode and validate the table.
+    pub fn decode(raw: &[u8]) -> Result<DebugOffsets, LayoutError> {
+        let bad = |m: String| LayoutError::BadDebugOffsets(m);
+        if !Self::has_cookie(raw) {
+            return Err(bad("no xdebugpy cookie".into()));
+        }
+        let version = Version::from_hex(le_u64(raw, 8));
+        let free_threaded = le_u64(raw, 16) != 0;
+        if version.major != 3 {
+            return Err(bad(format!("version field {version} is not Python 3")));
+        }
+        let spec = spec_for(version.minor).ok_or(LayoutError::Unsupported(version))?;
+        if version.level != 0xf && version.minor >= 14 {
+            // Pre-releases of a minor version used other table layouts.
+            return Err(LayoutError::Unsupported(version));
+        }
+        let mut fields = Vec::new();
+        let mut off = 24usize;
+        for (section, names) in spec {
+            let mut size = None;
+            for name in names.iter() {
+                if off + 8 > raw.len() {
+                    return Err(bad("table truncated".into()));
+                }
+                let v = le_u64(raw, off);
+                off += 8;
+                if *name == "size" {
+                    if v == 0 || v > 1 << 24 {
+                        return Err(bad(format!("{section}.size is {v}")));
+                    }
+                    size = Some(v);
+                } else if let Some(s) = size {
+                    // Fields that are not offsets into the section's own struct.
+                    let free_form = matches!(
+                        *name,
+                        "gil_runtime_state_enabled" | "tp_repr" | "debugger_script_path_size"
+                    ) || section.ends_with("_support");
+                    if !free_form && v >= s {
+                        return Err(bad(format!("{section}.{name} = {v} exceeds size {s}")));
+                    }
+                }
+                fields.push((format!("{section}.{name}"), v));
+            }
+        }
+        Ok(DebugOffsets {
+            version,
+            free_threaded,
+            fields,
+        })
+    }
+
+    /// The value of `section.field`.
+    pub fn get(&self, key: &str) -> Result<u64, LayoutError> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| LayoutError::BadDebugOffsets(format!("no field {key}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encode a table in the real format from (field, value) pairs; unlisted fields get `fill`.
+    pub(crate) fn encode(version: u64, ft: bool, values: &[(&str, u64)], fill: u64) -> Vec<u8> {
+        let minor = ((version >> 16) & 0xff) as u8;
+        let mut out = b"xdebugpy".to_vec();
+        out.extend(version.to_le_bytes());
+        out.extend((ft as u64).to_le_bytes());
+        for (section, names) in spec_for(minor).unwrap() {
+            for name in names.iter() {
+                let key = format!("{section}.{name}");
+                let v = values
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| *v)
+                    .unwrap_or(if *name == "size" { 4096 } else { fill });
+                out.extend(v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn table_versions_build() {
+        for minor in 7..=12 {
+            let l = Layout::from_table(Version::new(3, minor, 0), false).unwrap();
+            assert_eq!(l.version.minor, minor);
+        }
+        assert!(Layout::from_table(Version::new(3, 6, 0), false).is_err());
+        assert!(Layout::from_table(Version::new(2, 7, 18), false).is_err());
+        let arm = Layout::from_table(Version::new(3, 11, 0), true).unwrap();
+        assert_eq!(arm.gil, GilSource::RuntimeTstateCurrent(592));
+    }
+
+    #[test]
+    fn free_threaded_debug_offsets_select_ft_rules() {
+        // Values of a 3.14t build (from the internals note, 10.2).
+        let raw = encode(
+            0x030e_0af0,
+            true,
+            &[
+                ("pyobject.size", 32),
+                ("pyobject.ob_type", 24),
+                ("interpreter_frame.size", 88),
+                ("interpreter_frame.owner", 78),
+                ("interpreter_frame.tlbc_index", 72),
+                ("code_object.size", 240),
+                ("code_object.co_tlbc", 224),
+                ("code_object.co_code_adaptive", 232),
+                ("unicode_object.asciiobject_size", 56),
+                ("interpreter_state.size", 20000),
+                ("interpreter_state.gil_runtime_state", 7808),
+                ("interpreter_state.gil_runtime_state_holder", 7824),
+                ("interpreter_state.gil_runtime_state_locked", 7832),
+            ],
+            8,
+        );
+        let l = Layout::from_debug_offsets(&raw).unwrap();
+        assert!(l.free_threaded);
+        assert_eq!(l.f_code_tag_mask, 1);
+        assert_eq!(l.str_kind_shift, 8);
+        assert_eq!(l.f_tlbc_index, Some(72));
+        assert_eq!(l.co_tlbc, Some(224));
+        assert_eq!(l.module_dict, 32);
+        assert_eq!(l.str_compact_data, 72);
+        assert_eq!(
+            l.gil,
+            GilSource::InterpGil {
+                ceval_gil: 8,
+                locked: 24,
+                last_holder: 16
+            }
+        );
+        let gil = Layout::from_debug_offsets(&encode(0x030e_0af0, false, &[], 8)).unwrap();
+        assert!(!gil.free_threaded);
+        assert_eq!(gil.f_code_tag_mask, 3);
+        assert_eq!(gil.f_tlbc_index, None);
+    }
+
+    #[test]
+    fn bad_tables_rejected() {
+        assert!(DebugOffsets::decode(b"xdebugp").is_err());
+        let mut raw = encode(0x030d_00f0, false, &[], 8);
+        raw.truncate(100);
+        assert!(DebugOffsets::decode(&raw).is_err());
+        let raw = encode(0x030d_00f0, false, &[("code_object.name", 99999)], 8);
+        assert!(DebugOffsets::decode(&raw).is_err());
+        let raw = encode(0x030e_00a1, false, &[], 8);
+        assert!(matches!(
+            DebugOffsets::decode(&raw),
+            Err(LayoutError::Unsupported(_))
+        ));
+        let raw = encode(0x0310_00f0, false, &[], 8);
+        assert!(DebugOffsets::decode(&raw).is_err());
+    }
+}

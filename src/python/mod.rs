@@ -1,0 +1,204 @@
+//! The Python reader: from a process's memory to its Python threads and stacks.
+
+pub mod code;
+pub mod discover;
+pub mod frames;
+pub mod layout;
+pub mod linetable;
+pub mod locals;
+pub mod objects;
+pub mod threads;
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+use crate::process::{Memory, MemoryError};
+use crate::sample::{Frame, ThreadStack};
+pub use discover::{find_interpreter, Interpreter};
+pub use frames::FrameOptions;
+pub use layout::{Layout, LayoutError, Version};
+
+/// Why a Python stack could not be read.
+#[derive(Debug, Error)]
+pub enum PyError {
+    /// A read of the target failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// What was read makes no sense (the target changed under us, or is not what we think).
+    #[error("inconsistent interpreter data: {0}")]
+    Corrupt(&'static str),
+    /// The process has no Python interpreter.
+    #[error("{0}")]
+    NotPython(String),
+    /// An interpreter was found but its version could not be determined.
+    #[error("found a Python interpreter in {0} but could not tell its version")]
+    UnknownVersion(String),
+    /// The version is not one prof can read.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+}
+
+/// Reads Python threads and stacks from any [`Memory`]: a live process or a core file.
+pub struct StackReader<M: Memory> {
+    mem: M,
+    interp: Interpreter,
+    codes: code::CodeCache,
+    names: HashMap<u64, String>,
+    /// Thread ids that had no name at the last lookup, so unnamed threads (started through
+    /// `_thread`) do not cost a full `threading._active` walk on every sample.
+    unnamed: Vec<u64>,
+    tid_offset: Option<u64>,
+    raw: Vec<frames::RawFrame>,
+}
+
+impl<M: Memory> StackReader<M> {
+    /// A reader for the interpreter found in `mem`.
+    pub fn new(mem: M, interp: Interpreter) -> StackReader<M> {
+        let codes = code::CodeCache::new(interp.code_type);
+        StackReader {
+            mem,
+            interp,
+            codes,
+            names: HashMap::new(),
+            unnamed: Vec::new(),
+            tid_offset: None,
+            raw: Vec::new(),
+        }
+    }
+
+    /// The interpreter being read.
+    pub fn interpreter(&self) -> &Interpreter {
+        &self.interp
+    }
+
+    /// The memory being read.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Every Python thread with its stack, innermost frame first. `tids` are the process's
+    /// kernel thread ids (for versions whose thread states do not record them).
+    pub fn stacks(&mut self, tids: &[u32], opts: FrameOptions) -> Result<Vec<ThreadStack>, PyError> {
+        let l = &self.interp.layout;
+        let threads = threads::thread_states(&self.mem, l, self.interp.runtime)?;
+        let mut out = Vec::with_capacity(threads.len());
+        for t in &threads {
+            let frames = self.thread_frames(t, opts).unwrap_or_else(|_| Vec::new());
+            let os_thread_id = t.native_id.or_else(|| self.tid_from_pthread(t.thread_id, tids));
+            out.push(ThreadStack {
+                thread_id: t.thread_id,
+                os_thread_id,
+                thread_name: None,
+                active: false,
+                owns_gil: t.holds_gil,
+                frames,
+            });
+        }
+        self.fill_names(&threads, &mut out);
+        Ok(out)
+    }
+
+    fn thread_frames(&mut self, t: &threads::PyThread, opts: FrameOptions) -> Result<Vec<Frame>, PyError> {
+        let l = &self.interp.layout;
+        let first = frames::first_frame(&self.mem, l, &t.raw)?;
+        frames::walk(&self.mem, l, first, &mut self.raw)?;
+        frames::resolve(&self.mem, l, &mut self.codes, &self.raw, opts)
+    }
+
+    fn tid_from_pthread(&mut self, pthread: u64, tids: &[u32]) -> Option<u32> {
+        if pthread == 0 || tids.is_empty() {
+            return None;
+        }
+        if self.tid_offset.is_none() {
+            self.tid_offset = threads::pthread_tid_offset(&self.mem, pthread, tids);
+        }
+        let off = self.tid_offset?;
+        let mut b = [0u8; 4];
+        self.mem.read(pthread + off, &mut b).ok()?;
+        let tid = u32::from_le_bytes(b);
+        tids.contains(&tid).then_some(tid)
+    }
+
+    fn fill_names(&mut self, threads: &[threads::PyThread], out: &mut [ThreadStack]) {
+        let missing = out
+            .iter()
+            .any(|t| !self.names.contains_key(&t.thread_id) && !self.unnamed.contains(&t.thread_id));
+        if missing {
+            // One walk per interpreter: each has its own `threading` module.
+            let mut interps: Vec<u64> = threads.iter().map(|t| t.interp).collect();
+            interps.dedup();
+            for interp in interps {
+                if let Ok(names) = threads::thread_names(&self.mem, &self.interp.layout, interp) {
+                    self.names.extend(names);
+                }
+            }
+            for t in out.iter() {
+                if !self.names.contains_key(&t.thread_id) {
+                    self.unnamed.push(t.thread_id);
+                }
+            }
+        }
+        for t in out.iter_mut() {
+            t.thread_name = self.names.get(&t.thread_id).cloned();
+        }
+    }
+
+    /// Forget cached thread names (they can change with `t.name = …`).
+    pub fn refresh_names(&mut self) {
+        self.names.clear();
+        self.unnamed.clear();
+    }
+}
+
+/// Short, package-relative form of a file name, as py-spy shows it: the part after the last
+/// `site-packages/`, `dist-packages/` or `pythonX.Y/` directory, else the base name.
+pub fn short_filename(filename: &str) -> String {
+    for marker in ["/site-packages/", "/dist-packages/"] {
+        if let Some(i) = filename.rfind(marker) {
+            return filename[i + marker.len()..].to_string();
+        }
+    }
+    if let Some(i) = filename.find("/lib/python") {
+        let rest = &filename[i + "/lib/python".len()..];
+        if let Some(j) = rest.find('/') {
+            return rest[j + 1..].to_string();
+        }
+    }
+    match filename.rsplit_once('/') {
+        Some((_, base)) if !base.is_empty() => base.to_string(),
+        _ => filename.to_string(),
+    }
+}
+
+/// Module name of a file name, as py-spy's JSON `module` field (`json.decoder`).
+pub fn module_name(short: &str) -> Option<String> {
+    let stem = short.strip_suffix(".py")?;
+    let stem = stem.strip_suffix("/__init__").unwrap_or(stem);
+    if stem.starts_with('<') {
+        return None;
+    }
+    Some(stem.replace('/', "."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names() {
+        assert_eq!(
+            short_filename("/usr/lib/python3.11/json/decoder.py"),
+            "json/decoder.py"
+        );
+        assert_eq!(
+            short_filename("/v/lib/python3.12/site-packages/numpy/core/x.py"),
+            "numpy/core/x.py"
+        );
+        assert_eq!(short_filename("/home/a/app.py"), "app.py");
+        assert_eq!(short_filename("<string>"), "<string>");
+        assert_eq!(module_name("json/decoder.py").as_deref(), Some("json.decoder"));
+        assert_eq!(module_name("pkg/__init__.py").as_deref(), Some("pkg"));
+        assert_eq!(module_name("<string>"), None);
+    }
+}

@@ -1,0 +1,289 @@
+//! Interpreters and their thread states; GIL holder; thread names from `threading._active`.
+
+use std::collections::HashMap;
+
+use super::layout::{GilSource, Layout};
+use super::objects::{read_long, read_str};
+use super::PyError;
+use crate::process::memory::le_u64;
+use crate::process::{Memory, MemoryExt};
+
+/// Most interpreters and threads followed; longer lists are torn or hostile.
+const MAX_INTERPRETERS: usize = 256;
+const MAX_THREADS: usize = 4096;
+
+/// One Python thread state.
+#[derive(Debug, Clone)]
+pub struct PyThread {
+    /// Address of the `PyThreadState`.
+    pub tstate: u64,
+    /// Its interpreter.
+    pub interp: u64,
+    /// `thread_id` (pthread_self, `threading.get_ident()`).
+    pub thread_id: u64,
+    /// Kernel tid where the thread state records it (3.11+).
+    pub native_id: Option<u32>,
+    /// This thread holds the GIL.
+    pub holds_gil: bool,
+    /// Copy of the thread state, for the frame walk.
+    pub raw: Vec<u8>,
+}
+
+/// Every thread state of every interpreter, main interpreter first.
+pub fn thread_states<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    runtime: u64,
+) -> Result<Vec<PyThread>, PyError> {
+    let mut out = Vec::new();
+    let mut interp = mem.u64(runtime + l.rt_interp_head)?;
+    let mut interps = 0;
+    let size = l.ts_size.clamp(64, 4096) as usize;
+    while interp != 0 {
+        interps += 1;
+        if interps > MAX_INTERPRETERS {
+            return Err(PyError::Corrupt("interpreter list too long"));
+        }
+        let holder = gil_holder(mem, l, runtime, interp)?;
+        let mut ts = mem.u64(interp + l.is_threads_head)?;
+        while ts != 0 {
+            if out.len() >= MAX_THREADS {
+                return Err(PyError::Corrupt("thread list too long"));
+            }
+            let mut raw = vec![0u8; size];
+            mem.read(ts, &mut raw)?;
+            if le_u64(&raw, l.ts_interp as usize) != interp {
+                return Err(PyError::Corrupt("thread state does not point back to its interpreter"));
+            }
+            let native_id = l
+                .ts_native_thread_id
+                .map(|off| le_u64(&raw, off as usize) as u32)
+                .filter(|t| *t != 0);
+            let next = le_u64(&raw, l.ts_next as usize);
+            out.push(PyThread {
+                tstate: ts,
+                interp,
+                thread_id: le_u64(&raw, l.ts_thread_id as usize),
+                native_id,
+                holds_gil: holder == Some(ts),
+                raw,
+            });
+            if next == ts {
+                return Err(PyError::Corrupt("thread list cycle"));
+            }
+            ts = next;
+        }
+        interp = mem.u64(interp + l.is_next)?;
+    }
+    Ok(out)
+}
+
+/// The thread state holding the GIL of `interp`, if any.
+fn gil_holder<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    runtime: u64,
+    interp: u64,
+) -> Result<Option<u64>, PyError> {
+    if l.free_threaded {
+        return Ok(None);
+    }
+    match l.gil {
+        GilSource::RuntimeTstateCurrent(off) => {
+            let cur = mem.u64(runtime + off)?;
+            Ok((cur != 0).then_some(cur))
+        }
+        GilSource::InterpGil {
+            ceval_gil,
+            locked,
+            last_holder,
+        } => {
+            let gil = mem.u64(interp + ceval_gil)?;
+            if gil == 0 {
+                return Ok(None);
+            }
+            let is_locked = mem.i32(gil + locked)? != 0;
+            let last = mem.u64(gil + last_holder)?;
+            Ok((is_locked && last != 0).then_some(last))
+        }
+    }
+}
+
+/// Offset of the kernel tid inside glibc's `struct pthread` (3.7–3.10 do not record the tid in
+/// the thread state). Known glibc offsets first, then a scan for a word that is a live tid.
+pub fn pthread_tid_offset<M: Memory + ?Sized>(mem: &M, pthread: u64, tids: &[u32]) -> Option<u64> {
+    let mut buf = vec![0u8; 2048];
+    mem.read(pthread, &mut buf).ok()?;
+    let hit = |off: usize| -> bool {
+        let v = u32::from_le_bytes(buf[off..off + 4].try_into().unwrap());
+        tids.contains(&v)
+    };
+    for known in [720usize, 208] {
+        if hit(known) {
+            return Some(known as u64);
+        }
+    }
+    (16..2044).step_by(4).find(|o| hit(*o)).map(|o| o as u64)
+}
+
+/// Iterate a dict's (key, value) pointer pairs (bounded).
+fn dict_items<M: Memory + ?Sized>(mem: &M, l: &Layout, dict: u64) -> Result<Vec<(u64, u64)>, PyError> {
+    let keys = mem.u64(dict + l.dict_keys)?;
+    let values = mem.u64(dict + l.dict_values)?;
+    // PyDictValues gained an 8-byte header in 3.13.
+    let skip = if l.version.minor >= 13 { 8 } else { 0 };
+    keys_items(mem, l, keys, values, skip)
+}
+
+const MAX_ENTRIES: u64 = 1 << 16;
+
+fn keys_items<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    keys: u64,
+    values: u64,
+    values_skip: u64,
+) -> Result<Vec<(u64, u64)>, PyError> {
+    let (entries_at, n, entry_size) = if l.version.minor <= 10 {
+        let dk_size = mem.u64(keys + 8)?;
+        let n = mem.u64(keys + 32)?;
+        if dk_size > MAX_ENTRIES * 2 || n > dk_size {
+            return Err(PyError::Corrupt("dict size"));
+        }
+        let width = match dk_size {
+            0..=0xff => 1,
+            0x100..=0xffff => 2,
+            0x1_0000..=0xffff_ffff => 4,
+            _ => 8,
+        };
+        (keys + 40 + dk_size * width, n, 24)
+    } else {
+        let mut head = [0u8; 32];
+        mem.read(keys, &mut head)?;
+        let log2_index_bytes = head[9] as u64;
+        let kind = head[10];
+        let n = le_u64(&head, 24);
+        if log2_index_bytes > 40 || n > MAX_ENTRIES {
+            return Err(PyError::Corrupt("dict keys"));
+        }
+        let esize = if kind == 0 { 24 } else { 16 };
+        (keys + 32 + (1u64 << log2_index_bytes), n, esize)
+    };
+    let raw = mem.bytes(entries_at, (n * entry_size) as usize)?;
+    let mut vals = Vec::new();
+    if values != 0 && n > 0 {
+        vals = mem.bytes(values + values_skip, (n * 8) as usize)?;
+    }
+    let mut out = Vec::new();
+    for i in 0..n as usize {
+        let e = &raw[i * entry_size as usize..];
+        let (k, v) = if entry_size == 24 {
+            (le_u64(e, 8), le_u64(e, 16))
+        } else {
+            (le_u64(e, 0), le_u64(e, 8))
+        };
+        let v = if values != 0 { le_u64(&vals, i * 8) } else { v };
+        if k != 0 && v != 0 {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
+fn find_key<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    items: &[(u64, u64)],
+    key: &str,
+) -> Option<u64> {
+    items
+        .iter()
+        .find(|(k, _)| read_str(mem, l, *k).is_ok_and(|s| s == key))
+        .map(|(_, v)| *v)
+}
+
+/// Type flags that say where instance attributes live.
+const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
+const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
+
+/// (key, value) pairs of an object's instance attributes.
+fn instance_attrs<M: Memory + ?Sized>(mem: &M, l: &Layout, obj: u64) -> Result<Vec<(u64, u64)>, PyError> {
+    let minor = l.version.minor;
+    let tp = mem.u64(obj + l.ob_type)?;
+    let flags = mem.u64(tp + l.tp_flags)?;
+    let ob = l.module_dict; // sizeof(PyObject)
+    // The managed dict pointer precedes the object (after the GC header on GIL builds).
+    let managed_dict = if l.free_threaded { obj - 8 } else { obj - 24 };
+    if minor >= 13 && flags & TPFLAGS_INLINE_VALUES != 0 {
+        let values = obj + ob;
+        if mem.u8(values + 3)? != 0 {
+            let keys = mem.u64(tp + l.ht_cached_keys)?;
+            return keys_items(mem, l, keys, values, 8);
+        }
+    }
+    if minor >= 11 && flags & TPFLAGS_MANAGED_DICT != 0 {
+        match minor {
+            11 => {
+                let values = mem.u64(obj - 32)?;
+                if values != 0 {
+                    let keys = mem.u64(tp + l.ht_cached_keys)?;
+                    return keys_items(mem, l, keys, values, 0);
+                }
+                return dict_items(mem, l, mem.u64(obj - 24)?);
+            }
+            12 => {
+                let word = mem.u64(obj - 24)?;
+                if word & 1 != 0 {
+                    let keys = mem.u64(tp + l.ht_cached_keys)?;
+                    return keys_items(mem, l, keys, word + 1, 0);
+                }
+                return dict_items(mem, l, word);
+            }
+            _ => return dict_items(mem, l, mem.u64(managed_dict)?),
+        }
+    }
+    let off = mem.i64(tp + l.tp_dictoffset)?;
+    if off <= 0 || off > 4096 {
+        return Err(PyError::Corrupt("tp_dictoffset"));
+    }
+    let d = mem.u64(obj + off as u64)?;
+    if d == 0 {
+        return Ok(Vec::new());
+    }
+    dict_items(mem, l, d)
+}
+
+/// Names of the threads in `threading._active`, by Python thread id.
+pub fn thread_names<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    interp: u64,
+) -> Result<HashMap<u64, String>, PyError> {
+    let mut names = HashMap::new();
+    let modules = mem.u64(interp + l.is_modules)?;
+    if modules == 0 {
+        return Ok(names);
+    }
+    let items = dict_items(mem, l, modules)?;
+    let Some(threading) = find_key(mem, l, &items, "threading") else {
+        return Ok(names);
+    };
+    let md = mem.u64(threading + l.module_dict)?;
+    let Some(active) = find_key(mem, l, &dict_items(mem, l, md)?, "_active") else {
+        return Ok(names);
+    };
+    for (k, thread) in dict_items(mem, l, active)? {
+        let Ok(Some(ident)) = read_long(mem, l, k) else {
+            continue;
+        };
+        let Ok(attrs) = instance_attrs(mem, l, thread) else {
+            continue;
+        };
+        if let Some(name) = find_key(mem, l, &attrs, "_name") {
+            if let Ok(s) = read_str(mem, l, name) {
+                names.insert(ident as u64, s);
+            }
+        }
+    }
+    Ok(names)
+}
