@@ -1,9 +1,9 @@
 //! Connecting a live process to the Python reader: the glue every command shares.
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 
-use crate::process::{self, threads, LiveMemory, MemoryError, ProcessError};
-use crate::python::{find_interpreter, PyError, StackReader};
+use crate::process::{self, LiveMemory, MemoryError, ProcessError, threads};
+use crate::python::{PyError, StackReader, find_interpreter};
 
 /// A live Python process ready to be read.
 pub struct LiveTarget {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::attach::{attach, explain, thread_states};
 use crate::cli::DumpArgs;
 use crate::process::ptrace::PauseGuard;
-use crate::python::{module_name, short_filename, FrameOptions};
+use crate::python::{FrameOptions, module_name, short_filename};
 use crate::sample::{LocalVar, ThreadStack};
 
 /// A frame in py-spy's JSON schema.
@@ -49,7 +49,10 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         } else {
             Some(PauseGuard::pause(pid, &tids).map_err(anyhow::Error::from)?)
         };
-        target.reader.stacks(&tids, opts).map_err(|e| explain(pid, e))?
+        target
+            .reader
+            .stacks(&tids, opts)
+            .map_err(|e| explain(pid, e))?
     };
     for s in &mut stacks {
         let state = s

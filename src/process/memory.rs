@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::io::IoSliceMut;
 
-use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid;
 use thiserror::Error;
 
@@ -189,7 +189,7 @@ impl Memory for LiveMemory {
                     return Err(MemoryError::Unmapped {
                         addr: first,
                         len: total,
-                    })
+                    });
                 }
                 Err(e) => return Err(self.classify(e, first, total)),
             }
@@ -224,7 +224,9 @@ impl ImageMemory {
 impl Memory for ImageMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
         let len = buf.len();
-        let end = addr.checked_add(len as u64).ok_or(MemoryError::Unmapped { addr, len })?;
+        let end = addr
+            .checked_add(len as u64)
+            .ok_or(MemoryError::Unmapped { addr, len })?;
         for (start, data) in &self.regions {
             let rend = start + data.len() as u64;
             if *start <= addr && end <= rend {

@@ -5,7 +5,7 @@ pub mod memory;
 pub mod ptrace;
 pub mod threads;
 
-pub use maps::{read_maps, MapRange};
+pub use maps::{MapRange, read_maps};
 pub use memory::{ImageMemory, LiveMemory, MemResult, Memory, MemoryError, MemoryExt};
 
 use thiserror::Error;
@@ -76,8 +76,9 @@ fn has_cap_sys_ptrace() -> bool {
 fn in_container() -> bool {
     std::path::Path::new("/.dockerenv").exists()
         || std::path::Path::new("/run/.containerenv").exists()
-        || std::fs::read_to_string("/proc/1/cgroup")
-            .is_ok_and(|s| s.contains("docker") || s.contains("kubepods") || s.contains("containerd"))
+        || std::fs::read_to_string("/proc/1/cgroup").is_ok_and(|s| {
+            s.contains("docker") || s.contains("kubepods") || s.contains("containerd")
+        })
 }
 
 /// Explain, for this machine, why reading another process may be refused.
@@ -91,7 +92,11 @@ pub fn permission_advice(pid: u32) -> String {
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).and_then(|u| u.parse::<u32>().ok()))
+                .and_then(|v| {
+                    v.split_whitespace()
+                        .nth(1)
+                        .and_then(|u| u.parse::<u32>().ok())
+                })
         });
     let me = unsafe { libc::geteuid() };
     if !cap && in_container() {

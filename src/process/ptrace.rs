@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use nix::sys::ptrace;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::{permission_error, ProcessError};
+use super::{ProcessError, permission_error};
 
 /// Upper bound on threads stopped at once; more are read without stopping.
 const MAX_STOPPED: usize = 8192;

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
+use super::PyError;
 use super::layout::Layout;
 use super::linetable::line_for_offset;
 use super::objects::{read_bytes, read_str, type_name};
-use super::PyError;
 use crate::process::memory::{le_u32, le_u64};
 use crate::process::{Memory, MemoryExt};
 
@@ -68,7 +68,12 @@ impl CodeCache {
     }
 
     /// Is `ob_type` the code type? Checked by name once per distinct type pointer.
-    fn is_code_type<M: Memory + ?Sized>(&mut self, mem: &M, l: &Layout, obj: u64) -> Result<bool, PyError> {
+    fn is_code_type<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        obj: u64,
+    ) -> Result<bool, PyError> {
         let tp = mem.u64(obj + l.ob_type)?;
         if self.code_types.contains(&tp) {
             return Ok(true);

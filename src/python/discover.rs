@@ -8,8 +8,8 @@ use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol};
 use regex::Regex;
 
-use super::layout::{DebugOffsets, Layout, Version, DEBUG_OFFSETS_READ};
 use super::PyError;
+use super::layout::{DEBUG_OFFSETS_READ, DebugOffsets, Layout, Version};
 use crate::process::{MapRange, Memory, MemoryExt};
 
 /// Where the interpreter lives in the target and how it is laid out.
@@ -114,11 +114,7 @@ fn load_bias(info: &ImageInfo, maps: &[&MapRange], page: u64) -> Option<u64> {
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
-    }
+    if p > 0 { p as u64 } else { 4096 }
 }
 
 /// Version from a file name such as `libpython3.9.so.1.0` or `python3.10`.
@@ -153,8 +149,13 @@ pub fn find_interpreter<M: Memory + ?Sized>(
     let page = page_size();
     let mut seen = Vec::new();
     for path in candidates {
-        let ranges: Vec<&MapRange> = maps.iter().filter(|m| m.path.as_deref() == Some(path)).collect();
-        let Some(file) = ranges[0].open_path(pid) else { continue };
+        let ranges: Vec<&MapRange> = maps
+            .iter()
+            .filter(|m| m.path.as_deref() == Some(path))
+            .collect();
+        let Some(file) = ranges[0].open_path(pid) else {
+            continue;
+        };
         let info = match read_image(&file) {
             Ok(i) => i,
             Err(e) => {
@@ -166,7 +167,9 @@ pub fn find_interpreter<M: Memory + ?Sized>(
             seen.push(path.to_string());
             continue;
         };
-        let Some(bias) = load_bias(&info, &ranges, page) else { continue };
+        let Some(bias) = load_bias(&info, &ranges, page) else {
+            continue;
+        };
         let runtime = runtime.wrapping_add(bias);
         let mut head = vec![0u8; DEBUG_OFFSETS_READ];
         mem.read(runtime, &mut head)?;
@@ -209,7 +212,9 @@ pub fn find_interpreter<M: Memory + ?Sized>(
 }
 
 fn describe(pid: u32, exe: Option<&str>, seen: &[String]) -> String {
-    let what = exe.map(|e| e.to_string()).unwrap_or_else(|| format!("pid {pid}"));
+    let what = exe
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| format!("pid {pid}"));
     if seen.is_empty() {
         format!("{what} is not a Python process (no libpython or python executable is mapped)")
     } else {
@@ -234,7 +239,10 @@ mod tests {
             version_from_path("/usr/lib/libpython3.13t.so.1.0"),
             Some(Version::new(3, 13, 0))
         );
-        assert_eq!(version_from_path("/usr/bin/python3.10"), Some(Version::new(3, 10, 0)));
+        assert_eq!(
+            version_from_path("/usr/bin/python3.10"),
+            Some(Version::new(3, 10, 0))
+        );
         assert_eq!(version_from_path("/usr/bin/python3"), None);
         assert_eq!(version_from_path("/usr/bin/python3.10-config"), None);
     }

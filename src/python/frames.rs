@@ -1,10 +1,10 @@
 //! Walking one thread's chain of interpreter frames.
 
+use super::PyError;
 use super::code::CodeCache;
 use super::layout::{FrameRoot, InstrSource, Layout};
 use super::locals::read_locals;
-use super::PyError;
-use crate::process::memory::{le_u32, le_u64, le_u8};
+use crate::process::memory::{le_u8, le_u32, le_u64};
 use crate::process::{Memory, MemoryExt};
 use crate::sample::{Frame, FrameKind};
 
@@ -30,11 +30,7 @@ pub fn first_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Re
         FrameRoot::Direct(off) => le_u64(tstate, off as usize),
         FrameRoot::CFrame { cframe, current } => {
             let cf = le_u64(tstate, cframe as usize);
-            if cf == 0 {
-                0
-            } else {
-                mem.u64(cf + current)?
-            }
+            if cf == 0 { 0 } else { mem.u64(cf + current)? }
         }
     })
 }
@@ -51,7 +47,9 @@ pub fn walk<M: Memory + ?Sized>(
     let size = (l.f_size as usize).clamp(64, buf.len());
     while frame != 0 {
         if out.len() >= MAX_DEPTH {
-            return Err(PyError::Corrupt("frame chain too deep (torn read or cycle)"));
+            return Err(PyError::Corrupt(
+                "frame chain too deep (torn read or cycle)",
+            ));
         }
         mem.read(frame, &mut buf[..size])?;
         let code = le_u64(&buf, l.f_code as usize) & !l.f_code_tag_mask;
@@ -71,11 +69,7 @@ pub fn walk<M: Memory + ?Sized>(
             InstrSource::LastiBytes(off) => le_u32(&buf, off as usize) as i32 as i64,
             InstrSource::LastiUnits(off) => {
                 let u = le_u32(&buf, off as usize) as i32 as i64;
-                if u < 0 {
-                    -1
-                } else {
-                    u * 2
-                }
+                if u < 0 { -1 } else { u * 2 }
             }
             InstrSource::Pointer(off) => {
                 let ip = le_u64(&buf, off as usize);
@@ -102,7 +96,12 @@ pub fn walk<M: Memory + ?Sized>(
 
 /// Where the instruction pointer's bytecode starts: inline in the code object, or in the
 /// thread's own copy on free-threaded 3.14+ (thread-local bytecode).
-fn bytecode_base<M: Memory + ?Sized>(mem: &M, l: &Layout, frame: &[u8], code: u64) -> Result<u64, PyError> {
+fn bytecode_base<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    frame: &[u8],
+    code: u64,
+) -> Result<u64, PyError> {
     let inline = code + l.co_code_adaptive.unwrap_or(0);
     if let (Some(idx_off), Some(tlbc)) = (l.f_tlbc_index, l.co_tlbc) {
         let idx = le_u32(frame, idx_off as usize) as i32;

@@ -221,16 +221,12 @@ pub enum LayoutError {
 /// Offset of `gilstate.tstate_current` on aarch64, where glibc's bigger mutexes move it.
 fn tstate_current(minor: u8, aarch64: bool) -> u64 {
     let x86 = match minor {
-        7 => 1368,
+        7 => 1480,
         8 => 1368,
         9 | 10 => 568,
         _ => 576,
     };
-    if aarch64 {
-        x86 + 16
-    } else {
-        x86
-    }
+    if aarch64 { x86 + 16 } else { x86 }
 }
 
 impl Layout {
@@ -378,8 +374,18 @@ impl Layout {
             module_dict: 16,
         };
         if minor == 7 {
-            // 3.7 keeps the 3.8 layout for everything the walk reads except these.
-            l.ts_size = 256;
+            // 3.7 has the 3.8 frame and thread layout, but a smaller runtime state and no
+            // co_posonlyargcount, which moves the code object's fields.
+            l.rt_interp_head = 24;
+            l.gil = GilSource::RuntimeTstateCurrent(tstate_current(7, aarch64));
+            l.is_modules = 40;
+            l.ts_size = 280;
+            l.co_firstlineno = 36;
+            l.co_filename = 96;
+            l.co_name = 104;
+            l.co_linetable = 112;
+            l.co_varnames = 64;
+            l.ht_cached_keys = 856;
         }
         Ok(l)
     }
@@ -394,10 +400,11 @@ impl Layout {
         let gil_base = g("interpreter_state.gil_runtime_state")?;
         let ob = g("pyobject.size")?;
         // The offsets table leaves out a few facts that are fixed per version.
+        // 3.14t tags stack refs with one bit; 3.15 uses the same two bits in both builds.
         let (owner_not_python, tag_mask) = match (minor, ft) {
             (13, _) => (3, 0),
-            (_, false) => (3, 3),
-            (_, true) => (3, 1),
+            (14, true) => (3, 1),
+            _ => (3, 3),
         };
         let holder = g("interpreter_state.gil_runtime_state_holder")?;
         let locked = g("interpreter_state.gil_runtime_state_locked")?;
@@ -452,9 +459,7 @@ impl Layout {
             ob_type: g("pyobject.ob_type")?,
             tp_name: g("type_object.tp_name")?,
             tp_flags: g("type_object.tp_flags")?,
-            tp_dictoffset: d
-                .get("type_object.tp_dictoffset")
-                .unwrap_or(288 + ob - 16),
+            tp_dictoffset: d.get("type_object.tp_dictoffset").unwrap_or(288 + ob - 16),
             ht_cached_keys: d
                 .get("heap_type_object.ht_cached_keys")
                 .unwrap_or(880 + ob - 16),
@@ -484,7 +489,10 @@ impl Layout {
 type DebugSpec = &'static [(&'static str, &'static [&'static str])];
 
 const DEBUG_313: DebugSpec = &[
-    ("runtime_state", &["size", "finalizing", "interpreters_head"]),
+    (
+        "runtime_state",
+        &["size", "finalizing", "interpreters_head"],
+    ),
     (
         "interpreter_state",
         &[
@@ -519,7 +527,14 @@ const DEBUG_313: DebugSpec = &[
     ),
     (
         "interpreter_frame",
-        &["size", "previous", "executable", "instr_ptr", "localsplus", "owner"],
+        &[
+            "size",
+            "previous",
+            "executable",
+            "instr_ptr",
+            "localsplus",
+            "owner",
+        ],
     ),
     (
         "code_object",
@@ -544,12 +559,18 @@ const DEBUG_313: DebugSpec = &[
     ("float_object", &["size", "ob_fval"]),
     ("long_object", &["size", "lv_tag", "ob_digit"]),
     ("bytes_object", &["size", "ob_size", "ob_sval"]),
-    ("unicode_object", &["size", "state", "length", "asciiobject_size"]),
+    (
+        "unicode_object",
+        &["size", "state", "length", "asciiobject_size"],
+    ),
     ("gc", &["size", "collecting"]),
 ];
 
 const DEBUG_314: DebugSpec = &[
-    ("runtime_state", &["size", "finalizing", "interpreters_head"]),
+    (
+        "runtime_state",
+        &["size", "finalizing", "interpreters_head"],
+    ),
     (
         "interpreter_state",
         &[
@@ -623,9 +644,153 @@ const DEBUG_314: DebugSpec = &[
     ("float_object", &["size", "ob_fval"]),
     ("long_object", &["size", "lv_tag", "ob_digit"]),
     ("bytes_object", &["size", "ob_size", "ob_sval"]),
-    ("unicode_object", &["size", "state", "length", "asciiobject_size"]),
+    (
+        "unicode_object",
+        &["size", "state", "length", "asciiobject_size"],
+    ),
     ("gc", &["size", "collecting"]),
-    ("gen_object", &["size", "gi_name", "gi_iframe", "gi_frame_state"]),
+    (
+        "gen_object",
+        &["size", "gi_name", "gi_iframe", "gi_frame_state"],
+    ),
+    ("llist_node", &["next", "prev"]),
+    (
+        "debugger_support",
+        &[
+            "eval_breaker",
+            "remote_debugger_support",
+            "remote_debugging_enabled",
+            "debugger_pending_call",
+            "debugger_script_path",
+            "debugger_script_path_size",
+        ],
+    ),
+];
+
+/// 3.15 inserted thread-state fields mid-section and added type, heap-type and exception
+/// sections; checked against Debian's 3.15.2 binary (decoded table equals the compiled
+/// `_Py_DebugOffsets_INIT`).
+const DEBUG_315: DebugSpec = &[
+    (
+        "runtime_state",
+        &["size", "finalizing", "interpreters_head"],
+    ),
+    (
+        "interpreter_state",
+        &[
+            "size",
+            "id",
+            "next",
+            "threads_head",
+            "threads_main",
+            "gc",
+            "imports_modules",
+            "sysdict",
+            "builtins",
+            "ceval_gil",
+            "gil_runtime_state",
+            "gil_runtime_state_enabled",
+            "gil_runtime_state_locked",
+            "gil_runtime_state_holder",
+            "code_object_generation",
+            "tlbc_generation",
+        ],
+    ),
+    (
+        "thread_state",
+        &[
+            "size",
+            "prev",
+            "next",
+            "interp",
+            "current_frame",
+            "base_frame",
+            "last_profiled_frame",
+            "last_profiled_frame_seq",
+            "thread_id",
+            "native_thread_id",
+            "datastack_chunk",
+            "status",
+            "holds_gil",
+            "gil_requested",
+            "current_exception",
+            "exc_state",
+        ],
+    ),
+    ("err_stackitem", &["exc_value"]),
+    (
+        "interpreter_frame",
+        &[
+            "size",
+            "previous",
+            "executable",
+            "instr_ptr",
+            "localsplus",
+            "owner",
+            "stackpointer",
+            "tlbc_index",
+        ],
+    ),
+    (
+        "code_object",
+        &[
+            "size",
+            "filename",
+            "name",
+            "qualname",
+            "linetable",
+            "firstlineno",
+            "argcount",
+            "localsplusnames",
+            "localspluskinds",
+            "co_code_adaptive",
+            "co_tlbc",
+        ],
+    ),
+    ("pyobject", &["size", "ob_type"]),
+    (
+        "type_object",
+        &[
+            "size",
+            "tp_name",
+            "tp_repr",
+            "tp_flags",
+            "tp_basicsize",
+            "tp_dictoffset",
+        ],
+    ),
+    ("heap_type_object", &["size", "ht_cached_keys"]),
+    ("tuple_object", &["size", "ob_item", "ob_size"]),
+    ("list_object", &["size", "ob_item", "ob_size"]),
+    ("set_object", &["size", "used", "table", "mask"]),
+    ("dict_object", &["size", "ma_keys", "ma_values"]),
+    ("float_object", &["size", "ob_fval"]),
+    ("long_object", &["size", "lv_tag", "ob_digit"]),
+    ("bytes_object", &["size", "ob_size", "ob_sval"]),
+    (
+        "unicode_object",
+        &[
+            "size",
+            "state",
+            "length",
+            "asciiobject_size",
+            "compactunicodeobject_size",
+        ],
+    ),
+    (
+        "gc",
+        &[
+            "size",
+            "collecting",
+            "frame",
+            "generation_stats_size",
+            "generation_stats",
+        ],
+    ),
+    (
+        "gen_object",
+        &["size", "gi_name", "gi_iframe", "gi_frame_state"],
+    ),
     ("llist_node", &["next", "prev"]),
     (
         "debugger_support",
@@ -657,6 +822,7 @@ fn spec_for(minor: u8) -> Option<DebugSpec> {
     match minor {
         13 => Some(DEBUG_313),
         14 => Some(DEBUG_314),
+        15 => Some(DEBUG_315),
         _ => None,
     }
 }
@@ -702,7 +868,10 @@ impl DebugOffsets {
                     // Fields that are not offsets into the section's own struct.
                     let free_form = matches!(
                         *name,
-                        "gil_runtime_state_enabled" | "tp_repr" | "debugger_script_path_size"
+                        "gil_runtime_state_enabled"
+                            | "tp_repr"
+                            | "debugger_script_path_size"
+                            | "generation_stats_size"
                     ) || section.ends_with("_support");
                     if !free_form && v >= s {
                         return Err(bad(format!("{section}.{name} = {v} exceeds size {s}")));
@@ -822,7 +991,11 @@ mod tests {
             DebugOffsets::decode(&raw),
             Err(LayoutError::Unsupported(_))
         ));
-        let raw = encode(0x0310_00f0, false, &[], 8);
-        assert!(DebugOffsets::decode(&raw).is_err());
+        let mut raw = encode(0x030f_02f0, false, &[], 8);
+        raw[8..16].copy_from_slice(&0x0310_00f0u64.to_le_bytes());
+        assert!(matches!(
+            DebugOffsets::decode(&raw),
+            Err(LayoutError::Unsupported(_))
+        ));
     }
 }

@@ -1,9 +1,9 @@
 //! Local variables of a frame, for `dump --locals`: names and short, bounded reprs.
 
+use super::PyError;
 use super::code::CodeInfo;
 use super::layout::Layout;
 use super::objects::{read_long, read_str, type_name};
-use super::PyError;
 use crate::process::{Memory, MemoryExt};
 use crate::sample::LocalVar;
 

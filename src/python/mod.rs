@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::process::{Memory, MemoryError};
 use crate::sample::{Frame, ThreadStack};
-pub use discover::{find_interpreter, Interpreter};
+pub use discover::{Interpreter, find_interpreter};
 pub use frames::FrameOptions;
 pub use layout::{Layout, LayoutError, Version};
 
@@ -79,13 +79,19 @@ impl<M: Memory> StackReader<M> {
 
     /// Every Python thread with its stack, innermost frame first. `tids` are the process's
     /// kernel thread ids (for versions whose thread states do not record them).
-    pub fn stacks(&mut self, tids: &[u32], opts: FrameOptions) -> Result<Vec<ThreadStack>, PyError> {
+    pub fn stacks(
+        &mut self,
+        tids: &[u32],
+        opts: FrameOptions,
+    ) -> Result<Vec<ThreadStack>, PyError> {
         let l = &self.interp.layout;
         let threads = threads::thread_states(&self.mem, l, self.interp.runtime)?;
         let mut out = Vec::with_capacity(threads.len());
         for t in &threads {
             let frames = self.thread_frames(t, opts).unwrap_or_else(|_| Vec::new());
-            let os_thread_id = t.native_id.or_else(|| self.tid_from_pthread(t.thread_id, tids));
+            let os_thread_id = t
+                .native_id
+                .or_else(|| self.tid_from_pthread(t.thread_id, tids));
             out.push(ThreadStack {
                 thread_id: t.thread_id,
                 os_thread_id,
@@ -99,7 +105,11 @@ impl<M: Memory> StackReader<M> {
         Ok(out)
     }
 
-    fn thread_frames(&mut self, t: &threads::PyThread, opts: FrameOptions) -> Result<Vec<Frame>, PyError> {
+    fn thread_frames(
+        &mut self,
+        t: &threads::PyThread,
+        opts: FrameOptions,
+    ) -> Result<Vec<Frame>, PyError> {
         let l = &self.interp.layout;
         let first = frames::first_frame(&self.mem, l, &t.raw)?;
         frames::walk(&self.mem, l, first, &mut self.raw)?;
@@ -121,9 +131,9 @@ impl<M: Memory> StackReader<M> {
     }
 
     fn fill_names(&mut self, threads: &[threads::PyThread], out: &mut [ThreadStack]) {
-        let missing = out
-            .iter()
-            .any(|t| !self.names.contains_key(&t.thread_id) && !self.unnamed.contains(&t.thread_id));
+        let missing = out.iter().any(|t| {
+            !self.names.contains_key(&t.thread_id) && !self.unnamed.contains(&t.thread_id)
+        });
         if missing {
             // One walk per interpreter: each has its own `threading` module.
             let mut interps: Vec<u64> = threads.iter().map(|t| t.interp).collect();
@@ -197,7 +207,10 @@ mod tests {
         );
         assert_eq!(short_filename("/home/a/app.py"), "app.py");
         assert_eq!(short_filename("<string>"), "<string>");
-        assert_eq!(module_name("json/decoder.py").as_deref(), Some("json.decoder"));
+        assert_eq!(
+            module_name("json/decoder.py").as_deref(),
+            Some("json.decoder")
+        );
         assert_eq!(module_name("pkg/__init__.py").as_deref(), Some("pkg"));
         assert_eq!(module_name("<string>"), None);
     }

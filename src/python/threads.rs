@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
+use super::PyError;
 use super::layout::{GilSource, Layout};
 use super::objects::{read_long, read_str};
-use super::PyError;
 use crate::process::memory::le_u64;
 use crate::process::{Memory, MemoryExt};
 
@@ -53,7 +53,9 @@ pub fn thread_states<M: Memory + ?Sized>(
             let mut raw = vec![0u8; size];
             mem.read(ts, &mut raw)?;
             if le_u64(&raw, l.ts_interp as usize) != interp {
-                return Err(PyError::Corrupt("thread state does not point back to its interpreter"));
+                return Err(PyError::Corrupt(
+                    "thread state does not point back to its interpreter",
+                ));
             }
             let native_id = l
                 .ts_native_thread_id
@@ -127,7 +129,11 @@ pub fn pthread_tid_offset<M: Memory + ?Sized>(mem: &M, pthread: u64, tids: &[u32
 }
 
 /// Iterate a dict's (key, value) pointer pairs (bounded).
-fn dict_items<M: Memory + ?Sized>(mem: &M, l: &Layout, dict: u64) -> Result<Vec<(u64, u64)>, PyError> {
+fn dict_items<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    dict: u64,
+) -> Result<Vec<(u64, u64)>, PyError> {
     let keys = mem.u64(dict + l.dict_keys)?;
     let values = mem.u64(dict + l.dict_values)?;
     // PyDictValues gained an 8-byte header in 3.13.
@@ -207,7 +213,11 @@ const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
 const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
 
 /// (key, value) pairs of an object's instance attributes.
-fn instance_attrs<M: Memory + ?Sized>(mem: &M, l: &Layout, obj: u64) -> Result<Vec<(u64, u64)>, PyError> {
+fn instance_attrs<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    obj: u64,
+) -> Result<Vec<(u64, u64)>, PyError> {
     let minor = l.version.minor;
     let tp = mem.u64(obj + l.ob_type)?;
     let flags = mem.u64(tp + l.tp_flags)?;
