@@ -18,6 +18,12 @@ pub struct LiveTarget {
 /// Attach to `pid`: check it exists and may be read, find its interpreter.
 pub fn attach(pid: u32) -> Result<LiveTarget> {
     let maps = process::read_maps(pid).map_err(|e| anyhow!(e))?;
+    if maps.is_empty() {
+        // Kernel threads and zombies have no address space.
+        return Err(anyhow!(
+            "pid {pid} has no memory map (a kernel thread or an exiting process)"
+        ));
+    }
     let mem = LiveMemory::new(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()

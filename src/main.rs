@@ -10,6 +10,13 @@ fn main() {
         Command::Dump(args) => commands::dump::run(args),
     };
     if let Err(e) = result {
+        // A closed pipe (`prof dump | head`) is the reader's choice, not an error.
+        if e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            std::process::exit(0);
+        }
         // Expected failures are one line; the chain gives the cause without a backtrace.
         eprintln!("prof: {e:#}");
         std::process::exit(1);

@@ -189,7 +189,14 @@ pub fn find_interpreter<M: Memory + ?Sized>(
             let hex = mem.u32(addr.wrapping_add(bias))? as u64;
             (Version::from_hex(hex), "Py_Version")
         } else if let Some(v) = version_from_path(path) {
-            (v, "the file name")
+            let micro = version_string_micro(mem, &writable_data(maps, path), v.minor);
+            (
+                Version {
+                    micro: micro.unwrap_or(0),
+                    ..v
+                },
+                "the file name",
+            )
         } else {
             return Err(PyError::UnknownVersion(path.to_string()));
         };
@@ -211,15 +218,49 @@ pub fn find_interpreter<M: Memory + ?Sized>(
     Err(PyError::NotPython(describe(pid, exe, &seen)))
 }
 
+/// The image's writable mappings and the anonymous mapping right after them (its `.bss`).
+fn writable_data<'a>(maps: &'a [MapRange], path: &str) -> Vec<&'a MapRange> {
+    let mut out = Vec::new();
+    for (i, m) in maps.iter().enumerate() {
+        if m.path.as_deref() == Some(path) && m.write {
+            out.push(m);
+            if let Some(next) = maps.get(i + 1) {
+                if next.path.is_none() && next.start == m.end && next.write {
+                    out.push(next);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Largest writable image region scanned for the version string.
+const MAX_SCAN: u64 = 16 << 20;
+
+/// The patch level, from the `sys.version` text that `Py_GetVersion` leaves in a static
+/// buffer of the image's writable data (3.7–3.10 export nothing better).
+fn version_string_micro<M: Memory + ?Sized>(mem: &M, ranges: &[&MapRange], minor: u8) -> Option<u8> {
+    let re = regex::bytes::Regex::new(&format!(r"\x003\.{minor}\.(\d{{1,2}})[a-z0-9+]* \(")).ok()?;
+    for r in ranges.iter().filter(|r| r.write && r.read) {
+        let len = (r.end - r.start).min(MAX_SCAN) as usize;
+        let Ok(data) = mem.bytes(r.start, len) else { continue };
+        if let Some(c) = re.captures(&data) {
+            return std::str::from_utf8(&c[1]).ok()?.parse().ok();
+        }
+    }
+    None
+}
+
 fn describe(pid: u32, exe: Option<&str>, seen: &[String]) -> String {
-    let what = exe
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| format!("pid {pid}"));
+    let what = match exe {
+        Some(e) => format!("pid {pid} ({e})"),
+        None => format!("pid {pid}"),
+    };
     if seen.is_empty() {
-        format!("{what} is not a Python process (no libpython or python executable is mapped)")
+        format!("{what} is not a Python process: no libpython or python executable is mapped")
     } else {
         format!(
-            "{what} is not a Python process prof can read: {} has no _PyRuntime",
+            "{what} is not a Python process: no libpython is mapped and {} has no Python runtime (_PyRuntime)",
             seen.join(", ")
         )
     }
