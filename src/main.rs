@@ -11,8 +11,7 @@ fn main() {
     };
     if let Err(e) = result {
         // A closed pipe (`prof dump | head`) is the reader's choice, not an error.
-        if e
-            .downcast_ref::<std::io::Error>()
+        if e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
         {
             std::process::exit(0);

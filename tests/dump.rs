@@ -17,8 +17,18 @@ use common::*;
 fn deep_recursion() {
     for_each_python(|py| {
         let target = Target::start(py, "recursion", &[]);
-        let deepest = target.truth.threads.values().map(|t| t.frames.len()).max().unwrap_or(0);
-        assert!(deepest >= 1000, "{}: target only reached depth {deepest}", target.what());
+        let deepest = target
+            .truth
+            .threads
+            .values()
+            .map(|t| t.frames.len())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            deepest >= 1000,
+            "{}: target only reached depth {deepest}",
+            target.what()
+        );
         let dump = target.dump_json(&[]);
         target.assert_stacks(&dump);
     });
@@ -69,13 +79,21 @@ fn thread_activity_and_gil() {
     for_each_python(|py| {
         let target = Target::start(py, "threads", &[]);
         let kinds: BTreeMap<&str, usize> =
-            target.truth.threads.values().fold(BTreeMap::new(), |mut m, t| {
-                *m.entry(t.park.as_str()).or_default() += 1;
-                m
-            });
+            target
+                .truth
+                .threads
+                .values()
+                .fold(BTreeMap::new(), |mut m, t| {
+                    *m.entry(t.park.as_str()).or_default() += 1;
+                    m
+                });
         // The checks below mean little unless every kind is present.
         for kind in ["sleep", "lock", "socket", "select", "busy", "busy_c"] {
-            assert!(kinds.contains_key(kind), "{}: no thread parked in {kind}", target.what());
+            assert!(
+                kinds.contains_key(kind),
+                "{}: no thread parked in {kind}",
+                target.what()
+            );
         }
         let dump = target.dump_json(&[]);
         target.assert_activity(&dump);
@@ -120,14 +138,21 @@ fn locals() {
 
         let dump = target.dump_json(&["--locals"]);
         target.assert_stacks(&dump);
-        let thread = dump.iter().find(|t| t.thread_id == ident).expect("checked by assert_stacks");
+        let thread = dump
+            .iter()
+            .find(|t| t.thread_id == ident)
+            .expect("checked by assert_stacks");
         let frame = thread
             .frames
             .iter()
             .find(|f| f.name == caller.1 && f.line == caller.2)
             .expect("checked by assert_stacks");
         let locals = frame.locals.as_ref().unwrap_or_else(|| {
-            panic!("{}: no locals for {} with --locals", target.what(), frame.name)
+            panic!(
+                "{}: no locals for {} with --locals",
+                target.what(),
+                frame.name
+            )
         });
         let by_name: BTreeMap<&str, &Local> = locals.iter().map(|l| (l.name.as_str(), l)).collect();
         let mut problems = Vec::new();
@@ -137,12 +162,16 @@ fn locals() {
                 Some(local) => {
                     if let (Some(want), Some(have)) = (repr, &local.repr) {
                         if want != have {
-                            problems.push(format!("local {name}: repr {have:?}, expected {want:?}"));
+                            problems
+                                .push(format!("local {name}: repr {have:?}, expected {want:?}"));
                         }
                     }
                     let is_arg = truth.args.contains(name);
                     if local.arg.is_some_and(|a| a != is_arg) {
-                        problems.push(format!("local {name}: arg={:?}, expected {is_arg}", local.arg));
+                        problems.push(format!(
+                            "local {name}: arg={:?}, expected {is_arg}",
+                            local.arg
+                        ));
                     }
                 }
             }
@@ -174,18 +203,35 @@ fn text_output_format() {
             let extra: &[&str] = if full { &["--full-filenames"] } else { &[] };
             let text = target.dump_text(extra);
             let fail = |msg: String| -> ! {
-                panic!("{} (prof dump {extra:?}): {msg}\noutput:\n{text}", target.what())
+                panic!(
+                    "{} (prof dump {extra:?}): {msg}\noutput:\n{text}",
+                    target.what()
+                )
             };
             let parsed = parse_text_dump(&text).unwrap_or_else(|e| fail(e));
-            if !parsed.process_line.starts_with(&format!("Process {}", target.pid)) {
-                fail(format!("first line should name the process: {:?}", parsed.process_line));
+            if !parsed
+                .process_line
+                .starts_with(&format!("Process {}", target.pid))
+            {
+                fail(format!(
+                    "first line should name the process: {:?}",
+                    parsed.process_line
+                ));
             }
             let version = truth.version_string();
-            if !parsed.version_line.starts_with("Python") || !parsed.version_line.contains(&version) {
-                fail(format!("second line should give Python {version}: {:?}", parsed.version_line));
+            if !parsed.version_line.starts_with("Python") || !parsed.version_line.contains(&version)
+            {
+                fail(format!(
+                    "second line should give Python {version}: {:?}",
+                    parsed.version_line
+                ));
             }
             if parsed.threads.len() != truth.threads.len() {
-                fail(format!("{} threads, target has {}", parsed.threads.len(), truth.threads.len()));
+                fail(format!(
+                    "{} threads, target has {}",
+                    parsed.threads.len(),
+                    truth.threads.len()
+                ));
             }
             for (ident, t) in &truth.threads {
                 let ident: u64 = ident.parse().unwrap();
@@ -203,7 +249,10 @@ fn text_output_format() {
                     ))
                 };
                 if shown.name.as_deref() != Some(t.name.as_str()) {
-                    fail(format!("thread {}: name {:?}, expected {:?}", shown.id, shown.name, t.name));
+                    fail(format!(
+                        "thread {}: name {:?}, expected {:?}",
+                        shown.id, shown.name, t.name
+                    ));
                 }
                 let status_ok = if t.is_idle() {
                     shown.status == "idle"
@@ -211,7 +260,10 @@ fn text_output_format() {
                     shown.status == "active" || shown.status == "active+gil"
                 };
                 if !status_ok {
-                    fail(format!("thread {} parked in {}: status {:?}", shown.id, t.park, shown.status));
+                    fail(format!(
+                        "thread {} parked in {}: status {:?}",
+                        shown.id, t.park, shown.status
+                    ));
                 }
                 let want: Vec<TruthFrame> = t.expected().into_iter().rev().collect();
                 let names_lines = |fs: &[(String, String, i64)]| -> Vec<(String, i64)> {
@@ -223,7 +275,9 @@ fn text_output_format() {
                         "thread {} \"{}\": frames (innermost first) differ; expected:\n{}",
                         shown.id,
                         t.name,
-                        want.iter().map(|f| format!("    {} ({}:{})\n", f.1, f.0, f.2)).collect::<String>()
+                        want.iter()
+                            .map(|f| format!("    {} ({}:{})\n", f.1, f.0, f.2))
+                            .collect::<String>()
                     ));
                 }
                 for ((_, file, _), w) in shown.frames.iter().zip(&want) {
@@ -231,8 +285,7 @@ fn text_output_format() {
                         *file == w.0
                     } else {
                         // Shortened names are a trailing part of the full path.
-                        !file.is_empty()
-                            && (w.0 == *file || w.0.ends_with(&format!("/{file}")))
+                        !file.is_empty() && (w.0 == *file || w.0.ends_with(&format!("/{file}")))
                     };
                     if !ok {
                         fail(format!("thread {}: file {file:?} for {:?}", shown.id, w.0));
@@ -290,7 +343,11 @@ fn target_exits_while_dumped() {
                 match out.status.code() {
                     Some(0) => {
                         serde_json::from_slice::<Vec<Thread>>(&out.stdout).unwrap_or_else(|e| {
-                            panic!("{}: exit 0 but bad JSON: {e}\n{}", target.what(), describe(&args, &out))
+                            panic!(
+                                "{}: exit 0 but bad JSON: {e}\n{}",
+                                target.what(),
+                                describe(&args, &out)
+                            )
                         });
                         *outcomes.entry("ok".into()).or_default() += 1;
                     }
@@ -298,7 +355,11 @@ fn target_exits_while_dumped() {
                         let line = assert_one_line_error(&args, &out);
                         *outcomes.entry(line).or_default() += 1;
                     }
-                    _ => panic!("{}: prof died or exited oddly\n{}", target.what(), describe(&args, &out)),
+                    _ => panic!(
+                        "{}: prof died or exited oddly\n{}",
+                        target.what(),
+                        describe(&args, &out)
+                    ),
                 }
                 assert_not_stopped(target.pid, &target.what());
                 assert!(
@@ -318,7 +379,10 @@ fn nonexistent_pid() {
     let mut child = Command::new("true").spawn().expect("spawn true");
     let pid = child.id();
     child.wait().unwrap();
-    assert!(!fs::exists(format!("/proc/{pid}")).unwrap_or(true), "pid {pid} was reused");
+    assert!(
+        !fs::exists(format!("/proc/{pid}")).unwrap_or(true),
+        "pid {pid} was reused"
+    );
     for json in [false, true] {
         let pid = pid.to_string();
         let mut args = vec!["dump", "-p", pid.as_str()];
@@ -327,14 +391,21 @@ fn nonexistent_pid() {
         }
         let out = run_prof(&args);
         assert_one_line_error(&args, &out);
-        assert!(out.stdout.is_empty(), "stdout should be empty\n{}", describe(&args, &out));
+        assert!(
+            out.stdout.is_empty(),
+            "stdout should be empty\n{}",
+            describe(&args, &out)
+        );
     }
 }
 
 #[test]
 fn non_python_process() {
     let sleeper = Group::spawn(
-        Command::new("sleep").arg("60").stdout(Stdio::null()).stderr(Stdio::null()),
+        Command::new("sleep")
+            .arg("60")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
     );
     let pid = sleeper.pid();
     // exec of sleep must have happened, or prof might see the test binary.

@@ -239,11 +239,18 @@ const MAX_SCAN: u64 = 16 << 20;
 
 /// The patch level, from the `sys.version` text that `Py_GetVersion` leaves in a static
 /// buffer of the image's writable data (3.7–3.10 export nothing better).
-fn version_string_micro<M: Memory + ?Sized>(mem: &M, ranges: &[&MapRange], minor: u8) -> Option<u8> {
-    let re = regex::bytes::Regex::new(&format!(r"\x003\.{minor}\.(\d{{1,2}})[a-z0-9+]* \(")).ok()?;
+fn version_string_micro<M: Memory + ?Sized>(
+    mem: &M,
+    ranges: &[&MapRange],
+    minor: u8,
+) -> Option<u8> {
+    let re =
+        regex::bytes::Regex::new(&format!(r"\x003\.{minor}\.(\d{{1,2}})[a-z0-9+]* \(")).ok()?;
     for r in ranges.iter().filter(|r| r.write && r.read) {
         let len = (r.end - r.start).min(MAX_SCAN) as usize;
-        let Ok(data) = mem.bytes(r.start, len) else { continue };
+        let Ok(data) = mem.bytes(r.start, len) else {
+            continue;
+        };
         if let Some(c) = re.captures(&data) {
             return std::str::from_utf8(&c[1]).ok()?.parse().ok();
         }

@@ -53,7 +53,11 @@ fn pyenv_root() -> PathBuf {
     if let Some(root) = std::env::var_os("PYENV_ROOT").filter(|r| !r.is_empty()) {
         return PathBuf::from(root);
     }
-    if let Ok(out) = Command::new("pyenv").arg("root").stderr(Stdio::null()).output() {
+    if let Ok(out) = Command::new("pyenv")
+        .arg("root")
+        .stderr(Stdio::null())
+        .output()
+    {
         let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && !root.is_empty() {
             return PathBuf::from(root);
@@ -83,7 +87,9 @@ pub fn pythons() -> Vec<Python> {
     if let Ok(entries) = fs::read_dir(&versions) {
         for entry in entries.flatten() {
             let dir = entry.file_name().to_string_lossy().into_owned();
-            let Some(minor) = pyenv_minor(&dir) else { continue };
+            let Some(minor) = pyenv_minor(&dir) else {
+                continue;
+            };
             if !(7..=15).contains(&minor) {
                 continue;
             }
@@ -110,18 +116,38 @@ pub fn pythons() -> Vec<Python> {
         }
     }
     for (minor, dir, bin) in pyenv {
-        found.push(Python { name: format!("pyenv-{dir}"), path: bin, version: (3, minor) });
+        found.push(Python {
+            name: format!("pyenv-{dir}"),
+            path: bin,
+            version: (3, minor),
+        });
     }
 
     let fixed = [
         ("debian-3.11", "/usr/bin/python3.11", 11),
-        ("debian-sid-3.13", "/opt/prof-pythons/debian-sid/bin/python3.13", 13),
-        ("debian-sid-3.14", "/opt/prof-pythons/debian-sid/bin/python3.14", 14),
-        ("debian-sid-3.15", "/opt/prof-pythons/debian-sid/bin/python3.15", 15),
+        (
+            "debian-sid-3.13",
+            "/opt/prof-pythons/debian-sid/bin/python3.13",
+            13,
+        ),
+        (
+            "debian-sid-3.14",
+            "/opt/prof-pythons/debian-sid/bin/python3.14",
+            14,
+        ),
+        (
+            "debian-sid-3.15",
+            "/opt/prof-pythons/debian-sid/bin/python3.15",
+            15,
+        ),
     ];
     for (name, path, minor) in fixed {
         if Path::new(path).exists() {
-            found.push(Python { name: name.into(), path: path.into(), version: (3, minor) });
+            found.push(Python {
+                name: name.into(),
+                path: path.into(),
+                version: (3, minor),
+            });
         } else {
             missing.push(format!("{name} not found at {path}"));
         }
@@ -131,15 +157,25 @@ pub fn pythons() -> Vec<Python> {
         eprintln!("skipped: {m}");
     }
     if std::env::var_os("PROF_TEST_REQUIRE_ALL").is_some_and(|v| v == "1") {
-        assert!(missing.is_empty(), "PROF_TEST_REQUIRE_ALL=1 but missing: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "PROF_TEST_REQUIRE_ALL=1 but missing: {missing:?}"
+        );
     }
 
     if let Ok(filter) = std::env::var("PROF_TEST_PYTHONS") {
-        let words: Vec<&str> = filter.split(',').map(str::trim).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = filter
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect();
         found.retain(|py| {
             let keep = words.iter().any(|w| py.name.contains(w));
             if !keep {
-                eprintln!("skipped: {} (not selected by PROF_TEST_PYTHONS={filter})", py.name);
+                eprintln!(
+                    "skipped: {} (not selected by PROF_TEST_PYTHONS={filter})",
+                    py.name
+                );
             }
             keep
         });
@@ -162,7 +198,10 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// that failed (the full messages were already printed as they happened).
 pub fn for_each_python(check: impl Fn(&Python)) {
     let pythons = pythons();
-    assert!(!pythons.is_empty(), "no Python interpreter found: nothing was tested");
+    assert!(
+        !pythons.is_empty(),
+        "no Python interpreter found: nothing was tested"
+    );
     let mut failed = Vec::new();
     for py in &pythons {
         let start = Instant::now();
@@ -248,7 +287,11 @@ pub struct TruthThread {
 impl TruthThread {
     /// The whole stack prof should report, outermost first.
     pub fn expected(&self) -> Vec<TruthFrame> {
-        self.frames.iter().chain(&self.park_frames).cloned().collect()
+        self.frames
+            .iter()
+            .chain(&self.park_frames)
+            .cloned()
+            .collect()
     }
 
     pub fn is_idle(&self) -> bool {
@@ -273,11 +316,18 @@ impl Truth {
     }
 
     pub fn idents(&self) -> BTreeSet<u64> {
-        self.threads.keys().map(|k| k.parse().expect("thread ident")).collect()
+        self.threads
+            .keys()
+            .map(|k| k.parse().expect("thread ident"))
+            .collect()
     }
 
     pub fn version_string(&self) -> String {
-        self.version.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+        self.version
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(".")
     }
 }
 
@@ -329,7 +379,10 @@ pub fn testdata() -> PathBuf {
 /// fails, since hanging is never an acceptable answer.
 pub fn run_prof(args: &[&str]) -> Output {
     let mut cmd = Command::new(prof_path());
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut group = Group::spawn(&mut cmd);
     let mut out = group.child.stdout.take().expect("stdout");
     let mut err = group.child.stderr.take().expect("stderr");
@@ -358,7 +411,11 @@ pub fn run_prof(args: &[&str]) -> Output {
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
     match status {
-        Some(status) => Output { status, stdout, stderr },
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
         None => panic!(
             "prof {args:?} still running after {PROF_TIMEOUT:?}; killed it\nstdout:\n{}\nstderr:\n{}",
             String::from_utf8_lossy(&stdout),
@@ -387,15 +444,27 @@ pub fn dump_json_with(pid: u32, extra: &[&str]) -> Vec<Thread> {
     let mut args = vec!["dump", "-p", &pid, "--json"];
     args.extend_from_slice(extra);
     let out = run_prof(&args);
-    assert!(out.status.success(), "prof failed\n{}", describe(&args, &out));
+    assert!(
+        out.status.success(),
+        "prof failed\n{}",
+        describe(&args, &out)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("prof's JSON does not match the schema: {e}\n{}", describe(&args, &out))
+        panic!(
+            "prof's JSON does not match the schema: {e}\n{}",
+            describe(&args, &out)
+        )
     })
 }
 
 /// Asserts that an error run printed exactly one non-empty line on stderr.
 pub fn assert_one_line_error(args: &[&str], out: &Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1\n{}", describe(args, out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit code 1\n{}",
+        describe(args, out)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.trim_end_matches('\n').split('\n').collect();
     assert!(
@@ -404,7 +473,11 @@ pub fn assert_one_line_error(args: &[&str], out: &Output) -> String {
         lines.len(),
         describe(args, out)
     );
-    assert!(!stderr.contains("panicked"), "prof panicked\n{}", describe(args, out));
+    assert!(
+        !stderr.contains("panicked"),
+        "prof panicked\n{}",
+        describe(args, out)
+    );
     lines[0].to_string()
 }
 
@@ -414,13 +487,21 @@ pub fn assert_one_line_error(args: &[&str], out: &Output) -> String {
 /// State letter of every task of `pid` (empty once the process is gone).
 pub fn task_states(pid: u32) -> Vec<(u32, char)> {
     let mut states = Vec::new();
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else { return states };
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return states;
+    };
     for entry in entries.flatten() {
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // The command name may contain spaces and parentheses: skip past the
         // last ')'.
-        if let Some(state) = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next())
+        if let Some(state) = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next())
         {
             states.push((tid, state));
         }
@@ -429,7 +510,9 @@ pub fn task_states(pid: u32) -> Vec<(u32, char)> {
 }
 
 pub fn task_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// After prof has exited, no task of `pid` may stay stopped ('t' traced or
@@ -437,15 +520,22 @@ pub fn task_count(pid: u32) -> usize {
 pub fn assert_not_stopped(pid: u32, context: &str) {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let stopped: Vec<(u32, char)> =
-            task_states(pid).into_iter().filter(|(_, s)| matches!(s, 't' | 'T')).collect();
+        let stopped: Vec<(u32, char)> = task_states(pid)
+            .into_iter()
+            .filter(|(_, s)| matches!(s, 't' | 'T'))
+            .collect();
         if stopped.is_empty() {
             return;
         }
         if Instant::now() >= deadline {
             let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("?");
-            panic!("{context}: process {pid} left stopped after prof exited ({state}); stopped tasks: {stopped:?}");
+            let state = status
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("?");
+            panic!(
+                "{context}: process {pid} left stopped after prof exited ({state}); stopped tasks: {stopped:?}"
+            );
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -470,7 +560,10 @@ impl Target {
     /// it has written `<outdir>/ready.json` (and, unless the writer stays, until
     /// only the threads the file describes are left).
     pub fn start(python: &Python, script: &str, args: &[&str]) -> Target {
-        let dir = tempfile::Builder::new().prefix("prof-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("prof-test-")
+            .tempdir()
+            .expect("tempdir");
         let path = testdata().join(format!("{script}.py"));
         let stdout = File::create(dir.path().join("target.stdout")).expect("stdout file");
         let stderr = File::create(dir.path().join("target.stderr")).expect("stderr file");
@@ -504,7 +597,10 @@ impl Target {
         let deadline = Instant::now() + READY_TIMEOUT;
         while !ready.exists() {
             if let Some(status) = group.try_wait() {
-                panic!("{what} exited ({status}) before it was ready\n{}", output(dir.path()));
+                panic!(
+                    "{what} exited ({status}) before it was ready\n{}",
+                    output(dir.path())
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -524,7 +620,10 @@ impl Target {
             let want = truth.threads.len();
             while task_count(pid) != want {
                 if let Some(status) = group.try_wait() {
-                    panic!("{what} exited ({status}) after it was ready\n{}", output(dir.path()));
+                    panic!(
+                        "{what} exited ({status}) after it was ready\n{}",
+                        output(dir.path())
+                    );
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -534,11 +633,21 @@ impl Target {
                 thread::sleep(Duration::from_millis(5));
             }
         }
-        Target { python: python.clone(), script: script.into(), pid, truth, group, dir }
+        Target {
+            python: python.clone(),
+            script: script.into(),
+            pid,
+            truth,
+            group,
+            dir,
+        }
     }
 
     pub fn what(&self) -> String {
-        format!("[{}] {}.py (pid {})", self.python.name, self.script, self.pid)
+        format!(
+            "[{}] {}.py (pid {})",
+            self.python.name, self.script, self.pid
+        )
     }
 
     pub fn group(&mut self) -> &mut Group {
@@ -553,7 +662,12 @@ impl Target {
         args.extend_from_slice(extra);
         let out = run_prof(&args);
         assert_not_stopped(self.pid, &self.what());
-        assert!(out.status.success(), "{}: prof failed\n{}", self.what(), describe(&args, &out));
+        assert!(
+            out.status.success(),
+            "{}: prof failed\n{}",
+            self.what(),
+            describe(&args, &out)
+        );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "{}: prof's JSON does not match the schema: {e}\n{}",
@@ -570,9 +684,18 @@ impl Target {
         args.extend_from_slice(extra);
         let out = run_prof(&args);
         assert_not_stopped(self.pid, &self.what());
-        assert!(out.status.success(), "{}: prof failed\n{}", self.what(), describe(&args, &out));
+        assert!(
+            out.status.success(),
+            "{}: prof failed\n{}",
+            self.what(),
+            describe(&args, &out)
+        );
         String::from_utf8(out.stdout.clone()).unwrap_or_else(|e| {
-            panic!("{}: output is not UTF-8: {e}\n{}", self.what(), describe(&args, &out))
+            panic!(
+                "{}: output is not UTF-8: {e}\n{}",
+                self.what(),
+                describe(&args, &out)
+            )
         })
     }
 
@@ -595,7 +718,9 @@ impl Target {
     pub fn assert_identities(&self, dump: &[Thread]) {
         let mut problems = thread_set_problems(&self.truth, self.pid, dump);
         for t in dump {
-            let Some(truth) = self.truth.thread(t.thread_id) else { continue };
+            let Some(truth) = self.truth.thread(t.thread_id) else {
+                continue;
+            };
             if t.thread_name.as_deref() != Some(truth.name.as_str()) {
                 problems.push(format!(
                     "thread {} \"{}\": prof's thread_name is {:?}",
@@ -622,8 +747,13 @@ impl Target {
     pub fn assert_activity(&self, dump: &[Thread]) {
         let mut problems = thread_set_problems(&self.truth, self.pid, dump);
         for t in dump {
-            let Some(truth) = self.truth.thread(t.thread_id) else { continue };
-            let label = format!("thread {} \"{}\" (parked in {})", t.thread_id, truth.name, truth.park);
+            let Some(truth) = self.truth.thread(t.thread_id) else {
+                continue;
+            };
+            let label = format!(
+                "thread {} \"{}\" (parked in {})",
+                t.thread_id, truth.name, truth.park
+            );
             if truth.is_idle() && (t.active || t.owns_gil) {
                 problems.push(format!(
                     "{label}: blocked, but active={} owns_gil={}",
@@ -634,10 +764,16 @@ impl Target {
                 problems.push(format!("{label}: spinning on a CPU, but active=false"));
             }
             if truth.park == "busy_c" && t.owns_gil {
-                problems.push(format!("{label}: spins with the GIL released, but owns_gil=true"));
+                problems.push(format!(
+                    "{label}: spins with the GIL released, but owns_gil=true"
+                ));
             }
         }
-        let owners: Vec<u64> = dump.iter().filter(|t| t.owns_gil).map(|t| t.thread_id).collect();
+        let owners: Vec<u64> = dump
+            .iter()
+            .filter(|t| t.owns_gil)
+            .map(|t| t.thread_id)
+            .collect();
         if self.truth.gil {
             if owners.len() > 1 {
                 problems.push(format!("{} threads own the GIL: {owners:?}", owners.len()));
@@ -661,7 +797,12 @@ impl Target {
 
     fn fail_on(&self, problems: Vec<String>) {
         if !problems.is_empty() {
-            panic!("{}: {} problem(s)\n{}", self.what(), problems.len(), problems.join("\n"));
+            panic!(
+                "{}: {} problem(s)\n{}",
+                self.what(),
+                problems.len(),
+                problems.join("\n")
+            );
         }
     }
 }
@@ -674,7 +815,10 @@ fn thread_set_problems(truth: &Truth, pid: u32, dump: &[Thread]) -> Vec<String> 
     let mut seen = BTreeSet::new();
     for t in dump {
         if t.pid != i64::from(pid) {
-            problems.push(format!("thread {}: pid {} (target is {pid})", t.thread_id, t.pid));
+            problems.push(format!(
+                "thread {}: pid {} (target is {pid})",
+                t.thread_id, t.pid
+            ));
         }
         if !seen.insert(t.thread_id) {
             problems.push(format!("thread {} listed more than once", t.thread_id));
@@ -712,7 +856,11 @@ fn format_prof_stack(innermost_first: &[Frame], mark: Option<usize>) -> String {
     let mut s = String::new();
     for (i, f) in innermost_first.iter().rev().enumerate() {
         let arrow = if Some(i) == mark { ">>" } else { "  " };
-        let _ = writeln!(s, "    {arrow}{i:5}  {} ({}:{})", f.name, f.filename, f.line);
+        let _ = writeln!(
+            s,
+            "    {arrow}{i:5}  {} ({}:{})",
+            f.name, f.filename, f.line
+        );
     }
     s
 }
@@ -730,7 +878,11 @@ pub fn stack_problem(truth: &TruthThread, got: &Thread) -> Option<String> {
     if want == have {
         return None;
     }
-    let first = want.iter().zip(&have).position(|(a, b)| a != b).unwrap_or(want.len().min(have.len()));
+    let first = want
+        .iter()
+        .zip(&have)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(have.len()));
     let parked_from = truth.frames.len();
     Some(format!(
         "thread {} \"{}\" (parked in {}): stack differs at outermost-first index {first}; \
@@ -789,11 +941,18 @@ pub fn parse_text_dump(text: &str) -> Result<TextDump, String> {
                 frames: Vec::new(),
             });
         } else if let Some(c) = frame.captures(line) {
-            let t = threads.last_mut().ok_or_else(|| format!("frame before any thread: {line:?}"))?;
-            t.frames.push((c[1].to_string(), c[2].to_string(), c[3].parse().unwrap()));
+            let t = threads
+                .last_mut()
+                .ok_or_else(|| format!("frame before any thread: {line:?}"))?;
+            t.frames
+                .push((c[1].to_string(), c[2].to_string(), c[3].parse().unwrap()));
         } else {
             return Err(format!("line {}: unexpected {line:?}", i + 3));
         }
     }
-    Ok(TextDump { process_line, version_line, threads })
+    Ok(TextDump {
+        process_line,
+        version_line,
+        threads,
+    })
 }
