@@ -9,3 +9,4 @@ pub mod commands;
 pub mod process;
 pub mod python;
 pub mod sample;
+pub mod sampler;

@@ -160,11 +160,10 @@ fn locals() {
             match by_name.get(name.as_str()) {
                 None => problems.push(format!("local {name:?} missing")),
                 Some(local) => {
-                    if let (Some(want), Some(have)) = (repr, &local.repr) {
-                        if want != have {
-                            problems
-                                .push(format!("local {name}: repr {have:?}, expected {want:?}"));
-                        }
+                    if let (Some(want), Some(have)) = (repr, &local.repr)
+                        && want != have
+                    {
+                        problems.push(format!("local {name}: repr {have:?}, expected {want:?}"));
                     }
                     let is_arg = truth.args.contains(name);
                     if local.arg.is_some_and(|a| a != is_arg) {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::attach::{attach, explain, thread_states};
 use crate::cli::DumpArgs;
 use crate::process::ptrace::PauseGuard;
-use crate::python::{FrameOptions, module_name, short_filename};
+use crate::python::{FrameOptions, module_name};
 use crate::sample::{LocalVar, ThreadStack};
 
 /// A frame in py-spy's JSON schema.
@@ -40,8 +40,10 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     let mut target = attach(pid)?;
     let states = thread_states(pid)?;
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
+    // A paused process cannot tear a stack; a running one is re-checked instead.
     let opts = FrameOptions {
         locals: args.locals,
+        validate: args.nonblocking,
     };
     let mut stacks = {
         let _pause = if args.nonblocking {
@@ -59,9 +61,6 @@ pub fn run(args: &DumpArgs) -> Result<()> {
             .os_thread_id
             .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
         s.active = state == Some('R');
-        for f in &mut s.frames {
-            f.short_filename = short_filename(&f.filename);
-        }
     }
     let out = std::io::stdout();
     let mut out = out.lock();

@@ -3,6 +3,7 @@
 pub mod maps;
 pub mod memory;
 pub mod ptrace;
+pub mod spawn;
 pub mod threads;
 
 pub use maps::{MapRange, read_maps};

@@ -24,6 +24,13 @@ pub fn parse_stat_state(stat: &[u8]) -> Option<char> {
         .map(|b| *b as char)
 }
 
+/// The parent pid in a `stat` line (the field after the state).
+pub fn parse_stat_ppid(stat: &[u8]) -> Option<u32> {
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn read_small(path: &str, buf: &mut [u8]) -> Option<usize> {
     let mut f = std::fs::File::open(path).ok()?;
     let mut n = 0;
@@ -67,6 +74,7 @@ mod tests {
         assert_eq!(parse_stat_state(b"123 (a) R) (b) R 1"), Some('R'));
         assert_eq!(parse_stat_state(b"123 (x y) t 1"), Some('t'));
         assert_eq!(parse_stat_state(b"garbage"), None);
+        assert_eq!(parse_stat_ppid(b"123 (a) b) S 77 2 3"), Some(77));
     }
 
     #[test]

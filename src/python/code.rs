@@ -18,6 +18,8 @@ pub struct CodeInfo {
     pub qualname: Option<String>,
     /// `co_filename`.
     pub filename: String,
+    /// Package-relative form of the file name.
+    pub short_filename: String,
     /// `co_firstlineno`.
     pub first_line: i32,
     /// Raw line table (`co_lnotab` / `co_linetable`).
@@ -121,11 +123,13 @@ fn read_code<M: Memory + ?Sized>(mem: &M, l: &Layout, addr: u64) -> Result<CodeI
         None => None,
     };
     let filename = read_str(mem, l, p(l.co_filename))?;
+    let short_filename = super::short_filename(&filename);
     let linetable = read_bytes(mem, l, p(l.co_linetable))?;
     Ok(CodeInfo {
         name,
         qualname,
         filename,
+        short_filename,
         first_line: le_u32(&head, l.co_firstlineno as usize) as i32,
         linetable,
         argcount: le_u32(&head, l.co_argcount as usize),

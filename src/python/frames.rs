@@ -35,6 +35,17 @@ pub fn first_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Re
     })
 }
 
+/// The innermost frame pointer of the thread state at `tstate`, read afresh.
+pub fn current_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: u64) -> Result<u64, PyError> {
+    Ok(match l.frame_root {
+        FrameRoot::Direct(off) => mem.u64(tstate + off)?,
+        FrameRoot::CFrame { cframe, current } => {
+            let cf = mem.u64(tstate + cframe)?;
+            if cf == 0 { 0 } else { mem.u64(cf + current)? }
+        }
+    })
+}
+
 /// Walk the frame chain from `frame`, innermost first.
 pub fn walk<M: Memory + ?Sized>(
     mem: &M,
@@ -121,6 +132,9 @@ fn bytecode_base<M: Memory + ?Sized>(
 pub struct FrameOptions {
     /// Read local variables.
     pub locals: bool,
+    /// Re-check each stack after reading it and retry when the thread moved meanwhile
+    /// (the consistency check used instead of stopping the target).
+    pub validate: bool,
 }
 
 /// Resolve raw frames to named frames through the code cache. A frame whose code object
@@ -146,7 +160,7 @@ pub fn resolve<M: Memory + ?Sized>(
         frames.push(Frame {
             name: code.display_name().to_string(),
             filename: code.filename.clone(),
-            short_filename: String::new(),
+            short_filename: code.short_filename.clone(),
             line: code.line(l, rf.offset),
             kind: FrameKind::Python,
             locals,

@@ -50,6 +50,7 @@ pub struct StackReader<M: Memory> {
     unnamed: Vec<u64>,
     tid_offset: Option<u64>,
     raw: Vec<frames::RawFrame>,
+    errors: u64,
 }
 
 impl<M: Memory> StackReader<M> {
@@ -64,6 +65,7 @@ impl<M: Memory> StackReader<M> {
             unnamed: Vec::new(),
             tid_offset: None,
             raw: Vec::new(),
+            errors: 0,
         }
     }
 
@@ -88,7 +90,14 @@ impl<M: Memory> StackReader<M> {
         let threads = threads::thread_states(&self.mem, l, self.interp.runtime)?;
         let mut out = Vec::with_capacity(threads.len());
         for t in &threads {
-            let frames = self.thread_frames(t, opts).unwrap_or_else(|_| Vec::new());
+            let frames = match self.thread_frames(t, opts) {
+                Ok(f) => f,
+                Err(_) => {
+                    // One unreadable thread costs its stack, not the whole sample.
+                    self.errors += 1;
+                    Vec::new()
+                }
+            };
             let os_thread_id = t
                 .native_id
                 .or_else(|| self.tid_from_pthread(t.thread_id, tids));
@@ -111,9 +120,34 @@ impl<M: Memory> StackReader<M> {
         opts: FrameOptions,
     ) -> Result<Vec<Frame>, PyError> {
         let l = &self.interp.layout;
-        let first = frames::first_frame(&self.mem, l, &t.raw)?;
-        frames::walk(&self.mem, l, first, &mut self.raw)?;
+        let mut first = frames::first_frame(&self.mem, l, &t.raw)?;
+        let mut attempts = 0;
+        loop {
+            let walked = frames::walk(&self.mem, l, first, &mut self.raw);
+            if !opts.validate {
+                walked?;
+                break;
+            }
+            // Without stopping the thread, a stack is trusted only if the thread's innermost
+            // frame is the same after the walk as before it; otherwise it moved under us.
+            let now = frames::current_frame(&self.mem, l, t.tstate)?;
+            if walked.is_ok() && now == first {
+                break;
+            }
+            attempts += 1;
+            if attempts >= 3 {
+                return Err(walked
+                    .err()
+                    .unwrap_or(PyError::Corrupt("stack changed during every read")));
+            }
+            first = now;
+        }
         frames::resolve(&self.mem, l, &mut self.codes, &self.raw, opts)
+    }
+
+    /// Threads whose stack could not be read consistently, since the reader was made.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     fn tid_from_pthread(&mut self, pthread: u64, tids: &[u32]) -> Option<u32> {

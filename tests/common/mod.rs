@@ -704,10 +704,10 @@ impl Target {
     pub fn assert_stacks(&self, dump: &[Thread]) {
         let mut problems = thread_set_problems(&self.truth, self.pid, dump);
         for t in dump {
-            if let Some(truth) = self.truth.thread(t.thread_id) {
-                if let Some(p) = stack_problem(truth, t) {
-                    problems.push(p);
-                }
+            if let Some(truth) = self.truth.thread(t.thread_id)
+                && let Some(p) = stack_problem(truth, t)
+            {
+                problems.push(p);
             }
         }
         self.fail_on(problems);

@@ -1,0 +1,315 @@
+//! The sampler: ticks at a fixed rate, reads every Python thread of the target (and, with
+//! `--subprocesses`, of its descendants) and sends samples to the profile.
+//!
+//! Timing is honest: ticks are scheduled on a fixed grid from the start; when a sample takes
+//! longer than a period the missed ticks are dropped and counted, never caught up in a burst,
+//! and `--duration` is wall-clock time.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::attach::{LiveTarget, attach};
+use crate::process::{self, threads};
+use crate::python::FrameOptions;
+use crate::sample::Sample;
+
+/// What to sample and how.
+#[derive(Debug, Clone)]
+pub struct SamplerOptions {
+    /// Samples per second.
+    pub rate: f64,
+    /// Stop after this much wall-clock time.
+    pub duration: Option<Duration>,
+    /// Never re-check stacks for consistency (fastest, may record torn stacks).
+    pub nonblocking: bool,
+    /// Keep threads that are not on CPU.
+    pub include_idle: bool,
+    /// Keep only the thread holding the GIL.
+    pub gil_only: bool,
+    /// Follow child processes.
+    pub subprocesses: bool,
+}
+
+/// What happened during a run, for the summary line.
+#[derive(Debug, Clone, Default)]
+pub struct SamplerStats {
+    /// Ticks taken.
+    pub ticks: u64,
+    /// Ticks skipped because sampling fell behind.
+    pub dropped_ticks: u64,
+    /// Thread stacks that could not be read.
+    pub errors: u64,
+    /// Samples sent.
+    pub samples: u64,
+    /// Samples lost because the consumer was not keeping up.
+    pub lost: u64,
+    /// Wall-clock time sampled.
+    pub elapsed: Duration,
+    /// The target (every followed process) exited before the end.
+    pub target_exited: bool,
+    /// Processes that were sampled.
+    pub processes: Vec<u32>,
+}
+
+impl SamplerStats {
+    /// Ticks per second actually achieved.
+    pub fn achieved_rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 { self.ticks as f64 / secs } else { 0.0 }
+    }
+}
+
+/// How long a launched or newly found process may take to show a Python interpreter.
+const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
+/// How often descendants are looked for with `--subprocesses`.
+const CHILD_SCAN: Duration = Duration::from_millis(200);
+
+enum ProcState {
+    /// Not (yet) readable as Python: retried until `ATTACH_PATIENCE` passes.
+    Pending { since: Instant, next_try: Instant },
+    Attached(Box<LiveTarget>),
+    /// Not Python, or given up on.
+    Ignored,
+}
+
+struct Proc {
+    pid: u32,
+    state: ProcState,
+    /// Open `/proc/PID/task/TID/stat` files, re-read with pread instead of reopened.
+    stat_files: HashMap<u32, File>,
+}
+
+impl Proc {
+    fn pending(pid: u32, now: Instant) -> Proc {
+        Proc {
+            pid,
+            state: ProcState::Pending {
+                since: now,
+                next_try: now,
+            },
+            stat_files: HashMap::new(),
+        }
+    }
+
+    /// Kernel threads and their states, read before the stacks.
+    fn thread_states(&mut self) -> Vec<(u32, char)> {
+        let Ok(tids) = threads::list_threads(self.pid) else {
+            return Vec::new();
+        };
+        self.stat_files.retain(|tid, _| tids.contains(tid));
+        let mut out = Vec::with_capacity(tids.len());
+        let mut buf = [0u8; 512];
+        for tid in tids {
+            let file = match self.stat_files.entry(tid) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    match File::open(format!("/proc/{}/task/{tid}/stat", self.pid)) {
+                        Ok(f) => v.insert(f),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            if let Ok(n) = file.read_at(&mut buf, 0) {
+                if let Some(state) = threads::parse_stat_state(&buf[..n]) {
+                    out.push((tid, state));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The sampling loop. `root` is the attached target, or a launched pid still starting up.
+pub fn run(
+    root: Result<LiveTarget, u32>,
+    opts: &SamplerOptions,
+    tx: &Sender<Sample>,
+    stop: &AtomicBool,
+) -> SamplerStats {
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    let mut stats = SamplerStats::default();
+    let root_pid = match &root {
+        Ok(t) => t.pid,
+        Err(pid) => *pid,
+    };
+    let mut procs = vec![match root {
+        Ok(t) => Proc {
+            pid: t.pid,
+            state: ProcState::Attached(Box::new(t)),
+            stat_files: HashMap::new(),
+        },
+        Err(pid) => Proc::pending(pid, start),
+    }];
+    let frame_opts = FrameOptions {
+        locals: false,
+        validate: !opts.nonblocking,
+    };
+    let mut next_scan = start;
+    let mut tick: u64 = 0;
+    loop {
+        let due = start + period.mul_f64(tick as f64);
+        let end = opts.duration.map(|d| start + d);
+        if let Some(end) = end {
+            if due >= end {
+                break;
+            }
+        }
+        sleep_until(due, stop);
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let now = Instant::now();
+        if opts.subprocesses && now >= next_scan {
+            next_scan = now + CHILD_SCAN;
+            for pid in descendants(root_pid) {
+                if !procs.iter().any(|p| p.pid == pid) {
+                    procs.push(Proc::pending(pid, now));
+                }
+            }
+        }
+        procs.retain(|p| process::is_alive(p.pid));
+        if procs.is_empty() {
+            stats.target_exited = true;
+            break;
+        }
+        let time = now.duration_since(start).as_secs_f64();
+        for p in procs.iter_mut() {
+            sample_process(p, time, now, &frame_opts, opts, tx, &mut stats);
+        }
+        if !opts.subprocesses
+            && procs.len() == 1
+            && matches!(procs[0].state, ProcState::Ignored)
+        {
+            // The launched command never became Python and nothing else is followed.
+            break;
+        }
+        stats.ticks += 1;
+        tick += 1;
+        // Ticks whose time has already passed are dropped, not caught up in a burst.
+        let behind = Instant::now().duration_since(start).as_secs_f64() / period.as_secs_f64();
+        let next = behind.ceil() as u64;
+        if next > tick {
+            stats.dropped_ticks += next - tick;
+            tick = next;
+        }
+    }
+    stats.elapsed = start.elapsed();
+    if let Some(d) = opts.duration {
+        stats.elapsed = stats.elapsed.min(d.max(stats.elapsed.min(d)));
+    }
+    stats.processes = procs
+        .iter()
+        .filter(|p| matches!(p.state, ProcState::Attached(_)))
+        .map(|p| p.pid)
+        .collect();
+    stats
+}
+
+fn sample_process(
+    p: &mut Proc,
+    time: f64,
+    now: Instant,
+    frame_opts: &FrameOptions,
+    opts: &SamplerOptions,
+    tx: &Sender<Sample>,
+    stats: &mut SamplerStats,
+) {
+    if let ProcState::Pending { since, next_try } = p.state {
+        if now < next_try {
+            return;
+        }
+        match attach(p.pid) {
+            Ok(t) => p.state = ProcState::Attached(Box::new(t)),
+            Err(_) if now.duration_since(since) < ATTACH_PATIENCE => {
+                p.state = ProcState::Pending {
+                    since,
+                    next_try: now + Duration::from_millis(10),
+                }
+            }
+            Err(_) => p.state = ProcState::Ignored,
+        }
+    }
+    let states = p.thread_states();
+    let ProcState::Attached(target) = &mut p.state else {
+        return;
+    };
+    let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
+    let before = target.reader.errors();
+    let stacks = match target.reader.stacks(&tids, *frame_opts) {
+        Ok(s) => s,
+        Err(_) => {
+            stats.errors += 1;
+            return;
+        }
+    };
+    stats.errors += target.reader.errors() - before;
+    for mut stack in stacks {
+        let state = stack
+            .os_thread_id
+            .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
+        stack.active = state == Some('R');
+        if stack.frames.is_empty()
+            || (!opts.include_idle && !stack.active)
+            || (opts.gil_only && !stack.owns_gil)
+        {
+            continue;
+        }
+        let sample = Sample {
+            time,
+            pid: p.pid,
+            stack,
+        };
+        match tx.try_send(sample) {
+            Ok(()) => stats.samples += 1,
+            Err(_) => stats.lost += 1,
+        }
+    }
+}
+
+/// Sleep until `when`, waking early if a stop is requested.
+fn sleep_until(when: Instant, stop: &AtomicBool) {
+    loop {
+        let now = Instant::now();
+        if now >= when || stop.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep((when - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// Every descendant of `root`, from the parent pids in `/proc/*/stat` (the kernel's
+/// `children` files are not always built in).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut buf = [0u8; 512];
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(f) = File::open(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(n) = f.read_at(&mut buf, 0) else { continue };
+        if let Some(ppid) = threads::parse_stat_ppid(&buf[..n]) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(p) = queue.pop() {
+        for (child, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
+            if !out.contains(child) && out.len() < 4096 {
+                out.push(*child);
+                queue.push(*child);
+            }
+        }
+    }
+    out
+}
