@@ -15,8 +15,81 @@ pub struct Cli {
 /// prof's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Sample a process at a fixed rate and write a flame graph or another profile.
+    Record(RecordArgs),
     /// Print every thread's current Python stack, once.
     Dump(DumpArgs),
+}
+
+/// What to sample: a running process or a command to launch, and how often.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// PID of a running Python process to attach to.
+    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<u32>,
+
+    /// Samples per second.
+    #[arg(short, long, default_value_t = 100.0, value_name = "HZ")]
+    pub rate: f64,
+
+    /// Also profile child processes (subprocess, multiprocessing) as they appear.
+    #[arg(short, long)]
+    pub subprocesses: bool,
+
+    /// Include threads that are idle (not on CPU) in the profile.
+    #[arg(short, long)]
+    pub idle: bool,
+
+    /// Only include the thread holding the GIL.
+    #[arg(short, long)]
+    pub gil: bool,
+
+    /// Never stop the target and skip the consistency re-check of each stack (fastest,
+    /// may record an occasional torn stack).
+    #[arg(long)]
+    pub nonblocking: bool,
+
+    /// Show full file names instead of package-relative ones.
+    #[arg(long)]
+    pub full_filenames: bool,
+
+    /// Command to launch and profile, after `--` (e.g. `-- python app.py`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Options of `prof record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The target and the sampling rate.
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Output file [default: <program or pid>-<time>.<format's extension>].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Output format: flamegraph, raw (collapsed), speedscope, chrometrace, pprof
+    /// [default: from the output file's extension, else flamegraph].
+    #[arg(short, long, value_name = "FORMAT")]
+    pub format: Option<String>,
+
+    /// Stop after this many seconds of wall-clock time [default: until Ctrl-C or the
+    /// target exits].
+    #[arg(short, long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+
+    /// Add each thread as the root frame of its stacks.
+    #[arg(short, long)]
+    pub threads: bool,
+
+    /// Aggregate by function (its first line) instead of by the line being run.
+    #[arg(short = 'F', long)]
+    pub function: bool,
+
+    /// Leave line numbers out of frame names.
+    #[arg(long)]
+    pub nolineno: bool,
 }
 
 /// Options of `prof dump`.

@@ -6,7 +6,9 @@
 pub mod attach;
 pub mod cli;
 pub mod commands;
+pub mod output;
 pub mod process;
+pub mod profile;
 pub mod python;
 pub mod sample;
 pub mod sampler;

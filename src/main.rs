@@ -7,7 +7,8 @@ use prof::commands;
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Dump(args) => commands::dump::run(args),
+        Command::Dump(args) => commands::dump::run(args).map(|()| 0),
+        Command::Record(args) => commands::record::run(args),
     };
     if let Err(e) = result {
         // A closed pipe (`prof dump | head`) is the reader's choice, not an error.
@@ -19,5 +20,8 @@ fn main() {
         // Expected failures are one line; the chain gives the cause without a backtrace.
         eprintln!("prof: {e:#}");
         std::process::exit(1);
+    }
+    if let Ok(code) = result {
+        std::process::exit(code);
     }
 }

@@ -33,6 +33,8 @@ pub struct SamplerOptions {
     pub gil_only: bool,
     /// Follow child processes.
     pub subprocesses: bool,
+    /// Report functions' first lines instead of the running line (`-F`).
+    pub function_lines: bool,
 }
 
 /// What happened during a run, for the summary line.
@@ -54,24 +56,42 @@ pub struct SamplerStats {
     pub target_exited: bool,
     /// Processes that were sampled.
     pub processes: Vec<u32>,
+    /// The process prof was pointed at (attached or launched).
+    pub root: u32,
+    /// The root process was read as Python at some point.
+    pub root_attached: bool,
 }
 
 impl SamplerStats {
     /// Ticks per second actually achieved.
     pub fn achieved_rate(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.ticks as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.ticks as f64 / secs
+        } else {
+            0.0
+        }
     }
 }
 
 /// How long a launched or newly found process may take to show a Python interpreter.
 const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
+/// How long after its last exec a process that still shows no interpreter is given up on:
+/// a Python executable or libpython is mapped by the time the process runs its first
+/// instruction, so this only has to cover the read itself.
+const EXEC_SETTLE: Duration = Duration::from_secs(1);
 /// How often descendants are looked for with `--subprocesses`.
 const CHILD_SCAN: Duration = Duration::from_millis(200);
 
 enum ProcState {
     /// Not (yet) readable as Python: retried until `ATTACH_PATIENCE` passes.
-    Pending { since: Instant, next_try: Instant },
+    Pending {
+        since: Instant,
+        next_try: Instant,
+        /// The executable last seen, and since when (a fork has prof's or its parent's).
+        exe: Option<std::path::PathBuf>,
+        exe_since: Instant,
+    },
     Attached(Box<LiveTarget>),
     /// Not Python, or given up on.
     Ignored,
@@ -91,6 +111,8 @@ impl Proc {
             state: ProcState::Pending {
                 since: now,
                 next_try: now,
+                exe: None,
+                exe_since: now,
             },
             stat_files: HashMap::new(),
         }
@@ -114,10 +136,10 @@ impl Proc {
                     }
                 }
             };
-            if let Ok(n) = file.read_at(&mut buf, 0) {
-                if let Some(state) = threads::parse_stat_state(&buf[..n]) {
-                    out.push((tid, state));
-                }
+            if let Ok(n) = file.read_at(&mut buf, 0)
+                && let Some(state) = threads::parse_stat_state(&buf[..n])
+            {
+                out.push((tid, state));
             }
         }
         out
@@ -138,6 +160,8 @@ pub fn run(
         Ok(t) => t.pid,
         Err(pid) => *pid,
     };
+    stats.root = root_pid;
+    stats.root_attached = root.is_ok();
     let mut procs = vec![match root {
         Ok(t) => Proc {
             pid: t.pid,
@@ -149,16 +173,17 @@ pub fn run(
     let frame_opts = FrameOptions {
         locals: false,
         validate: !opts.nonblocking,
+        function_lines: opts.function_lines,
     };
     let mut next_scan = start;
     let mut tick: u64 = 0;
     loop {
         let due = start + period.mul_f64(tick as f64);
         let end = opts.duration.map(|d| start + d);
-        if let Some(end) = end {
-            if due >= end {
-                break;
-            }
+        if let Some(end) = end
+            && due >= end
+        {
+            break;
         }
         sleep_until(due, stop);
         if stop.load(Ordering::SeqCst) {
@@ -182,10 +207,7 @@ pub fn run(
         for p in procs.iter_mut() {
             sample_process(p, time, now, &frame_opts, opts, tx, &mut stats);
         }
-        if !opts.subprocesses
-            && procs.len() == 1
-            && matches!(procs[0].state, ProcState::Ignored)
-        {
+        if !opts.subprocesses && procs.len() == 1 && matches!(procs[0].state, ProcState::Ignored) {
             // The launched command never became Python and nothing else is followed.
             break;
         }
@@ -220,17 +242,33 @@ fn sample_process(
     tx: &Sender<Sample>,
     stats: &mut SamplerStats,
 ) {
-    if let ProcState::Pending { since, next_try } = p.state {
-        if now < next_try {
+    if let ProcState::Pending {
+        since,
+        next_try,
+        exe,
+        exe_since,
+    } = &mut p.state
+    {
+        if now < *next_try {
             return;
         }
+        let current = std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok();
+        if current != *exe {
+            *exe = current;
+            *exe_since = now;
+        }
+        let settled = exe.is_some()
+            && exe.as_deref() != std::env::current_exe().ok().as_deref()
+            && now.duration_since(*exe_since) >= EXEC_SETTLE;
         match attach(p.pid) {
-            Ok(t) => p.state = ProcState::Attached(Box::new(t)),
-            Err(_) if now.duration_since(since) < ATTACH_PATIENCE => {
-                p.state = ProcState::Pending {
-                    since,
-                    next_try: now + Duration::from_millis(10),
+            Ok(t) => {
+                if p.pid == stats.root {
+                    stats.root_attached = true;
                 }
+                p.state = ProcState::Attached(Box::new(t));
+            }
+            Err(_) if !settled && now.duration_since(*since) < ATTACH_PATIENCE => {
+                *next_try = now + Duration::from_millis(10);
             }
             Err(_) => p.state = ProcState::Ignored,
         }
@@ -295,8 +333,12 @@ pub fn descendants(root: u32) -> Vec<u32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(f) = File::open(format!("/proc/{pid}/stat")) else { continue };
-        let Ok(n) = f.read_at(&mut buf, 0) else { continue };
+        let Ok(f) = File::open(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Ok(n) = f.read_at(&mut buf, 0) else {
+            continue;
+        };
         if let Some(ppid) = threads::parse_stat_ppid(&buf[..n]) {
             parent_of.push((pid, ppid));
         }

@@ -2,6 +2,10 @@
 //!
 //! Expected values come from the targets themselves (testdata/truth.py), so a
 //! test fails whenever prof's view differs from the interpreter's own.
+//!
+//! `PROF_TEST_PYTHONS=pyenv-3.12,sid-3.15` narrows a run to some interpreters;
+//! `PROF_TEST_REQUIRE_ALL=1` turns a missing interpreter into a failure.
+//! Run with `--nocapture` to see per-interpreter results and skip notices.
 
 mod common;
 

@@ -44,6 +44,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     let opts = FrameOptions {
         locals: args.locals,
         validate: args.nonblocking,
+        function_lines: false,
     };
     let mut stacks = {
         let _pause = if args.nonblocking {

@@ -1,3 +1,4 @@
 //! One module per command: glue between the CLI and the library.
 
 pub mod dump;
+pub mod record;

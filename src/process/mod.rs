@@ -105,12 +105,13 @@ pub fn permission_advice(pid: u32) -> String {
                 `--cap-add SYS_PTRACE` (docker/podman) or add SYS_PTRACE to the pod's securityContext"
             .to_string();
     }
-    if let Some(uid) = target_uid {
-        if uid != me && !cap {
-            return format!(
-                "the process belongs to uid {uid} and you are uid {me}: run prof as that user or with sudo"
-            );
-        }
+    if let Some(uid) = target_uid
+        && uid != me
+        && !cap
+    {
+        return format!(
+            "the process belongs to uid {uid} and you are uid {me}: run prof as that user or with sudo"
+        );
     }
     match scope {
         Some(3) => "kernel.yama.ptrace_scope is 3 (attaching disabled until reboot)".to_string(),

@@ -61,7 +61,9 @@ pub struct Launched {
 /// Start `argv` as prof's child. Orphaned grandchildren are re-parented to prof (a child
 /// subreaper), so they can be found and ended when the command finishes.
 pub fn launch(argv: &[String]) -> Result<Launched> {
-    let (prog, args) = argv.split_first().ok_or_else(|| anyhow!("no command given after --"))?;
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| anyhow!("no command given after --"))?;
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only changes a flag of this process.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -108,7 +110,9 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 /// Children of prof: once the command has been reaped, orphans re-parented to it.
 fn own_children() -> Vec<i32> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {

@@ -79,11 +79,11 @@ fn read_image(file: &Path) -> Result<ImageInfo, String> {
             _ => {}
         }
     }
-    if info.runtime.is_none() {
-        if let Some(sec) = elf.section_by_name(".PyRuntime") {
-            info.runtime = Some(sec.address());
-            info.runtime_how = "the .PyRuntime section";
-        }
+    if info.runtime.is_none()
+        && let Some(sec) = elf.section_by_name(".PyRuntime")
+    {
+        info.runtime = Some(sec.address());
+        info.runtime_how = "the .PyRuntime section";
     }
     let endian = elf.endian();
     for ph in elf.elf_program_headers() {
@@ -224,10 +224,12 @@ fn writable_data<'a>(maps: &'a [MapRange], path: &str) -> Vec<&'a MapRange> {
     for (i, m) in maps.iter().enumerate() {
         if m.path.as_deref() == Some(path) && m.write {
             out.push(m);
-            if let Some(next) = maps.get(i + 1) {
-                if next.path.is_none() && next.start == m.end && next.write {
-                    out.push(next);
-                }
+            if let Some(next) = maps.get(i + 1)
+                && next.path.is_none()
+                && next.start == m.end
+                && next.write
+            {
+                out.push(next);
             }
         }
     }

@@ -67,14 +67,14 @@ pub fn walk<M: Memory + ?Sized>(
         let back = le_u64(&buf, l.f_back as usize);
         let owner = l.f_owner.map(|o| le_u8(&buf, o as usize));
         // Frames owned by the C stack / interpreter are entry shims, not Python code.
-        if let (Some(owner), Some(limit)) = (owner, l.owner_not_python) {
-            if owner >= limit {
-                if let Some(last) = out.last_mut() {
-                    last.is_entry = true;
-                }
-                frame = back;
-                continue;
+        if let (Some(owner), Some(limit)) = (owner, l.owner_not_python)
+            && owner >= limit
+        {
+            if let Some(last) = out.last_mut() {
+                last.is_entry = true;
             }
+            frame = back;
+            continue;
         }
         let offset = match l.f_instr {
             InstrSource::LastiBytes(off) => le_u32(&buf, off as usize) as i32 as i64,
@@ -135,6 +135,8 @@ pub struct FrameOptions {
     /// Re-check each stack after reading it and retry when the thread moved meanwhile
     /// (the consistency check used instead of stopping the target).
     pub validate: bool,
+    /// Report each function's first line instead of the line being run (`-F`).
+    pub function_lines: bool,
 }
 
 /// Resolve raw frames to named frames through the code cache. A frame whose code object
@@ -161,7 +163,11 @@ pub fn resolve<M: Memory + ?Sized>(
             name: code.display_name().to_string(),
             filename: code.filename.clone(),
             short_filename: code.short_filename.clone(),
-            line: code.line(l, rf.offset),
+            line: if opts.function_lines {
+                code.first_line
+            } else {
+                code.line(l, rf.offset)
+            },
             kind: FrameKind::Python,
             locals,
         });

@@ -289,10 +289,10 @@ pub fn thread_names<M: Memory + ?Sized>(
         let Ok(attrs) = instance_attrs(mem, l, thread) else {
             continue;
         };
-        if let Some(name) = find_key(mem, l, &attrs, "_name") {
-            if let Ok(s) = read_str(mem, l, name) {
-                names.insert(ident as u64, s);
-            }
+        if let Some(name) = find_key(mem, l, &attrs, "_name")
+            && let Ok(s) = read_str(mem, l, name)
+        {
+            names.insert(ident as u64, s);
         }
     }
     Ok(names)

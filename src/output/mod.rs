@@ -1,0 +1,216 @@
+//! Profile writers for `prof record`: one file per format, all reading a [`Profile`].
+//!
+//! | format        | `-f` names              | extensions (`-o`)                        |
+//! |---------------|-------------------------|------------------------------------------|
+//! | flamegraph    | `flamegraph`            | `.svg`                                   |
+//! | raw           | `raw`, `collapsed`      | `.txt`, `.folded`, `.collapsed`          |
+//! | speedscope    | `speedscope`            | `.json`, `.speedscope.json`              |
+//! | chrometrace   | `chrometrace`, `chrome` | `.trace.json`, `.chrome.json`            |
+//! | pprof         | `pprof`                 | `.pb.gz`, `.pprof`, `.pb`                |
+//!
+//! A bare `.json` means speedscope because py-spy writes speedscope files as
+//! `.json`; Chrome traces are told apart by a second extension.
+
+pub mod chrometrace;
+pub mod flamegraph;
+pub mod pprof;
+pub mod raw;
+pub mod speedscope;
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use crate::profile::Profile;
+
+/// Why a profile could not be written.
+#[derive(Debug, Error)]
+pub enum OutputError {
+    /// Writing the output failed.
+    #[error("cannot write the profile: {0}")]
+    Io(#[from] std::io::Error),
+    /// Serializing JSON failed (only ever an I/O failure underneath).
+    #[error("cannot write the profile: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The format orders samples in time, and the profile did not keep the timeline.
+    #[error("the {0} format needs the samples' timeline (ProfileOptions::keep_timeline)")]
+    NeedsTimeline(&'static str),
+    /// No sample had a stack, and the format cannot express an empty profile.
+    #[error("no samples were collected, so there is no flame graph to draw")]
+    NoSamples,
+}
+
+/// Result of the writers.
+pub type Result<T> = std::result::Result<T, OutputError>;
+
+/// The file formats `prof record` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// Interactive SVG flame graph (inferno).
+    Flamegraph,
+    /// Folded stacks, one `root;...;leaf count` line per stack.
+    Raw,
+    /// speedscope's JSON file format, one sampled profile per thread.
+    Speedscope,
+    /// Chrome's Trace Event Format, for Perfetto and chrome://tracing.
+    ChromeTrace,
+    /// Gzipped pprof protobuf, for `go tool pprof` and friends.
+    Pprof,
+}
+
+impl Format {
+    /// Every format, in the order they are listed to users.
+    pub const ALL: [Format; 5] = [
+        Format::Flamegraph,
+        Format::Raw,
+        Format::Speedscope,
+        Format::ChromeTrace,
+        Format::Pprof,
+    ];
+
+    /// The format's canonical `-f` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Flamegraph => "flamegraph",
+            Format::Raw => "raw",
+            Format::Speedscope => "speedscope",
+            Format::ChromeTrace => "chrometrace",
+            Format::Pprof => "pprof",
+        }
+    }
+
+    /// The format named on the command line (case-insensitive; `collapsed` = `raw`).
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name.to_ascii_lowercase().as_str() {
+            "flamegraph" => Some(Format::Flamegraph),
+            "raw" | "collapsed" => Some(Format::Raw),
+            "speedscope" => Some(Format::Speedscope),
+            "chrometrace" | "chrome" => Some(Format::ChromeTrace),
+            "pprof" => Some(Format::Pprof),
+            _ => None,
+        }
+    }
+
+    /// The format an output file name implies, if any (see the module table).
+    pub fn from_extension(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        // Longest suffixes first: `.trace.json` must not be taken for speedscope.
+        const SUFFIXES: [(&str, Format); 11] = [
+            (".trace.json", Format::ChromeTrace),
+            (".chrome.json", Format::ChromeTrace),
+            (".speedscope.json", Format::Speedscope),
+            (".json", Format::Speedscope),
+            (".pb.gz", Format::Pprof),
+            (".pprof", Format::Pprof),
+            (".pb", Format::Pprof),
+            (".svg", Format::Flamegraph),
+            (".txt", Format::Raw),
+            (".folded", Format::Raw),
+            (".collapsed", Format::Raw),
+        ];
+        SUFFIXES
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix))
+            .map(|&(_, f)| f)
+    }
+
+    /// The extension (without the dot) of files written in this format by default.
+    pub fn default_extension(self) -> &'static str {
+        match self {
+            Format::Flamegraph => "svg",
+            Format::Raw => "txt",
+            Format::Speedscope => "json",
+            Format::ChromeTrace => "trace.json",
+            Format::Pprof => "pb.gz",
+        }
+    }
+
+    /// True when the writer wants [`crate::profile::ProfileOptions::keep_timeline`]:
+    /// speedscope keeps samples in time order with it, Chrome trace cannot do without.
+    pub fn needs_timeline(self) -> bool {
+        matches!(self, Format::Speedscope | Format::ChromeTrace)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error for an unknown `-f` name, listing the known ones.
+#[derive(Debug, Clone, Error)]
+#[error("unknown format {0:?} (expected flamegraph, raw, speedscope, chrometrace or pprof)")]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for Format {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Format::from_name(s).ok_or_else(|| UnknownFormat(s.to_owned()))
+    }
+}
+
+/// Write `profile` in `format`.
+pub fn write(format: Format, profile: &Profile, out: &mut dyn Write) -> Result<()> {
+    match format {
+        Format::Flamegraph => flamegraph::write_flamegraph(profile, out),
+        Format::Raw => raw::write_raw(profile, out),
+        Format::Speedscope => speedscope::write_speedscope(profile, out),
+        Format::ChromeTrace => chrometrace::write_chrometrace(profile, out),
+        Format::Pprof => pprof::write_pprof(profile, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for f in Format::ALL {
+            assert_eq!(Format::from_name(f.name()), Some(f));
+            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+        }
+        assert_eq!(Format::from_name("collapsed"), Some(Format::Raw));
+        assert_eq!(Format::from_name("FlameGraph"), Some(Format::Flamegraph));
+        assert_eq!(Format::from_name("svg"), None);
+        let err = "bogus".parse::<Format>().unwrap_err().to_string();
+        assert!(err.contains("bogus") && err.contains("speedscope"), "{err}");
+    }
+
+    #[test]
+    fn extensions() {
+        let of = |p: &str| Format::from_extension(Path::new(p));
+        assert_eq!(of("out.svg"), Some(Format::Flamegraph));
+        assert_eq!(of("/tmp/x/OUT.SVG"), Some(Format::Flamegraph));
+        assert_eq!(of("a.txt"), Some(Format::Raw));
+        assert_eq!(of("a.folded"), Some(Format::Raw));
+        assert_eq!(of("a.collapsed"), Some(Format::Raw));
+        assert_eq!(of("a.json"), Some(Format::Speedscope));
+        assert_eq!(of("a.speedscope.json"), Some(Format::Speedscope));
+        assert_eq!(of("a.trace.json"), Some(Format::ChromeTrace));
+        assert_eq!(of("a.chrome.json"), Some(Format::ChromeTrace));
+        assert_eq!(of("a.pb.gz"), Some(Format::Pprof));
+        assert_eq!(of("a.pprof"), Some(Format::Pprof));
+        assert_eq!(of("a.gz"), None);
+        assert_eq!(of("a"), None);
+        assert_eq!(of(".svg"), None, "a bare extension is no file name");
+        for f in Format::ALL {
+            let name = format!("profile.{}", f.default_extension());
+            assert_eq!(Format::from_extension(Path::new(&name)), Some(f), "{name}");
+        }
+    }
+
+    #[test]
+    fn timeline_formats() {
+        let need: Vec<Format> = Format::ALL
+            .into_iter()
+            .filter(|f| f.needs_timeline())
+            .collect();
+        assert_eq!(need, [Format::Speedscope, Format::ChromeTrace]);
+    }
+}
