@@ -246,6 +246,9 @@ impl Ticks {
 /// Per-function figures for a function table (the TUI's main view).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionStats {
+    /// The entry's id: its index in [`Profile::function_table`], or when aggregated by
+    /// line in [`Profile::frame_table`]; stable for the life of the profile.
+    pub id: usize,
     /// Function name.
     pub name: String,
     /// File name as displayed (short unless `full_filenames`).
@@ -257,6 +260,38 @@ pub struct FunctionStats {
     /// Samples where this was the innermost frame.
     pub own: u64,
     /// Samples where this appears anywhere on the stack, once per sample.
+    pub total: u64,
+}
+
+/// A caller or a callee of an entry of [`Profile::functions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbor {
+    /// Its id, as in [`FunctionStats::id`].
+    pub id: usize,
+    /// Function name.
+    pub name: String,
+    /// File name as displayed.
+    pub filename: String,
+    /// Line, when aggregated by line and line numbers are shown.
+    pub line: Option<i32>,
+    /// Python or native.
+    pub kind: FrameKind,
+    /// Samples in which it was directly next to the entry on the stack, once per sample.
+    pub samples: u64,
+}
+
+/// Who called an entry of [`Profile::functions`], and what it called.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Neighbors {
+    /// Entries directly outside it on a stack, most samples first.
+    pub callers: Vec<Neighbor>,
+    /// Entries directly inside it on a stack, most samples first.
+    pub callees: Vec<Neighbor>,
+    /// Samples where it was the outermost frame (nothing called it).
+    pub root: u64,
+    /// Samples where it was the innermost frame.
+    pub own: u64,
+    /// Samples where it appears anywhere on the stack, once per sample.
     pub total: u64,
 }
 
@@ -730,13 +765,10 @@ impl Profile {
         let mut v: Vec<FunctionStats> = (0..nkeys)
             .filter(|&k| total[k] > 0)
             .map(|k| {
-                let (function, line) = if by_line {
-                    (self.frames[k].function, self.frame_line(k))
-                } else {
-                    (k, None)
-                };
+                let (function, line) = self.entry(by_line, k);
                 let f = &self.functions[function];
                 FunctionStats {
+                    id: k,
                     name: f.name.clone(),
                     filename: self.display_filename(function).to_owned(),
                     line,
@@ -755,6 +787,112 @@ impl Profile {
                 .then(a.line.cmp(&b.line))
         });
         v
+    }
+}
+
+impl Profile {
+    /// The function and the displayed line of an entry id of [`Profile::functions`].
+    fn entry(&self, by_line: bool, id: usize) -> (usize, Option<i32>) {
+        if by_line {
+            (self.frames[id].function, self.frame_line(id))
+        } else {
+            (id, None)
+        }
+    }
+
+    /// Callers and callees of the entry `id` of [`Profile::functions`] (with the same
+    /// `by_line`), over the threads `filter` accepts.
+    ///
+    /// A caller is the frame directly outside an occurrence of the entry, a callee the
+    /// frame directly inside one; each is counted once per sample even when recursion
+    /// puts the entry on a stack several times. An unknown id has no neighbors.
+    pub fn neighbors(
+        &self,
+        by_line: bool,
+        id: usize,
+        filter: impl Fn(&ThreadInfo) -> bool,
+    ) -> Neighbors {
+        let nkeys = if by_line {
+            self.frames.len()
+        } else {
+            self.functions.len()
+        };
+        let mut out = Neighbors::default();
+        if id >= nkeys {
+            return out;
+        }
+        let key_of = |frame: usize| -> usize {
+            if by_line {
+                frame
+            } else {
+                self.frames[frame].function
+            }
+        };
+        let mut callers = vec![0u64; nkeys];
+        let mut callees = vec![0u64; nkeys];
+        // Stamps of the last (stack, thread) pair that counted a key, as in `functions`.
+        let mut caller_stamp = vec![usize::MAX; nkeys];
+        let mut callee_stamp = vec![usize::MAX; nkeys];
+        let accepted: Vec<bool> = self.threads.iter().map(&filter).collect();
+        for (pair, (&(stack, thread), &count)) in self.counts.iter().enumerate() {
+            if !accepted[thread as usize] {
+                continue;
+            }
+            let mut found = false;
+            let mut inner: Option<usize> = None;
+            for k in self.stack_frames(stack as usize).map(key_of) {
+                if inner == Some(id) && caller_stamp[k] != pair {
+                    caller_stamp[k] = pair;
+                    callers[k] += count;
+                }
+                if k == id {
+                    found = true;
+                    match inner {
+                        None => out.own += count,
+                        Some(c) if callee_stamp[c] != pair => {
+                            callee_stamp[c] = pair;
+                            callees[c] += count;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                inner = Some(k);
+            }
+            if inner == Some(id) {
+                out.root += count;
+            }
+            if found {
+                out.total += count;
+            }
+        }
+        let list = |counts: Vec<u64>| -> Vec<Neighbor> {
+            let mut v: Vec<Neighbor> = (0..nkeys)
+                .filter(|&k| counts[k] > 0)
+                .map(|k| {
+                    let (function, line) = self.entry(by_line, k);
+                    let f = &self.functions[function];
+                    Neighbor {
+                        id: k,
+                        name: f.name.clone(),
+                        filename: self.display_filename(function).to_owned(),
+                        line,
+                        kind: f.kind,
+                        samples: counts[k],
+                    }
+                })
+                .collect();
+            v.sort_by(|a, b| {
+                b.samples
+                    .cmp(&a.samples)
+                    .then_with(|| a.name.cmp(&b.name))
+                    .then_with(|| a.filename.cmp(&b.filename))
+                    .then(a.line.cmp(&b.line))
+            });
+            v
+        };
+        out.callers = list(callers);
+        out.callees = list(callees);
+        out
     }
 }
 
@@ -958,6 +1096,81 @@ mod tests {
         // fib:31 twice in one stack: total once; fib:30 is not innermost.
         assert_eq!((at("fib", 31).own, at("fib", 31).total), (1, 1));
         assert_eq!((at("fib", 30).own, at("fib", 30).total), (0, 1));
+    }
+
+    #[test]
+    fn function_ids_are_table_indices() {
+        let p = two_threads(ProfileOptions::default());
+        for f in p.functions(false, |_| true) {
+            assert_eq!(p.function_table()[f.id].name, f.name);
+        }
+        for f in p.functions(true, |_| true) {
+            let fr = p.frame_table()[f.id];
+            assert_eq!(p.function_table()[fr.function].name, f.name);
+            assert_eq!(Some(fr.line), f.line);
+        }
+    }
+
+    #[test]
+    fn neighbors_by_function() {
+        let p = two_threads(ProfileOptions::default());
+        let all = p.functions(false, |_| true);
+        let id = |n| stats(&all, n).id;
+        let names = |v: &[Neighbor]| -> Vec<(String, u64)> {
+            v.iter().map(|n| (n.name.clone(), n.samples)).collect()
+        };
+        let work = p.neighbors(false, id("work"), |_| true);
+        assert_eq!(names(&work.callers), [("main".to_owned(), 6)]);
+        assert_eq!(
+            names(&work.callees),
+            [("compute".to_owned(), 4), ("fib".to_owned(), 1)]
+        );
+        assert_eq!((work.own, work.total, work.root), (1, 6, 0));
+
+        let main = p.neighbors(false, id("main"), |_| true);
+        assert!(main.callers.is_empty());
+        assert_eq!((main.own, main.total, main.root), (0, 6, 6));
+
+        // fib;fib;fib in one sample: work calls it once, it calls itself once.
+        let fib = p.neighbors(false, id("fib"), |_| true);
+        assert_eq!(
+            names(&fib.callers),
+            [("fib".to_owned(), 1), ("work".to_owned(), 1)]
+        );
+        assert_eq!(names(&fib.callees), [("fib".to_owned(), 1)]);
+        assert_eq!((fib.own, fib.total), (1, 1));
+
+        // Thread filter: the worker never calls work.
+        let w = p.neighbors(false, id("work"), |t| t.name.as_deref() == Some("worker"));
+        assert_eq!(w, Neighbors::default());
+        let wait = p.neighbors(false, id("wait"), |_| true);
+        assert_eq!(names(&wait.callers), [("run".to_owned(), 4)]);
+        assert_eq!(wait.own, 4);
+        // Unknown ids have no neighbors rather than panicking.
+        assert_eq!(p.neighbors(false, 999, |_| true), Neighbors::default());
+    }
+
+    #[test]
+    fn neighbors_by_line() {
+        let p = two_threads(ProfileOptions::default());
+        let v = p.functions(true, |_| true);
+        let id = |name: &str, line: i32| {
+            v.iter()
+                .find(|s| s.name == name && s.line == Some(line))
+                .unwrap()
+                .id
+        };
+        let c = p.neighbors(true, id("compute", 20), |_| true);
+        assert_eq!(c.callers.len(), 1);
+        assert_eq!(
+            (c.callers[0].name.as_str(), c.callers[0].line),
+            ("work", Some(10))
+        );
+        assert_eq!(c.callers[0].samples, 3);
+        let w = p.neighbors(true, id("work", 10), |_| true);
+        let callees: Vec<(Option<i32>, u64)> =
+            w.callees.iter().map(|n| (n.line, n.samples)).collect();
+        assert_eq!(callees, [(Some(20), 3), (Some(21), 1)]);
     }
 
     #[test]

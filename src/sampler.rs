@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -70,6 +71,43 @@ impl SamplerStats {
             self.ticks as f64 / secs
         } else {
             0.0
+        }
+    }
+}
+
+/// Figures the sampler publishes after every tick, for live displays (`prof top`): the
+/// [`SamplerStats`] that [`run`] returns only exist once sampling has ended.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Ticks taken so far.
+    pub ticks: AtomicU64,
+    /// Ticks skipped so far because sampling fell behind.
+    pub dropped_ticks: AtomicU64,
+    /// Thread stacks that could not be read so far.
+    pub errors: AtomicU64,
+    /// Samples lost so far because the consumer was not keeping up.
+    pub lost: AtomicU64,
+    /// Python version of the first process read as Python (the root when it is Python).
+    pub python: OnceLock<String>,
+}
+
+impl LiveStats {
+    fn publish(&self, stats: &SamplerStats, procs: &[Proc]) {
+        // Relaxed: each figure is read on its own, for display.
+        self.ticks.store(stats.ticks, Ordering::Relaxed);
+        self.dropped_ticks
+            .store(stats.dropped_ticks, Ordering::Relaxed);
+        self.errors.store(stats.errors, Ordering::Relaxed);
+        self.lost.store(stats.lost, Ordering::Relaxed);
+        if self.python.get().is_none()
+            && let Some(t) = procs.iter().find_map(|p| match &p.state {
+                ProcState::Attached(t) => Some(t),
+                _ => None,
+            })
+        {
+            let _ = self
+                .python
+                .set(t.reader.interpreter().version().to_string());
         }
     }
 }
@@ -153,6 +191,17 @@ pub fn run(
     tx: &Sender<Sample>,
     stop: &AtomicBool,
 ) -> SamplerStats {
+    run_live(root, opts, tx, stop, None)
+}
+
+/// [`run`], also publishing its figures to `live` after every tick.
+pub fn run_live(
+    root: Result<LiveTarget, u32>,
+    opts: &SamplerOptions,
+    tx: &Sender<Sample>,
+    stop: &AtomicBool,
+    live: Option<&LiveStats>,
+) -> SamplerStats {
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     let mut stats = SamplerStats::default();
@@ -219,6 +268,9 @@ pub fn run(
         if next > tick {
             stats.dropped_ticks += next - tick;
             tick = next;
+        }
+        if let Some(live) = live {
+            live.publish(&stats, &procs);
         }
     }
     stats.elapsed = start.elapsed();

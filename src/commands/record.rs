@@ -122,12 +122,28 @@ pub fn start_target(
     Option<Launched>,
     String,
 )> {
+    start_target_logged(t, None)
+}
+
+/// [`start_target`]; a launched command's output goes to `log` when one is given
+/// (see [`spawn::launch_logged`]).
+pub fn start_target_logged(
+    t: &TargetArgs,
+    log: Option<&Path>,
+) -> Result<(
+    Result<crate::attach::LiveTarget, u32>,
+    Option<Launched>,
+    String,
+)> {
     if let Some(pid) = t.pid {
         let target = attach(pid)?;
         let title = format!("{} (pid {pid})", target.cmdline);
         return Ok((Ok(target), None, title));
     }
-    let child = spawn::launch(&t.command)?;
+    let child = match log {
+        Some(log) => spawn::launch_logged(&t.command, log)?,
+        None => spawn::launch(&t.command)?,
+    };
     let pid = child.pid;
     Ok((Err(pid), Some(child), t.command.join(" ")))
 }

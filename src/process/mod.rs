@@ -7,7 +7,7 @@ pub mod spawn;
 pub mod threads;
 
 pub use maps::{MapRange, read_maps};
-pub use memory::{ImageMemory, LiveMemory, MemResult, Memory, MemoryError, MemoryExt};
+pub use memory::{ImageMemory, LiveMemory, MemResult, Memory, MemoryError, MemoryExt, Overlay};
 
 use thiserror::Error;
 

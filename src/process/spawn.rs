@@ -1,6 +1,8 @@
 //! Launch mode: starting the profiled command, forwarding signals, and leaving nothing behind.
 
-use std::process::{Child, Command};
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,21 @@ pub struct Launched {
 /// Start `argv` as prof's child. Orphaned grandchildren are re-parented to prof (a child
 /// subreaper), so they can be found and ended when the command finishes.
 pub fn launch(argv: &[String]) -> Result<Launched> {
+    launch_with(argv, None)
+}
+
+/// [`launch`], with the command's stdin from /dev/null and its stdout and stderr written
+/// to `log` (created or truncated), so that it can neither draw over nor read from a
+/// full-screen display that owns the terminal (`prof top`).
+pub fn launch_logged(argv: &[String], log: &Path) -> Result<Launched> {
+    let out = File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("cannot write {}", log.display()))?;
+    launch_with(argv, Some((out, err)))
+}
+
+fn launch_with(argv: &[String], log: Option<(File, File)>) -> Result<Launched> {
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| anyhow!("no command given after --"))?;
@@ -68,8 +85,15 @@ pub fn launch(argv: &[String]) -> Result<Launched> {
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
-    let child = Command::new(prog)
-        .args(args)
+    let mut command = Command::new(prog);
+    command.args(args);
+    if let Some((out, err)) = log {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+    }
+    let child = command
         .spawn()
         .with_context(|| format!("cannot start {prog}"))?;
     let pid = child.id();

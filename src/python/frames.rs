@@ -24,6 +24,61 @@ pub struct RawFrame {
     pub is_entry: bool,
 }
 
+/// Most bytes of data-stack chunks copied per thread; deeper stacks read the rest frame by frame.
+const MAX_CHUNK_BYTES: u64 = 4 << 20;
+/// Most chunks followed per thread.
+const MAX_CHUNKS: usize = 64;
+/// `_PyStackChunk` header: previous, size, top (words used), then data.
+const CHUNK_HEADER: u64 = 24;
+
+/// Copy the thread's data-stack chunks (3.11+), where every frame of a plain function call
+/// lives, so the frame walk reads them locally: one read per chunk instead of one per frame.
+/// Buffers in `out` are reused between calls.
+pub fn snapshot_datastack<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    tstate: &[u8],
+    out: &mut Vec<(u64, Vec<u8>)>,
+) {
+    let mut used = 0;
+    let Some(off) = l.ts_datastack_chunk else {
+        out.clear();
+        return;
+    };
+    let mut chunk = le_u64(tstate, off as usize);
+    // The live top of the current chunk is in the thread state; older chunks saved theirs.
+    let top = le_u64(tstate, off as usize + 8);
+    let mut len = top.wrapping_sub(chunk);
+    let mut total = 0u64;
+    while chunk != 0 && used < MAX_CHUNKS {
+        if !(CHUNK_HEADER..=MAX_CHUNK_BYTES).contains(&len) || total + len > MAX_CHUNK_BYTES {
+            break;
+        }
+        if out.len() <= used {
+            out.push((0, Vec::new()));
+        }
+        let slot = &mut out[used];
+        slot.0 = chunk;
+        slot.1.resize(len as usize, 0);
+        if mem.read(chunk, &mut slot.1).is_err() {
+            break;
+        }
+        total += len;
+        used += 1;
+        let previous = le_u64(&out[used - 1].1, 0);
+        if previous == 0 {
+            break;
+        }
+        let mut head = [0u8; CHUNK_HEADER as usize];
+        if mem.read(previous, &mut head).is_err() {
+            break;
+        }
+        chunk = previous;
+        len = CHUNK_HEADER + le_u64(&head, 16).saturating_mul(8);
+    }
+    out.truncate(used);
+}
+
 /// The innermost frame pointer of a thread, from a copy of its thread state.
 pub fn first_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Result<u64, PyError> {
     Ok(match l.frame_root {
@@ -44,6 +99,52 @@ pub fn current_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: u64) -> Re
             if cf == 0 { 0 } else { mem.u64(cf + current)? }
         }
     })
+}
+
+/// The innermost frame of every thread, read afresh in one batch (None where unreadable).
+/// For 3.11/3.12 the `_PyCFrame` seen in the thread-state copy is re-read; a thread that
+/// switched to another C frame since is reported as changed.
+pub fn current_frames<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    threads: &[super::threads::PyThread],
+) -> Vec<Option<u64>> {
+    let n = threads.len();
+    let mut a = vec![[0u8; 8]; n];
+    let mut b = vec![[0u8; 8]; n];
+    let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(2 * n);
+    let mut cframes = Vec::with_capacity(n);
+    for ((t, a), b) in threads.iter().zip(a.iter_mut()).zip(b.iter_mut()) {
+        match l.frame_root {
+            FrameRoot::Direct(off) => reqs.push((t.tstate + off, a)),
+            FrameRoot::CFrame { cframe, current } => {
+                let cf = le_u64(&t.raw, cframe as usize);
+                cframes.push(cf);
+                reqs.push((t.tstate + cframe, a));
+                if cf != 0 {
+                    reqs.push((cf + current, b));
+                }
+            }
+        }
+    }
+    if mem.read_many(&mut reqs).is_err() {
+        return vec![None; n];
+    }
+    (0..n)
+        .map(|i| match l.frame_root {
+            FrameRoot::Direct(_) => Some(u64::from_le_bytes(a[i])),
+            FrameRoot::CFrame { .. } => {
+                let cf = u64::from_le_bytes(a[i]);
+                if cf != cframes[i] {
+                    None
+                } else if cf == 0 {
+                    Some(0)
+                } else {
+                    Some(u64::from_le_bytes(b[i]))
+                }
+            }
+        })
+        .collect()
 }
 
 /// Walk the frame chain from `frame`, innermost first.

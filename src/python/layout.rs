@@ -123,6 +123,8 @@ pub struct Layout {
     pub ts_thread_id: u64,
     /// `PyThreadState.native_thread_id` (3.11+).
     pub ts_native_thread_id: Option<u64>,
+    /// `PyThreadState.datastack_chunk` (3.11+); `datastack_top` follows it.
+    pub ts_datastack_chunk: Option<u64>,
     /// Where the innermost frame hangs.
     pub frame_root: FrameRoot,
     /// Bytes of a frame to copy in one read.
@@ -281,6 +283,11 @@ impl Layout {
                 11 => 152,
                 _ => 136,
             },
+            ts_datastack_chunk: match minor {
+                ..=10 => None,
+                11 => Some(296),
+                _ => Some(232),
+            },
             ts_native_thread_id: match minor {
                 ..=10 => None,
                 11 => Some(160),
@@ -426,6 +433,7 @@ impl Layout {
             ts_interp: g("thread_state.interp")?,
             ts_thread_id: g("thread_state.thread_id")?,
             ts_native_thread_id: Some(g("thread_state.native_thread_id")?),
+            ts_datastack_chunk: Some(g("thread_state.datastack_chunk")?),
             frame_root: FrameRoot::Direct(g("thread_state.current_frame")?),
             f_size: g("interpreter_frame.size")?,
             f_back: g("interpreter_frame.previous")?,

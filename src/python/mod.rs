@@ -1,5 +1,6 @@
 //! The Python reader: from a process's memory to its Python threads and stacks.
 
+pub mod batch;
 pub mod code;
 pub mod discover;
 pub mod frames;
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::process::{Memory, MemoryError};
+use crate::process::{Memory, MemoryError, Overlay};
 use crate::sample::{Frame, ThreadStack};
 pub use discover::{Interpreter, find_interpreter};
 pub use frames::FrameOptions;
@@ -50,6 +51,8 @@ pub struct StackReader<M: Memory> {
     unnamed: Vec<u64>,
     tid_offset: Option<u64>,
     raw: Vec<frames::RawFrame>,
+    chunks: Vec<(u64, Vec<u8>)>,
+    plan: Option<batch::Plan>,
     errors: u64,
 }
 
@@ -65,6 +68,8 @@ impl<M: Memory> StackReader<M> {
             unnamed: Vec::new(),
             tid_offset: None,
             raw: Vec::new(),
+            chunks: Vec::new(),
+            plan: None,
             errors: 0,
         }
     }
@@ -86,18 +91,45 @@ impl<M: Memory> StackReader<M> {
         tids: &[u32],
         opts: FrameOptions,
     ) -> Result<Vec<ThreadStack>, PyError> {
-        let l = &self.interp.layout;
-        let threads = threads::thread_states(&self.mem, l, self.interp.runtime)?;
+        let (threads, chunks) = self.read_threads()?;
+        // A copy, so the caches below can be borrowed mutably while the layout is in use.
+        let layout = self.interp.layout.clone();
+        let l = &layout;
+        let mut walked: Vec<Option<(u64, Vec<frames::RawFrame>)>> = Vec::with_capacity(threads.len());
+        for (t, chunks) in threads.iter().zip(&chunks) {
+            let local = Overlay::new(chunks, &self.mem);
+            let mut raw = Vec::new();
+            let ok = frames::first_frame(&local, l, &t.raw)
+                .and_then(|first| frames::walk(&local, l, first, &mut raw).map(|()| first));
+            walked.push(ok.ok().map(|first| (first, raw)));
+        }
+        // A stack is trusted only if its thread's innermost frame is the same after the walk
+        // as before it; all threads are re-checked in one batch.
+        let still = if opts.validate {
+            frames::current_frames(&self.mem, l, &threads)
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::with_capacity(threads.len());
-        for t in &threads {
-            let frames = match self.thread_frames(t, opts) {
-                Ok(f) => f,
-                Err(_) => {
-                    // One unreadable thread costs its stack, not the whole sample.
-                    self.errors += 1;
-                    Vec::new()
-                }
+        for (i, t) in threads.iter().enumerate() {
+            let consistent = match (&walked[i], still.get(i)) {
+                (Some(_), _) if !opts.validate => true,
+                (Some((first, _)), Some(Some(now))) => first == now,
+                _ => false,
             };
+            let frames = if consistent {
+                let raw = &walked[i].as_ref().expect("checked above").1;
+                let local = Overlay::new(&chunks[i], &self.mem);
+                frames::resolve(&local, l, &mut self.codes, raw, opts)
+            } else {
+                // Moved under us (or unreadable): the slow path retries this thread alone.
+                self.thread_frames(t, opts)
+            };
+            let frames = frames.unwrap_or_else(|_| {
+                // One unreadable thread costs its stack, not the whole sample.
+                self.errors += 1;
+                Vec::new()
+            });
             let os_thread_id = t
                 .native_id
                 .or_else(|| self.tid_from_pthread(t.thread_id, tids));
@@ -114,6 +146,32 @@ impl<M: Memory> StackReader<M> {
         Ok(out)
     }
 
+    /// Thread states and copies of their data-stack chunks: from the plan's single batched
+    /// read when nothing moved, else from a full walk (which makes a new plan).
+    #[allow(clippy::type_complexity)]
+    fn read_threads(
+        &mut self,
+    ) -> Result<(Vec<threads::PyThread>, Vec<Vec<(u64, Vec<u8>)>>), PyError> {
+        let l = &self.interp.layout;
+        if let Some(plan) = &mut self.plan {
+            if let Some(snap) = plan.read(&self.mem, l, self.interp.runtime) {
+                return Ok((snap.threads, snap.chunks));
+            }
+            self.plan = None;
+        }
+        let threads = threads::thread_states(&self.mem, l, self.interp.runtime)?;
+        self.plan = batch::Plan::learn(&self.mem, l, &threads);
+        let chunks = threads
+            .iter()
+            .map(|t| {
+                let mut c = Vec::new();
+                frames::snapshot_datastack(&self.mem, l, &t.raw, &mut c);
+                c
+            })
+            .collect();
+        Ok((threads, chunks))
+    }
+
     fn thread_frames(
         &mut self,
         t: &threads::PyThread,
@@ -123,7 +181,9 @@ impl<M: Memory> StackReader<M> {
         let mut first = frames::first_frame(&self.mem, l, &t.raw)?;
         let mut attempts = 0;
         loop {
-            let walked = frames::walk(&self.mem, l, first, &mut self.raw);
+            frames::snapshot_datastack(&self.mem, l, &t.raw, &mut self.chunks);
+            let local = Overlay::new(&self.chunks, &self.mem);
+            let walked = frames::walk(&local, l, first, &mut self.raw);
             if !opts.validate {
                 walked?;
                 break;
@@ -142,7 +202,8 @@ impl<M: Memory> StackReader<M> {
             }
             first = now;
         }
-        frames::resolve(&self.mem, l, &mut self.codes, &self.raw, opts)
+        let local = Overlay::new(&self.chunks, &self.mem);
+        frames::resolve(&local, l, &mut self.codes, &self.raw, opts)
     }
 
     /// Threads whose stack could not be read consistently, since the reader was made.

@@ -29,6 +29,24 @@ pub struct PyThread {
     pub raw: Vec<u8>,
 }
 
+impl PyThread {
+    /// Decode a copied thread state; `holder` is the thread state holding the GIL (0: none).
+    pub fn from_raw(l: &Layout, tstate: u64, interp: u64, raw: Vec<u8>, holder: u64) -> PyThread {
+        let native_id = l
+            .ts_native_thread_id
+            .map(|off| le_u64(&raw, off as usize) as u32)
+            .filter(|t| *t != 0);
+        PyThread {
+            tstate,
+            interp,
+            thread_id: le_u64(&raw, l.ts_thread_id as usize),
+            native_id,
+            holds_gil: holder != 0 && holder == tstate,
+            raw,
+        }
+    }
+}
+
 /// Every thread state of every interpreter, main interpreter first.
 pub fn thread_states<M: Memory + ?Sized>(
     mem: &M,
@@ -57,19 +75,8 @@ pub fn thread_states<M: Memory + ?Sized>(
                     "thread state does not point back to its interpreter",
                 ));
             }
-            let native_id = l
-                .ts_native_thread_id
-                .map(|off| le_u64(&raw, off as usize) as u32)
-                .filter(|t| *t != 0);
             let next = le_u64(&raw, l.ts_next as usize);
-            out.push(PyThread {
-                tstate: ts,
-                interp,
-                thread_id: le_u64(&raw, l.ts_thread_id as usize),
-                native_id,
-                holds_gil: holder == Some(ts),
-                raw,
-            });
+            out.push(PyThread::from_raw(l, ts, interp, raw, holder.unwrap_or(0)));
             if next == ts {
                 return Err(PyError::Corrupt("thread list cycle"));
             }

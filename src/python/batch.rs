@@ -1,0 +1,259 @@
+//! The steady-state fast path: re-read everything a sample needs in one batched read.
+//!
+//! A full discovery walks linked lists (interpreter → thread states → data-stack chunks),
+//! one dependent read after another. Between two samples those addresses rarely change, so
+//! the reader remembers them in a [`Plan`] and fetches all of them with one `read_many`
+//! (one process_vm_readv for a live process). The copy is then checked against itself —
+//! every list link must still point where the plan says — and any difference sends the
+//! sample down the full walk, which makes a new plan.
+
+use super::layout::{GilSource, Layout};
+use super::threads::PyThread;
+use crate::process::Memory;
+use crate::process::memory::le_u64;
+
+/// Largest chunk copied whole; bigger ones (rare, huge frames) are left to per-frame reads.
+const MAX_PLANNED_CHUNK: u64 = 256 << 10;
+
+/// Addresses learned by the last full walk.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    interp: u64,
+    /// The interpreter's GIL state (3.12+), read whole.
+    gil: u64,
+    tstates: Vec<u64>,
+    /// Per thread: its data-stack chunks, newest first.
+    chunks: Vec<Vec<PlannedChunk>>,
+}
+
+/// A data-stack chunk and how much of it to copy: the part in use at the last sample plus
+/// some room to grow, not the whole (usually mostly empty) allocation.
+#[derive(Debug, Clone, Copy)]
+struct PlannedChunk {
+    addr: u64,
+    size: u64,
+    copy: u64,
+}
+
+/// Bytes copied beyond a chunk's last seen use, so a stack that grew a little since the
+/// last sample is still covered by the copy.
+const GROWTH_ROOM: u64 = 2048;
+
+impl PlannedChunk {
+    fn copy_for(size: u64, used: u64) -> u64 {
+        used.saturating_add(GROWTH_ROOM).div_ceil(1024).saturating_mul(1024).min(size)
+    }
+}
+
+/// One sample's copy of the thread states and their data-stack chunks.
+pub struct Snapshot {
+    /// The thread states, in list order.
+    pub threads: Vec<PyThread>,
+    /// Per thread: copies of its chunks, for [`crate::process::Overlay`].
+    pub chunks: Vec<Vec<(u64, Vec<u8>)>>,
+}
+
+/// Bytes covering `locked` and `last_holder` of a GIL state.
+fn gil_span(l: &Layout) -> Option<(u64, u64)> {
+    match l.gil {
+        GilSource::InterpGil {
+            locked,
+            last_holder,
+            ..
+        } => {
+            let lo = locked.min(last_holder);
+            let hi = locked.max(last_holder) + 8;
+            Some((lo, hi - lo))
+        }
+        GilSource::RuntimeTstateCurrent(_) => None,
+    }
+}
+
+impl Plan {
+    /// Learn the addresses from a full walk's result (single-interpreter processes only:
+    /// subinterpreters take the full walk every time).
+    pub fn learn<M: Memory + ?Sized>(
+        mem: &M,
+        l: &Layout,
+        threads: &[PyThread],
+    ) -> Option<Plan> {
+        let interp = threads.first()?.interp;
+        if threads.iter().any(|t| t.interp != interp) {
+            return None;
+        }
+        let gil = match l.gil {
+            GilSource::InterpGil { ceval_gil, .. } if !l.free_threaded => {
+                let mut b = [0u8; 8];
+                mem.read(interp + ceval_gil, &mut b).ok()?;
+                u64::from_le_bytes(b)
+            }
+            _ => 0,
+        };
+        let mut chunks = Vec::with_capacity(threads.len());
+        for t in threads {
+            chunks.push(chunk_plan(mem, l, &t.raw));
+        }
+        Some(Plan {
+            interp,
+            gil,
+            tstates: threads.iter().map(|t| t.tstate).collect(),
+            chunks,
+        })
+    }
+
+    /// Read everything in one batch and check it; None when anything moved.
+    pub fn read<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        runtime: u64,
+    ) -> Option<Snapshot> {
+        let ts_size = l.ts_size.clamp(64, 4096) as usize;
+        let n = self.tstates.len();
+        let mut head = [0u8; 8];
+        let mut threads_head = [0u8; 8];
+        let mut next_interp = [0u8; 8];
+        let mut gil_ptr = [0u8; 8];
+        let gil_span = gil_span(l).filter(|_| self.gil != 0);
+        let mut gil_state = vec![0u8; gil_span.map(|s| s.1 as usize).unwrap_or(8)];
+        let mut tstates: Vec<Vec<u8>> = vec![vec![0u8; ts_size]; n];
+        let mut chunks: Vec<Vec<(u64, Vec<u8>)>> = self
+            .chunks
+            .iter()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| (c.addr, vec![0u8; c.copy as usize]))
+                    .collect()
+            })
+            .collect();
+        {
+            let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(5 + 2 * n);
+            reqs.push((runtime + l.rt_interp_head, &mut head));
+            reqs.push((self.interp + l.is_threads_head, &mut threads_head));
+            reqs.push((self.interp + l.is_next, &mut next_interp));
+            match l.gil {
+                GilSource::RuntimeTstateCurrent(off) => reqs.push((runtime + off, &mut gil_ptr)),
+                GilSource::InterpGil { ceval_gil, .. } => {
+                    reqs.push((self.interp + ceval_gil, &mut gil_ptr));
+                    if let Some((lo, _)) = gil_span {
+                        reqs.push((self.gil + lo, &mut gil_state));
+                    }
+                }
+            }
+            for (addr, buf) in self.tstates.iter().zip(tstates.iter_mut()) {
+                reqs.push((*addr, buf));
+            }
+            for cs in chunks.iter_mut() {
+                for (addr, buf) in cs.iter_mut() {
+                    reqs.push((*addr, buf));
+                }
+            }
+            mem.read_many(&mut reqs).ok()?;
+        }
+        // Every link must still be where the plan says.
+        let first = self.tstates.first().copied().unwrap_or(0);
+        if u64::from_le_bytes(head) != self.interp
+            || u64::from_le_bytes(threads_head) != first
+            || u64::from_le_bytes(next_interp) != 0
+        {
+            return None;
+        }
+        for (i, raw) in tstates.iter().enumerate() {
+            let next = self.tstates.get(i + 1).copied().unwrap_or(0);
+            if le_u64(raw, l.ts_next as usize) != next
+                || le_u64(raw, l.ts_interp as usize) != self.interp
+            {
+                return None;
+            }
+        }
+        let holder = match l.gil {
+            _ if l.free_threaded => 0,
+            GilSource::RuntimeTstateCurrent(_) => u64::from_le_bytes(gil_ptr),
+            GilSource::InterpGil {
+                locked,
+                last_holder,
+                ..
+            } => {
+                if u64::from_le_bytes(gil_ptr) != self.gil {
+                    return None;
+                }
+                match gil_span {
+                    Some((lo, _)) => {
+                        let is_locked =
+                            le_u64(&gil_state, (locked - lo) as usize) as u32 != 0;
+                        let last = le_u64(&gil_state, (last_holder - lo) as usize);
+                        if is_locked { last } else { 0 }
+                    }
+                    None => 0,
+                }
+            }
+        };
+        // A chunk that was replaced is dropped from the copy (its frames are then read one
+        // by one); a chunk that only grew past the copied length is handled the same way.
+        for (i, raw) in tstates.iter().enumerate() {
+            let current = l
+                .ts_datastack_chunk
+                .map(|off| le_u64(raw, off as usize))
+                .unwrap_or(0);
+            if chunks[i].first().map(|c| c.0) != Some(current) {
+                chunks[i].clear();
+                self.chunks[i].clear();
+            }
+            // Copy next time what is in use now, plus room to grow.
+            for (j, planned) in self.chunks[i].iter_mut().enumerate() {
+                let used = if j == 0 {
+                    let top = l
+                        .ts_datastack_chunk
+                        .map(|off| le_u64(raw, off as usize + 8))
+                        .unwrap_or(0);
+                    top.wrapping_sub(planned.addr)
+                } else {
+                    24 + le_u64(&chunks[i][j].1, 16).saturating_mul(8)
+                };
+                planned.copy = PlannedChunk::copy_for(planned.size, used.min(planned.size));
+            }
+        }
+        let threads = self
+            .tstates
+            .iter()
+            .zip(tstates)
+            .map(|(addr, raw)| PyThread::from_raw(l, *addr, self.interp, raw, holder))
+            .collect();
+        Some(Snapshot { threads, chunks })
+    }
+}
+
+/// The chunks of one thread and how much of each to copy.
+fn chunk_plan<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Vec<PlannedChunk> {
+    let Some(off) = l.ts_datastack_chunk else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut chunk = le_u64(tstate, off as usize);
+    let mut used = le_u64(tstate, off as usize + 8).wrapping_sub(chunk);
+    while chunk != 0 && out.len() < 64 {
+        let mut head = [0u8; 24];
+        if mem.read(chunk, &mut head).is_err() {
+            break;
+        }
+        let size = le_u64(&head, 8);
+        if !(24..=MAX_PLANNED_CHUNK).contains(&size) {
+            break;
+        }
+        out.push(PlannedChunk {
+            addr: chunk,
+            size,
+            copy: PlannedChunk::copy_for(size, used.min(size)),
+        });
+        chunk = le_u64(&head, 0);
+        // Older chunks record how much of them is in use.
+        if chunk != 0 {
+            let mut older = [0u8; 24];
+            if mem.read(chunk, &mut older).is_err() {
+                break;
+            }
+            used = 24 + le_u64(&older, 16).saturating_mul(8);
+        }
+    }
+    out
+}
