@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::attach::{LiveTarget, attach};
-use crate::process::{self, threads};
+use crate::process::threads;
 use crate::python::FrameOptions;
 use crate::sample::Sample;
 
@@ -118,6 +118,8 @@ const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
 /// a Python executable or libpython is mapped by the time the process runs its first
 /// instruction, so this only has to cover the read itself.
 const EXEC_SETTLE: Duration = Duration::from_secs(1);
+/// How often a process's kernel threads are listed again.
+const THREAD_LISTING: Duration = Duration::from_millis(100);
 /// How often descendants are looked for with `--subprocesses`.
 const CHILD_SCAN: Duration = Duration::from_millis(200);
 
@@ -140,47 +142,89 @@ struct Proc {
     state: ProcState,
     /// Open `/proc/PID/task/TID/stat` files, re-read with pread instead of reopened.
     stat_files: HashMap<u32, File>,
+    /// Kernel threads at the last listing, and when to list again.
+    tids: Vec<u32>,
+    next_listing: Instant,
+    /// `/proc/PID/stat`, kept open.
+    stat: Option<File>,
 }
 
 impl Proc {
-    fn pending(pid: u32, now: Instant) -> Proc {
+    fn new(pid: u32, state: ProcState, now: Instant) -> Proc {
         Proc {
             pid,
-            state: ProcState::Pending {
-                since: now,
-                next_try: now,
-                exe: None,
-                exe_since: now,
-            },
+            state,
             stat_files: HashMap::new(),
+            tids: Vec::new(),
+            next_listing: now,
+            stat: None,
         }
     }
 
-    /// Kernel threads and their states, read before the stacks.
-    fn thread_states(&mut self) -> Vec<(u32, char)> {
-        let Ok(tids) = threads::list_threads(self.pid) else {
-            return Vec::new();
+    fn pending(pid: u32, now: Instant) -> Proc {
+        let state = ProcState::Pending {
+            since: now,
+            next_try: now,
+            exe: None,
+            exe_since: now,
         };
-        self.stat_files.retain(|tid, _| tids.contains(tid));
-        let mut out = Vec::with_capacity(tids.len());
+        Proc::new(pid, state, now)
+    }
+
+    /// Kernel threads and their states, read before the stacks.
+    fn thread_states(&mut self, now: Instant) -> Vec<(u32, char)> {
+        // Listing /proc/PID/task costs several syscalls; new threads are rare, so the list is
+        // refreshed on a timer and each known thread's stat file is re-read in place.
+        if now >= self.next_listing || self.tids.is_empty() {
+            let Ok(tids) = threads::list_threads(self.pid) else {
+                return Vec::new();
+            };
+            self.stat_files.retain(|tid, _| tids.contains(tid));
+            self.tids = tids;
+            self.next_listing = now + THREAD_LISTING;
+        }
+        let mut out = Vec::with_capacity(self.tids.len());
         let mut buf = [0u8; 512];
-        for tid in tids {
+        let pid = self.pid;
+        self.tids.retain(|&tid| {
             let file = match self.stat_files.entry(tid) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    match File::open(format!("/proc/{}/task/{tid}/stat", self.pid)) {
+                    match File::open(format!("/proc/{pid}/task/{tid}/stat")) {
                         Ok(f) => v.insert(f),
-                        Err(_) => continue,
+                        Err(_) => return false,
                     }
                 }
             };
-            if let Ok(n) = file.read_at(&mut buf, 0)
-                && let Some(state) = threads::parse_stat_state(&buf[..n])
-            {
-                out.push((tid, state));
+            match file.read_at(&mut buf, 0) {
+                Ok(n) if n > 0 => {
+                    if let Some(state) = threads::parse_stat_state(&buf[..n]) {
+                        out.push((tid, state));
+                    }
+                    true
+                }
+                // The thread exited.
+                _ => false,
             }
-        }
+        });
+        self.stat_files
+            .retain(|tid, _| out.iter().any(|o| o.0 == *tid));
         out
+    }
+
+    /// Is the process still there (and not a zombie)? Re-reads a kept-open stat file.
+    fn alive(&mut self) -> bool {
+        if self.stat.is_none() {
+            self.stat = File::open(format!("/proc/{}/stat", self.pid)).ok();
+        }
+        let Some(f) = &self.stat else { return false };
+        let mut buf = [0u8; 512];
+        match f.read_at(&mut buf, 0) {
+            Ok(n) if n > 0 => {
+                !matches!(threads::parse_stat_state(&buf[..n]), Some('Z' | 'X') | None)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -212,11 +256,7 @@ pub fn run_live(
     stats.root = root_pid;
     stats.root_attached = root.is_ok();
     let mut procs = vec![match root {
-        Ok(t) => Proc {
-            pid: t.pid,
-            state: ProcState::Attached(Box::new(t)),
-            stat_files: HashMap::new(),
-        },
+        Ok(t) => Proc::new(t.pid, ProcState::Attached(Box::new(t)), start),
         Err(pid) => Proc::pending(pid, start),
     }];
     let frame_opts = FrameOptions {
@@ -247,7 +287,7 @@ pub fn run_live(
                 }
             }
         }
-        procs.retain(|p| process::is_alive(p.pid));
+        procs.retain_mut(|p| p.alive());
         if procs.is_empty() {
             stats.target_exited = true;
             break;
@@ -325,7 +365,7 @@ fn sample_process(
             Err(_) => p.state = ProcState::Ignored,
         }
     }
-    let states = p.thread_states();
+    let states = p.thread_states(now);
     let ProcState::Attached(target) = &mut p.state else {
         return;
     };

@@ -210,7 +210,8 @@ pub struct Overlay<'a, M: Memory + ?Sized> {
 }
 
 impl<'a, M: Memory + ?Sized> Overlay<'a, M> {
-    /// Serve reads from `snapshots` (address, bytes) before falling back to `inner`.
+    /// Serve reads from `snapshots` (address, bytes; sorted by address, not overlapping)
+    /// before falling back to `inner`.
     pub fn new(snapshots: &'a [(u64, Vec<u8>)], inner: &'a M) -> Self {
         Overlay { snapshots, inner }
     }
@@ -219,8 +220,10 @@ impl<'a, M: Memory + ?Sized> Overlay<'a, M> {
 impl<M: Memory + ?Sized> Memory for Overlay<'_, M> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
         let end = addr.saturating_add(buf.len() as u64);
-        for (start, data) in self.snapshots {
-            if *start <= addr && end <= start + data.len() as u64 {
+        let i = self.snapshots.partition_point(|(start, _)| *start <= addr);
+        if i > 0 {
+            let (start, data) = &self.snapshots[i - 1];
+            if end <= start + data.len() as u64 {
                 let off = (addr - start) as usize;
                 buf.copy_from_slice(&data[off..off + buf.len()]);
                 return Ok(());
@@ -290,9 +293,10 @@ mod tests {
     fn overlay_serves_snapshots_then_falls_back() {
         let mut inner = ImageMemory::new();
         inner.add(0x1000, vec![1; 32]);
-        let snaps = vec![(0x2000u64, vec![7u8; 16])];
+        let snaps = vec![(0x1800u64, vec![5u8; 8]), (0x2000u64, vec![7u8; 16])];
         let o = Overlay::new(&snaps, &inner);
         assert_eq!(o.u8(0x2005).unwrap(), 7);
+        assert_eq!(o.u8(0x1807).unwrap(), 5);
         assert_eq!(o.u8(0x1005).unwrap(), 1);
         // Straddling the end of a snapshot goes to the target, which lacks it.
         assert!(o.u64(0x200c).is_err());

@@ -24,6 +24,9 @@ pub struct Plan {
     tstates: Vec<u64>,
     /// Per thread: its data-stack chunks, newest first.
     chunks: Vec<Vec<PlannedChunk>>,
+    /// Per thread: other regions its last walk read (frames outside the chunks: all frames
+    /// before 3.11, generator and entry frames after; the C frame of 3.11/3.12).
+    extra: Vec<Vec<(u64, u64)>>,
 }
 
 /// A data-stack chunk and how much of it to copy: the part in use at the last sample plus
@@ -41,7 +44,10 @@ const GROWTH_ROOM: u64 = 2048;
 
 impl PlannedChunk {
     fn copy_for(size: u64, used: u64) -> u64 {
-        used.saturating_add(GROWTH_ROOM).div_ceil(1024).saturating_mul(1024).min(size)
+        used.saturating_add(GROWTH_ROOM)
+            .div_ceil(1024)
+            .saturating_mul(1024)
+            .min(size)
     }
 }
 
@@ -72,11 +78,7 @@ fn gil_span(l: &Layout) -> Option<(u64, u64)> {
 impl Plan {
     /// Learn the addresses from a full walk's result (single-interpreter processes only:
     /// subinterpreters take the full walk every time).
-    pub fn learn<M: Memory + ?Sized>(
-        mem: &M,
-        l: &Layout,
-        threads: &[PyThread],
-    ) -> Option<Plan> {
+    pub fn learn<M: Memory + ?Sized>(mem: &M, l: &Layout, threads: &[PyThread]) -> Option<Plan> {
         let interp = threads.first()?.interp;
         if threads.iter().any(|t| t.interp != interp) {
             return None;
@@ -97,8 +99,18 @@ impl Plan {
             interp,
             gil,
             tstates: threads.iter().map(|t| t.tstate).collect(),
+            extra: vec![Vec::new(); chunks.len()],
             chunks,
         })
+    }
+
+    /// Remember the regions thread `i`'s walk read outside its chunks, to fetch them with
+    /// the next batch. Harmless when the stack changes: they are re-read fresh, and a frame
+    /// at a new address is simply read on its own.
+    pub fn remember(&mut self, i: usize, regions: Vec<(u64, u64)>) {
+        if let Some(slot) = self.extra.get_mut(i) {
+            *slot = regions;
+        }
     }
 
     /// Read everything in one batch and check it; None when anything moved.
@@ -117,6 +129,15 @@ impl Plan {
         let gil_span = gil_span(l).filter(|_| self.gil != 0);
         let mut gil_state = vec![0u8; gil_span.map(|s| s.1 as usize).unwrap_or(8)];
         let mut tstates: Vec<Vec<u8>> = vec![vec![0u8; ts_size]; n];
+        let mut extras: Vec<Vec<(u64, Vec<u8>)>> = self
+            .extra
+            .iter()
+            .map(|rs| {
+                rs.iter()
+                    .map(|(a, len)| (*a, vec![0u8; *len as usize]))
+                    .collect()
+            })
+            .collect();
         let mut chunks: Vec<Vec<(u64, Vec<u8>)>> = self
             .chunks
             .iter()
@@ -143,7 +164,7 @@ impl Plan {
             for (addr, buf) in self.tstates.iter().zip(tstates.iter_mut()) {
                 reqs.push((*addr, buf));
             }
-            for cs in chunks.iter_mut() {
+            for cs in chunks.iter_mut().chain(extras.iter_mut()) {
                 for (addr, buf) in cs.iter_mut() {
                     reqs.push((*addr, buf));
                 }
@@ -179,8 +200,7 @@ impl Plan {
                 }
                 match gil_span {
                     Some((lo, _)) => {
-                        let is_locked =
-                            le_u64(&gil_state, (locked - lo) as usize) as u32 != 0;
+                        let is_locked = le_u64(&gil_state, (locked - lo) as usize) as u32 != 0;
                         let last = le_u64(&gil_state, (last_holder - lo) as usize);
                         if is_locked { last } else { 0 }
                     }
@@ -219,6 +239,10 @@ impl Plan {
             .zip(tstates)
             .map(|(addr, raw)| PyThread::from_raw(l, *addr, self.interp, raw, holder))
             .collect();
+        for (cs, ex) in chunks.iter_mut().zip(extras) {
+            cs.extend(ex);
+            cs.sort_unstable_by_key(|c| c.0);
+        }
         Some(Snapshot { threads, chunks })
     }
 }

@@ -22,6 +22,9 @@ pub struct RawFrame {
     pub offset: i64,
     /// First Python frame of a C-level call into the interpreter (for native merging).
     pub is_entry: bool,
+    /// An interpreter-owned entry frame (3.12+), not Python code: kept only so its
+    /// address is known to the next sample's batched read.
+    pub shim: bool,
 }
 
 /// Most bytes of data-stack chunks copied per thread; deeper stacks read the rest frame by frame.
@@ -77,6 +80,7 @@ pub fn snapshot_datastack<M: Memory + ?Sized>(
         len = CHUNK_HEADER + le_u64(&head, 16).saturating_mul(8);
     }
     out.truncate(used);
+    out.sort_unstable_by_key(|c| c.0);
 }
 
 /// The innermost frame pointer of a thread, from a copy of its thread state.
@@ -88,6 +92,48 @@ pub fn first_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Re
             if cf == 0 { 0 } else { mem.u64(cf + current)? }
         }
     })
+}
+
+/// The parts of `copied` that are this thread's data-stack chunks (as opposed to other
+/// prefetched regions): the current chunk from the thread state and the chain behind it.
+pub fn datastack_spans(l: &Layout, tstate: &[u8], copied: &[(u64, Vec<u8>)]) -> Vec<(u64, u64)> {
+    let Some(off) = l.ts_datastack_chunk else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut chunk = le_u64(tstate, off as usize);
+    while chunk != 0 && out.len() < MAX_CHUNKS {
+        let Some((_, data)) = copied.iter().find(|(a, _)| *a == chunk) else {
+            break;
+        };
+        out.push((chunk, data.len() as u64));
+        chunk = le_u64(data, 0);
+    }
+    out
+}
+
+/// Regions the walk of `raw` read outside the thread's data-stack chunks (and the
+/// 3.11/3.12 C frame), for the next sample's batched read.
+pub fn regions_outside(
+    l: &Layout,
+    tstate: &[u8],
+    raw: &[RawFrame],
+    chunks: &[(u64, u64)],
+) -> Vec<(u64, u64)> {
+    let size = (l.f_size as usize).clamp(64, 512) as u64;
+    let inside = |a: u64| chunks.iter().any(|(s, len)| *s <= a && a + size <= s + len);
+    let mut out: Vec<(u64, u64)> = raw
+        .iter()
+        .filter(|f| !inside(f.addr))
+        .map(|f| (f.addr, size))
+        .collect();
+    if let FrameRoot::CFrame { cframe, current } = l.frame_root {
+        let cf = le_u64(tstate, cframe as usize);
+        if cf != 0 {
+            out.push((cf + current, 8));
+        }
+    }
+    out
 }
 
 /// The innermost frame pointer of the thread state at `tstate`, read afresh.
@@ -171,9 +217,16 @@ pub fn walk<M: Memory + ?Sized>(
         if let (Some(owner), Some(limit)) = (owner, l.owner_not_python)
             && owner >= limit
         {
-            if let Some(last) = out.last_mut() {
+            if let Some(last) = out.iter_mut().rev().find(|f| !f.shim) {
                 last.is_entry = true;
             }
+            out.push(RawFrame {
+                addr: frame,
+                code: 0,
+                offset: 0,
+                is_entry: false,
+                shim: true,
+            });
             frame = back;
             continue;
         }
@@ -197,6 +250,7 @@ pub fn walk<M: Memory + ?Sized>(
             code,
             offset,
             is_entry,
+            shim: false,
         });
         if back == frame {
             return Err(PyError::Corrupt("frame points to itself"));
@@ -250,7 +304,7 @@ pub fn resolve<M: Memory + ?Sized>(
     opts: FrameOptions,
 ) -> Result<Vec<Frame>, PyError> {
     let mut frames = Vec::with_capacity(raw.len());
-    for rf in raw {
+    for rf in raw.iter().filter(|f| !f.shim) {
         let Some(code) = codes.get(mem, l, rf.code)? else {
             // Not a code object (3.13 entry frames point at None): not a Python frame.
             continue;

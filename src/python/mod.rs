@@ -40,6 +40,9 @@ pub enum PyError {
     Layout(#[from] LayoutError),
 }
 
+/// Bound on cached per-thread facts; cleared wholesale when exceeded.
+const MAX_THREADS_CACHED: usize = 65536;
+
 /// Reads Python threads and stacks from any [`Memory`]: a live process or a core file.
 pub struct StackReader<M: Memory> {
     mem: M,
@@ -50,6 +53,7 @@ pub struct StackReader<M: Memory> {
     /// `_thread`) do not cost a full `threading._active` walk on every sample.
     unnamed: Vec<u64>,
     tid_offset: Option<u64>,
+    pthread_tids: HashMap<u64, u32>,
     raw: Vec<frames::RawFrame>,
     chunks: Vec<(u64, Vec<u8>)>,
     plan: Option<batch::Plan>,
@@ -67,6 +71,7 @@ impl<M: Memory> StackReader<M> {
             names: HashMap::new(),
             unnamed: Vec::new(),
             tid_offset: None,
+            pthread_tids: HashMap::new(),
             raw: Vec::new(),
             chunks: Vec::new(),
             plan: None,
@@ -95,12 +100,18 @@ impl<M: Memory> StackReader<M> {
         // A copy, so the caches below can be borrowed mutably while the layout is in use.
         let layout = self.interp.layout.clone();
         let l = &layout;
-        let mut walked: Vec<Option<(u64, Vec<frames::RawFrame>)>> = Vec::with_capacity(threads.len());
+        let mut walked: Vec<Option<(u64, Vec<frames::RawFrame>)>> =
+            Vec::with_capacity(threads.len());
         for (t, chunks) in threads.iter().zip(&chunks) {
             let local = Overlay::new(chunks, &self.mem);
             let mut raw = Vec::new();
             let ok = frames::first_frame(&local, l, &t.raw)
                 .and_then(|first| frames::walk(&local, l, first, &mut raw).map(|()| first));
+            if let Some(plan) = &mut self.plan {
+                let stack_chunks = frames::datastack_spans(l, &t.raw, chunks);
+                let regions = frames::regions_outside(l, &t.raw, &raw, &stack_chunks);
+                plan.remember(walked.len(), regions);
+            }
             walked.push(ok.ok().map(|first| (first, raw)));
         }
         // A stack is trusted only if its thread's innermost frame is the same after the walk
@@ -215,6 +226,13 @@ impl<M: Memory> StackReader<M> {
         if pthread == 0 || tids.is_empty() {
             return None;
         }
+        // A pthread keeps its tid for life; a cached tid that is no longer a thread of the
+        // process means the pthread_t was reused, so it is looked up again.
+        if let Some(tid) = self.pthread_tids.get(&pthread)
+            && tids.contains(tid)
+        {
+            return Some(*tid);
+        }
         if self.tid_offset.is_none() {
             self.tid_offset = threads::pthread_tid_offset(&self.mem, pthread, tids);
         }
@@ -222,7 +240,14 @@ impl<M: Memory> StackReader<M> {
         let mut b = [0u8; 4];
         self.mem.read(pthread + off, &mut b).ok()?;
         let tid = u32::from_le_bytes(b);
-        tids.contains(&tid).then_some(tid)
+        if !tids.contains(&tid) {
+            return None;
+        }
+        if self.pthread_tids.len() > MAX_THREADS_CACHED {
+            self.pthread_tids.clear();
+        }
+        self.pthread_tids.insert(pthread, tid);
+        Some(tid)
     }
 
     fn fill_names(&mut self, threads: &[threads::PyThread], out: &mut [ThreadStack]) {

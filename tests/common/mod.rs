@@ -654,9 +654,34 @@ impl Target {
         &mut self.group
     }
 
+    /// Wait (bounded) until every thread parked in a blocking call is off the CPU again.
+    /// A previous dump stopped and resumed them; a resumed thread restarts its syscall and is
+    /// briefly runnable, which on a loaded machine can last long enough to be seen.
+    pub fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let idle: Vec<u32> = self
+            .truth
+            .threads
+            .values()
+            .filter(|t| t.is_idle())
+            .map(|t| t.native_id as u32)
+            .collect();
+        while Instant::now() < deadline {
+            let states = task_states(self.pid);
+            if idle
+                .iter()
+                .all(|tid| states.iter().any(|(t, s)| t == tid && *s != 'R'))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `prof dump -p PID --json [extra]`: must succeed, parse, and leave the
     /// target running.
     pub fn dump_json(&self, extra: &[&str]) -> Vec<Thread> {
+        self.settle();
         let pid = self.pid.to_string();
         let mut args = vec!["dump", "-p", &pid, "--json"];
         args.extend_from_slice(extra);
@@ -679,6 +704,7 @@ impl Target {
 
     /// `prof dump -p PID [extra]` as text.
     pub fn dump_text(&self, extra: &[&str]) -> String {
+        self.settle();
         let pid = self.pid.to_string();
         let mut args = vec!["dump", "-p", &pid];
         args.extend_from_slice(extra);
