@@ -17,6 +17,10 @@ pub struct LiveTarget {
 
 /// Attach to `pid`: check it exists and may be read, find its interpreter.
 pub fn attach(pid: u32) -> Result<LiveTarget> {
+    attach_inner(pid).map_err(|e| unless_exited(pid, e))
+}
+
+fn attach_inner(pid: u32) -> Result<LiveTarget> {
     let maps = process::read_maps(pid).map_err(|e| anyhow!(e))?;
     if maps.is_empty() {
         // Kernel threads and zombies have no address space.
@@ -36,16 +40,37 @@ pub fn attach(pid: u32) -> Result<LiveTarget> {
     })
 }
 
+/// Has the process exited, or is it tearing down its address space? Reads of an exiting
+/// process fail in misleading ways (permission denied, files gone), so every failure is
+/// checked against this before it is reported.
+pub fn exiting(pid: u32) -> bool {
+    !process::is_alive(pid)
+        || process::read_maps(pid)
+            .map(|m| m.is_empty())
+            .unwrap_or(true)
+}
+
+/// `e`, unless the real cause is that the process exited meanwhile.
+pub fn unless_exited(pid: u32, e: anyhow::Error) -> anyhow::Error {
+    let never_existed = matches!(e.downcast_ref(), Some(ProcessError::NotFound(_)));
+    if !never_existed && exiting(pid) {
+        anyhow!(ProcessError::Exited(pid))
+    } else {
+        e
+    }
+}
+
 /// Turn a reader error into the one line a user should see.
 pub fn explain(pid: u32, e: PyError) -> anyhow::Error {
-    match e {
+    let e = match e {
         PyError::Memory(MemoryError::Permission) => anyhow!(process::permission_error(pid)),
         PyError::Memory(MemoryError::Gone) => anyhow!(ProcessError::Exited(pid)),
         PyError::Memory(_) | PyError::Corrupt(_) if !process::is_alive(pid) => {
             anyhow!(ProcessError::Exited(pid))
         }
         e => anyhow!(e),
-    }
+    };
+    unless_exited(pid, e)
 }
 
 /// Kernel thread ids and their scheduler states, read before anything is stopped so that

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::attach::{attach, explain, thread_states};
+use crate::attach::{attach, explain, thread_states, unless_exited};
 use crate::cli::DumpArgs;
 use crate::process::ptrace::PauseGuard;
 use crate::python::{FrameOptions, module_name};
@@ -50,7 +50,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         let _pause = if args.nonblocking {
             None
         } else {
-            Some(PauseGuard::pause(pid, &tids).map_err(anyhow::Error::from)?)
+            Some(PauseGuard::pause(pid, &tids).map_err(|e| unless_exited(pid, e.into()))?)
         };
         target
             .reader
