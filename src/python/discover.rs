@@ -10,6 +10,7 @@ use regex::Regex;
 
 use super::PyError;
 use super::layout::{DEBUG_OFFSETS_READ, DebugOffsets, Layout, Version};
+use crate::process::memory::le_u64;
 use crate::process::{MapRange, Memory, MemoryExt};
 
 /// Where the interpreter lives in the target and how it is laid out.
@@ -163,14 +164,28 @@ pub fn find_interpreter<M: Memory + ?Sized>(
                 continue;
             }
         };
-        let Some(runtime) = info.runtime else {
-            seen.push(path.to_string());
-            continue;
-        };
         let Some(bias) = load_bias(&info, &ranges, page) else {
             continue;
         };
-        let runtime = runtime.wrapping_add(bias);
+        let data = writable_data(maps, path);
+        let path_version = version_from_path(path);
+        let (runtime, runtime_how) = match info.runtime {
+            Some(r) => (r.wrapping_add(bias), info.runtime_how),
+            None if path_version.is_some() || libpython.is_match(path) || python.is_match(path) => {
+                let version = path_version.or_else(|| version_from_memory(mem, &data));
+                match scan_for_runtime(mem, maps, &data, version, info.aarch64) {
+                    Some(r) => (r, "a scan of the image's data (no symbols)"),
+                    None => {
+                        seen.push(path.to_string());
+                        continue;
+                    }
+                }
+            }
+            None => {
+                seen.push(path.to_string());
+                continue;
+            }
+        };
         let mut head = vec![0u8; DEBUG_OFFSETS_READ];
         mem.read(runtime, &mut head)?;
         let code_type = info.code_type.map(|a| a.wrapping_add(bias));
@@ -181,22 +196,17 @@ pub fn find_interpreter<M: Memory + ?Sized>(
                 bias,
                 runtime,
                 code_type,
-                how: format!("{} and _Py_DebugOffsets", info.runtime_how),
+                how: format!("{runtime_how} and _Py_DebugOffsets"),
                 layout,
             });
         }
         let (version, vhow) = if let Some(addr) = info.py_version {
             let hex = mem.u32(addr.wrapping_add(bias))? as u64;
             (Version::from_hex(hex), "Py_Version")
-        } else if let Some(v) = version_from_path(path) {
-            let micro = version_string_micro(mem, &writable_data(maps, path), v.minor);
-            (
-                Version {
-                    micro: micro.unwrap_or(0),
-                    ..v
-                },
-                "the file name",
-            )
+        } else if let Some(v) = version_from_memory(mem, &data) {
+            (v, "the sys.version string")
+        } else if let Some(v) = path_version {
+            (v, "the file name")
         } else {
             return Err(PyError::UnknownVersion(path.to_string()));
         };
@@ -211,7 +221,7 @@ pub fn find_interpreter<M: Memory + ?Sized>(
             bias,
             runtime,
             code_type,
-            how: format!("{} and {vhow}", info.runtime_how),
+            how: format!("{runtime_how} and {vhow}"),
             layout,
         });
     }
@@ -219,7 +229,7 @@ pub fn find_interpreter<M: Memory + ?Sized>(
 }
 
 /// The image's writable mappings and the anonymous mapping right after them (its `.bss`).
-fn writable_data<'a>(maps: &'a [MapRange], path: &str) -> Vec<&'a MapRange> {
+pub fn writable_data<'a>(maps: &'a [MapRange], path: &str) -> Vec<&'a MapRange> {
     let mut out = Vec::new();
     for (i, m) in maps.iter().enumerate() {
         if m.path.as_deref() == Some(path) && m.write {
@@ -239,22 +249,85 @@ fn writable_data<'a>(maps: &'a [MapRange], path: &str) -> Vec<&'a MapRange> {
 /// Largest writable image region scanned for the version string.
 const MAX_SCAN: u64 = 16 << 20;
 
-/// The patch level, from the `sys.version` text that `Py_GetVersion` leaves in a static
-/// buffer of the image's writable data (3.7–3.10 export nothing better).
-fn version_string_micro<M: Memory + ?Sized>(
-    mem: &M,
-    ranges: &[&MapRange],
-    minor: u8,
-) -> Option<u8> {
-    let re =
-        regex::bytes::Regex::new(&format!(r"\x003\.{minor}\.(\d{{1,2}})[a-z0-9+]* \(")).ok()?;
-    for r in ranges.iter().filter(|r| r.write && r.read) {
+/// The version from the `sys.version` text that `Py_GetVersion` leaves in a static buffer
+/// of the image's writable data (3.7–3.10 export nothing better; stripped builds keep it).
+fn version_from_memory<M: Memory + ?Sized>(mem: &M, ranges: &[&MapRange]) -> Option<Version> {
+    let re = regex::bytes::Regex::new(r"\x00(3)\.(\d{1,2})\.(\d{1,2})[a-z0-9+]* \(").ok()?;
+    for r in ranges {
         let len = (r.end - r.start).min(MAX_SCAN) as usize;
         let Ok(data) = mem.bytes(r.start, len) else {
             continue;
         };
         if let Some(c) = re.captures(&data) {
-            return std::str::from_utf8(&c[1]).ok()?.parse().ok();
+            let num = |i: usize| std::str::from_utf8(&c[i]).ok()?.parse::<u8>().ok();
+            return Some(Version::new(num(1)?, num(2)?, num(3)?));
+        }
+    }
+    None
+}
+
+/// Find `_PyRuntime` in an image that has neither the symbol nor the `.PyRuntime` section:
+/// 3.13+ by the `_Py_DebugOffsets` cookie at its start; older versions by a word that points
+/// at the main interpreter, validated through its first thread state pointing back at it.
+pub fn scan_for_runtime<M: Memory + ?Sized>(
+    mem: &M,
+    maps: &[MapRange],
+    ranges: &[&MapRange],
+    version: Option<Version>,
+    aarch64: bool,
+) -> Option<u64> {
+    let layout = version.and_then(|v| Layout::from_table(v, aarch64).ok());
+    let mapped_rw = |a: u64| {
+        let i = maps.partition_point(|m| m.end <= a);
+        maps.get(i)
+            .is_some_and(|m| m.contains(a) && m.read && m.write)
+    };
+    for r in ranges {
+        let len = (r.end - r.start).min(MAX_SCAN) as usize;
+        let Ok(data) = mem.bytes(r.start, len) else {
+            continue;
+        };
+        for off in (0..len.saturating_sub(8)).step_by(8) {
+            if &data[off..off + 8] == b"xdebugpy"
+                && Layout::from_debug_offsets(&data[off..(off + DEBUG_OFFSETS_READ).min(len)])
+                    .is_ok()
+            {
+                return Some(r.start + off as u64);
+            }
+        }
+        let Some(l) = &layout else { continue };
+        for off in (0..len.saturating_sub(8)).step_by(8) {
+            let p = le_u64(&data, off);
+            // `interpreters.main` follows `interpreters.head`: with a single interpreter both
+            // point at it, which other globals holding the interpreter pointer do not mimic.
+            if (off as u64) < l.rt_interp_head
+                || p == 0
+                || p % 8 != 0
+                || le_u64(&data, off + 8) != p
+                || !mapped_rw(p)
+            {
+                continue;
+            }
+            // From 3.11 the main interpreter is embedded in `_PyRuntime` itself, after the
+            // runtime's own fields (x86_64: +58936 in 3.11, +76392 in 3.12).
+            let runtime = r.start + off as u64 - l.rt_interp_head;
+            if l.version.minor >= 11 && !(runtime + (16 << 10) < p && p < runtime + (256 << 10)) {
+                continue;
+            }
+            // The main interpreter has id 0, and its first thread state points back at it.
+            let ok = (|| {
+                if mem.i64(p + l.is_id).ok()? != 0 {
+                    return None;
+                }
+                let ts = mem.u64(p + l.is_threads_head).ok()?;
+                if ts == 0 || !mapped_rw(ts) || mem.u64(ts + l.ts_interp).ok()? != p {
+                    return None;
+                }
+                (mem.u64(ts + l.ts_thread_id).ok()? != 0).then_some(())
+            })();
+            if ok.is_some() {
+                return Some(runtime);
+            }
         }
     }
     None
