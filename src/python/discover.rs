@@ -302,7 +302,7 @@ pub fn scan_for_runtime<M: Memory + ?Sized>(
             // point at it, which other globals holding the interpreter pointer do not mimic.
             if (off as u64) < l.rt_interp_head
                 || p == 0
-                || p % 8 != 0
+                || !p.is_multiple_of(8)
                 || le_u64(&data, off + 8) != p
                 || !mapped_rw(p)
             {
