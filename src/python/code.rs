@@ -1,6 +1,7 @@
 //! Code objects: name, file and line table, read once per code object and cached.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::PyError;
 use super::layout::Layout;
@@ -44,12 +45,38 @@ impl CodeInfo {
     }
 }
 
-/// Bounded cache of code objects by address.
+/// The fields that identify a code object's contents: if a freed code object's address is
+/// reused by another, at least one of them differs.
+type Fingerprint = [u64; 5];
+
+fn fingerprint(l: &Layout, head: &[u8]) -> Fingerprint {
+    [
+        le_u64(head, l.ob_type as usize),
+        le_u64(head, l.co_name as usize),
+        le_u64(head, l.co_filename as usize),
+        le_u64(head, l.co_linetable as usize),
+        le_u32(head, l.co_firstlineno as usize) as u64,
+    ]
+}
+
+/// How long a cached code object is trusted before its fingerprint is read again.
+const REVALIDATE: Duration = Duration::from_secs(1);
+
+struct Entry {
+    info: CodeInfo,
+    fingerprint: Fingerprint,
+    checked: Instant,
+}
+
+/// Bounded cache of code objects by address. Entries are re-checked against the target at
+/// most once per second, so an address reused by a new code object (exec'd code, reloaded
+/// modules) is noticed without a read per frame per sample.
 #[derive(Default)]
 pub struct CodeCache {
-    entries: HashMap<u64, CodeInfo>,
+    entries: HashMap<u64, Entry>,
     /// Type pointers known to be `code`.
     code_types: Vec<u64>,
+    revalidate: Duration,
 }
 
 /// Dropped wholesale when exceeded: simpler than LRU and rare in practice.
@@ -61,6 +88,7 @@ impl CodeCache {
         CodeCache {
             entries: HashMap::new(),
             code_types: code_type.into_iter().collect(),
+            revalidate: REVALIDATE,
         }
     }
 
@@ -98,23 +126,49 @@ impl CodeCache {
         l: &Layout,
         addr: u64,
     ) -> Result<Option<&CodeInfo>, PyError> {
-        if !self.entries.contains_key(&addr) {
-            if !self.is_code_type(mem, l, addr)? {
-                return Ok(None);
+        let now = Instant::now();
+        let fresh = match self.entries.get_mut(&addr) {
+            None => false,
+            Some(e) if now.duration_since(e.checked) < self.revalidate => true,
+            Some(e) => {
+                let mut head = [0u8; CODE_HEAD];
+                mem.read(addr, &mut head)?;
+                e.checked = now;
+                fingerprint(l, &head) == e.fingerprint
             }
-            let info = read_code(mem, l, addr)?;
-            if self.entries.len() >= MAX_CACHED {
-                self.entries.clear();
-            }
-            self.entries.insert(addr, info);
+        };
+        if fresh {
+            return Ok(Some(&self.entries[&addr].info));
         }
-        Ok(self.entries.get(&addr))
+        if !self.is_code_type(mem, l, addr)? {
+            self.entries.remove(&addr);
+            return Ok(None);
+        }
+        let (info, fingerprint) = read_code(mem, l, addr)?;
+        if self.entries.len() >= MAX_CACHED {
+            self.entries.clear();
+        }
+        self.entries.insert(
+            addr,
+            Entry {
+                info,
+                fingerprint,
+                checked: now,
+            },
+        );
+        Ok(Some(&self.entries[&addr].info))
     }
 }
 
-fn read_code<M: Memory + ?Sized>(mem: &M, l: &Layout, addr: u64) -> Result<CodeInfo, PyError> {
-    // Every field the reader needs sits in the first 256 bytes of the code object.
-    let mut head = [0u8; 256];
+/// Every field the reader needs sits in the first 256 bytes of a code object.
+const CODE_HEAD: usize = 256;
+
+fn read_code<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    addr: u64,
+) -> Result<(CodeInfo, Fingerprint), PyError> {
+    let mut head = [0u8; CODE_HEAD];
     mem.read(addr, &mut head)?;
     let p = |off: u64| le_u64(&head, off as usize);
     let name = read_str(mem, l, p(l.co_name))?;
@@ -125,7 +179,7 @@ fn read_code<M: Memory + ?Sized>(mem: &M, l: &Layout, addr: u64) -> Result<CodeI
     let filename = read_str(mem, l, p(l.co_filename))?;
     let short_filename = super::short_filename(&filename);
     let linetable = read_bytes(mem, l, p(l.co_linetable))?;
-    Ok(CodeInfo {
+    let info = CodeInfo {
         name,
         qualname,
         filename,
@@ -135,5 +189,82 @@ fn read_code<M: Memory + ?Sized>(mem: &M, l: &Layout, addr: u64) -> Result<CodeI
         argcount: le_u32(&head, l.co_argcount as usize),
         varnames: p(l.co_varnames),
         localspluskinds: l.co_localspluskinds.map(p).unwrap_or(0),
-    })
+    };
+    Ok((info, fingerprint(l, &head)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ImageMemory;
+    use crate::python::layout::Version;
+
+    /// A compact ASCII str object in the 3.12 layout.
+    fn ascii_str(text: &str) -> Vec<u8> {
+        let mut o = vec![0u8; 40];
+        o[16..24].copy_from_slice(&(text.len() as u64).to_le_bytes());
+        // kind 1, compact, ascii
+        o[32..36].copy_from_slice(&((1u32 << 2) | (1 << 5) | (1 << 6)).to_le_bytes());
+        o.extend_from_slice(text.as_bytes());
+        // The reader copies a str's header and first characters in one 128-byte read.
+        o.resize(128, 0);
+        o
+    }
+
+    /// An address space with a code object at 0x10000 named `name`, its strings at `strs`.
+    fn image(l: &Layout, name: &str, strs: u64) -> ImageMemory {
+        let mut code = vec![0u8; CODE_HEAD];
+        let mut put = |off: u64, v: u64| {
+            code[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(l.ob_type, 0x20000);
+        put(l.co_name, strs);
+        put(l.co_qualname.unwrap(), strs);
+        put(l.co_filename, strs + 0x100);
+        put(l.co_linetable, 0x40000);
+        let mut tp = vec![0u8; 64];
+        tp[l.tp_name as usize..l.tp_name as usize + 8].copy_from_slice(&0x50000u64.to_le_bytes());
+        let mut m = ImageMemory::new();
+        m.add(0x10000, code)
+            .add(0x20000, tp)
+            .add(strs, ascii_str(name))
+            .add(strs + 0x100, ascii_str("app.py"))
+            .add(0x40000, vec![0u8; 40])
+            .add(0x50000, {
+                let mut n = b"code".to_vec();
+                n.resize(64, 0);
+                n
+            });
+        m
+    }
+
+    #[test]
+    fn reused_code_address_is_noticed_on_revalidation() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let mut cache = CodeCache::new(None);
+        let before = image(&l, "first", 0x30000);
+        assert_eq!(
+            cache.get(&before, &l, 0x10000).unwrap().unwrap().name,
+            "first"
+        );
+        // The address now holds another code object (its name lives elsewhere).
+        let after = image(&l, "second", 0x60000);
+        // Within the revalidation period the cached entry is served without a read...
+        assert_eq!(
+            cache.get(&after, &l, 0x10000).unwrap().unwrap().name,
+            "first"
+        );
+        // ...and once it is due, the changed fingerprint makes it re-read.
+        cache.revalidate = Duration::ZERO;
+        assert_eq!(
+            cache.get(&after, &l, 0x10000).unwrap().unwrap().name,
+            "second"
+        );
+        // Not a code object any more: its type pointer is not the code type seen before.
+        let mut code = vec![0u8; CODE_HEAD];
+        code[l.ob_type as usize..l.ob_type as usize + 8].copy_from_slice(&0x80000u64.to_le_bytes());
+        let mut not_code = ImageMemory::new();
+        not_code.add(0x10000, code);
+        assert!(cache.get(&not_code, &l, 0x10000).unwrap().is_none());
+    }
 }

@@ -40,6 +40,9 @@ pub enum PyError {
     Layout(#[from] LayoutError),
 }
 
+/// How often thread names are read again from `threading._active`.
+const NAMES_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Bound on cached per-thread facts; cleared wholesale when exceeded.
 const MAX_THREADS_CACHED: usize = 65536;
 
@@ -52,6 +55,7 @@ pub struct StackReader<M: Memory> {
     /// Thread ids that had no name at the last lookup, so unnamed threads (started through
     /// `_thread`) do not cost a full `threading._active` walk on every sample.
     unnamed: Vec<u64>,
+    names_read: std::time::Instant,
     tid_offset: Option<u64>,
     pthread_tids: HashMap<u64, u32>,
     raw: Vec<frames::RawFrame>,
@@ -70,6 +74,7 @@ impl<M: Memory> StackReader<M> {
             codes,
             names: HashMap::new(),
             unnamed: Vec::new(),
+            names_read: std::time::Instant::now(),
             tid_offset: None,
             pthread_tids: HashMap::new(),
             raw: Vec::new(),
@@ -251,13 +256,22 @@ impl<M: Memory> StackReader<M> {
     }
 
     fn fill_names(&mut self, threads: &[threads::PyThread], out: &mut [ThreadStack]) {
-        let missing = out.iter().any(|t| {
-            !self.names.contains_key(&t.thread_id) && !self.unnamed.contains(&t.thread_id)
-        });
+        // Names can change (`t.name = ...`), so they are read again now and then; a thread
+        // not seen before triggers a read at once.
+        let stale = self.names_read.elapsed() >= NAMES_REFRESH;
+        let missing = stale
+            || out.iter().any(|t| {
+                !self.names.contains_key(&t.thread_id) && !self.unnamed.contains(&t.thread_id)
+            });
         if missing {
             // One walk per interpreter: each has its own `threading` module.
             let mut interps: Vec<u64> = threads.iter().map(|t| t.interp).collect();
             interps.dedup();
+            self.names_read = std::time::Instant::now();
+            if stale {
+                self.names.clear();
+                self.unnamed.clear();
+            }
             for interp in interps {
                 if let Ok(names) = threads::thread_names(&self.mem, &self.interp.layout, interp) {
                     self.names.extend(names);
