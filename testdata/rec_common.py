@@ -41,6 +41,26 @@ def func_info(fn):
     }
 
 
+def describe_functions(*fns):
+    """{__name__: func_info} for each function.
+
+    A plain loop, not a comprehension: a comprehension is a code object of its own
+    before 3.12, and would show up in the profile under the caller's file name.
+    """
+    out = {}
+    for fn in fns:
+        out[fn.__name__] = func_info(fn)
+    return out
+
+
+def describe_threads(pairs):
+    """[{name, native_id}] from (name, native id) pairs (a loop, as above)."""
+    out = []
+    for name, tid in pairs:
+        out.append({"name": name, "native_id": tid})
+    return out
+
+
 def native_id():
     """The kernel thread id, which prof shows as `tid N`."""
     if hasattr(threading, "get_native_id"):

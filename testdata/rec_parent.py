@@ -50,7 +50,9 @@ def main():
     if len(sys.argv) > 3 and sys.argv[3] == "popen-child":
         popen_child_work(seconds)
         return
-    popen = subprocess.Popen([sys.executable, os.path.abspath(__file__), outdir, str(seconds), "popen-child"])
+    popen = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), outdir, str(seconds), "popen-child"]
+    )
     ctx = multiprocessing.get_context("fork")
     mp_child = ctx.Process(target=mp_child_work, args=(seconds,), name="rec-mp-child")
     mp_child.start()
@@ -63,10 +65,9 @@ def main():
             "popen": popen.pid,
             "mp": mp_child.pid,
             "sleep": sleeper.pid,
-            "functions": {
-                f.__name__: rec_common.func_info(f)
-                for f in (popen_child_work, mp_child_work, parent_wait)
-            },
+            "functions": rec_common.describe_functions(
+                popen_child_work, mp_child_work, parent_wait
+            ),
         },
     )
     codes = parent_wait([popen, sleeper], mp_child)

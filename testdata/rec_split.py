@@ -59,9 +59,7 @@ def alternate(outdir):
                     "ready.json",
                     {
                         "pid": os.getpid(),
-                        "functions": {
-                            f.__name__: rec_common.func_info(f) for f in (split_a, split_b)
-                        },
+                        "functions": rec_common.describe_functions(split_a, split_b),
                     },
                 )
 

@@ -74,11 +74,10 @@ def writer(names):
             "pid": os.getpid(),
             "version": list(sys.version_info[:3]),
             "gil": rec_common.gil_enabled(),
-            "threads": [{"name": n, "native_id": t} for n, t in sorted(tids.items())],
-            "functions": {
-                f.__name__: rec_common.func_info(f)
-                for f in (busy_spin, spinner_call, sleeper_wait, main_wait)
-            },
+            "threads": rec_common.describe_threads(sorted(tids.items())),
+            "functions": rec_common.describe_functions(
+                busy_spin, spinner_call, sleeper_wait, main_wait
+            ),
         },
     )
 

@@ -62,11 +62,10 @@ def main():
         {
             "pid": os.getpid(),
             "version": list(sys.version_info[:3]),
-            "functions": {
-                f.__name__: rec_common.func_info(f)
-                for f in (hot_leaf, middle, outer_work, worker_main, main)
-            },
-            "threads": [{"name": n, "native_id": t} for n, t in tids],
+            "functions": rec_common.describe_functions(
+                hot_leaf, middle, outer_work, worker_main, main
+            ),
+            "threads": rec_common.describe_threads(tids),
         },
     )
     outer_work(deadline)

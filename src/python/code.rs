@@ -1,7 +1,6 @@
 //! Code objects: name, file and line table, read once per code object and cached.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use super::PyError;
 use super::layout::Layout;
@@ -59,24 +58,21 @@ fn fingerprint(l: &Layout, head: &[u8]) -> Fingerprint {
     ]
 }
 
-/// How long a cached code object is trusted before its fingerprint is read again.
-const REVALIDATE: Duration = Duration::from_secs(1);
-
 struct Entry {
     info: CodeInfo,
     fingerprint: Fingerprint,
-    checked: Instant,
 }
 
-/// Bounded cache of code objects by address. Entries are re-checked against the target at
-/// most once per second, so an address reused by a new code object (exec'd code, reloaded
-/// modules) is noticed without a read per frame per sample.
+/// Bounded cache of code objects by address. Every use re-checks the entry's fingerprint
+/// against the code object's first bytes, so an address reused by a new code object (freed
+/// start-up code, exec'd code, reloaded modules) is never shown under the old name. The
+/// check is cheap because the sampler's batched read already brings those bytes along
+/// (see `batch::Plan`): only a code object not seen in the previous sample costs a read.
 #[derive(Default)]
 pub struct CodeCache {
     entries: HashMap<u64, Entry>,
     /// Type pointers known to be `code`.
     code_types: Vec<u64>,
-    revalidate: Duration,
 }
 
 /// Dropped wholesale when exceeded: simpler than LRU and rare in practice.
@@ -88,7 +84,6 @@ impl CodeCache {
         CodeCache {
             entries: HashMap::new(),
             code_types: code_type.into_iter().collect(),
-            revalidate: REVALIDATE,
         }
     }
 
@@ -126,17 +121,13 @@ impl CodeCache {
         l: &Layout,
         addr: u64,
     ) -> Result<Option<&CodeInfo>, PyError> {
-        let now = Instant::now();
-        let fresh = match self.entries.get_mut(&addr) {
-            None => false,
-            Some(e) if now.duration_since(e.checked) < self.revalidate => true,
-            Some(e) => {
-                let mut head = [0u8; CODE_HEAD];
-                mem.read(addr, &mut head)?;
-                e.checked = now;
-                fingerprint(l, &head) == e.fingerprint
-            }
-        };
+        let mut head = [0u8; CODE_HEAD];
+        mem.read(addr, &mut head)?;
+        let seen = fingerprint(l, &head);
+        let fresh = self
+            .entries
+            .get(&addr)
+            .is_some_and(|e| e.fingerprint == seen);
         if fresh {
             return Ok(Some(&self.entries[&addr].info));
         }
@@ -148,20 +139,13 @@ impl CodeCache {
         if self.entries.len() >= MAX_CACHED {
             self.entries.clear();
         }
-        self.entries.insert(
-            addr,
-            Entry {
-                info,
-                fingerprint,
-                checked: now,
-            },
-        );
+        self.entries.insert(addr, Entry { info, fingerprint });
         Ok(Some(&self.entries[&addr].info))
     }
 }
 
 /// Every field the reader needs sits in the first 256 bytes of a code object.
-const CODE_HEAD: usize = 256;
+pub const CODE_HEAD: usize = 256;
 
 fn read_code<M: Memory + ?Sized>(
     mem: &M,

@@ -1,7 +1,7 @@
 //! Walking one thread's chain of interpreter frames.
 
 use super::PyError;
-use super::code::CodeCache;
+use super::code::{CODE_HEAD, CodeCache};
 use super::layout::{FrameRoot, InstrSource, Layout};
 use super::locals::read_locals;
 use crate::process::memory::{le_u8, le_u32, le_u64};
@@ -113,7 +113,7 @@ pub fn datastack_spans(l: &Layout, tstate: &[u8], copied: &[(u64, Vec<u8>)]) -> 
 }
 
 /// Regions the walk of `raw` read outside the thread's data-stack chunks (and the
-/// 3.11/3.12 C frame), for the next sample's batched read.
+/// 3.11/3.12 C frame, and the heads of the code objects), for the next sample's batched read.
 pub fn regions_outside(
     l: &Layout,
     tstate: &[u8],
@@ -127,6 +127,11 @@ pub fn regions_outside(
         .filter(|f| !inside(f.addr))
         .map(|f| (f.addr, size))
         .collect();
+    // The code objects' first bytes, so the code cache's check of every entry is free.
+    let mut codes: Vec<u64> = raw.iter().filter(|f| !f.shim).map(|f| f.code).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    out.extend(codes.into_iter().map(|c| (c, CODE_HEAD as u64)));
     if let FrameRoot::CFrame { cframe, current } = l.frame_root {
         let cf = le_u64(tstate, cframe as usize);
         if cf != 0 {
