@@ -37,10 +37,10 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
         None => default_output(t, format),
     };
     // An unwritable path is found now, not after a long recording.
-    let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    let output = OutputFile::check(&path)?;
 
     let stop = spawn::install_stop_handlers();
-    let (root, launched, title) = start_target(t)?;
+    let (root, launched, title) = start_target(t).inspect_err(|_| output.abandon())?;
     let launched_mode = launched.is_some();
     let opts = ProfileOptions {
         threads_as_root: args.threads,
@@ -60,7 +60,7 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
         dropped_ticks: stats.dropped_ticks,
         errors: stats.errors,
     });
-    let written = write_profile(format, &profile, file, &path);
+    let written = output.write(format, &profile);
     summary(&profile, &stats, &path, written.is_ok(), t.subprocesses);
     let code = match launched {
         Some(child) => child.wait(),
@@ -73,7 +73,6 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
                 .is_some_and(|e| matches!(e, OutputError::NoSamples)) =>
         {
             // Nothing to draw is not worth an empty file; the command's own result stands.
-            let _ = std::fs::remove_file(&path);
             eprintln!(
                 "prof: no samples were collected, so {} was not written (was every thread idle? try --idle)",
                 path.display()
@@ -191,14 +190,67 @@ fn status_line(profile: &Profile, elapsed: Duration) {
     );
 }
 
-fn write_profile(format: Format, profile: &Profile, file: File, path: &Path) -> Result<()> {
-    let mut out = BufWriter::new(file);
-    match output::write(format, profile, &mut out) {
-        Err(OutputError::NoSamples) => return Err(OutputError::NoSamples.into()),
-        r => r.with_context(|| format!("cannot write {}", path.display()))?,
+/// The output path, checked for writability before sampling without touching an existing
+/// file: the profile is written to a temporary file beside it and renamed over it only once
+/// it is complete, so a failed or empty run never destroys an earlier profile.
+struct OutputFile {
+    path: PathBuf,
+    /// prof created the (empty) file during the check and must remove it if nothing is written.
+    created: bool,
+}
+
+impl OutputFile {
+    fn check(path: &Path) -> Result<OutputFile> {
+        let cannot = || format!("cannot write {}", path.display());
+        let created = if path.exists() {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(cannot)?;
+            false
+        } else {
+            File::create(path).with_context(cannot)?;
+            true
+        };
+        Ok(OutputFile {
+            path: path.to_path_buf(),
+            created,
+        })
     }
-    out.flush()
-        .with_context(|| format!("cannot write {}", path.display()))
+
+    /// Nothing will be written: leave the directory as it was.
+    fn abandon(&self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn write(&self, format: Format, profile: &Profile) -> Result<()> {
+        let path = &self.path;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.prof-{}.tmp", std::process::id()));
+        let result = (|| -> Result<()> {
+            let file =
+                File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+            let mut out = BufWriter::new(file);
+            match output::write(format, profile, &mut out) {
+                Err(OutputError::NoSamples) => return Err(OutputError::NoSamples.into()),
+                r => r.with_context(|| format!("cannot write {}", path.display()))?,
+            }
+            out.flush()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            drop(out);
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            self.abandon();
+        }
+        result
+    }
 }
 
 fn summary(
