@@ -12,7 +12,8 @@
 //! - one `Location` per frame of the frame table, with one `Line(function, line)`;
 //!   the synthetic root frames (`-t` thread labels, `process N`) get their own
 //!   functions and locations, placed last (outermost) in each sample;
-//! - one `Function` per function: `name` = `system_name` = the function name,
+//! - one `Function` per function: `name` = the function name, `system_name` =
+//!   `file:name` (distinct, so pprof does not "demangle" `<module>` away),
 //!   `filename` = the full file name (what `pprof -list` needs), `start_line` = the
 //!   line `-F` shows (the lowest sampled line) under `-F`, else 0 (unknown);
 //! - `period_type` = wall/nanoseconds and `period` = 1/requested rate;
@@ -217,9 +218,12 @@ fn encode(profile: &Profile) -> Vec<u8> {
     for (i, f) in functions.iter().enumerate() {
         let mut m = Message::default();
         let name = strings.get(&f.name);
+        // pprof demangles `name` when it equals `system_name`, which turns Python's
+        // `<module>` and `<listcomp>` into `<unknown>`; a distinct system name avoids that.
+        let system_name = strings.get(&format!("{}:{}", f.filename, f.name));
         m.uint(1, i as u64 + 1);
         m.int(2, name);
-        m.int(3, name);
+        m.int(3, system_name);
         m.int(4, strings.get(&f.filename));
         if by_function {
             m.int(5, i64::from(f.lowest_line));
@@ -405,7 +409,10 @@ mod tests {
         let mut function_names = Vec::new();
         for f in messages(&p, 5) {
             let name = s(scalar(&f, 2));
-            assert_eq!(s(scalar(&f, 3)), name, "system_name");
+            assert!(
+                s(scalar(&f, 3)).ends_with(&format!(":{name}")),
+                "system_name"
+            );
             function_names.push(name.clone());
             assert!(
                 functions.insert(scalar(&f, 1), name).is_none(),
