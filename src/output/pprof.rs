@@ -233,9 +233,10 @@ fn encode(profile: &Profile) -> Vec<u8> {
     for (r, label) in root_names.iter().enumerate() {
         let mut m = Message::default();
         let name = strings.get(label);
+        let system_name = strings.get(&format!("prof:{label}"));
         m.uint(1, first_root_function + r as u64 + 1);
         m.int(2, name);
-        m.int(3, name);
+        m.int(3, system_name);
         p.message(field::FUNCTION, &m);
     }
 
