@@ -19,6 +19,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Print every thread's current Python stack, once.
     Dump(DumpArgs),
+    /// Show a live, top-like view of the functions taking the most time.
+    Top(TopArgs),
 }
 
 /// What to sample: a running process or a command to launch, and how often.
@@ -114,4 +116,16 @@ pub struct DumpArgs {
     /// Never stop the target, even briefly: stacks may be slightly inconsistent.
     #[arg(long)]
     pub nonblocking: bool,
+}
+
+/// Options of `prof top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The target and the sampling rate.
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Seconds between refreshes of the screen (sampling goes on in between).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub delay: f64,
 }

@@ -12,3 +12,4 @@ pub mod profile;
 pub mod python;
 pub mod sample;
 pub mod sampler;
+pub mod tui;

@@ -9,6 +9,7 @@ fn main() {
     let result = match &cli.command {
         Command::Dump(args) => commands::dump::run(args).map(|()| 0),
         Command::Record(args) => commands::record::run(args),
+        Command::Top(args) => commands::top::run(args),
     };
     if let Err(e) = result {
         // A closed pipe (`prof dump | head`) is the reader's choice, not an error.

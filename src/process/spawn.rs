@@ -74,7 +74,12 @@ pub fn launch_logged(argv: &[String], log: &Path) -> Result<Launched> {
     let err = out
         .try_clone()
         .with_context(|| format!("cannot write {}", log.display()))?;
-    launch_with(argv, Some((out, err)))
+    let launched = launch_with(argv, Some((out, err)));
+    if launched.is_err() {
+        // Nothing will ever be written there.
+        let _ = std::fs::remove_file(log);
+    }
+    launched
 }
 
 fn launch_with(argv: &[String], log: Option<(File, File)>) -> Result<Launched> {

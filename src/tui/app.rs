@@ -171,14 +171,14 @@ impl App {
             KeyCode::Char('r') => {
                 // Ids are meaningless in a new profile.
                 self.detail.clear();
-                self.to_top();
+                self.go_top();
                 Action::Reset
             }
             KeyCode::Char('l') | KeyCode::Char('L') => {
                 // Ids are function ids or frame ids depending on the mode.
                 self.by_line = !self.by_line;
                 self.detail.clear();
-                self.to_top();
+                self.go_top();
                 Action::Redraw
             }
             KeyCode::Char('t') => {
@@ -204,7 +204,7 @@ impl App {
                     return Action::None;
                 }
                 self.filter.clear();
-                self.to_top();
+                self.go_top();
                 Action::Redraw
             }
             KeyCode::Enter | KeyCode::Right => self.open(),
@@ -218,7 +218,7 @@ impl App {
             KeyCode::Esc => {
                 self.editing_filter = false;
                 self.filter.clear();
-                self.to_top();
+                self.go_top();
             }
             KeyCode::Enter => self.editing_filter = false,
             KeyCode::Backspace => {
@@ -226,11 +226,11 @@ impl App {
                     // Backspace on an empty filter leaves it, as in less and vim.
                     self.editing_filter = false;
                 }
-                self.to_top();
+                self.go_top();
             }
             KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
                 self.filter.push(c);
-                self.to_top();
+                self.go_top();
             }
             _ => return self.move_key(key),
         }
@@ -292,10 +292,10 @@ impl App {
         };
         self.thread = self.threads.get(next).cloned();
         self.detail.clear();
-        self.to_top();
+        self.go_top();
     }
 
-    fn to_top(&mut self) {
+    fn go_top(&mut self) {
         self.selected = 0;
         self.offset = 0;
         self.selected_id = None;
