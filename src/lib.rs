@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod cli;
 pub mod commands;
+pub mod native;
 pub mod output;
 pub mod process;
 pub mod profile;

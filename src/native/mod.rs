@@ -1,0 +1,17 @@
+//! Native stacks: modules and their unwind tables, DWARF CFI unwinding, symbolization.
+//!
+//! A pure library over [`Memory`](crate::process::Memory): it never stops or ptraces the
+//! target. The sampler gets a thread's [`Registers`] (ptrace, or a core file's notes),
+//! keeps one [`Modules`] per process (refreshed from `/proc/PID/maps` when it changes), one
+//! [`Unwinder`] and one [`Symbolizer`], and per sample calls [`Unwinder::unwind`] and
+//! then [`Symbolizer::symbolize`] for pcs it has not seen.
+
+pub mod arch;
+pub mod modules;
+pub mod symbolize;
+pub mod unwind;
+
+pub use arch::{Arch, ArchKind, Registers};
+pub use modules::{DebugSearch, ElfImage, Module, ModuleError, Modules, load_bias};
+pub use symbolize::{SymbolFrame, Symbolized, Symbolizer, demangle};
+pub use unwind::{Frame, UnwindError, UnwindPlan, UnwindRow, Unwinder, Via};

@@ -1,0 +1,507 @@
+//! Turning native pcs into function names and source lines.
+//!
+//! For each module, on first use: DWARF (through addr2line, with inlined frames) from
+//! the module itself or its separate debug file (by build-id or `.gnu_debuglink`, see
+//! [`DebugSearch`]), with a dwz supplementary file (`.gnu_debugaltlink`) when there is one;
+//! a sorted symbol table from `.symtab`, `.dynsym`, the debug file's `.symtab` and, when
+//! the module has no `.symtab`, MiniDebugInfo (`.gnu_debugdata`, an xz-compressed ELF
+//! holding one). Names are demangled (Rust legacy and v0, C++ Itanium). Without any of
+//! those an address is shown as `0x… (libfoo.so+0x…)`. Results are cached per module
+//! and address.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gimli::{EndianReader, LittleEndian};
+use object::read::elf::ElfFile64;
+use object::{Object, ObjectSymbol, SymbolKind};
+
+use super::modules::{DebugSearch, ElfBytes, ElfImage, Module, Modules, SharedBytes};
+use super::unwind::Frame;
+
+type Reader = EndianReader<LittleEndian, SharedBytes>;
+
+/// One function level at an address (several when calls were inlined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolFrame {
+    /// Demangled function name.
+    pub function: Option<String>,
+    /// Source file (as DWARF names it, joined with the compilation directory).
+    pub file: Option<String>,
+    /// Source line.
+    pub line: Option<u32>,
+    /// This level was inlined into the next one.
+    pub inlined: bool,
+}
+
+/// What is known about one pc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbolized {
+    /// The address.
+    pub pc: u64,
+    /// Module name (path as the target sees it), if the pc is in one.
+    pub module: Option<Arc<str>>,
+    /// Link-time address in the module (pc minus load bias).
+    pub module_offset: u64,
+    /// Innermost first; the last is the real (not inlined) function. Empty if unknown.
+    pub frames: Vec<SymbolFrame>,
+}
+
+impl Symbolized {
+    /// `0x… (libfoo.so+0x…)`, or `0x…` outside any module.
+    pub fn fallback_name(&self) -> String {
+        match &self.module {
+            Some(m) => {
+                let base = m.rsplit('/').next().unwrap_or(m);
+                format!("{:#x} ({base}+{:#x})", self.pc, self.module_offset)
+            }
+            None => format!("{:#x}", self.pc),
+        }
+    }
+
+    /// Name of the real function containing the pc, or the fallback name.
+    pub fn name(&self) -> String {
+        self.frames
+            .last()
+            .and_then(|f| f.function.clone())
+            .unwrap_or_else(|| self.fallback_name())
+    }
+}
+
+/// Where a module's symbols came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SymbolSources {
+    /// DWARF read from this file (the module itself or its debug file).
+    pub dwarf: Option<PathBuf>,
+    /// A separate debug file was found here.
+    pub debug_file: Option<PathBuf>,
+    /// MiniDebugInfo (`.gnu_debugdata`) was decompressed and used.
+    pub minidebuginfo: bool,
+    /// Entries in the symbol table.
+    pub symbols: usize,
+}
+
+struct Sym {
+    addr: u64,
+    size: u64,
+    name: Box<str>,
+}
+
+/// Function symbols sorted by address, aliases collapsed.
+#[derive(Default)]
+struct SymbolTable {
+    syms: Vec<Sym>,
+}
+
+impl SymbolTable {
+    /// Add the function symbols of `image` (`.symtab` and `.dynsym`).
+    fn add(&mut self, image: &ElfImage) {
+        let Ok(elf) = ElfFile64::<object::LittleEndian>::parse(image.bytes()) else {
+            return;
+        };
+        let mut ranked = Vec::new();
+        for s in elf.symbols().chain(elf.dynamic_symbols()) {
+            if s.kind() != SymbolKind::Text || s.address() == 0 || s.is_undefined() {
+                continue;
+            }
+            let Ok(name) = s.name() else { continue };
+            if name.is_empty() {
+                continue;
+            }
+            // Among aliases prefer a sized, global, least-underscored name: `raise` over
+            // `__GI_raise`, as a user would call it.
+            let rank = (
+                s.size() == 0,
+                !s.is_global(),
+                name.bytes().take_while(|&b| b == b'_').count(),
+            );
+            ranked.push((
+                s.address(),
+                rank,
+                Sym {
+                    addr: s.address(),
+                    size: s.size(),
+                    name: name.into(),
+                },
+            ));
+        }
+        ranked.sort_by_key(|r| (r.0, r.1));
+        self.syms.extend(ranked.into_iter().map(|r| r.2));
+    }
+
+    fn finish(&mut self) {
+        // Stable: the first (best ranked, earliest added) of each address survives.
+        self.syms.sort_by_key(|s| s.addr);
+        self.syms.dedup_by_key(|s| s.addr);
+    }
+
+    /// The symbol containing `addr`; a size-0 symbol (assembly) covers up to the next one.
+    fn lookup(&self, addr: u64) -> Option<&str> {
+        let i = self.syms.partition_point(|s| s.addr <= addr);
+        let before = &self.syms[..i];
+        if let Some(s) = before
+            .iter()
+            .rev()
+            .take(8)
+            .find(|s| s.size > 0 && addr < s.addr.saturating_add(s.size))
+        {
+            return Some(&s.name);
+        }
+        before.last().filter(|s| s.size == 0).map(|s| &*s.name)
+    }
+}
+
+struct ModuleSymbols {
+    dwarf: Option<addr2line::Context<Reader>>,
+    symbols: SymbolTable,
+    sources: SymbolSources,
+}
+
+/// Largest MiniDebugInfo image decompressed (a target's file could be hostile).
+const MAX_MINIDEBUGINFO: usize = 256 << 20;
+
+/// Default bound on cached addresses; the cache is dropped when it fills.
+pub const DEFAULT_MAX_CACHED: usize = 1 << 16;
+
+/// Symbolizes pcs of any module, caching per module and per address.
+pub struct Symbolizer {
+    search: DebugSearch,
+    modules: HashMap<u32, ModuleSymbols>,
+    cache: HashMap<(u32, u64, bool), Arc<Symbolized>>,
+    /// Bound on cached addresses.
+    pub max_cached: usize,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Symbolizer::new()
+    }
+}
+
+impl Symbolizer {
+    /// Looks for debug files in `/usr/lib/debug`.
+    pub fn new() -> Symbolizer {
+        Symbolizer::with_search(DebugSearch::default())
+    }
+
+    /// Looks for debug files as `search` says.
+    pub fn with_search(search: DebugSearch) -> Symbolizer {
+        Symbolizer {
+            search,
+            modules: HashMap::new(),
+            cache: HashMap::new(),
+            max_cached: DEFAULT_MAX_CACHED,
+        }
+    }
+
+    /// Symbolize an unwound frame (a return address is looked up at pc - 1).
+    pub fn symbolize_frame(&mut self, modules: &Modules, frame: &Frame) -> Arc<Symbolized> {
+        self.symbolize(modules, frame.pc, frame.exact)
+    }
+
+    /// Symbolize `pc`; `exact` says it is not a return address.
+    pub fn symbolize(&mut self, modules: &Modules, pc: u64, exact: bool) -> Arc<Symbolized> {
+        let Some(module) = modules.find(pc) else {
+            return Arc::new(Symbolized {
+                pc,
+                module: None,
+                module_offset: 0,
+                frames: Vec::new(),
+            });
+        };
+        let key = (module.id(), pc, exact);
+        if let Some(s) = self.cache.get(&key) {
+            return s.clone();
+        }
+        let rel = module.rel(pc);
+        let probe = if exact { rel } else { rel.wrapping_sub(1) };
+        let frames = self.lookup(module, probe);
+        let s = Arc::new(Symbolized {
+            pc,
+            module: Some(module.name.as_str().into()),
+            module_offset: rel,
+            frames,
+        });
+        if self.cache.len() >= self.max_cached {
+            self.cache.clear();
+        }
+        self.cache.insert(key, s.clone());
+        s
+    }
+
+    /// Where `module`'s symbols come from (loading them if needed).
+    pub fn sources(&mut self, module: &Module) -> SymbolSources {
+        self.module_symbols(module).sources.clone()
+    }
+
+    fn module_symbols(&mut self, module: &Module) -> &ModuleSymbols {
+        let search = &self.search;
+        self.modules
+            .entry(module.id())
+            .or_insert_with(|| load_module(search, module))
+    }
+
+    fn lookup(&mut self, module: &Module, probe: u64) -> Vec<SymbolFrame> {
+        let syms = self.module_symbols(module);
+        let mut out = Vec::new();
+        if let Some(ctx) = &syms.dwarf
+            && let Ok(mut it) = ctx.find_frames(probe).skip_all_loads()
+        {
+            while let Ok(Some(f)) = it.next() {
+                let function = f.function.as_ref().and_then(|n| {
+                    let raw = n.raw_name().ok()?;
+                    Some(demangle(&raw, n.language))
+                });
+                let (file, line) = match &f.location {
+                    Some(l) => (l.file.map(str::to_string), l.line),
+                    None => (None, None),
+                };
+                out.push(SymbolFrame {
+                    function,
+                    file,
+                    line,
+                    inlined: true,
+                });
+                if out.len() >= 64 {
+                    break;
+                }
+            }
+        }
+        if let Some(last) = out.last_mut() {
+            last.inlined = false;
+            if last.function.is_none() {
+                last.function = syms.symbols.lookup(probe).map(|n| demangle(n, None));
+            }
+        } else if let Some(name) = syms.symbols.lookup(probe) {
+            out.push(SymbolFrame {
+                function: Some(demangle(name, None)),
+                file: None,
+                line: None,
+                inlined: false,
+            });
+        }
+        out
+    }
+}
+
+/// Demangle a Rust or C++ symbol; `language` (from DWARF) picks the scheme, else both are
+/// tried. Names that are not mangled come back unchanged.
+pub fn demangle(name: &str, language: Option<gimli::DwLang>) -> String {
+    let rust = |n: &str| {
+        rustc_demangle::try_demangle(n)
+            .ok()
+            .map(|d| format!("{d:#}"))
+    };
+    let cpp = |n: &str| {
+        cpp_demangle::Symbol::new(n)
+            .ok()
+            .and_then(|s| s.demangle().ok())
+    };
+    let is_cpp = |l: gimli::DwLang| {
+        matches!(
+            l,
+            gimli::DW_LANG_C_plus_plus
+                | gimli::DW_LANG_C_plus_plus_03
+                | gimli::DW_LANG_C_plus_plus_11
+                | gimli::DW_LANG_C_plus_plus_14
+                | gimli::DW_LANG_C_plus_plus_17
+                | gimli::DW_LANG_C_plus_plus_20
+        )
+    };
+    let out = match language {
+        Some(gimli::DW_LANG_Rust) => rust(name),
+        Some(l) if is_cpp(l) => cpp(name),
+        _ if name.starts_with("_R") || name.starts_with("_ZN") => rust(name).or_else(|| cpp(name)),
+        _ if name.starts_with("_Z") => cpp(name),
+        _ => None,
+    };
+    out.unwrap_or_else(|| name.to_string())
+}
+
+fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
+    let main = &module.image;
+    let mut sources = SymbolSources::default();
+    let debug = if main.has_section(".debug_info") {
+        None
+    } else {
+        search.find(main, module.file.as_deref(), &module.name)
+    };
+    let (dwarf_image, dwarf_path) = match &debug {
+        Some((img, path)) => {
+            sources.debug_file = Some(path.clone());
+            (Some(img), Some(path.clone()))
+        }
+        None if main.has_section(".debug_info") => (
+            Some(main.as_ref()),
+            Some(
+                module
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| module.name.clone().into()),
+            ),
+        ),
+        None => (None, None),
+    };
+    let dwarf = dwarf_image.and_then(|img| {
+        let d = load_dwarf(img, search, dwarf_path.as_deref())?;
+        addr2line::Context::from_dwarf(d).ok()
+    });
+    if dwarf.is_some() {
+        sources.dwarf = dwarf_path;
+    }
+    let mut symbols = SymbolTable::default();
+    symbols.add(main);
+    if let Some((img, _)) = &debug {
+        symbols.add(img);
+    }
+    if debug.is_none()
+        && !main.has_section(".symtab")
+        && let Some(mini) = minidebuginfo(main)
+    {
+        symbols.add(&mini);
+        sources.minidebuginfo = true;
+    }
+    symbols.finish();
+    sources.symbols = symbols.syms.len();
+    ModuleSymbols {
+        dwarf,
+        symbols,
+        sources,
+    }
+}
+
+fn section_reader(image: &ElfImage, name: &str) -> Reader {
+    let bytes = image
+        .section(name)
+        .map(|(b, _)| b)
+        .unwrap_or_else(|| SharedBytes::whole(Arc::new(ElfBytes::Owned(Vec::new()))));
+    EndianReader::new(bytes, LittleEndian)
+}
+
+fn load_dwarf(
+    image: &ElfImage,
+    search: &DebugSearch,
+    path: Option<&Path>,
+) -> Option<gimli::Dwarf<Reader>> {
+    let mut dwarf =
+        gimli::Dwarf::load(|id| Ok::<_, gimli::Error>(section_reader(image, id.name()))).ok()?;
+    // dwz moves shared DIEs into a supplementary file (Debian's -dbgsym packages).
+    if let Some((name, id)) = &image.debugaltlink {
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        let p = Path::new(name);
+        if p.is_absolute() {
+            candidates.push(p.to_path_buf());
+        } else if let Some(dir) = path.and_then(Path::parent) {
+            candidates.push(dir.join(p));
+        }
+        if id.len() >= 2 {
+            let hex: String = id[1..].iter().map(|b| format!("{b:02x}")).collect();
+            for root in &search.roots {
+                candidates.push(
+                    root.join(".build-id")
+                        .join(format!("{:02x}", id[0]))
+                        .join(format!("{hex}.debug")),
+                );
+            }
+        }
+        let sup = candidates
+            .iter()
+            .filter_map(|c| ElfImage::open(c).ok())
+            .find(|s| s.build_id.as_deref() == Some(id.as_slice()));
+        if let Some(sup) = sup {
+            let _ = dwarf.load_sup(|id| Ok::<_, gimli::Error>(section_reader(&sup, id.name())));
+        }
+    }
+    Some(dwarf)
+}
+
+/// A `Write` that refuses to grow past a bound.
+struct Bounded(Vec<u8>);
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_MINIDEBUGINFO {
+            return Err(std::io::Error::other("MiniDebugInfo too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The ELF image inside `.gnu_debugdata` (xz-compressed), if any.
+fn minidebuginfo(image: &ElfImage) -> Option<ElfImage> {
+    let (data, _) = image.section(".gnu_debugdata")?;
+    let mut out = Bounded(Vec::new());
+    lzma_rs::xz_decompress(&mut &*data, &mut out).ok()?;
+    ElfImage::from_bytes(out.0).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_rust_and_cpp() {
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE", None),
+            "core::fmt::write"
+        );
+        assert_eq!(
+            demangle("_RNvCs1234_7mycrate3foo", Some(gimli::DW_LANG_Rust)),
+            "mycrate::foo"
+        );
+        assert_eq!(demangle("_ZN3foo3barEv", None), "foo::bar()");
+        assert_eq!(
+            demangle("_ZNSt6vectorIiSaIiEE9push_backERKi", None),
+            "std::vector<int, std::allocator<int> >::push_back(int const&)"
+        );
+        assert_eq!(
+            demangle("_Z3addii", Some(gimli::DW_LANG_C_plus_plus_14)),
+            "add(int, int)"
+        );
+        assert_eq!(
+            demangle("PyEval_EvalFrameDefault", None),
+            "PyEval_EvalFrameDefault"
+        );
+        assert_eq!(demangle("_Zgarbage", None), "_Zgarbage");
+    }
+
+    #[test]
+    fn symbol_table_lookup() {
+        let mut t = SymbolTable::default();
+        let s = |addr, size, name: &str| Sym {
+            addr,
+            size,
+            name: name.into(),
+        };
+        t.syms = vec![
+            s(0x1000, 0x100, "f"),
+            s(0x1100, 0, "asm_stub"),
+            s(0x1200, 0x10, "g"),
+            s(0x1000, 0x100, "f_alias"),
+        ];
+        t.finish();
+        assert_eq!(t.lookup(0x1050), Some("f"));
+        assert_eq!(t.lookup(0x1180), Some("asm_stub"));
+        assert_eq!(t.lookup(0x1205), Some("g"));
+        assert_eq!(t.lookup(0x1210), None);
+        assert_eq!(t.lookup(0xfff), None);
+    }
+
+    #[test]
+    fn fallback_names() {
+        let s = Symbolized {
+            pc: 0x7f00_1234,
+            module: Some("/usr/lib/libfoo.so.1".into()),
+            module_offset: 0x1234,
+            frames: vec![],
+        };
+        assert_eq!(s.fallback_name(), "0x7f001234 (libfoo.so.1+0x1234)");
+        assert_eq!(s.name(), s.fallback_name());
+    }
+}
