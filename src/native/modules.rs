@@ -110,37 +110,7 @@ pub struct LoadSegment {
     pub memsz: u64,
 }
 
-/// The load bias of an image mapped at `maps` (the mappings of one file, any order):
-/// 0 for a non-relocatable executable (`ET_EXEC`), else the start of the mapping with the
-/// lowest file offset minus the page-aligned vaddr of the `PT_LOAD` that maps that offset
-/// (the first `PT_LOAD` if none matches). `loads` is `(p_offset, p_vaddr)` in file order.
-/// This is the rule `python::discover` uses too.
-pub fn load_bias(
-    loads: &[(u64, u64)],
-    is_exec: bool,
-    maps: &[&MapRange],
-    page: u64,
-) -> Option<u64> {
-    if is_exec {
-        return Some(0);
-    }
-    let first = maps.iter().min_by_key(|m| m.offset)?;
-    let mask = !(page.max(1) - 1);
-    let vaddr = loads
-        .iter()
-        .find(|(off, _)| off & mask == first.offset)
-        .or(loads.first())
-        .map(|&(_, v)| v)
-        .unwrap_or(0);
-    Some(first.start.wrapping_sub(vaddr & mask))
-}
-
-/// The page size of the machine prof runs on.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 } else { 4096 }
-}
+pub use crate::process::maps::{load_bias, page_size};
 
 /// A parsed 64-bit little-endian ELF image: its bytes plus what the unwinder and the
 /// symbolizer look up repeatedly.

@@ -83,3 +83,34 @@ pub fn is_mapped(maps: &[MapRange], addr: u64) -> bool {
     let i = maps.partition_point(|m| m.end <= addr);
     maps.get(i).is_some_and(|m| m.contains(addr) && m.read)
 }
+
+/// The load bias of an image mapped at `maps` (the mappings of one file, any order):
+/// 0 for a non-relocatable executable (`ET_EXEC`), else the start of the mapping with the
+/// lowest file offset minus the page-aligned vaddr of the `PT_LOAD` that maps that offset
+/// (the first `PT_LOAD` if none matches). `loads` is `(p_offset, p_vaddr)` in file order.
+pub fn load_bias(
+    loads: &[(u64, u64)],
+    is_exec: bool,
+    maps: &[&MapRange],
+    page: u64,
+) -> Option<u64> {
+    if is_exec {
+        return Some(0);
+    }
+    let first = maps.iter().min_by_key(|m| m.offset)?;
+    let mask = !(page.max(1) - 1);
+    let vaddr = loads
+        .iter()
+        .find(|(off, _)| off & mask == first.offset)
+        .or(loads.first())
+        .map(|&(_, v)| v)
+        .unwrap_or(0);
+    Some(first.start.wrapping_sub(vaddr & mask))
+}
+
+/// The page size of the machine prof runs on.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}

@@ -10,6 +10,7 @@ use regex::Regex;
 
 use super::PyError;
 use super::layout::{DEBUG_OFFSETS_READ, DebugOffsets, Layout, Version};
+use crate::process::maps::{load_bias, page_size};
 use crate::process::memory::le_u64;
 use crate::process::{MapRange, Memory, MemoryExt};
 
@@ -43,7 +44,6 @@ struct ImageInfo {
     runtime_how: &'static str,
     py_version: Option<u64>,
     code_type: Option<u64>,
-    first_load: (u64, u64),
     loads: Vec<(u64, u64)>,
     aarch64: bool,
     is_exec: bool,
@@ -60,7 +60,6 @@ fn read_image(file: &Path) -> Result<ImageInfo, String> {
         runtime_how: "",
         py_version: None,
         code_type: None,
-        first_load: (0, 0),
         loads: Vec::new(),
         aarch64: elf.elf_header().e_machine(elf.endian()) == EM_AARCH64,
         is_exec: elf.elf_header().e_type(elf.endian()) == object::elf::ET_EXEC,
@@ -93,29 +92,7 @@ fn read_image(file: &Path) -> Result<ImageInfo, String> {
         }
     }
     info.loads.sort();
-    info.first_load = info.loads.first().copied().unwrap_or((0, 0));
     Ok(info)
-}
-
-/// Bias of the image mapped at `maps` entries with this path.
-fn load_bias(info: &ImageInfo, maps: &[&MapRange], page: u64) -> Option<u64> {
-    if info.is_exec {
-        return Some(0);
-    }
-    let first = maps.iter().min_by_key(|m| m.offset)?;
-    let (_, vaddr) = info
-        .loads
-        .iter()
-        .find(|(off, _)| off & !(page - 1) == first.offset)
-        .copied()
-        .unwrap_or(info.first_load);
-    Some(first.start.wrapping_sub(vaddr & !(page - 1)))
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 } else { 4096 }
 }
 
 /// Version from a file name such as `libpython3.9.so.1.0` or `python3.10`.
@@ -164,7 +141,7 @@ pub fn find_interpreter<M: Memory + ?Sized>(
                 continue;
             }
         };
-        let Some(bias) = load_bias(&info, &ranges, page) else {
+        let Some(bias) = load_bias(&info.loads, info.is_exec, &ranges, page) else {
             continue;
         };
         let data = writable_data(maps, path);
