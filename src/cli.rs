@@ -116,6 +116,11 @@ pub struct DumpArgs {
     /// Never stop the target, even briefly: stacks may be slightly inconsistent.
     #[arg(long)]
     pub nonblocking: bool,
+
+    /// Also show native (C/C++/Rust) frames, merged with the Python frames; works on
+    /// non-Python processes too (native frames only).
+    #[arg(short, long)]
+    pub native: bool,
 }
 
 /// Options of `prof top`.

@@ -2,16 +2,21 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::attach::{attach, explain, thread_states, unless_exited};
+use crate::attach::{LiveTarget, attach, explain, thread_states, unless_exited};
 use crate::cli::DumpArgs;
+use crate::native::merge::{EntryRule, merge, uncertain_frame};
+use crate::native::stack::NativeStacks;
+use crate::native::{Frame as UnwoundFrame, Modules};
 use crate::process::ptrace::PauseGuard;
-use crate::python::{FrameOptions, module_name};
-use crate::sample::{LocalVar, ThreadStack};
+use crate::process::regs::thread_registers;
+use crate::process::{self, LiveMemory};
+use crate::python::{FrameOptions, PyError, module_name};
+use crate::sample::{Frame, FrameKind, LocalVar, ThreadStack};
 
-/// A frame in py-spy's JSON schema.
+/// A frame in py-spy's JSON schema (plus `native`).
 #[derive(Serialize)]
 struct JsonFrame<'a> {
     name: &'a str,
@@ -20,6 +25,9 @@ struct JsonFrame<'a> {
     short_filename: String,
     line: i32,
     locals: Option<&'a [LocalVar]>,
+    /// Only with `--native`: native code (C, C++, Rust…) rather than Python.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    native: Option<bool>,
 }
 
 /// A thread in py-spy's JSON schema.
@@ -37,7 +45,16 @@ struct JsonThread<'a> {
 /// Run `prof dump`.
 pub fn run(args: &DumpArgs) -> Result<()> {
     let pid = args.pid;
-    let mut target = attach(pid)?;
+    if args.native && args.nonblocking {
+        bail!(
+            "--native reads each thread's registers, which needs a brief stop: it cannot be used with --nonblocking"
+        );
+    }
+    let mut target = match attach(pid) {
+        Ok(t) => t,
+        Err(e) if args.native && is_not_python(&e) => return native_only(args),
+        Err(e) => return Err(e),
+    };
     let states = thread_states(pid)?;
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
     // A paused process cannot tear a stack; a running one is re-checked instead.
@@ -46,17 +63,37 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         validate: args.nonblocking,
         function_lines: false,
     };
-    let mut stacks = {
+    let mut natives = if args.native {
+        Some(native_stacks(pid)?)
+    } else {
+        None
+    };
+    let (mut stacks, pcs) = {
         let _pause = if args.nonblocking {
             None
         } else {
             Some(PauseGuard::pause(pid, &tids).map_err(|e| unless_exited(pid, e.into()))?)
         };
-        target
+        let stacks = target
             .reader
             .stacks(&tids, opts)
-            .map_err(|e| explain(pid, e))?
+            .map_err(|e| explain(pid, e))?;
+        // Only the unwinds need the stop; symbolizing (which may load DWARF) comes after.
+        let pcs: Vec<Option<Vec<UnwoundFrame>>> = match &mut natives {
+            Some(natives) => stacks
+                .iter()
+                .map(|s| {
+                    s.os_thread_id
+                        .map(|tid| thread_pcs(natives, target.reader.memory(), tid))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        (stacks, pcs)
     };
+    if let Some(natives) = &mut natives {
+        merge_native(&target, natives, &mut stacks, &pcs);
+    }
     for s in &mut stacks {
         let state = s
             .os_thread_id
@@ -66,7 +103,10 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     let out = std::io::stdout();
     let mut out = out.lock();
     if args.json {
-        let threads: Vec<JsonThread> = stacks.iter().map(|s| json_thread(pid, s)).collect();
+        let threads: Vec<JsonThread> = stacks
+            .iter()
+            .map(|s| json_thread(pid, s, args.native))
+            .collect();
         serde_json::to_writer_pretty(&mut out, &threads)?;
         writeln!(out)?;
     } else {
@@ -81,7 +121,104 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     Ok(())
 }
 
-fn json_thread(pid: u32, s: &ThreadStack) -> JsonThread<'_> {
+/// Did attaching fail because the process has no Python interpreter?
+fn is_not_python(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<PyError>(), Some(PyError::NotPython(_)))
+}
+
+/// Modules and unwinder for process `pid`, built once per dump.
+fn native_stacks(pid: u32) -> Result<NativeStacks> {
+    let maps = process::read_maps(pid).map_err(|e| unless_exited(pid, anyhow!(e)))?;
+    let mem = LiveMemory::new(pid);
+    let modules = Modules::for_pid(pid, &maps, &mem);
+    Ok(NativeStacks::new(modules, maps))
+}
+
+/// The unwound pcs of stopped thread `tid` (empty if its registers cannot be read).
+fn thread_pcs(natives: &mut NativeStacks, mem: &LiveMemory, tid: u32) -> Vec<UnwoundFrame> {
+    match thread_registers(tid) {
+        Ok(regs) => natives.unwind(mem, &regs).0,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Replace each Python stack by its merge with the thread's native stack (`pcs`, in the
+/// same order as `stacks`).
+fn merge_native(
+    target: &LiveTarget,
+    natives: &mut NativeStacks,
+    stacks: &mut [ThreadStack],
+    pcs: &[Option<Vec<UnwoundFrame>>],
+) {
+    let v = target.reader.interpreter().version();
+    let rule = EntryRule::for_version(v.major as u32, v.minor as u32);
+    let entries = target.reader.entry_flags();
+    for (i, s) in stacks.iter_mut().enumerate() {
+        let flags = entries.get(i).map(Vec::as_slice).unwrap_or(&[]);
+        let Some(Some(pcs)) = pcs.get(i) else {
+            // No kernel thread id: no registers to start from.
+            if !s.frames.is_empty() {
+                s.frames.push(uncertain_frame());
+            }
+            continue;
+        };
+        let native = natives.symbolize(pcs);
+        s.frames = merge(&native, &s.frames, flags, rule);
+    }
+}
+
+/// `dump --native` of a process without Python: every thread's native stack.
+fn native_only(args: &DumpArgs) -> Result<()> {
+    let pid = args.pid;
+    let states = thread_states(pid)?;
+    let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
+    let mut natives = native_stacks(pid)?;
+    let mem = LiveMemory::new(pid);
+    let pcs: Vec<Vec<UnwoundFrame>> = {
+        let _pause = PauseGuard::pause(pid, &tids).map_err(|e| unless_exited(pid, e.into()))?;
+        states
+            .iter()
+            .map(|&(tid, _)| thread_pcs(&mut natives, &mem, tid))
+            .collect()
+    };
+    let mut stacks = Vec::new();
+    for (&(tid, state), pcs) in states.iter().zip(&pcs) {
+        let frames: Vec<Frame> = natives
+            .symbolize(pcs)
+            .into_iter()
+            .flat_map(|n| n.frames)
+            .collect();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .ok()
+            .map(|s| s.trim_end().to_string());
+        stacks.push(ThreadStack {
+            thread_id: tid as u64,
+            os_thread_id: Some(tid),
+            thread_name: name,
+            active: state == 'R',
+            owns_gil: false,
+            frames,
+        });
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if args.json {
+        let threads: Vec<JsonThread> = stacks.iter().map(|s| json_thread(pid, s, true)).collect();
+        serde_json::to_writer_pretty(&mut out, &threads)?;
+        writeln!(out)?;
+    } else {
+        let cmdline = process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}"));
+        writeln!(out, "Process {pid}: {cmdline}")?;
+        writeln!(out, "Not a Python process: native stacks only")?;
+        for s in &stacks {
+            writeln!(out)?;
+            write_thread(&mut out, s, args.full_filenames)?;
+        }
+    }
+    Ok(())
+}
+
+fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
     JsonThread {
         pid,
         thread_id: s.thread_id,
@@ -92,13 +229,21 @@ fn json_thread(pid: u32, s: &ThreadStack) -> JsonThread<'_> {
         frames: s
             .frames
             .iter()
-            .map(|f| JsonFrame {
-                name: &f.name,
-                filename: &f.filename,
-                module: module_name(&f.short_filename),
-                short_filename: f.short_filename.clone(),
-                line: f.line,
-                locals: f.locals.as_deref(),
+            .map(|f| {
+                let is_native = f.kind == FrameKind::Native;
+                JsonFrame {
+                    name: &f.name,
+                    filename: &f.filename,
+                    module: if is_native {
+                        None
+                    } else {
+                        module_name(&f.short_filename)
+                    },
+                    short_filename: f.short_filename.clone(),
+                    line: f.line,
+                    locals: f.locals.as_deref(),
+                    native: native.then_some(is_native),
+                }
             })
             .collect(),
     }
@@ -119,7 +264,16 @@ fn write_thread(out: &mut impl Write, s: &ThreadStack, full: bool) -> std::io::R
     writeln!(out, "Thread {id} ({status}): \"{name}\"")?;
     for f in &s.frames {
         let file = if full { &f.filename } else { &f.short_filename };
-        writeln!(out, "    {} ({file}:{})", f.name, f.line)?;
+        match f.kind {
+            FrameKind::Python => writeln!(out, "    {} ({file}:{})", f.name, f.line)?,
+            // Native frames: `name (file:line)` from DWARF, else `name (module+offset)`;
+            // the marker frame has neither.
+            FrameKind::Native if f.line > 0 => {
+                writeln!(out, "    {} ({file}:{}) [native]", f.name, f.line)?
+            }
+            FrameKind::Native if f.short_filename.is_empty() => writeln!(out, "    {}", f.name)?,
+            FrameKind::Native => writeln!(out, "    {} ({}) [native]", f.name, f.short_filename)?,
+        }
         if let Some(locals) = &f.locals {
             for v in locals {
                 let kind = if v.arg { "arg" } else { "local" };

@@ -5,9 +5,13 @@
 //! keeps one [`Modules`] per process (refreshed from `/proc/PID/maps` when it changes), one
 //! [`Unwinder`] and one [`Symbolizer`], and per sample calls [`Unwinder::unwind`] and
 //! then [`Symbolizer::symbolize`] for pcs it has not seen.
+//! [`stack::NativeStacks`] bundles that per-thread pipeline (one bounded copy of the
+//! stack, unwind, symbolize); [`merge`] lines a native stack up with the Python stack.
 
 pub mod arch;
+pub mod merge;
 pub mod modules;
+pub mod stack;
 pub mod symbolize;
 pub mod unwind;
 

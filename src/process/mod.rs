@@ -3,6 +3,7 @@
 pub mod maps;
 pub mod memory;
 pub mod ptrace;
+pub mod regs;
 pub mod spawn;
 pub mod threads;
 

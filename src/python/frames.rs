@@ -308,12 +308,33 @@ pub fn resolve<M: Memory + ?Sized>(
     raw: &[RawFrame],
     opts: FrameOptions,
 ) -> Result<Vec<Frame>, PyError> {
+    resolve_with_entries(mem, l, codes, raw, opts, &mut Vec::new())
+}
+
+/// [`resolve`], also giving each returned frame's `is_entry` in `entries` (for merging
+/// with native stacks). An entry frame that is not shown (not a code object) passes its
+/// flag to the frame shown before it, the outermost frame of the same C call.
+pub fn resolve_with_entries<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    codes: &mut CodeCache,
+    raw: &[RawFrame],
+    opts: FrameOptions,
+    entries: &mut Vec<bool>,
+) -> Result<Vec<Frame>, PyError> {
+    entries.clear();
     let mut frames = Vec::with_capacity(raw.len());
     for rf in raw.iter().filter(|f| !f.shim) {
         let Some(code) = codes.get(mem, l, rf.code)? else {
             // Not a code object (3.13 entry frames point at None): not a Python frame.
+            if rf.is_entry
+                && let Some(last) = entries.last_mut()
+            {
+                *last = true;
+            }
             continue;
         };
+        entries.push(rf.is_entry);
         let locals = if opts.locals {
             Some(read_locals(mem, l, code, rf.addr).unwrap_or_default())
         } else {

@@ -62,6 +62,7 @@ pub struct StackReader<M: Memory> {
     chunks: Vec<(u64, Vec<u8>)>,
     plan: Option<batch::Plan>,
     errors: u64,
+    entries: Vec<Vec<bool>>,
 }
 
 impl<M: Memory> StackReader<M> {
@@ -81,6 +82,7 @@ impl<M: Memory> StackReader<M> {
             chunks: Vec::new(),
             plan: None,
             errors: 0,
+            entries: Vec::new(),
         }
     }
 
@@ -127,7 +129,10 @@ impl<M: Memory> StackReader<M> {
             Vec::new()
         };
         let mut out = Vec::with_capacity(threads.len());
+        // Reused between samples: no allocation once warmed up.
+        self.entries.resize_with(threads.len(), Vec::new);
         for (i, t) in threads.iter().enumerate() {
+            let mut entries = std::mem::take(&mut self.entries[i]);
             let consistent = match (&walked[i], still.get(i)) {
                 (Some(_), _) if !opts.validate => true,
                 (Some((first, _)), Some(Some(now))) => first == now,
@@ -136,16 +141,18 @@ impl<M: Memory> StackReader<M> {
             let frames = if consistent {
                 let raw = &walked[i].as_ref().expect("checked above").1;
                 let local = Overlay::new(&chunks[i], &self.mem);
-                frames::resolve(&local, l, &mut self.codes, raw, opts)
+                frames::resolve_with_entries(&local, l, &mut self.codes, raw, opts, &mut entries)
             } else {
                 // Moved under us (or unreadable): the slow path retries this thread alone.
-                self.thread_frames(t, opts)
+                self.thread_frames(t, opts, &mut entries)
             };
             let frames = frames.unwrap_or_else(|_| {
                 // One unreadable thread costs its stack, not the whole sample.
                 self.errors += 1;
                 Vec::new()
             });
+            entries.resize(frames.len(), false);
+            self.entries[i] = entries;
             let os_thread_id = t
                 .native_id
                 .or_else(|| self.tid_from_pthread(t.thread_id, tids));
@@ -192,6 +199,7 @@ impl<M: Memory> StackReader<M> {
         &mut self,
         t: &threads::PyThread,
         opts: FrameOptions,
+        entries: &mut Vec<bool>,
     ) -> Result<Vec<Frame>, PyError> {
         let l = &self.interp.layout;
         let mut first = frames::first_frame(&self.mem, l, &t.raw)?;
@@ -219,7 +227,13 @@ impl<M: Memory> StackReader<M> {
             first = now;
         }
         let local = Overlay::new(&self.chunks, &self.mem);
-        frames::resolve(&local, l, &mut self.codes, &self.raw, opts)
+        frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, opts, entries)
+    }
+
+    /// For each thread of the last [`StackReader::stacks`] result, in the same order, the
+    /// `is_entry` flag of each of its frames (see [`frames::RawFrame::is_entry`]).
+    pub fn entry_flags(&self) -> &[Vec<bool>] {
+        &self.entries
     }
 
     /// Threads whose stack could not be read consistently, since the reader was made.
