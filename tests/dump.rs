@@ -19,6 +19,7 @@ use common::*;
 
 #[test]
 fn deep_recursion() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "recursion", &[]);
         let deepest = target
@@ -40,6 +41,7 @@ fn deep_recursion() {
 
 #[test]
 fn fifty_threads() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "threads", &[]);
         assert_eq!(target.truth.threads.len(), 50, "{}", target.what());
@@ -50,6 +52,7 @@ fn fifty_threads() {
 
 #[test]
 fn unicode_names_and_paths() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "unicode", &[]);
         let dump = target.dump_json(&[]);
@@ -62,6 +65,7 @@ fn unicode_names_and_paths() {
 
 #[test]
 fn generators_coroutines_exec_lambdas_and_callbacks() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "mixed", &[]);
         let dump = target.dump_json(&[]);
@@ -71,6 +75,7 @@ fn generators_coroutines_exec_lambdas_and_callbacks() {
 
 #[test]
 fn thread_names_and_native_ids() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "threads", &[]);
         let dump = target.dump_json(&[]);
@@ -80,6 +85,7 @@ fn thread_names_and_native_ids() {
 
 #[test]
 fn thread_activity_and_gil() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "threads", &[]);
         let kinds: BTreeMap<&str, usize> =
@@ -106,6 +112,7 @@ fn thread_activity_and_gil() {
 
 #[test]
 fn nonblocking_dump() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "recursion", &["300", "200"]);
         let dump = target.dump_json(&["--nonblocking"]);
@@ -115,6 +122,7 @@ fn nonblocking_dump() {
 
 #[test]
 fn locals() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "mixed", &[]);
         let (ident, truth) = target
@@ -199,6 +207,7 @@ fn header_matches(id: &str, ident: u64, native: u64) -> bool {
 
 #[test]
 fn text_output_format() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "unicode", &[]);
         let truth = &target.truth;
@@ -301,6 +310,7 @@ fn text_output_format() {
 
 #[test]
 fn short_filenames_in_json() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "mixed", &[]);
         let dump = target.dump_json(&[]);
@@ -324,6 +334,7 @@ fn short_filenames_in_json() {
 /// (with one line), and must never leave the target stopped.
 #[test]
 fn target_exits_while_dumped() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         for (lo, hi) in [("0", "150"), ("150", "1000")] {
             let mut target = Target::start(py, "exiting", &[lo, hi]);
@@ -378,6 +389,7 @@ fn target_exits_while_dumped() {
 
 #[test]
 fn nonexistent_pid() {
+    crate::skip_without_live_targets!();
     // A pid that just belonged to a reaped child is as sure a miss as any.
     let mut child = Command::new("true").spawn().expect("spawn true");
     let pid = child.id();
@@ -404,6 +416,7 @@ fn nonexistent_pid() {
 
 #[test]
 fn non_python_process() {
+    crate::skip_without_live_targets!();
     let sleeper = Group::spawn(
         Command::new("sleep")
             .arg("60")

@@ -116,6 +116,7 @@ fn gdb_names(bt: &str) -> Vec<String> {
 
 #[test]
 fn c_program_matches_gdb() {
+    crate::skip_without_live_targets!();
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("park.c");
     let bin = dir.path().join("park");
@@ -190,6 +191,7 @@ fn c_program_matches_gdb() {
 
 #[test]
 fn native_refuses_nonblocking() {
+    crate::skip_without_live_targets!();
     let pid = std::process::id().to_string();
     let args = ["dump", "-p", &pid, "--native", "--nonblocking"];
     let out = run_prof(&args);
@@ -324,6 +326,7 @@ fn common_checks(py: &Python, m: &Merged, want_python: &[&str]) -> Vec<usize> {
 
 #[test]
 fn python_sleep_merged() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let m = run_script(py, SLEEP_PY);
         common_checks(py, &m, &["park", "outer", "<module>"]);
@@ -332,6 +335,7 @@ fn python_sleep_merged() {
 
 #[test]
 fn python_c_python_c_merged() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let m = run_script(py, SORTED_PY);
         let idx = common_checks(py, &m, &["f", "g", "h", "<module>"]);

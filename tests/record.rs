@@ -798,6 +798,7 @@ fn thread_of_root<'a>(root: &str, threads: &'a [ThreadInfo]) -> Option<&'a Threa
 
 #[test]
 fn attach_and_launch_show_the_targets_functions() {
+    crate::skip_without_live_targets!();
     run_on("attach_and_launch", Scope::All, |py| {
         // Attach: -p PID -d 2.
         let target = Script::start(py, "rec_work", &["0"]);
@@ -1167,6 +1168,7 @@ fn check_pprof(path: &str, out: &ProfOut, ready: &Ready, what: &str) {
 
 #[test]
 fn every_format_parses_back() {
+    crate::skip_without_live_targets!();
     run_on("formats", Scope::Representative, |py| {
         let target = Script::start(py, "rec_work", &["0", "2"]);
         let pid = target.pid.to_string();
@@ -1251,6 +1253,7 @@ fn every_format_parses_back() {
 
 #[test]
 fn launch_mode_passes_the_exit_code_through() {
+    crate::skip_without_live_targets!();
     run_on("exit_codes", Scope::All, |py| {
         let py_path = py.path.to_string_lossy().into_owned();
         for (mode, want) in [("0", 0), ("3", 3), ("sigterm", 128 + 15)] {
@@ -1403,6 +1406,7 @@ fn attach_and_signal(py: &Python, sig: Signal) {
 
 #[test]
 fn stop_signals_write_the_profile_and_clean_up() {
+    crate::skip_without_live_targets!();
     run_on("stop_signals", Scope::Representative, |py| {
         launch_and_signal(py, Signal::SIGINT);
         launch_and_signal(py, Signal::SIGTERM);
@@ -1416,6 +1420,7 @@ fn stop_signals_write_the_profile_and_clean_up() {
 
 #[test]
 fn subprocesses_are_followed() {
+    crate::skip_without_live_targets!();
     run_on("subprocesses", Scope::Representative, |py| {
         let dir = tempdir();
         let d = dir.path().to_string_lossy().into_owned();
@@ -1500,6 +1505,7 @@ fn subprocesses_are_followed() {
 
 #[test]
 fn attached_target_exiting_early_ends_the_recording() {
+    crate::skip_without_live_targets!();
     run_on("early_exit", Scope::All, |py| {
         // Runs 1.5 s from its start, far less than -d 30.
         let target = Script::start(py, "rec_work", &["1.5"]);
@@ -1539,6 +1545,7 @@ fn attached_target_exiting_early_ends_the_recording() {
 
 #[test]
 fn idle_threads_and_gil_filter() {
+    crate::skip_without_live_targets!();
     run_on("idle_and_gil", Scope::Representative, |py| {
         let target = Script::start(py, "rec_threads", &[]);
         let pid = target.pid.to_string();
@@ -1621,6 +1628,7 @@ fn idle_threads_and_gil_filter() {
 
 #[test]
 fn cpu_split_matches_the_targets_own_measure() {
+    crate::skip_without_live_targets!();
     run_on("cpu_split", Scope::Representative, |py| {
         let target = Script::start(py, "rec_split", &[]);
         let path = target.out("split.txt");
@@ -1687,6 +1695,7 @@ fn unused_pid() -> u32 {
 
 #[test]
 fn bad_input_is_one_line_and_exit_1() {
+    crate::skip_without_live_targets!();
     eprintln!("bad_input: no interpreter needed (the launched command is /bin/sh)");
     let dir = tempdir();
     let d = dir.path().to_string_lossy().into_owned();
@@ -1769,6 +1778,7 @@ fn bad_input_is_one_line_and_exit_1() {
 /// empty file, and an earlier profile under that name not truncated.
 #[test]
 fn failed_run_leaves_an_existing_profile_alone() {
+    crate::skip_without_live_targets!();
     let dir = tempdir();
     let d = dir.path().to_string_lossy().into_owned();
     let previous = "<svg>an earlier profile the user wants to keep</svg>";
@@ -1888,6 +1898,7 @@ fn failed_run_leaves_an_existing_profile_alone() {
 
 #[test]
 fn line_and_thread_flags_change_the_raw_output() {
+    crate::skip_without_live_targets!();
     run_on("raw_flags", Scope::All, |py| {
         let target = Script::start(py, "rec_work", &["0", "2"]);
         let pid = target.pid.to_string();
@@ -2019,6 +2030,7 @@ fn line_and_thread_flags_change_the_raw_output() {
 
 #[test]
 fn reused_code_object_addresses_show_the_new_functions() {
+    crate::skip_without_live_targets!();
     run_on("code_reuse", Scope::All, |py| {
         let dir = tempdir();
         let d = dir.path().to_string_lossy().into_owned();

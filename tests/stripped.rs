@@ -12,6 +12,7 @@ use prof::python::discover::{find_interpreter, scan_for_runtime, writable_data};
 
 #[test]
 fn data_scan_finds_the_runtime_the_symbol_names() {
+    crate::skip_without_live_targets!();
     for_each_python(|py| {
         let mut cmd = Command::new(&py.path);
         cmd.args([

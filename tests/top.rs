@@ -290,6 +290,7 @@ fn assert_terminal_restored(tmux: &Tmux) {
 
 #[test]
 fn attach_keys_and_terminal_restored() {
+    crate::skip_without_live_targets!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (Some(py), true) = (python(), have_tmux()) else {
         return;
@@ -408,6 +409,7 @@ fn attach_keys_and_terminal_restored() {
 
 #[test]
 fn launch_mode_logs_output_keeps_last_data_and_passes_exit_code() {
+    crate::skip_without_live_targets!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (Some(py), true) = (python(), have_tmux()) else {
         return;
@@ -458,6 +460,7 @@ fn launch_mode_logs_output_keeps_last_data_and_passes_exit_code() {
 
 #[test]
 fn quit_ends_a_launched_command() {
+    crate::skip_without_live_targets!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (Some(py), true) = (python(), have_tmux()) else {
         return;
@@ -492,6 +495,7 @@ fn quit_ends_a_launched_command() {
 
 #[test]
 fn sigterm_restores_the_terminal() {
+    crate::skip_without_live_targets!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (Some(py), true) = (python(), have_tmux()) else {
         return;
@@ -521,6 +525,7 @@ fn sigterm_restores_the_terminal() {
 /// without spinning, and the target runs on.
 #[test]
 fn terminal_hangup_ends_prof() {
+    crate::skip_without_live_targets!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (Some(py), true) = (python(), have_tmux()) else {
         return;
@@ -556,6 +561,7 @@ fn terminal_hangup_ends_prof() {
 /// so that the machine's load, whatever it is, weighs on both alike.
 #[test]
 fn top_samples_as_fast_as_record() {
+    crate::skip_without_live_targets!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (Some(py), true) = (python(), have_tmux()) else {
         return;

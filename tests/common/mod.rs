@@ -29,6 +29,47 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PROF_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
+// Emulation
+
+/// Why live targets cannot be profiled here, if they cannot: the tests run under an
+/// emulator (qemu-user for a cross build), which has no ptrace, cannot run the target
+/// interpreters (built for the host machine) as prof's own architecture, and cannot run
+/// prof's binary as a child. Detected by comparing the architecture the tests were built
+/// for with `uname -m` run as a child: an emulator fakes `uname(2)` for its guest, but
+/// the `uname` program is a host binary the kernel runs natively.
+pub fn live_targets_unavailable() -> Option<String> {
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WHY.get_or_init(|| {
+        let out = Command::new("uname").arg("-m").output().ok()?;
+        let machine = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let arch = std::env::consts::ARCH;
+        (out.status.success() && !machine.is_empty() && machine != arch)
+            .then(|| format!("built for {arch}, running emulated on {machine}"))
+    })
+    .clone()
+}
+
+/// First line of every test that needs a live target or runs prof's binary: returns from
+/// the test with a notice (shown even for passing tests) when [`live_targets_unavailable`]
+/// says so.
+#[macro_export]
+macro_rules! skip_without_live_targets {
+    () => {
+        if let Some(why) = $crate::common::live_targets_unavailable() {
+            fn f() {}
+            let name = std::any::type_name_of_val(&f).trim_end_matches("::f");
+            // Straight to stderr, past libtest's capture: a skip must show in every run.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("skipped: {name} needs ptrace, not available under qemu ({why})\n")
+                    .as_bytes(),
+            );
+            return;
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
 // Interpreters
 
 #[derive(Clone, Debug)]
