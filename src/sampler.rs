@@ -64,6 +64,22 @@ pub struct SamplerStats {
 }
 
 impl SamplerStats {
+    /// The end-of-run line `record` and `top` print: samples, threads, time, achieved vs
+    /// requested rate, errors, dropped ticks (and samples lost, if any).
+    pub fn summary_line(&self, samples: u64, threads: usize, requested_rate: f64) -> String {
+        let mut line = format!(
+            "prof: {samples} samples from {threads} threads in {:.2}s, {:.1} Hz achieved of {requested_rate} Hz requested, {} errors, {} dropped ticks",
+            self.elapsed.as_secs_f64(),
+            self.achieved_rate(),
+            self.errors,
+            self.dropped_ticks,
+        );
+        if self.lost > 0 {
+            line.push_str(&format!(", {} samples lost", self.lost));
+        }
+        line
+    }
+
     /// Ticks per second actually achieved.
     pub fn achieved_rate(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();

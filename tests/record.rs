@@ -23,13 +23,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Group, PROF_TIMEOUT, Python, READY_TIMEOUT, assert_not_stopped, prof_path};
+use common::{Group, PROF_TIMEOUT, Python, READY_TIMEOUT, assert_not_stopped, prof_path, run_each};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Deserialize;
@@ -99,16 +98,6 @@ fn select(all: &[Python], scope: Scope) -> (Vec<Python>, Vec<(String, String)>) 
     (chosen, notes)
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else {
-        "(non-string panic)".into()
-    }
-}
-
 /// Runs `check` on the interpreters of `scope`; one interpreter failing does not hide
 /// the others, the test fails at the end listing all that failed.
 fn run_on(test: &str, scope: Scope, check: impl Fn(&Python)) {
@@ -124,28 +113,7 @@ fn run_on(test: &str, scope: Scope, check: impl Fn(&Python)) {
         eprintln!("{test}: skipped {name}: {why}");
     }
     assert!(!chosen.is_empty(), "{test}: no interpreter selected");
-    let mut failed = Vec::new();
-    for py in &chosen {
-        let start = Instant::now();
-        let result = panic::catch_unwind(AssertUnwindSafe(|| check(py)));
-        let secs = start.elapsed().as_secs_f64();
-        match result {
-            Ok(()) => eprintln!("{test}: ok: {} ({secs:.1}s)", py.name),
-            Err(payload) => {
-                let msg = panic_text(payload.as_ref());
-                let first = msg.lines().next().unwrap_or("").to_string();
-                eprintln!("{test}: FAILED: {} ({secs:.1}s): {first}", py.name);
-                failed.push(format!("{}: {first}", py.name));
-            }
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{test}: {} of {} interpreters failed:\n  {}",
-        failed.len(),
-        chosen.len(),
-        failed.join("\n  ")
-    );
+    run_each(&format!("{test}: "), &chosen, check);
 }
 
 // ---------------------------------------------------------------------------

@@ -260,19 +260,11 @@ fn summary(
     written: bool,
     subprocesses: bool,
 ) {
-    let mut line = format!(
-        "prof: {} samples from {} threads in {:.2}s, {:.1} Hz achieved of {} Hz requested, {} errors, {} dropped ticks",
+    let mut line = stats.summary_line(
         profile.total_samples(),
         profile.threads().len(),
-        stats.elapsed.as_secs_f64(),
-        stats.achieved_rate(),
         profile.meta().requested_rate,
-        stats.errors,
-        stats.dropped_ticks,
     );
-    if stats.lost > 0 {
-        line.push_str(&format!(", {} samples lost", stats.lost));
-    }
     if written {
         line.push_str(&format!("; wrote {}", path.display()));
     }

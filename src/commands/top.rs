@@ -533,19 +533,7 @@ fn summary(top: &Top) {
         return;
     };
     let p = &top.profile;
-    let mut line = format!(
-        "prof: {} samples from {} threads in {:.2}s, {:.1} Hz achieved of {} Hz requested, {} errors, {} dropped ticks",
-        stats.samples,
-        p.threads().len(),
-        stats.elapsed.as_secs_f64(),
-        stats.achieved_rate(),
-        p.meta().requested_rate,
-        stats.errors,
-        stats.dropped_ticks,
-    );
-    if stats.lost > 0 {
-        line.push_str(&format!(", {} samples lost", stats.lost));
-    }
+    let mut line = stats.summary_line(stats.samples, p.threads().len(), p.meta().requested_rate);
     if let Some(log) = &top.status.log {
         line.push_str(&format!("; the command's output is in {}", log.display()));
     }

@@ -243,24 +243,30 @@ pub fn for_each_python(check: impl Fn(&Python)) {
         !pythons.is_empty(),
         "no Python interpreter found: nothing was tested"
     );
+    run_each("", &pythons, check);
+}
+
+/// Run `check` on each of `pythons`, all of them even when some fail, printing
+/// `<label>ok:`/`<label>FAILED:` per interpreter; then fail listing every failure.
+pub fn run_each(label: &str, pythons: &[Python], check: impl Fn(&Python)) {
     let mut failed = Vec::new();
-    for py in &pythons {
+    for py in pythons {
         let start = Instant::now();
         let result = panic::catch_unwind(AssertUnwindSafe(|| check(py)));
         let secs = start.elapsed().as_secs_f64();
         match result {
-            Ok(()) => eprintln!("ok: {} ({secs:.1}s)", py.name),
+            Ok(()) => eprintln!("{label}ok: {} ({secs:.1}s)", py.name),
             Err(payload) => {
                 let msg = panic_text(payload.as_ref());
                 let first = msg.lines().next().unwrap_or("").to_string();
-                eprintln!("FAILED: {} ({secs:.1}s): {first}", py.name);
+                eprintln!("{label}FAILED: {} ({secs:.1}s): {first}", py.name);
                 failed.push(format!("{}: {first}", py.name));
             }
         }
     }
     assert!(
         failed.is_empty(),
-        "{} of {} interpreters failed:\n  {}",
+        "{label}{} of {} interpreters failed:\n  {}",
         failed.len(),
         pythons.len(),
         failed.join("\n  ")
