@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::attach::{LiveTarget, attach, explain, thread_states, unless_exited};
 use crate::cli::DumpArgs;
-use crate::native::merge::{EntryRule, merge, uncertain_frame};
+use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
 use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
 use crate::process::ptrace::PauseGuard;
@@ -162,8 +162,24 @@ fn merge_native(
             }
             continue;
         };
-        let native = natives.symbolize(pcs);
+        let mut native = natives.symbolize(pcs);
+        if let Some(addrs) = target.reader.entry_frame_addresses().get(i) {
+            mark_eval_frames(&mut native, pcs, addrs);
+        }
         s.frames = merge(&native, &s.frames, flags, rule);
+    }
+}
+
+/// Mark as eval-loop frames the native frames whose stack holds an interpreter entry
+/// frame (3.12+ push one on the C stack of each `_PyEval_EvalFrameDefault` call): this
+/// finds the eval loop in stripped binaries, where its code has no symbol.
+fn mark_eval_frames(native: &mut [NativeFrame], pcs: &[UnwoundFrame], entry_addrs: &[u64]) {
+    for (i, nf) in native.iter_mut().enumerate() {
+        let lo = pcs[i].sp;
+        let hi = pcs.get(i + 1).map(|f| f.sp).unwrap_or(u64::MAX);
+        if entry_addrs.iter().any(|a| lo <= *a && *a < hi) {
+            nf.eval = true;
+        }
     }
 }
 

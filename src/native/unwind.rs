@@ -168,6 +168,9 @@ pub struct Frame {
     pub exact: bool,
     /// How it was found.
     pub via: Via,
+    /// The stack pointer while this frame runs: its locals lie between this and the next
+    /// (outer) frame's `sp`.
+    pub sp: u64,
 }
 
 impl Frame {
@@ -295,6 +298,7 @@ impl Unwinder {
                 pc: cur.pc,
                 exact,
                 via,
+                sp,
             });
             if out.len() >= self.max_depth {
                 return Err(UnwindError::TooDeep(self.max_depth));

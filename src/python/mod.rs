@@ -63,6 +63,8 @@ pub struct StackReader<M: Memory> {
     plan: Option<batch::Plan>,
     errors: u64,
     entries: Vec<Vec<bool>>,
+    /// Per thread of the last sample: addresses of its interpreter entry frames (3.12+).
+    entry_addrs: Vec<Vec<u64>>,
 }
 
 impl<M: Memory> StackReader<M> {
@@ -83,6 +85,7 @@ impl<M: Memory> StackReader<M> {
             plan: None,
             errors: 0,
             entries: Vec::new(),
+            entry_addrs: Vec::new(),
         }
     }
 
@@ -131,6 +134,7 @@ impl<M: Memory> StackReader<M> {
         let mut out = Vec::with_capacity(threads.len());
         // Reused between samples: no allocation once warmed up.
         self.entries.resize_with(threads.len(), Vec::new);
+        self.entry_addrs.resize_with(threads.len(), Vec::new);
         for (i, t) in threads.iter().enumerate() {
             let mut entries = std::mem::take(&mut self.entries[i]);
             let consistent = match (&walked[i], still.get(i)) {
@@ -153,6 +157,14 @@ impl<M: Memory> StackReader<M> {
             });
             entries.resize(frames.len(), false);
             self.entries[i] = entries;
+            let raw: &[frames::RawFrame] = if consistent {
+                &walked[i].as_ref().expect("checked above").1
+            } else {
+                &self.raw
+            };
+            let addrs = &mut self.entry_addrs[i];
+            addrs.clear();
+            addrs.extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
             let os_thread_id = t
                 .native_id
                 .or_else(|| self.tid_from_pthread(t.thread_id, tids));
@@ -234,6 +246,13 @@ impl<M: Memory> StackReader<M> {
     /// `is_entry` flag of each of its frames (see [`frames::RawFrame::is_entry`]).
     pub fn entry_flags(&self) -> &[Vec<bool>] {
         &self.entries
+    }
+
+    /// For each thread of the last [`StackReader::stacks`] result, the addresses of its
+    /// interpreter-owned entry frames (3.12+). They live on the C stack of the eval loop's
+    /// native frame, which identifies that frame even in binaries without its symbol.
+    pub fn entry_frame_addresses(&self) -> &[Vec<u64>] {
+        &self.entry_addrs
     }
 
     /// Threads whose stack could not be read consistently, since the reader was made.
