@@ -134,6 +134,8 @@ const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
 /// a Python executable or libpython is mapped by the time the process runs its first
 /// instruction, so this only has to cover the read itself.
 const EXEC_SETTLE: Duration = Duration::from_secs(1);
+/// How often a process is checked for having exited (failed reads check at once).
+const ALIVE_CHECK: Duration = Duration::from_millis(50);
 /// How often a process's kernel threads are listed again.
 const THREAD_LISTING: Duration = Duration::from_millis(100);
 /// How often descendants are looked for with `--subprocesses`.
@@ -163,6 +165,10 @@ struct Proc {
     next_listing: Instant,
     /// `/proc/PID/stat`, kept open.
     stat: Option<File>,
+    /// When liveness is checked again; a failed read checks it at once.
+    next_alive_check: Instant,
+    /// Seen gone (exited or a zombie).
+    gone: bool,
 }
 
 impl Proc {
@@ -174,6 +180,8 @@ impl Proc {
             tids: Vec::new(),
             next_listing: now,
             stat: None,
+            next_alive_check: now,
+            gone: false,
         }
     }
 
@@ -303,7 +311,14 @@ pub fn run_live(
                 }
             }
         }
-        procs.retain_mut(|p| p.alive());
+        // Liveness is a /proc read: done on a timer, and at once when a read fails.
+        procs.retain_mut(|p| {
+            if !p.gone && now >= p.next_alive_check {
+                p.next_alive_check = now + ALIVE_CHECK;
+                p.gone = !p.alive();
+            }
+            !p.gone
+        });
         if procs.is_empty() {
             stats.target_exited = true;
             break;
@@ -390,7 +405,12 @@ fn sample_process(
     let stacks = match target.reader.stacks(&tids, *frame_opts) {
         Ok(s) => s,
         Err(_) => {
-            stats.errors += 1;
+            // A process that just exited is not an error of the profiler's.
+            if p.alive() {
+                stats.errors += 1;
+            } else {
+                p.gone = true;
+            }
             return;
         }
     };
