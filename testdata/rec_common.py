@@ -16,8 +16,10 @@ import platform
 import sys
 import threading
 
+# One definition of the kernel thread id for every target script.
+from truth import native_id  # noqa: F401  (re-exported for the rec_ scripts)
+
 _QUALNAME = sys.version_info >= (3, 11)
-_GETTID = {"x86_64": 186, "aarch64": 178}.get(platform.machine())
 # Keeps the spinner's executable page alive for the life of the process.
 _keep = []
 
@@ -59,16 +61,6 @@ def describe_threads(pairs):
     for name, tid in pairs:
         out.append({"name": name, "native_id": tid})
     return out
-
-
-def native_id():
-    """The kernel thread id, which prof shows as `tid N`."""
-    if hasattr(threading, "get_native_id"):
-        return threading.get_native_id()
-    # 3.7 has no get_native_id.
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True).syscall(_GETTID)
 
 
 def gil_enabled():
