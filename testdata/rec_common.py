@@ -12,24 +12,12 @@ parameters, no f-string ``=``.
 import inspect
 import json
 import os
-import platform
 import sys
 import threading
 
-# One definition of the kernel thread id for every target script.
-from truth import native_id  # noqa: F401  (re-exported for the rec_ scripts)
-
-_QUALNAME = sys.version_info >= (3, 11)
-# Keeps the spinner's executable page alive for the life of the process.
-_keep = []
-
-
-def code_name(code):
-    """The name prof must show: co_qualname from 3.11, co_name before."""
-    if _QUALNAME:
-        return getattr(code, "co_qualname", code.co_name)
-    return code.co_name
-
+# One definition of these for every target script (truth.py serves the dump targets).
+from truth import _spinner as spinner  # noqa: F401  (re-exported for the rec_ scripts)
+from truth import code_name, native_id  # noqa: F401
 
 def func_info(fn):
     """Name, file, def line and last source line of a plain function."""
@@ -85,28 +73,6 @@ def thread_state(tid):
     except (IOError, OSError):
         return "?"
     return stat[stat.rfind(")") + 1 :].split()[0]
-
-
-def spinner():
-    """A C function that spins forever; ctypes releases the GIL around the call.
-
-    It makes a thread that is on a CPU without holding the GIL, which no
-    pure-Python loop can do deterministically.
-    """
-    import ctypes
-    import mmap
-
-    code = {"x86_64": b"\xeb\xfe", "aarch64": b"\x00\x00\x00\x14"}[platform.machine()]
-    page = mmap.mmap(
-        -1,
-        mmap.PAGESIZE,
-        flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-        prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
-    )
-    page.write(code)
-    buf = ctypes.c_char.from_buffer(page)
-    _keep.append((page, buf))
-    return ctypes.CFUNCTYPE(None)(ctypes.addressof(buf))
 
 
 def die(msg):

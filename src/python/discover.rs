@@ -2,6 +2,7 @@
 //! loaded, and which CPython version (and so which [`Layout`]) it is.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use object::elf::{EM_AARCH64, PT_LOAD};
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
@@ -26,7 +27,7 @@ pub struct Interpreter {
     /// Address of `PyCode_Type`, for cheap type checks.
     pub code_type: Option<u64>,
     /// Offsets for this build.
-    pub layout: Layout,
+    pub layout: Arc<Layout>,
     /// How the runtime and version were found, for `--verbose` style messages.
     pub how: String,
 }
@@ -167,7 +168,7 @@ pub fn find_interpreter<M: Memory + ?Sized>(
         mem.read(runtime, &mut head)?;
         let code_type = info.code_type.map(|a| a.wrapping_add(bias));
         if DebugOffsets::has_cookie(&head) {
-            let layout = Layout::from_debug_offsets(&head)?;
+            let layout = Arc::new(Layout::from_debug_offsets(&head)?);
             return Ok(Interpreter {
                 path: path.to_string(),
                 bias,
@@ -192,7 +193,7 @@ pub fn find_interpreter<M: Memory + ?Sized>(
                 "Python 3.13+ without _Py_DebugOffsets at _PyRuntime",
             ));
         }
-        let layout = Layout::from_table(version, info.aarch64)?;
+        let layout = Arc::new(Layout::from_table(version, info.aarch64)?);
         return Ok(Interpreter {
             path: path.to_string(),
             bias,

@@ -11,6 +11,7 @@ pub mod objects;
 pub mod threads;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -107,9 +108,9 @@ impl<M: Memory> StackReader<M> {
         opts: FrameOptions,
     ) -> Result<Vec<ThreadStack>, PyError> {
         let (threads, chunks) = self.read_threads()?;
-        // A copy, so the caches below can be borrowed mutably while the layout is in use.
-        let layout = self.interp.layout.clone();
-        let l = &layout;
+        // A shared handle, so the caches below can be borrowed mutably while it is in use.
+        let layout = Arc::clone(&self.interp.layout);
+        let l = &*layout;
         let mut walked: Vec<Option<(u64, Vec<frames::RawFrame>)>> =
             Vec::with_capacity(threads.len());
         for (t, chunks) in threads.iter().zip(&chunks) {
