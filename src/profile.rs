@@ -17,9 +17,13 @@
 //! entry per sample.
 
 use std::collections::HashMap;
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::Entry;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use foldhash::HashMap as FastMap;
+use foldhash::fast::RandomState;
 
 use crate::sample::{Frame, FrameKind, Sample};
 
@@ -302,14 +306,17 @@ pub struct Profile {
     opts: ProfileOptions,
     hasher: RandomState,
     functions: Vec<FunctionInfo>,
-    function_index: HashMap<u64, u32>,
+    function_index: FastMap<u64, u32>,
+    /// (name, file name) allocations -> function, keeping those allocations alive.
+    #[allow(clippy::type_complexity)]
+    function_by_ptr: FastMap<(usize, usize, FrameKind), (u32, Arc<str>, Arc<str>)>,
     frames: Vec<FrameInfo>,
-    frame_index: HashMap<(u32, i32), u32>,
+    frame_index: FastMap<(u32, i32), u32>,
     stacks: Vec<StackNode>,
-    stack_index: HashMap<(u32, u32), u32>,
+    stack_index: FastMap<(u32, u32), u32>,
     threads: Vec<ThreadInfo>,
-    thread_index: HashMap<(u32, u64, Option<u32>), u32>,
-    counts: HashMap<(u32, u32), u64>,
+    thread_index: FastMap<(u32, u64, Option<u32>), u32>,
+    counts: FastMap<(u32, u32), u64>,
     total: u64,
     timeline: Option<Vec<TimelineEntry>>,
     last_time: f64,
@@ -321,16 +328,17 @@ impl Profile {
         Profile {
             meta,
             opts,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             functions: Vec::new(),
-            function_index: HashMap::new(),
+            function_index: HashMap::default(),
+            function_by_ptr: HashMap::default(),
             frames: Vec::new(),
-            frame_index: HashMap::new(),
+            frame_index: HashMap::default(),
             stacks: Vec::new(),
-            stack_index: HashMap::new(),
+            stack_index: HashMap::default(),
             threads: Vec::new(),
-            thread_index: HashMap::new(),
-            counts: HashMap::new(),
+            thread_index: HashMap::default(),
+            counts: HashMap::default(),
             total: 0,
             timeline: opts.keep_timeline.then(Vec::new),
             last_time: 0.0,
@@ -467,35 +475,51 @@ impl Profile {
     }
 
     fn intern_function(&mut self, frame: &Frame) -> u32 {
-        // Hash the borrowed fields and walk a collision chain, so that a function
-        // already seen costs no allocation (this runs for every frame of every sample).
+        // Frames of the same function usually share their name and file name allocations
+        // (the Python reader interns them), so the pointers identify the function without
+        // hashing any text: this runs for every frame of every sample.
+        let key = (
+            Arc::as_ptr(&frame.name) as *const u8 as usize,
+            Arc::as_ptr(&frame.filename) as *const u8 as usize,
+            frame.kind,
+        );
+        if let Some(known) = self.function_by_ptr.get(&key) {
+            return known.0;
+        }
         let hash = self
             .hasher
-            .hash_one((frame.name.as_str(), frame.filename.as_str(), frame.kind));
+            .hash_one((&*frame.name, &*frame.filename, frame.kind));
         let head = self.function_index.get(&hash).copied();
         let mut cur = head;
         while let Some(i) = cur {
             let f = &self.functions[i as usize];
-            if f.name == frame.name && f.filename == frame.filename && f.kind == frame.kind {
+            if *f.name == *frame.name && *f.filename == *frame.filename && f.kind == frame.kind {
                 return i;
             }
             cur = f.next_same_hash;
         }
         let id = self.functions.len() as u32;
         let short = if frame.short_filename.is_empty() {
-            frame.filename.clone()
+            frame.filename.to_string()
         } else {
-            frame.short_filename.clone()
+            frame.short_filename.to_string()
         };
         self.functions.push(FunctionInfo {
-            name: frame.name.clone(),
-            filename: frame.filename.clone(),
+            name: frame.name.to_string(),
+            filename: frame.filename.to_string(),
             short_filename: short,
             kind: frame.kind,
             lowest_line: 0,
             next_same_hash: head,
         });
         self.function_index.insert(hash, id);
+        // Only a function's first pair of pointers is remembered (and kept alive, so the
+        // addresses cannot be reused): one entry per function, however the frames that
+        // name it were allocated.
+        self.function_by_ptr.insert(
+            key,
+            (id, Arc::clone(&frame.name), Arc::clone(&frame.filename)),
+        );
         id
     }
 
@@ -910,9 +934,9 @@ pub(crate) mod fixtures {
     /// A Python frame in `file`, with a short name `file` minus its directory.
     pub fn frame(name: &str, file: &str, line: i32) -> Frame {
         Frame {
-            name: name.to_owned(),
-            filename: file.to_owned(),
-            short_filename: file.rsplit('/').next().unwrap_or(file).to_owned(),
+            name: name.into(),
+            filename: file.into(),
+            short_filename: file.rsplit('/').next().unwrap_or(file).into(),
             line,
             kind: FrameKind::Python,
             locals: None,
@@ -1238,7 +1262,7 @@ mod tests {
 
         let mut p = Profile::new(meta(), ProfileOptions::default());
         let mut s = sample(0.0, 1, "t", &[("f", 1)]);
-        s.stack.frames[0].short_filename.clear();
+        s.stack.frames[0].short_filename = "".into();
         s.stack.frames[0].name = "a;b".into();
         p.add(&s);
         assert_eq!(p.folded(), [("a:b (/app/src/main.py:1)".to_owned(), 1)]);

@@ -1,5 +1,7 @@
 //! The one data model every layer shares: frames, thread stacks and samples.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// What kind of code a frame ran.
@@ -17,11 +19,12 @@ pub enum FrameKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Frame {
     /// Function name as shown to users (the qualified name where the interpreter has one).
-    pub name: String,
+    /// Shared, as are the file names: a frame is cloned for every sample it appears in.
+    pub name: Arc<str>,
     /// File name exactly as the interpreter knows it (`co_filename`).
-    pub filename: String,
+    pub filename: Arc<str>,
     /// Module-relative short file name (`json/decoder.py`).
-    pub short_filename: String,
+    pub short_filename: Arc<str>,
     /// Line being executed, or 0 when the interpreter has no line for this instruction.
     pub line: i32,
     /// Python or native.

@@ -36,6 +36,10 @@ pub struct SamplerOptions {
     pub subprocesses: bool,
     /// Report functions' first lines instead of the running line (`-F`).
     pub function_lines: bool,
+    /// Read whether each thread is on CPU even when idle threads are kept anyway (`top`
+    /// shows it). Without it and with `include_idle`, no thread's state is read: that read
+    /// is a `/proc` file per thread per tick, the largest fixed cost of a sample.
+    pub activity: bool,
 }
 
 /// What happened during a run, for the summary line.
@@ -195,8 +199,9 @@ impl Proc {
         Proc::new(pid, state, now)
     }
 
-    /// Kernel threads and their states, read before the stacks.
-    fn thread_states(&mut self, now: Instant) -> Vec<(u32, char)> {
+    /// Kernel threads and their states, read before the stacks; with `read_state` false,
+    /// the threads only, with the state `'?'`.
+    fn thread_states(&mut self, now: Instant, read_state: bool) -> Vec<(u32, char)> {
         // Listing /proc/PID/task costs several syscalls; new threads are rare, so the list is
         // refreshed on a timer and each known thread's stat file is re-read in place.
         if now >= self.next_listing || self.tids.is_empty() {
@@ -206,6 +211,10 @@ impl Proc {
             self.stat_files.retain(|tid, _| tids.contains(tid));
             self.tids = tids;
             self.next_listing = now + THREAD_LISTING;
+        }
+        if !read_state {
+            self.stat_files.clear();
+            return self.tids.iter().map(|&tid| (tid, '?')).collect();
         }
         let mut out = Vec::with_capacity(self.tids.len());
         let mut buf = [0u8; 512];
@@ -253,10 +262,12 @@ impl Proc {
 }
 
 /// The sampling loop. `root` is the attached target, or a launched pid still starting up.
+/// Each tick's samples go to `tx` as one message: a message per thread-sample would cost a
+/// consumer wake-up per thread.
 pub fn run(
     root: Result<LiveTarget, u32>,
     opts: &SamplerOptions,
-    tx: &Sender<Sample>,
+    tx: &Sender<Vec<Sample>>,
     stop: &AtomicBool,
 ) -> SamplerStats {
     run_live(root, opts, tx, stop, None)
@@ -266,7 +277,7 @@ pub fn run(
 pub fn run_live(
     root: Result<LiveTarget, u32>,
     opts: &SamplerOptions,
-    tx: &Sender<Sample>,
+    tx: &Sender<Vec<Sample>>,
     stop: &AtomicBool,
     live: Option<&LiveStats>,
 ) -> SamplerStats {
@@ -324,8 +335,16 @@ pub fn run_live(
             break;
         }
         let time = now.duration_since(start).as_secs_f64();
+        let mut batch = Vec::new();
         for p in procs.iter_mut() {
-            sample_process(p, time, now, &frame_opts, opts, tx, &mut stats);
+            sample_process(p, time, now, &frame_opts, opts, &mut batch, &mut stats);
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            match tx.try_send(batch) {
+                Ok(()) => stats.samples += n,
+                Err(_) => stats.lost += n,
+            }
         }
         if !opts.subprocesses && procs.len() == 1 && matches!(procs[0].state, ProcState::Ignored) {
             // The launched command never became Python and nothing else is followed.
@@ -362,7 +381,7 @@ fn sample_process(
     now: Instant,
     frame_opts: &FrameOptions,
     opts: &SamplerOptions,
-    tx: &Sender<Sample>,
+    out: &mut Vec<Sample>,
     stats: &mut SamplerStats,
 ) {
     if let ProcState::Pending {
@@ -396,7 +415,7 @@ fn sample_process(
             Err(_) => p.state = ProcState::Ignored,
         }
     }
-    let states = p.thread_states(now);
+    let states = p.thread_states(now, opts.activity || !opts.include_idle);
     let ProcState::Attached(target) = &mut p.state else {
         return;
     };
@@ -426,15 +445,11 @@ fn sample_process(
         {
             continue;
         }
-        let sample = Sample {
+        out.push(Sample {
             time,
             pid: p.pid,
             stack,
-        };
-        match tx.try_send(sample) {
-            Ok(()) => stats.samples += 1,
-            Err(_) => stats.lost += 1,
-        }
+        });
     }
 }
 

@@ -22,7 +22,7 @@ struct JsonFrame<'a> {
     name: &'a str,
     filename: &'a str,
     module: Option<String>,
-    short_filename: String,
+    short_filename: &'a str,
     line: i32,
     locals: Option<&'a [LocalVar]>,
     /// Only with `--native`: native code (C, C++, Rust…) rather than Python.
@@ -255,7 +255,7 @@ fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
                     } else {
                         module_name(&f.short_filename)
                     },
-                    short_filename: f.short_filename.clone(),
+                    short_filename: &f.short_filename,
                     line: f.line,
                     locals: f.locals.as_deref(),
                     native: native.then_some(is_native),

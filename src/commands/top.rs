@@ -27,7 +27,7 @@ use crate::commands::record::{check_target_args, sampler_options, start_target_l
 use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions};
 use crate::sample::Sample;
-use crate::sampler::{self, LiveStats, SamplerStats};
+use crate::sampler::{self, LiveStats, SamplerOptions, SamplerStats};
 use crate::tui::app::{Action, App};
 use crate::tui::input::KeyParser;
 use crate::tui::render;
@@ -75,11 +75,14 @@ pub fn run(args: &TopArgs) -> Result<i32> {
         ..ProfileOptions::default()
     };
     let meta = ProfileMeta::new(title, t.rate, SystemTime::now());
-    let sampler_opts = sampler_options(t, None);
+    let sampler_opts = SamplerOptions {
+        activity: true,
+        ..sampler_options(t, None)
+    };
     let live = Arc::new(LiveStats::default());
     // The sampler's own stop flag: set on quit, or when a signal sets the global one.
     let halt = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = bounded(1 << 16);
+    let (tx, rx) = bounded(4096);
     let start = Instant::now();
     let spawned = {
         let live = Arc::clone(&live);
@@ -180,11 +183,11 @@ struct Top {
 impl Top {
     /// Take every sample waiting in the channel (within a time budget, so that keys
     /// are never starved). Returns false once the sampler has finished.
-    fn drain(&mut self, rx: &Receiver<Sample>) -> bool {
+    fn drain(&mut self, rx: &Receiver<Vec<Sample>>) -> bool {
         let deadline = Instant::now() + DRAIN_BUDGET;
         loop {
             match rx.try_recv() {
-                Ok(sample) => self.profile.add(&sample),
+                Ok(batch) => batch.iter().for_each(|s| self.profile.add(s)),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -294,7 +297,7 @@ impl Top {
 /// The event loop: drain samples, watch the child and the signals, read keys, draw.
 fn ui(
     top: &mut Top,
-    rx: &Receiver<Sample>,
+    rx: &Receiver<Vec<Sample>>,
     launched: &mut Option<Launched>,
     stop: &AtomicBool,
     delay: f64,

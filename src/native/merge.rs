@@ -67,9 +67,9 @@ pub struct NativeFrame {
 /// A frame named [`UNCERTAIN`].
 pub fn uncertain_frame() -> Frame {
     Frame {
-        name: UNCERTAIN.to_string(),
-        filename: String::new(),
-        short_filename: String::new(),
+        name: UNCERTAIN.into(),
+        filename: "".into(),
+        short_filename: "".into(),
         line: 0,
         kind: FrameKind::Native,
         locals: None,
@@ -139,8 +139,8 @@ mod tests {
     fn py(name: &str) -> Frame {
         Frame {
             name: name.into(),
-            filename: format!("{name}.py"),
-            short_filename: format!("{name}.py"),
+            filename: format!("{name}.py").into(),
+            short_filename: format!("{name}.py").into(),
             line: 1,
             kind: FrameKind::Python,
             locals: None,
@@ -151,8 +151,8 @@ mod tests {
         NativeFrame {
             frames: vec![Frame {
                 name: name.into(),
-                filename: String::new(),
-                short_filename: String::new(),
+                filename: "".into(),
+                short_filename: "".into(),
                 line: 0,
                 kind: FrameKind::Native,
                 locals: None,
@@ -162,7 +162,7 @@ mod tests {
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| f.name.as_str()).collect()
+        frames.iter().map(|f| &*f.name).collect()
     }
 
     const EVAL: &str = "_PyEval_EvalFrameDefault";

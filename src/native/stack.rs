@@ -95,17 +95,17 @@ pub fn native_frame(s: &Symbolized) -> NativeFrame {
                 .unwrap_or_else(|| format!("{:#x}", s.pc));
             match (&level.file, level.line) {
                 (Some(file), Some(line)) if line > 0 => Frame {
-                    name,
-                    filename: file.clone(),
-                    short_filename: file.rsplit('/').next().unwrap_or(file).to_string(),
+                    name: name.into(),
+                    filename: file.as_str().into(),
+                    short_filename: file.rsplit('/').next().unwrap_or(file).into(),
                     line: line.min(i32::MAX as u32) as i32,
                     kind: FrameKind::Native,
                     locals: None,
                 },
                 _ => Frame {
-                    name,
-                    filename: module.to_string(),
-                    short_filename: place.clone(),
+                    name: name.into(),
+                    filename: module.into(),
+                    short_filename: place.as_str().into(),
                     line: 0,
                     kind: FrameKind::Native,
                     locals: None,
@@ -115,9 +115,9 @@ pub fn native_frame(s: &Symbolized) -> NativeFrame {
         .collect();
     if frames.is_empty() {
         frames.push(Frame {
-            name: format!("{:#x}", s.pc),
-            filename: module.to_string(),
-            short_filename: place,
+            name: format!("{:#x}", s.pc).into(),
+            filename: module.into(),
+            short_filename: place.into(),
             line: 0,
             kind: FrameKind::Native,
             locals: None,

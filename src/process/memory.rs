@@ -125,10 +125,69 @@ pub fn le_u8(buf: &[u8], off: usize) -> u8 {
 pub struct LiveMemory {
     pid: Pid,
     reads: Cell<u64>,
+    /// Where batched reads land before being copied out, kept between reads.
+    scratch: Cell<Vec<u8>>,
 }
 
 /// process_vm_readv accepts at most IOV_MAX iovecs per call.
 const IOV_MAX: usize = 1024;
+
+/// Pages are at least this big on every supported architecture.
+const MIN_PAGE: u64 = 4096;
+
+/// How a batch of reads is issued: fewer, larger remote ranges.
+#[derive(Debug, PartialEq, Eq)]
+struct Coalesced {
+    /// Remote ranges (start, end), ascending and disjoint.
+    spans: Vec<(u64, u64)>,
+    /// Per request, where its bytes start in the concatenation of the spans.
+    offsets: Vec<usize>,
+    /// Total bytes of the spans.
+    bytes: usize,
+}
+
+/// Merge requests that overlap or sit in the same or neighbouring pages. The kernel pins
+/// pages and looks up the mapping once per remote iovec, which on the machines measured
+/// costs far more than copying the bytes between two requests (76 iovecs: 31 us, the same
+/// bytes as one: 6 us). The gap between two merged requests lies in pages that one of them
+/// touches, so merging never makes an otherwise successful read fail.
+fn coalesce(reqs: &[(u64, usize)]) -> Coalesced {
+    // An empty request touches no page, so it must not stretch a span.
+    let mut order: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].1 > 0).collect();
+    order.sort_unstable_by_key(|&i| reqs[i].0);
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    let mut span_of = vec![usize::MAX; reqs.len()];
+    for &i in &order {
+        let (addr, len) = reqs[i];
+        let end = addr.saturating_add(len as u64);
+        match spans.last_mut() {
+            Some(last) if addr / MIN_PAGE <= last.1.saturating_sub(1) / MIN_PAGE + 1 => {
+                last.1 = last.1.max(end);
+            }
+            _ => spans.push((addr, end)),
+        }
+        span_of[i] = spans.len() - 1;
+    }
+    let mut span_off = Vec::with_capacity(spans.len());
+    let mut bytes = 0usize;
+    for &(start, end) in &spans {
+        span_off.push(bytes);
+        bytes += (end - start) as usize;
+    }
+    let offsets = reqs
+        .iter()
+        .zip(&span_of)
+        .map(|(&(addr, _), &s)| match s {
+            usize::MAX => 0,
+            s => span_off[s] + (addr - spans[s].0) as usize,
+        })
+        .collect();
+    Coalesced {
+        spans,
+        offsets,
+        bytes,
+    }
+}
 
 impl LiveMemory {
     /// Memory of process `pid`.
@@ -136,6 +195,7 @@ impl LiveMemory {
         LiveMemory {
             pid: Pid::from_raw(pid as i32),
             reads: Cell::new(0),
+            scratch: Cell::new(Vec::new()),
         }
     }
 
@@ -169,32 +229,58 @@ impl Memory for LiveMemory {
     }
 
     fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
-        for chunk in reqs.chunks_mut(IOV_MAX) {
-            let remote: Vec<RemoteIoVec> = chunk
+        let ranges: Vec<(u64, usize)> = reqs.iter().map(|(a, b)| (*a, b.len())).collect();
+        let plan = coalesce(&ranges);
+        let mut scratch = self.scratch.take();
+        // Every byte is overwritten by the read: no need to zero it again.
+        scratch.resize(plan.bytes, 0);
+        let mut done = 0usize;
+        let mut result = Ok(());
+        for spans in plan.spans.chunks(IOV_MAX) {
+            let remote: Vec<RemoteIoVec> = spans
                 .iter()
-                .map(|(a, b)| RemoteIoVec {
-                    base: *a as usize,
-                    len: b.len(),
+                .map(|&(start, end)| RemoteIoVec {
+                    base: start as usize,
+                    len: (end - start) as usize,
                 })
                 .collect();
             let total: usize = remote.iter().map(|r| r.len).sum();
-            let first = chunk.first().map(|c| c.0).unwrap_or(0);
-            let mut local: Vec<IoSliceMut> =
-                chunk.iter_mut().map(|(_, b)| IoSliceMut::new(b)).collect();
+            let mut local = [IoSliceMut::new(&mut scratch[done..done + total])];
             self.reads.set(self.reads.get() + 1);
-            match process_vm_readv(self.pid, &mut local, &remote) {
-                Ok(n) if n == total => {}
-                // A partial transfer stops at the first unreadable iovec.
-                Ok(_) => {
-                    return Err(MemoryError::Unmapped {
-                        addr: first,
-                        len: total,
-                    });
+            let failed_at = |n: usize| {
+                // A partial transfer stops at the first unreadable span.
+                let mut off = 0;
+                for &(start, end) in spans {
+                    let len = (end - start) as usize;
+                    if n < off + len {
+                        return (start, len);
+                    }
+                    off += len;
                 }
-                Err(e) => return Err(self.classify(e, first, total)),
+                (spans[0].0, total)
+            };
+            match process_vm_readv(self.pid, &mut local, &remote) {
+                Ok(n) if n == total => done += total,
+                Ok(n) => {
+                    let (addr, len) = failed_at(n);
+                    result = Err(MemoryError::Unmapped { addr, len });
+                    break;
+                }
+                Err(e) => {
+                    let (addr, len) = (spans[0].0, total);
+                    result = Err(self.classify(e, addr, len));
+                    break;
+                }
             }
         }
-        Ok(())
+        if result.is_ok() {
+            for ((_, buf), &off) in reqs.iter_mut().zip(&plan.offsets) {
+                let len = buf.len();
+                buf.copy_from_slice(&scratch[off..off + len]);
+            }
+        }
+        self.scratch.set(scratch);
+        result
     }
 
     fn reads(&self) -> u64 {
@@ -339,5 +425,62 @@ mod tests {
         assert_eq!(u64::from_le_bytes(a), value);
         assert_eq!(u32::from_le_bytes(b), 7);
         assert!(matches!(m.u64(8), Err(MemoryError::Unmapped { .. })));
+    }
+
+    #[test]
+    fn coalescing_merges_neighbouring_pages_only() {
+        // Same page, overlapping, and the next page: one span. Two pages further: a new one.
+        let reqs = [
+            (0x1000, 8),
+            (0x1ff8, 16),
+            (0x1004, 8),
+            (0x2100, 4),
+            (0x4000, 8),
+            (0x9000, 0),
+        ];
+        let c = coalesce(&reqs);
+        assert_eq!(c.spans, vec![(0x1000, 0x2104), (0x4000, 0x4008)]);
+        assert_eq!(c.offsets, vec![0, 0xff8, 4, 0x1100, 0x1104, 0]);
+        assert_eq!(c.bytes, 0x1104 + 8);
+    }
+
+    #[test]
+    fn live_batched_reads_do_not_bridge_unmapped_pages() {
+        if skip_without_live_reads("live_batched_reads_do_not_bridge_unmapped_pages") {
+            return;
+        }
+        // Three pages with the middle one unmapped: requests at the end of the first and the
+        // start of the third must still succeed, each in its own span.
+        let page = 4096usize;
+        // SAFETY: a fresh private anonymous mapping, unmapped in the middle and freed below.
+        let base = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            let p = p as *mut u8;
+            *p.add(page - 1) = 0xaa;
+            *p.add(2 * page) = 0xbb;
+            assert_eq!(libc::munmap(p.add(page) as *mut _, page), 0);
+            p
+        };
+        let m = LiveMemory::new(std::process::id());
+        let (mut a, mut b) = ([0u8; 1], [0u8; 1]);
+        let got = m.read_many(&mut [
+            (base as u64 + page as u64 - 1, &mut a[..]),
+            (base as u64 + 2 * page as u64, &mut b[..]),
+        ]);
+        // SAFETY: the two pages still mapped above.
+        unsafe {
+            libc::munmap(base as *mut _, page);
+            libc::munmap(base.add(2 * page) as *mut _, page);
+        }
+        got.unwrap();
+        assert_eq!((a[0], b[0]), (0xaa, 0xbb));
     }
 }

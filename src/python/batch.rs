@@ -27,6 +27,10 @@ pub struct Plan {
     /// Per thread: other regions its last walk read (frames outside the chunks: all frames
     /// before 3.11, generator and entry frames after; the C frame of 3.11/3.12).
     extra: Vec<Vec<(u64, u64)>>,
+    /// Buffers of earlier snapshots, handed back by [`Plan::recycle`]: a sample copies tens
+    /// of kilobytes, and allocating and zeroing them anew on every tick was a measurable
+    /// share of the sampler's CPU.
+    spare: Vec<Vec<u8>>,
 }
 
 /// A data-stack chunk and how much of it to copy: the part in use at the last sample plus
@@ -101,6 +105,7 @@ impl Plan {
             tstates: threads.iter().map(|t| t.tstate).collect(),
             extra: vec![Vec::new(); chunks.len()],
             chunks,
+            spare: Vec::new(),
         })
     }
 
@@ -127,14 +132,22 @@ impl Plan {
         let mut next_interp = [0u8; 8];
         let mut gil_ptr = [0u8; 8];
         let gil_span = gil_span(l).filter(|_| self.gil != 0);
-        let mut gil_state = vec![0u8; gil_span.map(|s| s.1 as usize).unwrap_or(8)];
-        let mut tstates: Vec<Vec<u8>> = vec![vec![0u8; ts_size]; n];
+        let mut gil_state = [0u8; 64];
+        let gil_state = &mut gil_state[..gil_span.map(|s| s.1 as usize).unwrap_or(8).min(64)];
+        let spare = &mut self.spare;
+        // Every byte is overwritten by the read, so a recycled buffer is not zeroed again.
+        let mut buffer = |len: usize| {
+            let mut b = spare.pop().unwrap_or_default();
+            b.resize(len, 0);
+            b
+        };
+        let mut tstates: Vec<Vec<u8>> = (0..n).map(|_| buffer(ts_size)).collect();
         let mut extras: Vec<Vec<(u64, Vec<u8>)>> = self
             .extra
             .iter()
             .map(|rs| {
                 rs.iter()
-                    .map(|(a, len)| (*a, vec![0u8; *len as usize]))
+                    .map(|(a, len)| (*a, buffer(*len as usize)))
                     .collect()
             })
             .collect();
@@ -143,7 +156,7 @@ impl Plan {
             .iter()
             .map(|cs| {
                 cs.iter()
-                    .map(|c| (c.addr, vec![0u8; c.copy as usize]))
+                    .map(|c| (c.addr, buffer(c.copy as usize)))
                     .collect()
             })
             .collect();
@@ -157,7 +170,7 @@ impl Plan {
                 GilSource::InterpGil { ceval_gil, .. } => {
                     reqs.push((self.interp + ceval_gil, &mut gil_ptr));
                     if let Some((lo, _)) = gil_span {
-                        reqs.push((self.gil + lo, &mut gil_state));
+                        reqs.push((self.gil + lo, &mut *gil_state));
                     }
                 }
             }
@@ -200,8 +213,8 @@ impl Plan {
                 }
                 match gil_span {
                     Some((lo, _)) => {
-                        let is_locked = le_u64(&gil_state, (locked - lo) as usize) as u32 != 0;
-                        let last = le_u64(&gil_state, (last_holder - lo) as usize);
+                        let is_locked = le_u64(gil_state, (locked - lo) as usize) as u32 != 0;
+                        let last = le_u64(gil_state, (last_holder - lo) as usize);
                         if is_locked { last } else { 0 }
                     }
                     None => 0,
@@ -244,6 +257,22 @@ impl Plan {
             cs.sort_unstable_by_key(|c| c.0);
         }
         Some(Snapshot { threads, chunks })
+    }
+
+    /// Hand back a snapshot's buffers once its sample is done, for the next [`Plan::read`].
+    pub fn recycle(&mut self, threads: Vec<PyThread>, chunks: Vec<Vec<(u64, Vec<u8>)>>) {
+        // Bounded: a plan never needs more than one sample's worth.
+        const MAX_SPARE: usize = 4096;
+        let buffers = threads
+            .into_iter()
+            .map(|t| t.raw)
+            .chain(chunks.into_iter().flatten().map(|(_, b)| b));
+        for b in buffers {
+            if self.spare.len() >= MAX_SPARE {
+                break;
+            }
+            self.spare.push(b);
+        }
     }
 }
 

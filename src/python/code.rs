@@ -1,6 +1,8 @@
 //! Code objects: name, file and line table, read once per code object and cached.
 
-use std::collections::HashMap;
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
 
 use super::PyError;
 use super::layout::Layout;
@@ -12,14 +14,13 @@ use crate::process::{Memory, MemoryExt};
 /// What prof keeps of one code object.
 #[derive(Debug, Clone)]
 pub struct CodeInfo {
+    /// The name shown to users: `co_qualname` where the interpreter has one (3.11+), else
     /// `co_name`.
-    pub name: String,
-    /// `co_qualname` where the interpreter has one (3.11+).
-    pub qualname: Option<String>,
+    pub name: Arc<str>,
     /// `co_filename`.
-    pub filename: String,
+    pub filename: Arc<str>,
     /// Package-relative form of the file name.
-    pub short_filename: String,
+    pub short_filename: Arc<str>,
     /// `co_firstlineno`.
     pub first_line: i32,
     /// Raw line table (`co_lnotab` / `co_linetable`).
@@ -33,11 +34,6 @@ pub struct CodeInfo {
 }
 
 impl CodeInfo {
-    /// The name shown to users: qualified where possible.
-    pub fn display_name(&self) -> &str {
-        self.qualname.as_deref().unwrap_or(&self.name)
-    }
-
     /// Line of the instruction at byte offset `addr` (0 when the interpreter has none).
     pub fn line(&self, l: &Layout, addr: i64) -> i32 {
         line_for_offset(l.linetable, &self.linetable, self.first_line, addr).unwrap_or(0)
@@ -58,9 +54,33 @@ fn fingerprint(l: &Layout, head: &[u8]) -> Fingerprint {
     ]
 }
 
-struct Entry {
-    info: CodeInfo,
+/// A cached code object with the lines already looked up in it.
+#[derive(Debug)]
+pub struct CodeEntry {
+    /// What was read of the code object.
+    pub info: CodeInfo,
     fingerprint: Fingerprint,
+    /// Instruction offset -> line: a sampled frame is usually at an offset seen before,
+    /// and decoding the line table from its start each time is the costly part.
+    lines: HashMap<i64, i32>,
+}
+
+/// Bound on the offsets remembered per code object; cleared wholesale when exceeded.
+const MAX_LINES_CACHED: usize = 4096;
+
+impl CodeEntry {
+    /// Line of the instruction at byte offset `offset` (0 when the interpreter has none).
+    pub fn line(&mut self, l: &Layout, offset: i64) -> i32 {
+        if let Some(&line) = self.lines.get(&offset) {
+            return line;
+        }
+        let line = self.info.line(l, offset);
+        if self.lines.len() >= MAX_LINES_CACHED {
+            self.lines.clear();
+        }
+        self.lines.insert(offset, line);
+        line
+    }
 }
 
 /// Bounded cache of code objects by address. Every use re-checks the entry's fingerprint
@@ -68,9 +88,14 @@ struct Entry {
 /// start-up code, exec'd code, reloaded modules) is never shown under the old name. The
 /// check is cheap because the sampler's batched read already brings those bytes along
 /// (see `batch::Plan`): only a code object not seen in the previous sample costs a read.
+///
+/// Names and file names are interned: every code object of a function (and every frame
+/// made from them) shares one allocation per distinct text, which is what lets a profile
+/// recognise a function by pointer instead of hashing its name.
 #[derive(Default)]
 pub struct CodeCache {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, CodeEntry>,
+    strings: HashSet<Arc<str>>,
     /// Type pointers known to be `code`.
     code_types: Vec<u64>,
 }
@@ -82,7 +107,8 @@ impl CodeCache {
     /// An empty cache; `code_type` is `&PyCode_Type` when the symbol was found.
     pub fn new(code_type: Option<u64>) -> CodeCache {
         CodeCache {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
+            strings: HashSet::default(),
             code_types: code_type.into_iter().collect(),
         }
     }
@@ -120,7 +146,7 @@ impl CodeCache {
         mem: &M,
         l: &Layout,
         addr: u64,
-    ) -> Result<Option<&CodeInfo>, PyError> {
+    ) -> Result<Option<&mut CodeEntry>, PyError> {
         let mut head = [0u8; CODE_HEAD];
         mem.read(addr, &mut head)?;
         let seen = fingerprint(l, &head);
@@ -128,54 +154,67 @@ impl CodeCache {
             .entries
             .get(&addr)
             .is_some_and(|e| e.fingerprint == seen);
-        if fresh {
-            return Ok(Some(&self.entries[&addr].info));
+        if !fresh {
+            if !self.is_code_type(mem, l, addr)? {
+                self.entries.remove(&addr);
+                return Ok(None);
+            }
+            let (info, fingerprint) = self.read_code(mem, l, addr)?;
+            if self.entries.len() >= MAX_CACHED {
+                self.entries.clear();
+                self.strings.clear();
+            }
+            let entry = CodeEntry {
+                info,
+                fingerprint,
+                lines: HashMap::default(),
+            };
+            self.entries.insert(addr, entry);
         }
-        if !self.is_code_type(mem, l, addr)? {
-            self.entries.remove(&addr);
-            return Ok(None);
+        Ok(self.entries.get_mut(&addr))
+    }
+
+    fn intern(&mut self, text: String) -> Arc<str> {
+        if let Some(s) = self.strings.get(text.as_str()) {
+            return Arc::clone(s);
         }
-        let (info, fingerprint) = read_code(mem, l, addr)?;
-        if self.entries.len() >= MAX_CACHED {
-            self.entries.clear();
-        }
-        self.entries.insert(addr, Entry { info, fingerprint });
-        Ok(Some(&self.entries[&addr].info))
+        let s: Arc<str> = text.into();
+        self.strings.insert(Arc::clone(&s));
+        s
+    }
+
+    fn read_code<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        addr: u64,
+    ) -> Result<(CodeInfo, Fingerprint), PyError> {
+        let mut head = [0u8; CODE_HEAD];
+        mem.read(addr, &mut head)?;
+        let p = |off: u64| le_u64(&head, off as usize);
+        let name = match l.co_qualname {
+            Some(off) => read_str(mem, l, p(off))?,
+            None => read_str(mem, l, p(l.co_name))?,
+        };
+        let filename = read_str(mem, l, p(l.co_filename))?;
+        let short_filename = super::short_filename(&filename);
+        let linetable = read_bytes(mem, l, p(l.co_linetable))?;
+        let info = CodeInfo {
+            name: self.intern(name),
+            filename: self.intern(filename),
+            short_filename: self.intern(short_filename),
+            first_line: le_u32(&head, l.co_firstlineno as usize) as i32,
+            linetable,
+            argcount: le_u32(&head, l.co_argcount as usize),
+            varnames: p(l.co_varnames),
+            localspluskinds: l.co_localspluskinds.map(p).unwrap_or(0),
+        };
+        Ok((info, fingerprint(l, &head)))
     }
 }
 
 /// Every field the reader needs sits in the first 256 bytes of a code object.
 pub const CODE_HEAD: usize = 256;
-
-fn read_code<M: Memory + ?Sized>(
-    mem: &M,
-    l: &Layout,
-    addr: u64,
-) -> Result<(CodeInfo, Fingerprint), PyError> {
-    let mut head = [0u8; CODE_HEAD];
-    mem.read(addr, &mut head)?;
-    let p = |off: u64| le_u64(&head, off as usize);
-    let name = read_str(mem, l, p(l.co_name))?;
-    let qualname = match l.co_qualname {
-        Some(off) => Some(read_str(mem, l, p(off))?),
-        None => None,
-    };
-    let filename = read_str(mem, l, p(l.co_filename))?;
-    let short_filename = super::short_filename(&filename);
-    let linetable = read_bytes(mem, l, p(l.co_linetable))?;
-    let info = CodeInfo {
-        name,
-        qualname,
-        filename,
-        short_filename,
-        first_line: le_u32(&head, l.co_firstlineno as usize) as i32,
-        linetable,
-        argcount: le_u32(&head, l.co_argcount as usize),
-        varnames: p(l.co_varnames),
-        localspluskinds: l.co_localspluskinds.map(p).unwrap_or(0),
-    };
-    Ok((info, fingerprint(l, &head)))
-}
 
 #[cfg(test)]
 mod tests {
@@ -228,14 +267,14 @@ mod tests {
         let mut cache = CodeCache::new(None);
         let before = image(&l, "first", 0x30000);
         assert_eq!(
-            cache.get(&before, &l, 0x10000).unwrap().unwrap().name,
+            &*cache.get(&before, &l, 0x10000).unwrap().unwrap().info.name,
             "first"
         );
         // The address now holds another code object (its name lives elsewhere).
         let after = image(&l, "second", 0x60000);
         // The changed fingerprint makes it re-read at once.
         assert_eq!(
-            cache.get(&after, &l, 0x10000).unwrap().unwrap().name,
+            &*cache.get(&after, &l, 0x10000).unwrap().unwrap().info.name,
             "second"
         );
         // Not a code object any more: its type pointer is not the code type seen before.

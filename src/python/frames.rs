@@ -1,5 +1,7 @@
 //! Walking one thread's chain of interpreter frames.
 
+use std::sync::Arc;
+
 use super::PyError;
 use super::code::{CODE_HEAD, CodeCache};
 use super::layout::{FrameRoot, InstrSource, Layout};
@@ -336,19 +338,21 @@ pub fn resolve_with_entries<M: Memory + ?Sized>(
         };
         entries.push(rf.is_entry);
         let locals = if opts.locals {
-            Some(read_locals(mem, l, code, rf.addr).unwrap_or_default())
+            Some(read_locals(mem, l, &code.info, rf.addr).unwrap_or_default())
         } else {
             None
         };
+        let line = if opts.function_lines {
+            code.info.first_line
+        } else {
+            code.line(l, rf.offset)
+        };
+        let info = &code.info;
         frames.push(Frame {
-            name: code.display_name().to_string(),
-            filename: code.filename.clone(),
-            short_filename: code.short_filename.clone(),
-            line: if opts.function_lines {
-                code.first_line
-            } else {
-                code.line(l, rf.offset)
-            },
+            name: Arc::clone(&info.name),
+            filename: Arc::clone(&info.filename),
+            short_filename: Arc::clone(&info.short_filename),
+            line,
             kind: FrameKind::Python,
             locals,
         });

@@ -179,6 +179,9 @@ impl<M: Memory> StackReader<M> {
             });
         }
         self.fill_names(&threads, &mut out);
+        if let Some(plan) = &mut self.plan {
+            plan.recycle(threads, chunks);
+        }
         Ok(out)
     }
 
