@@ -194,7 +194,7 @@ class Profilers:
     def __init__(self, prof, pyspy):
         self.bin = {"prof": prof, "py-spy": pyspy}
 
-    def record(self, who, pid, rate, duration, out, idle=False, nonblocking=False):
+    def record(self, who, pid, rate, duration, out, idle=False, nonblocking=False, native=False):
         # py-spy takes whole seconds and whole Hz only.
         cmd = [self.bin[who], "record", "-p", str(pid), "-r", str(int(rate)),
                "-d", str(int(math.ceil(duration))),
@@ -203,12 +203,16 @@ class Profilers:
             cmd.append("--idle")
         if nonblocking:
             cmd.append("--nonblocking")
+        if native:
+            cmd.append("--native")
         return cmd
 
-    def dump(self, who, pid, nonblocking=False):
+    def dump(self, who, pid, nonblocking=False, native=False):
         cmd = [self.bin[who], "dump", "-p", str(pid)]
         if nonblocking:
             cmd.append("--nonblocking")
+        if native:
+            cmd.append("--native")
         return cmd
 
 
@@ -418,7 +422,7 @@ def bench_rate(P, a, res):
 # ----------------------------------------------------------------------------- 5. slowdown
 
 
-def spin_run(P, a, who, rate, nonblocking, idle_threads):
+def spin_run(P, a, who, rate, nonblocking, idle_threads, native=False):
     """One run of the spin target, alone (who=None) or under `record`: its JSON report
     (rate, oncpu, queued, stopped) plus the profiler's thread-samples, or None."""
     args = ["--warmup", a.warmup, "--seconds", a.window, "--idle-threads", idle_threads]
@@ -430,7 +434,8 @@ def spin_run(P, a, who, rate, nonblocking, idle_threads):
     try:
         if who:
             # -d covers the whole run; the profiler stops when the target exits.
-            cmd = P.record(who, t.pid, rate, a.warmup + a.window + 5, out, nonblocking=nonblocking)
+            cmd = P.record(who, t.pid, rate, a.warmup + a.window + 5, out, nonblocking=nonblocking,
+                           native=native)
             started = time.perf_counter()
             prof_proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         line = ""
@@ -538,6 +543,65 @@ def bench_slowdown(P, a, res):
                 [100 * r.get("stopped", 0) / r["window"] for r in runs[c]])
 
 
+# ----------------------------------------------------------------------------- 6. --native
+
+
+def bench_native(P, a, res):
+    log("== 6. --native: cost per thread-sample, first sample, slowdown (%d reps)" % a.reps)
+    # Cost: record --native at 100 Hz (py-spy's default rate, and what --native is for).
+    for name, script, idle in RECORD_TARGETS:
+        cpu = {w: [] for w in WHO}
+        for rep in range(a.reps):
+            for who in order(rep, WHO):
+                t = start_target(script, [a.record_secs + 1.5], a.python)
+                try:
+                    out = os.path.join(WORK, "nat.txt")
+                    if os.path.exists(out):
+                        os.unlink(out)
+                    cmd = P.record(who, t.pid, 100, a.record_secs, out, idle=idle, native=True)
+                    rc, wall, c = run_timed(cmd, a.record_secs + 30)
+                finally:
+                    end(t)
+                n = raw_samples(out)
+                if n:
+                    cpu[who].append(c / n * 1e6)  # µs per thread-sample
+                log("   %-8s %-6s cpu %.3fs, %d thread-samples" % (name, who, c, n))
+        for who in WHO:
+            res["native_us", name, who] = med(cpu[who])
+    # First sample: a whole `dump --native` of a fresh prof (attach, module and DWARF
+    # loading, one unwind and symbolization of a 120-frame stack) on the busy deep target,
+    # running in a pyenv libpython that carries full DWARF.
+    t = start_target(DEEP, [120], a.python, settle=0.8)
+    try:
+        walls = {w: [] for w in WHO}
+        for rep in range(max(a.reps, 3)):
+            for who in order(rep, WHO):
+                rc, wall, _ = run_timed(P.dump(who, t.pid, native=True), 60,
+                                        stdout=subprocess.DEVNULL)
+                if rc == 0:
+                    walls[who].append(wall * 1000)
+        for who in WHO:
+            res["native_first_ms", who] = med(walls[who])
+            log("   first sample %-6s %s ms" % (who, fmt(med(walls[who]))))
+    finally:
+        end(t)
+    # Slowdown at 100 Hz with --native.
+    alone, runs = [], {w: [] for w in WHO}
+    for rep in range(a.slow_reps):
+        for who in order(rep, (None,) + WHO):
+            r = spin_run(P, a, who, 100, False, 0, native=True)
+            if r:
+                (runs[who] if who else alone).append(r)
+    a_wall = med([r["rate"] for r in alone])
+    a_own = med([r.get("own_rate") for r in alone])
+    for who in WHO:
+        w = med([r["rate"] for r in runs[who]])
+        o = med([r.get("own_rate") for r in runs[who]])
+        res["native_slow", who] = a_wall / w if a_wall and w else None
+        res["native_slow_own", who] = a_own / o if a_own and o else None
+        res["native_stopped", who] = med([100 * r.get("stopped", 0) / r["window"] for r in runs[who]])
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -612,6 +676,21 @@ def table(res, a):
             noise = res.get(("slow_alone_noise", name), (0, 0))[i]
             row("5. slowdown (%s), %s @ %d Hz (%s)" % (label, name, rate, mode), res[key], res.get(skey),
                 "≤ 1.05", 1.05, digits=3, noise=noise)
+    for name, _, _ in RECORD_TARGETS:
+        if ("native_us", name, "prof") in res:
+            row("6. --native µs/thread-sample @ 100 Hz, %s" % name, res["native_us", name, "prof"],
+                res.get(("native_us", name, "py-spy")), "≤ 40", 40, digits=1)
+    if ("native_first_ms", "prof") in res:
+        row("6. --native first sample: dump --native wall ms", res["native_first_ms", "prof"],
+            res.get(("native_first_ms", "py-spy")), "≤ 100", 100, digits=1)
+    for kind, label in (("native_slow", "wall clock"), ("native_slow_own", "own core")):
+        if (kind, "prof") in res:
+            row("6. --native slowdown (%s), cpu @ 100 Hz" % label, res[kind, "prof"],
+                res.get((kind, "py-spy")), "", None, digits=3)
+    if ("native_stopped", "prof") in res:
+        rows.append(("6. (--native: % of the window the target was stopped)",
+                     fmt(res["native_stopped", "prof"], 2), fmt(res.get(("native_stopped", "py-spy")), 2),
+                     "", "", ""))
     for kind, label in (("stopped_pct", "% of the window the target was stopped"),
                         ("prof_cpu_pct", "profiler CPU, % of one core")):
         for key in sorted(k for k in res if isinstance(k, tuple) and k[0] == kind and k[2] == "prof"):
@@ -668,7 +747,7 @@ def main():
     ap.add_argument("--py-spy", dest="pyspy", default=None, help="py-spy binary")
     ap.add_argument("--quick", action="store_true", help="1 repetition, short runs (~2 min)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", default="1,2,3,4,5", help="comma-separated measurements to run")
+    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurements to run")
     ap.add_argument("--breakdown", action="store_true", help="also full strace -c breakdown and perf profile")
     ap.add_argument("--window", type=float, default=3.0,
                     help="slowdown: measured seconds per run (default 3: more, shorter runs beat fewer "
@@ -728,6 +807,8 @@ def main():
             bench_rate(P, a, res)
         if "5" in only:
             bench_slowdown(P, a, res)
+        if "6" in only:
+            bench_native(P, a, res)
         if a.breakdown:
             bench_breakdown(P, a, res)
     except KeyboardInterrupt:

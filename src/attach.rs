@@ -40,6 +40,11 @@ fn attach_inner(pid: u32) -> Result<LiveTarget> {
     })
 }
 
+/// Did attaching fail because the process has no Python interpreter?
+pub fn is_not_python(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<PyError>(), Some(PyError::NotPython(_)))
+}
+
 /// Has the process exited, or is it tearing down its address space? Reads of an exiting
 /// process fail in misleading ways (permission denied, files gone), so every failure is
 /// checked against this before it is reported.

@@ -55,6 +55,12 @@ pub struct TargetArgs {
     #[arg(long)]
     pub full_filenames: bool,
 
+    /// Also sample native (C/C++/Rust) frames, merged with the Python frames; works on
+    /// non-Python processes too. Each sampled thread is stopped for the moment its stack
+    /// is read.
+    #[arg(short, long)]
+    pub native: bool,
+
     /// Command to launch and profile, after `--` (e.g. `-- python app.py`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -591,6 +591,13 @@ impl Profile {
         })
     }
 
+    /// Frame ids of a stack, innermost first, without the native ones unless `with_native`.
+    fn shown_frames(&self, stack: usize, with_native: bool) -> impl Iterator<Item = usize> + '_ {
+        self.stack_frames(stack).filter(move |&f| {
+            with_native || self.functions[self.frames[f].function].kind != FrameKind::Native
+        })
+    }
+
     /// Frame ids of a stack, outermost first.
     pub fn stack_frames_root_first(&self, stack: usize) -> Vec<usize> {
         let mut v: Vec<usize> = self.stack_frames(stack).collect();
@@ -741,12 +748,15 @@ impl Profile {
     /// The function table the TUI shows, over the threads `filter` accepts.
     ///
     /// `by_line` keeps each line of a function apart (when the options keep lines).
+    /// Without `with_native`, native frames are left out, as if each stack held its Python
+    /// frames only (their time goes to the Python frame that called them).
     /// `own` counts samples where the entry is the innermost frame, `total` those
     /// where it appears anywhere, once per sample even under recursion. Sorted by
     /// own, then total (both descending), then name and file.
     pub fn functions(
         &self,
         by_line: bool,
+        with_native: bool,
         filter: impl Fn(&ThreadInfo) -> bool,
     ) -> Vec<FunctionStats> {
         let key_of = |frame: usize| -> usize {
@@ -771,7 +781,7 @@ impl Profile {
             if !accepted[thread as usize] {
                 continue;
             }
-            let mut frames = self.stack_frames(stack as usize);
+            let mut frames = self.shown_frames(stack as usize, with_native);
             if let Some(leaf) = frames.next() {
                 let k = key_of(leaf);
                 own[k] += count;
@@ -825,7 +835,7 @@ impl Profile {
     }
 
     /// Callers and callees of the entry `id` of [`Profile::functions`] (with the same
-    /// `by_line`), over the threads `filter` accepts.
+    /// `by_line` and `with_native`), over the threads `filter` accepts.
     ///
     /// A caller is the frame directly outside an occurrence of the entry, a callee the
     /// frame directly inside one; each is counted once per sample even when recursion
@@ -833,6 +843,7 @@ impl Profile {
     pub fn neighbors(
         &self,
         by_line: bool,
+        with_native: bool,
         id: usize,
         filter: impl Fn(&ThreadInfo) -> bool,
     ) -> Neighbors {
@@ -864,7 +875,7 @@ impl Profile {
             }
             let mut found = false;
             let mut inner: Option<usize> = None;
-            for k in self.stack_frames(stack as usize).map(key_of) {
+            for k in self.shown_frames(stack as usize, with_native).map(key_of) {
                 if inner == Some(id) && caller_stamp[k] != pair {
                     caller_stamp[k] = pair;
                     callers[k] += count;
@@ -1083,9 +1094,55 @@ mod tests {
     }
 
     #[test]
+    fn native_frames_can_be_left_out() {
+        let mut p = Profile::new(meta(), ProfileOptions::default());
+        let native = |name: &str| Frame {
+            kind: FrameKind::Native,
+            ..frame(name, "/usr/lib/libc.so.6", 0)
+        };
+        // main -> work -> memcpy (native) twice, main -> work once, a native-only thread.
+        for t in 0..3 {
+            let mut s = sample(
+                t as f64 * 0.01,
+                1,
+                "MainThread",
+                &[("main", 1), ("work", 2)],
+            );
+            if t < 2 {
+                s.stack.frames.insert(0, native("memcpy"));
+            }
+            p.add(&s);
+        }
+        let mut c = sample(0.0, 2, "c-thread", &[]);
+        c.stack.frames = vec![native("spin"), native("start_thread")];
+        p.add(&c);
+
+        let with = p.functions(false, true, |_| true);
+        assert_eq!(stats(&with, "memcpy").own, 2);
+        assert_eq!(stats(&with, "work").own, 1);
+        assert_eq!(stats(&with, "spin").own, 1);
+        let without = p.functions(false, false, |_| true);
+        assert!(
+            without.iter().all(|f| f.kind == FrameKind::Python),
+            "{without:?}"
+        );
+        // memcpy's time is work's own time now.
+        assert_eq!(
+            (stats(&without, "work").own, stats(&without, "work").total),
+            (3, 3)
+        );
+
+        let id = |v: &[FunctionStats], n: &str| stats(v, n).id;
+        let n = p.neighbors(false, true, id(&with, "work"), |_| true);
+        assert_eq!((n.own, n.callees.len()), (1, 1));
+        let n = p.neighbors(false, false, id(&with, "work"), |_| true);
+        assert_eq!((n.own, n.callees.len()), (3, 0));
+    }
+
+    #[test]
     fn functions_own_and_total() {
         let p = two_threads(ProfileOptions::default());
-        let all = p.functions(false, |_| true);
+        let all = p.functions(false, true, |_| true);
         let f = |n| stats(&all, n).clone();
         assert_eq!((f("main").own, f("main").total), (0, 6));
         assert_eq!((f("work").own, f("work").total), (1, 6));
@@ -1098,7 +1155,7 @@ mod tests {
         // Sorted by own descending.
         assert!(all.windows(2).all(|w| w[0].own >= w[1].own));
 
-        let main_only = p.functions(false, |t| t.name.as_deref() == Some("MainThread"));
+        let main_only = p.functions(false, true, |t| t.name.as_deref() == Some("MainThread"));
         assert!(main_only.iter().all(|s| s.name != "wait"));
         assert_eq!(stats(&main_only, "main").total, 6);
     }
@@ -1106,7 +1163,7 @@ mod tests {
     #[test]
     fn functions_by_line() {
         let p = two_threads(ProfileOptions::default());
-        let v = p.functions(true, |_| true);
+        let v = p.functions(true, true, |_| true);
         let at = |name: &str, line: i32| {
             v.iter()
                 .find(|s| s.name == name && s.line == Some(line))
@@ -1125,10 +1182,10 @@ mod tests {
     #[test]
     fn function_ids_are_table_indices() {
         let p = two_threads(ProfileOptions::default());
-        for f in p.functions(false, |_| true) {
+        for f in p.functions(false, true, |_| true) {
             assert_eq!(p.function_table()[f.id].name, f.name);
         }
-        for f in p.functions(true, |_| true) {
+        for f in p.functions(true, true, |_| true) {
             let fr = p.frame_table()[f.id];
             assert_eq!(p.function_table()[fr.function].name, f.name);
             assert_eq!(Some(fr.line), f.line);
@@ -1138,12 +1195,12 @@ mod tests {
     #[test]
     fn neighbors_by_function() {
         let p = two_threads(ProfileOptions::default());
-        let all = p.functions(false, |_| true);
+        let all = p.functions(false, true, |_| true);
         let id = |n| stats(&all, n).id;
         let names = |v: &[Neighbor]| -> Vec<(String, u64)> {
             v.iter().map(|n| (n.name.clone(), n.samples)).collect()
         };
-        let work = p.neighbors(false, id("work"), |_| true);
+        let work = p.neighbors(false, true, id("work"), |_| true);
         assert_eq!(names(&work.callers), [("main".to_owned(), 6)]);
         assert_eq!(
             names(&work.callees),
@@ -1151,12 +1208,12 @@ mod tests {
         );
         assert_eq!((work.own, work.total, work.root), (1, 6, 0));
 
-        let main = p.neighbors(false, id("main"), |_| true);
+        let main = p.neighbors(false, true, id("main"), |_| true);
         assert!(main.callers.is_empty());
         assert_eq!((main.own, main.total, main.root), (0, 6, 6));
 
         // fib;fib;fib in one sample: work calls it once, it calls itself once.
-        let fib = p.neighbors(false, id("fib"), |_| true);
+        let fib = p.neighbors(false, true, id("fib"), |_| true);
         assert_eq!(
             names(&fib.callers),
             [("fib".to_owned(), 1), ("work".to_owned(), 1)]
@@ -1165,33 +1222,38 @@ mod tests {
         assert_eq!((fib.own, fib.total), (1, 1));
 
         // Thread filter: the worker never calls work.
-        let w = p.neighbors(false, id("work"), |t| t.name.as_deref() == Some("worker"));
+        let w = p.neighbors(false, true, id("work"), |t| {
+            t.name.as_deref() == Some("worker")
+        });
         assert_eq!(w, Neighbors::default());
-        let wait = p.neighbors(false, id("wait"), |_| true);
+        let wait = p.neighbors(false, true, id("wait"), |_| true);
         assert_eq!(names(&wait.callers), [("run".to_owned(), 4)]);
         assert_eq!(wait.own, 4);
         // Unknown ids have no neighbors rather than panicking.
-        assert_eq!(p.neighbors(false, 999, |_| true), Neighbors::default());
+        assert_eq!(
+            p.neighbors(false, true, 999, |_| true),
+            Neighbors::default()
+        );
     }
 
     #[test]
     fn neighbors_by_line() {
         let p = two_threads(ProfileOptions::default());
-        let v = p.functions(true, |_| true);
+        let v = p.functions(true, true, |_| true);
         let id = |name: &str, line: i32| {
             v.iter()
                 .find(|s| s.name == name && s.line == Some(line))
                 .unwrap()
                 .id
         };
-        let c = p.neighbors(true, id("compute", 20), |_| true);
+        let c = p.neighbors(true, true, id("compute", 20), |_| true);
         assert_eq!(c.callers.len(), 1);
         assert_eq!(
             (c.callers[0].name.as_str(), c.callers[0].line),
             ("work", Some(10))
         );
         assert_eq!(c.callers[0].samples, 3);
-        let w = p.neighbors(true, id("work", 10), |_| true);
+        let w = p.neighbors(true, true, id("work", 10), |_| true);
         let callees: Vec<(Option<i32>, u64)> =
             w.callees.iter().map(|n| (n.line, n.samples)).collect();
         assert_eq!(callees, [(Some(20), 3), (Some(21), 1)]);
@@ -1227,7 +1289,7 @@ mod tests {
             "{folded:?}"
         );
         // By-line function stats collapse to functions too.
-        let v = p.functions(true, |_| true);
+        let v = p.functions(true, true, |_| true);
         assert_eq!(stats(&v, "work").line, Some(10));
         assert_eq!(stats(&v, "work").total, 6);
     }
@@ -1394,7 +1456,7 @@ mod tests {
         let p = Profile::new(meta(), ProfileOptions::default());
         assert_eq!(p.total_samples(), 0);
         assert!(p.folded().is_empty());
-        assert!(p.functions(true, |_| true).is_empty());
+        assert!(p.functions(true, true, |_| true).is_empty());
         assert!(p.ticks().is_empty());
         assert!(!p.multi_process());
         assert!((p.sample_interval() - 0.01).abs() < 1e-12);

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::attach::{LiveTarget, attach};
+use crate::attach::{LiveTarget, attach, is_not_python};
+use crate::mixed::{NativeTarget, PythonSide, native_thread};
 use crate::process::threads;
-use crate::python::FrameOptions;
+use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
 
 /// What to sample and how.
@@ -40,6 +41,9 @@ pub struct SamplerOptions {
     /// shows it). Without it and with `include_idle`, no thread's state is read: that read
     /// is a `/proc` file per thread per tick, the largest fixed cost of a sample.
     pub activity: bool,
+    /// Also take native stacks (stopping each sampled thread while its stack is read), and
+    /// sample processes without Python as native programs.
+    pub native: bool,
 }
 
 /// What happened during a run, for the summary line.
@@ -63,7 +67,8 @@ pub struct SamplerStats {
     pub processes: Vec<u32>,
     /// The process prof was pointed at (attached or launched).
     pub root: u32,
-    /// The root process was read as Python at some point.
+    /// The root process was sampled at some point (read as Python, or natively with
+    /// `--native`).
     pub root_attached: bool,
 }
 
@@ -155,6 +160,8 @@ enum ProcState {
         exe_since: Instant,
     },
     Attached(Box<LiveTarget>),
+    /// Not Python, sampled as a native program (`--native`).
+    Native,
     /// Not Python, or given up on.
     Ignored,
 }
@@ -173,6 +180,8 @@ struct Proc {
     next_alive_check: Instant,
     /// Seen gone (exited or a zombie).
     gone: bool,
+    /// The native side, with `--native` (made at the first sample).
+    natives: Option<Box<NativeTarget>>,
 }
 
 impl Proc {
@@ -186,6 +195,7 @@ impl Proc {
             stat: None,
             next_alive_check: now,
             gone: false,
+            natives: None,
         }
     }
 
@@ -409,31 +419,123 @@ fn sample_process(
                 }
                 p.state = ProcState::Attached(Box::new(t));
             }
+            // No Python will appear in a process that has none mapped: with --native it is
+            // a native program, sampled from now on.
+            Err(e) if opts.native && is_not_python(&e) && (settled || !python_mapped(p.pid)) => {
+                if exe.as_deref() != std::env::current_exe().ok().as_deref() {
+                    if p.pid == stats.root {
+                        stats.root_attached = true;
+                    }
+                    p.state = ProcState::Native;
+                } else {
+                    // Still prof's own fork, before its exec.
+                    *next_try = now + Duration::from_millis(10);
+                }
+            }
             Err(_) if !settled && now.duration_since(*since) < ATTACH_PATIENCE => {
                 *next_try = now + Duration::from_millis(10);
             }
             Err(_) => p.state = ProcState::Ignored,
         }
     }
-    let states = p.thread_states(now, opts.activity || !opts.include_idle);
-    let ProcState::Attached(target) = &mut p.state else {
+    if matches!(p.state, ProcState::Pending { .. } | ProcState::Ignored) {
         return;
+    }
+    let states = p.thread_states(now, opts.activity || !opts.include_idle);
+    if opts.native && p.natives.is_none() {
+        match NativeTarget::new(p.pid) {
+            Ok(n) => p.natives = Some(Box::new(n)),
+            Err(_) => {
+                stats.errors += 1;
+                return;
+            }
+        }
+    }
+    // With --native, the threads to sample are stopped while their stacks are read.
+    let stop: Vec<u32> = match &p.natives {
+        Some(_) => states
+            .iter()
+            .filter(|s| opts.include_idle || s.1 == 'R')
+            .map(|s| s.0)
+            .collect(),
+        None => Vec::new(),
     };
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
-    let before = target.reader.errors();
-    let stacks = match target.reader.stacks(&tids, *frame_opts) {
-        Ok(s) => s,
-        Err(_) => {
-            // A process that just exited is not an error of the profiler's.
-            if p.alive() {
-                stats.errors += 1;
-            } else {
-                p.gone = true;
+    let (stacks, pcs) = match (&mut p.state, p.natives.as_deref_mut()) {
+        (ProcState::Attached(target), natives) => {
+            let before = target.reader.errors();
+            let read = |target: &mut LiveTarget| target.reader.stacks(&tids, *frame_opts);
+            let (stacks, pcs) = match natives {
+                Some(n) if !stop.is_empty() => match n.capture(&stop, || read(target)) {
+                    Ok((stacks, pcs)) => (stacks, pcs),
+                    Err(_) => (
+                        Err(PyError::Corrupt("threads could not be stopped")),
+                        vec![],
+                    ),
+                },
+                _ => (read(target), Vec::new()),
+            };
+            let mut stacks = match stacks {
+                Ok(s) => s,
+                Err(_) => {
+                    // A process that just exited is not an error of the profiler's.
+                    if p.alive() {
+                        stats.errors += 1;
+                    } else {
+                        p.gone = true;
+                    }
+                    return;
+                }
+            };
+            stats.errors += target.reader.errors() - before;
+            if let Some(n) = p.natives.as_deref_mut()
+                && !pcs.is_empty()
+            {
+                let py = PythonSide {
+                    version: target.reader.interpreter().version(),
+                    entries: target.reader.entry_flags(),
+                    entry_addrs: target.reader.entry_frame_addresses(),
+                };
+                for (i, s) in stacks.iter_mut().enumerate() {
+                    let k = s
+                        .os_thread_id
+                        .and_then(|t| stop.iter().position(|&x| x == t));
+                    match k {
+                        Some(k) => n.merge_into(s, i, Some(&pcs[k]), &py),
+                        // Not stopped: idle, and left out below.
+                        None if s.os_thread_id.is_some() => {}
+                        None => n.merge_into(s, i, None, &py),
+                    }
+                }
             }
-            return;
+            (stacks, pcs)
         }
+        (ProcState::Native, _) if stop.is_empty() => (Vec::new(), Vec::new()),
+        (ProcState::Native, Some(n)) => match n.capture(&stop, || ()) {
+            Ok(((), pcs)) => (Vec::new(), pcs),
+            Err(_) => {
+                if p.alive() {
+                    stats.errors += 1;
+                } else {
+                    p.gone = true;
+                }
+                return;
+            }
+        },
+        _ => return,
     };
-    stats.errors += target.reader.errors() - before;
+    let mut stacks = stacks;
+    // Stopped threads the interpreter does not know (every thread of a native program,
+    // threads started from C in a Python one) have native frames only.
+    if let Some(n) = p.natives.as_deref_mut() {
+        for (k, &tid) in stop.iter().enumerate() {
+            if !pcs[k].is_empty() && !stacks.iter().any(|s| s.os_thread_id == Some(tid)) {
+                let state = states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
+                let frames = n.native_frames(&pcs[k]);
+                stacks.push(native_thread(p.pid, tid, state, frames));
+            }
+        }
+    }
     for mut stack in stacks {
         let state = stack
             .os_thread_id
@@ -462,6 +564,18 @@ fn sleep_until(when: Instant, stop: &AtomicBool) {
         }
         std::thread::sleep((when - now).min(Duration::from_millis(100)));
     }
+}
+
+/// Is a Python interpreter (an executable or library named like one) mapped in `pid`?
+fn python_mapped(pid: u32) -> bool {
+    crate::process::read_maps(pid).is_ok_and(|maps| {
+        maps.iter().any(|m| {
+            m.path
+                .as_deref()
+                .and_then(|p| p.rsplit('/').next())
+                .is_some_and(|name| name.contains("python"))
+        })
+    })
 }
 
 /// Every descendant of `root`, from the parent pids in `/proc/*/stat` (the kernel's

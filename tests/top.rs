@@ -644,3 +644,38 @@ fn child_named(parent: u32, name: &str) -> Option<u32> {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `top --native`: C functions (DWARF gives them `.c` files) take their own time next to
+/// the Python ones; `n` hides them (their time goes to the Python callers) and shows them
+/// again.
+#[test]
+fn native_frames_shown_and_hidden_with_n() {
+    crate::skip_without_live_targets!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (Some(py), true) = (python(), have_tmux()) else {
+        return;
+    };
+    let target = start_target(&py);
+    let pid = target.pid();
+    let tmux = Tmux::start();
+    tmux.type_line(&format!(
+        "{} top --native -p {pid} -r 200 --delay 0.25; echo prof-exit=$?",
+        prof_path()
+    ));
+    let native_row = |s: &str| s.lines().any(|l| l.contains(".c)") || l.contains(".h)"));
+    let s = tmux.wait_for("a native function among the Python ones", |s| {
+        s.contains("Native shown") && s.contains("crunch_beta") && native_row(s)
+    });
+    assert!(s.contains(&format!("pid {pid}")), "{s}");
+    tmux.keys(&["n"]);
+    let s = tmux.wait_for("native frames hidden", |s| s.contains("Native hidden"));
+    assert!(!native_row(&s), "native rows left after n:\n{s}");
+    assert!(s.contains("crunch_beta"), "{s}");
+    tmux.keys(&["n"]);
+    tmux.wait_for("native frames shown again", |s| {
+        s.contains("Native shown") && native_row(s)
+    });
+    tmux.keys(&["q"]);
+    tmux.wait_for("prof's exit", |s| s.contains("prof-exit=0"));
+    assert_not_stopped(pid, "top_busy.py");
+}

@@ -2,19 +2,16 @@
 
 use std::io::Write;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::attach::{LiveTarget, attach, explain, thread_states, unless_exited};
+use crate::attach::{LiveTarget, attach, explain, is_not_python, thread_states, unless_exited};
 use crate::cli::DumpArgs;
-use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
-use crate::native::stack::NativeStacks;
-use crate::native::{Frame as UnwoundFrame, Modules};
+use crate::mixed::{NATIVE_NONBLOCKING, NativeTarget, PythonSide, native_thread};
 use crate::process::ptrace::PauseGuard;
-use crate::process::regs::thread_registers;
-use crate::process::{self, LiveMemory};
-use crate::python::{FrameOptions, PyError, module_name};
-use crate::sample::{Frame, FrameKind, LocalVar, ThreadStack};
+use crate::process::{self};
+use crate::python::{FrameOptions, module_name};
+use crate::sample::{FrameKind, LocalVar, ThreadStack};
 
 /// A frame in py-spy's JSON schema (plus `native`).
 #[derive(Serialize)]
@@ -46,9 +43,7 @@ struct JsonThread<'a> {
 pub fn run(args: &DumpArgs) -> Result<()> {
     let pid = args.pid;
     if args.native && args.nonblocking {
-        bail!(
-            "--native reads each thread's registers, which needs a brief stop: it cannot be used with --nonblocking"
-        );
+        bail!(NATIVE_NONBLOCKING);
     }
     let mut target = match attach(pid) {
         Ok(t) => t,
@@ -64,36 +59,49 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         function_lines: false,
     };
     let mut natives = if args.native {
-        Some(native_stacks(pid)?)
+        Some(NativeTarget::new(pid).map_err(|e| unless_exited(pid, e.into()))?)
     } else {
         None
     };
-    let (mut stacks, pcs) = {
-        let _pause = if args.nonblocking {
-            None
-        } else {
-            Some(PauseGuard::pause(pid, &tids).map_err(|e| unless_exited(pid, e.into()))?)
-        };
-        let stacks = target
-            .reader
-            .stacks(&tids, opts)
-            .map_err(|e| explain(pid, e))?;
+    let read = |target: &mut LiveTarget| target.reader.stacks(&tids, opts);
+    let mut stacks = match &mut natives {
         // Only the unwinds need the stop; symbolizing (which may load DWARF) comes after.
-        let pcs: Vec<Option<Vec<UnwoundFrame>>> = match &mut natives {
-            Some(natives) => stacks
-                .iter()
-                .map(|s| {
-                    s.os_thread_id
-                        .map(|tid| thread_pcs(natives, target.reader.memory(), tid))
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        (stacks, pcs)
+        Some(natives) => {
+            let (stacks, pcs) = natives
+                .capture(&tids, || read(&mut target))
+                .map_err(|e| unless_exited(pid, e.into()))?;
+            let mut stacks = stacks.map_err(|e| explain(pid, e))?;
+            let py = PythonSide {
+                version: target.reader.interpreter().version(),
+                entries: target.reader.entry_flags(),
+                entry_addrs: target.reader.entry_frame_addresses(),
+            };
+            for (i, s) in stacks.iter_mut().enumerate() {
+                let pcs = s
+                    .os_thread_id
+                    .and_then(|t| tids.iter().position(|&x| x == t))
+                    .map(|k| pcs[k].as_slice());
+                natives.merge_into(s, i, pcs, &py);
+            }
+            // Threads the interpreter does not know (started from C) have native frames only.
+            for (k, &(tid, state)) in states.iter().enumerate() {
+                if !stacks.iter().any(|s| s.os_thread_id == Some(tid)) {
+                    let frames = natives.native_frames(&pcs[k]);
+                    stacks.push(native_thread(pid, tid, state, frames));
+                }
+            }
+            stacks
+        }
+        None => {
+            // A paused process cannot tear a stack; a running one is re-checked instead.
+            let _pause = if args.nonblocking {
+                None
+            } else {
+                Some(PauseGuard::pause(pid, &tids).map_err(|e| unless_exited(pid, e.into()))?)
+            };
+            read(&mut target).map_err(|e| explain(pid, e))?
+        }
     };
-    if let Some(natives) = &mut natives {
-        merge_native(&target, natives, &mut stacks, &pcs);
-    }
     for s in &mut stacks {
         let state = s
             .os_thread_id
@@ -121,101 +129,23 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     Ok(())
 }
 
-/// Did attaching fail because the process has no Python interpreter?
-fn is_not_python(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<PyError>(), Some(PyError::NotPython(_)))
-}
-
-/// Modules and unwinder for process `pid`, built once per dump.
-fn native_stacks(pid: u32) -> Result<NativeStacks> {
-    let maps = process::read_maps(pid).map_err(|e| unless_exited(pid, anyhow!(e)))?;
-    let mem = LiveMemory::new(pid);
-    let modules = Modules::for_pid(pid, &maps, &mem);
-    Ok(NativeStacks::new(modules, maps))
-}
-
-/// The unwound pcs of stopped thread `tid` (empty if its registers cannot be read).
-fn thread_pcs(natives: &mut NativeStacks, mem: &LiveMemory, tid: u32) -> Vec<UnwoundFrame> {
-    match thread_registers(tid) {
-        Ok(regs) => natives.unwind(mem, &regs).0,
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Replace each Python stack by its merge with the thread's native stack (`pcs`, in the
-/// same order as `stacks`).
-fn merge_native(
-    target: &LiveTarget,
-    natives: &mut NativeStacks,
-    stacks: &mut [ThreadStack],
-    pcs: &[Option<Vec<UnwoundFrame>>],
-) {
-    let v = target.reader.interpreter().version();
-    let rule = EntryRule::for_version(v.major as u32, v.minor as u32);
-    let entries = target.reader.entry_flags();
-    for (i, s) in stacks.iter_mut().enumerate() {
-        let flags = entries.get(i).map(Vec::as_slice).unwrap_or(&[]);
-        let Some(Some(pcs)) = pcs.get(i) else {
-            // No kernel thread id: no registers to start from.
-            if !s.frames.is_empty() {
-                s.frames.push(uncertain_frame());
-            }
-            continue;
-        };
-        let mut native = natives.symbolize(pcs);
-        if let Some(addrs) = target.reader.entry_frame_addresses().get(i) {
-            mark_eval_frames(&mut native, pcs, addrs);
-        }
-        s.frames = merge(&native, &s.frames, flags, rule);
-    }
-}
-
-/// Mark as eval-loop frames the native frames whose stack holds an interpreter entry
-/// frame (3.12+ push one on the C stack of each `_PyEval_EvalFrameDefault` call): this
-/// finds the eval loop in stripped binaries, where its code has no symbol.
-fn mark_eval_frames(native: &mut [NativeFrame], pcs: &[UnwoundFrame], entry_addrs: &[u64]) {
-    for (i, nf) in native.iter_mut().enumerate() {
-        let lo = pcs[i].sp;
-        let hi = pcs.get(i + 1).map(|f| f.sp).unwrap_or(u64::MAX);
-        if entry_addrs.iter().any(|a| lo <= *a && *a < hi) {
-            nf.eval = true;
-        }
-    }
-}
-
 /// `dump --native` of a process without Python: every thread's native stack.
 fn native_only(args: &DumpArgs) -> Result<()> {
     let pid = args.pid;
     let states = thread_states(pid)?;
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
-    let mut natives = native_stacks(pid)?;
-    let mem = LiveMemory::new(pid);
-    let pcs: Vec<Vec<UnwoundFrame>> = {
-        let _pause = PauseGuard::pause(pid, &tids).map_err(|e| unless_exited(pid, e.into()))?;
-        states
-            .iter()
-            .map(|&(tid, _)| thread_pcs(&mut natives, &mem, tid))
-            .collect()
-    };
-    let mut stacks = Vec::new();
-    for (&(tid, state), pcs) in states.iter().zip(&pcs) {
-        let frames: Vec<Frame> = natives
-            .symbolize(pcs)
-            .into_iter()
-            .flat_map(|n| n.frames)
-            .collect();
-        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-            .ok()
-            .map(|s| s.trim_end().to_string());
-        stacks.push(ThreadStack {
-            thread_id: tid as u64,
-            os_thread_id: Some(tid),
-            thread_name: name,
-            active: state == 'R',
-            owns_gil: false,
-            frames,
-        });
-    }
+    let mut natives = NativeTarget::new(pid).map_err(|e| unless_exited(pid, e.into()))?;
+    let ((), pcs) = natives
+        .capture(&tids, || ())
+        .map_err(|e| unless_exited(pid, e.into()))?;
+    let stacks: Vec<ThreadStack> = states
+        .iter()
+        .zip(&pcs)
+        .map(|(&(tid, state), pcs)| {
+            let frames = natives.native_frames(pcs);
+            native_thread(pid, tid, state, frames)
+        })
+        .collect();
     let out = std::io::stdout();
     let mut out = out.lock();
     if args.json {

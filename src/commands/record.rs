@@ -9,9 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::{TryRecvError, bounded};
 
-use crate::attach::attach;
+use crate::attach::{attach, is_not_python};
 use crate::cli::{RecordArgs, TargetArgs};
 use crate::output::{self, Format, OutputError};
+use crate::process;
 use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions, RunStats};
 use crate::sample::Sample;
@@ -91,6 +92,9 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
             "nothing to profile: give a PID with -p, or a command after -- (e.g. `-- python app.py`)"
         );
     }
+    if t.native && t.nonblocking {
+        bail!(crate::mixed::NATIVE_NONBLOCKING);
+    }
     if !(t.rate > 0.0 && t.rate.is_finite()) {
         bail!(
             "--rate must be a positive number of samples per second, not {}",
@@ -111,6 +115,7 @@ pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOpt
         subprocesses: t.subprocesses,
         function_lines: false,
         activity: false,
+        native: t.native,
     }
 }
 
@@ -137,9 +142,18 @@ pub fn start_target_logged(
     String,
 )> {
     if let Some(pid) = t.pid {
-        let target = attach(pid)?;
-        let title = format!("{} (pid {pid})", target.cmdline);
-        return Ok((Ok(target), None, title));
+        return match attach(pid) {
+            Ok(target) => {
+                let title = format!("{} (pid {pid})", target.cmdline);
+                Ok((Ok(target), None, title))
+            }
+            // With --native a process without Python is profiled as a native program.
+            Err(e) if t.native && is_not_python(&e) => {
+                let cmdline = process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}"));
+                Ok((Err(pid), None, format!("{cmdline} (pid {pid})")))
+            }
+            Err(e) => Err(e),
+        };
     }
     let child = match log {
         Some(log) => spawn::launch_logged(&t.command, log)?,

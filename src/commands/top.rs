@@ -101,8 +101,10 @@ pub fn run(args: &TopArgs) -> Result<i32> {
         }
     };
 
+    let mut app = App::new();
+    app.native = t.native.then_some(true);
     let mut top = Top {
-        app: App::new(),
+        app,
         profile: Profile::new(meta, opts),
         frozen: None,
         live,

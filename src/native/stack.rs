@@ -1,6 +1,8 @@
 //! One thread's native stack as frames to show: a bounded copy of its stack, the
 //! unwinder, the symbolizer.
 
+use foldhash::HashMap;
+
 use crate::process::{MapRange, Memory, Overlay};
 use crate::sample::{Frame, FrameKind};
 
@@ -10,12 +12,27 @@ use super::{Modules, Registers, Symbolized, Symbolizer, UnwindError, Unwinder};
 /// Most bytes of a thread's stack copied (in one read) before unwinding it.
 pub const STACK_COPY: u64 = 256 << 10;
 
+/// Bytes copied for a thread not unwound before; afterwards, what its last unwind used
+/// plus [`STACK_MARGIN`]. Anything beyond the copy is read from the target on demand, so a
+/// short copy costs reads, never frames.
+const FIRST_COPY: u64 = 32 << 10;
+/// Room left beyond the last unwind's deepest frame for the stack to grow.
+const STACK_MARGIN: u64 = 8 << 10;
+
+/// Bound on cached symbolized pcs; dropped wholesale when exceeded.
+const MAX_FRAMES_CACHED: usize = 1 << 16;
+
 /// Unwinds and symbolizes the threads of one process.
 pub struct NativeStacks {
     modules: Modules,
     maps: Vec<MapRange>,
     unwinder: Unwinder,
     symbolizer: Symbolizer,
+    /// (pc, exact) -> frames to show: a sampled pc is almost always one seen before, and
+    /// its frames share their text with every earlier sample.
+    frames: HashMap<(u64, bool), NativeFrame>,
+    /// Bytes of each thread's stack to copy next time (see [`FIRST_COPY`]).
+    copy_len: HashMap<u64, u64>,
 }
 
 impl NativeStacks {
@@ -26,7 +43,35 @@ impl NativeStacks {
             maps,
             unwinder: Unwinder::new(),
             symbolizer: Symbolizer::new(),
+            frames: HashMap::default(),
+            copy_len: HashMap::default(),
         }
+    }
+
+    /// Bring the modules in line with a new memory map (after a dlopen or dlclose).
+    /// Returns whether any module changed.
+    pub fn update_maps<M: Memory + ?Sized>(
+        &mut self,
+        pid: u32,
+        maps: Vec<MapRange>,
+        mem: &M,
+    ) -> bool {
+        let changed = self.modules.update(
+            &maps,
+            |r| r.open_path(pid),
+            mem,
+            crate::process::maps::page_size(),
+        );
+        self.maps = maps;
+        if changed {
+            self.frames.clear();
+        }
+        changed
+    }
+
+    /// Is `pc` inside a known module?
+    pub fn knows(&self, pc: u64) -> bool {
+        self.modules.find(pc).is_some()
     }
 
     /// The native stack of the thread whose registers are `regs`, innermost first. An
@@ -49,10 +94,13 @@ impl NativeStacks {
         regs: &Registers,
     ) -> (Vec<super::Frame>, Option<UnwindError>) {
         let mut snapshot = Vec::new();
-        if let Some(sp) = regs.sp()
-            && let Some(map) = self.maps.iter().find(|m| m.contains(sp))
-        {
-            let end = map.end.min(sp.saturating_add(STACK_COPY));
+        let sp = regs.sp();
+        // Threads are told apart by their stack's mapping: tids are not known here.
+        let map = sp.and_then(|sp| self.maps.iter().find(|m| m.contains(sp)));
+        let key = map.map(|m| m.start);
+        if let (Some(sp), Some(map)) = (sp, map) {
+            let want = self.copy_len.get(&map.start).copied().unwrap_or(FIRST_COPY);
+            let end = map.end.min(sp.saturating_add(want.min(STACK_COPY)));
             let mut buf = vec![0u8; (end - sp) as usize];
             if mem.read(sp, &mut buf).is_ok() {
                 snapshot.push((sp, buf));
@@ -64,13 +112,31 @@ impl NativeStacks {
             .unwinder
             .unwind_frames(&self.modules, regs, &local, &mut pcs)
             .err();
+        if let (Some(sp), Some(key)) = (sp, key) {
+            let deepest = pcs.iter().map(|f| f.sp).max().unwrap_or(sp);
+            let used = deepest.saturating_sub(sp).saturating_add(STACK_MARGIN);
+            if self.copy_len.len() >= MAX_FRAMES_CACHED {
+                self.copy_len.clear();
+            }
+            self.copy_len.insert(key, used.clamp(4096, STACK_COPY));
+        }
         (pcs, err)
     }
 
     /// Names for unwound pcs (see [`native_frame`]).
     pub fn symbolize(&mut self, pcs: &[super::Frame]) -> Vec<NativeFrame> {
         pcs.iter()
-            .map(|f| native_frame(&self.symbolizer.symbolize_frame(&self.modules, f)))
+            .map(|f| {
+                if let Some(nf) = self.frames.get(&(f.pc, f.exact)) {
+                    return nf.clone();
+                }
+                let nf = native_frame(&self.symbolizer.symbolize_frame(&self.modules, f));
+                if self.frames.len() >= MAX_FRAMES_CACHED {
+                    self.frames.clear();
+                }
+                self.frames.insert((f.pc, f.exact), nf.clone());
+                nf
+            })
             .collect()
     }
 }

@@ -82,6 +82,9 @@ pub struct App {
     pub paused: bool,
     /// One row per line of a function instead of one per function.
     pub by_line: bool,
+    /// With native sampling (`top --native`): whether native frames are shown; None when
+    /// there are none to show.
+    pub native: Option<bool>,
     /// The one thread shown (by name), or None for all threads.
     pub thread: Option<String>,
     /// Rows must contain this text (case-insensitively) in their function or file name.
@@ -117,6 +120,11 @@ impl App {
             page: 10,
             ..App::default()
         }
+    }
+
+    /// Are native frames part of the table?
+    pub fn shows_native(&self) -> bool {
+        self.native != Some(false)
     }
 
     /// The entry whose callers and callees are shown, if any.
@@ -177,6 +185,13 @@ impl App {
             KeyCode::Char('l') | KeyCode::Char('L') => {
                 // Ids are function ids or frame ids depending on the mode.
                 self.by_line = !self.by_line;
+                self.detail.clear();
+                self.go_top();
+                Action::Redraw
+            }
+            KeyCode::Char('n') | KeyCode::Char('N') if self.native.is_some() => {
+                // Hiding frames changes which entries exist.
+                self.native = self.native.map(|shown| !shown);
                 self.detail.clear();
                 self.go_top();
                 Action::Redraw
@@ -407,6 +422,21 @@ mod tests {
         app.handle_key(ch('s'));
         assert_eq!(app.sort, SortColumn::OwnTime);
         assert!(SortColumn::OwnTime.by_own() && !SortColumn::Total.by_own());
+    }
+
+    #[test]
+    fn n_toggles_native_frames_only_when_there_are_some() {
+        let mut app = app_with_rows(10);
+        assert_eq!(app.handle_key(ch('n')), Action::None);
+        assert!(app.shows_native() && app.native.is_none());
+        app.native = Some(true);
+        app.handle_key(key(KeyCode::Enter));
+        assert_eq!(app.handle_key(ch('n')), Action::Redraw);
+        assert!(!app.shows_native());
+        // Entry ids change with the frames shown: the detail view closes.
+        assert_eq!(app.detail_id(), None);
+        app.handle_key(ch('n'));
+        assert!(app.shows_native());
     }
 
     #[test]

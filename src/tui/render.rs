@@ -21,6 +21,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("space", "pause the display (sampling continues)"),
     ("r", "reset: forget everything sampled so far"),
     ("l", "one row per line / per function"),
+    ("n", "show / hide native frames (with --native)"),
     ("t / T", "next / previous thread: all, then each by name"),
     ("/", "filter by function or file name (Esc clears)"),
     ("Enter", "callers and callees of the highlighted row"),
@@ -140,6 +141,12 @@ fn header_lines(
         "By",
         if app.by_line { "line" } else { "function" }.to_owned(),
     ));
+    if let Some(shown) = app.native {
+        third.push(field(
+            "Native",
+            if shown { "shown" } else { "hidden" }.to_owned(),
+        ));
+    }
     if !app.filter.is_empty() || app.editing_filter {
         third.push(field(
             "Filter",

@@ -158,7 +158,7 @@ impl View {
             totals.gil += t.gil_samples;
             totals.threads += 1;
         }
-        let mut rows = profile.functions(app.by_line, accept);
+        let mut rows = profile.functions(app.by_line, app.shows_native(), accept);
         let unfiltered = rows.len();
         if !app.filter.is_empty() {
             let needle = app.filter.to_lowercase();
@@ -174,7 +174,7 @@ impl View {
         let detail = app.detail_id().map(|id| {
             (
                 entry_label(profile, app.by_line, id),
-                profile.neighbors(app.by_line, id, accept),
+                profile.neighbors(app.by_line, app.shows_native(), id, accept),
             )
         });
         View {
