@@ -125,6 +125,11 @@ impl NativeStacks {
 
     /// Names for unwound pcs (see [`native_frame`]).
     pub fn symbolize(&mut self, pcs: &[super::Frame]) -> Vec<NativeFrame> {
+        let new = pcs
+            .iter()
+            .filter(|f| !self.frames.contains_key(&(f.pc, f.exact)))
+            .map(|f| f.pc);
+        self.symbolizer.prepare(&self.modules, new);
         pcs.iter()
             .map(|f| {
                 if let Some(nf) = self.frames.get(&(f.pc, f.exact)) {

@@ -236,6 +236,35 @@ impl Symbolizer {
         self.module_symbols(module).sources.clone()
     }
 
+    /// Load the symbols of the modules behind `pcs` that are not loaded yet, several at a
+    /// time: the first sample of a process needs the interpreter's, libc's and the
+    /// program's at once, and loading one (decompressing and indexing its DWARF) takes
+    /// tens of milliseconds that are better spent side by side on several cores.
+    pub fn prepare(&mut self, modules: &Modules, pcs: impl IntoIterator<Item = u64>) {
+        let mut todo: Vec<&Arc<Module>> = Vec::new();
+        for pc in pcs {
+            if let Some(m) = modules.find(pc)
+                && !self.modules.contains_key(&m.id())
+                && !todo.iter().any(|t| t.id() == m.id())
+            {
+                todo.push(m);
+            }
+        }
+        if todo.len() < 2 {
+            return;
+        }
+        let search = &self.search;
+        let loaded: Vec<(u32, ModuleSymbols)> = std::thread::scope(|s| {
+            let handles: Vec<_> = todo
+                .iter()
+                .map(|m| s.spawn(move || (m.id(), load_module(search, m))))
+                .collect();
+            // A loader that panicked leaves its module to be loaded again on first use.
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        self.modules.extend(loaded);
+    }
+
     fn module_symbols(&mut self, module: &Module) -> &ModuleSymbols {
         let search = &self.search;
         self.modules

@@ -103,12 +103,14 @@ impl PauseGuard {
                 }
             }
             if ptrace::interrupt(p).is_err() {
+                // Exited meanwhile: nothing to wait for (detaching it is harmless).
                 continue;
             }
-            let pending = wait_for_stop(p);
-            if let Some(last) = guard.slots.last_mut() {
-                last.2 = pending;
-            }
+        }
+        // Every thread is asked to stop before any stop is waited for, so the threads stop
+        // side by side instead of one after another.
+        for (_, p, pending) in guard.slots.iter_mut() {
+            *pending = wait_for_stop(*p);
         }
         if guard.slots.is_empty() {
             return Err(ProcessError::Exited(pid));
