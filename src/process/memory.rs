@@ -147,6 +147,52 @@ pub struct LiveMemory {
     reads: Cell<u64>,
     /// Where batched reads land before being copied out, kept between reads.
     scratch: Cell<Vec<u8>>,
+    /// How the last batch was laid out: the sampler asks for the same ranges tick after
+    /// tick, and sorting and merging them again each time was a visible share of its CPU.
+    layout: Cell<Option<Box<BatchLayout>>>,
+}
+
+/// A batched read's requests and how they are issued.
+#[derive(Debug)]
+struct BatchLayout {
+    ranges: Vec<(u64, usize)>,
+    first: usize,
+    plan: Coalesced,
+    scatter: Scatter,
+}
+
+impl BatchLayout {
+    /// The layout for `reqs`, reusing `last` when the requests are the same.
+    fn for_requests(
+        last: Option<Box<BatchLayout>>,
+        reqs: &[(u64, &mut [u8])],
+        first: usize,
+    ) -> Box<BatchLayout> {
+        let same = |l: &BatchLayout| {
+            l.first == first
+                && l.ranges.len() == reqs.len()
+                && l.ranges
+                    .iter()
+                    .zip(reqs)
+                    .all(|(r, (a, b))| r.0 == *a && r.1 == b.len())
+        };
+        match last {
+            Some(l) if same(&l) => l,
+            last => {
+                let mut ranges = last.map(|l| l.ranges).unwrap_or_default();
+                ranges.clear();
+                ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
+                let plan = coalesce(&ranges, first);
+                let scatter = scatter(&plan, &ranges);
+                Box::new(BatchLayout {
+                    ranges,
+                    first,
+                    plan,
+                    scatter,
+                })
+            }
+        }
+    }
 }
 
 /// process_vm_readv accepts at most IOV_MAX iovecs per call.
@@ -327,6 +373,7 @@ impl LiveMemory {
             pid: Pid::from_raw(pid as i32),
             reads: Cell::new(0),
             scratch: Cell::new(Vec::new()),
+            layout: Cell::new(None),
         }
     }
 
@@ -365,12 +412,23 @@ impl Memory for LiveMemory {
     }
 
     fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], first: usize) -> MemResult<()> {
-        let ranges: Vec<(u64, usize)> = reqs.iter().map(|(a, b)| (*a, b.len())).collect();
-        let plan = coalesce(&ranges, first);
+        let batch = BatchLayout::for_requests(self.layout.take(), reqs, first);
+        let result = self.read_laid_out(reqs, &batch);
+        self.layout.set(Some(batch));
+        result
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+}
+
+impl LiveMemory {
+    fn read_laid_out(&self, reqs: &mut [(u64, &mut [u8])], batch: &BatchLayout) -> MemResult<()> {
+        let (ranges, plan, layout) = (&batch.ranges, &batch.plan, &batch.scatter);
         let mut scratch = self.scratch.take();
         // Straight into the callers' buffers when one syscall does: a sample copies tens of
         // kilobytes, and copying them a second time was a visible share of the CPU.
-        let layout = scatter(&plan, &ranges);
         if plan.spans.len() <= IOV_MAX && layout.pieces.len() <= IOV_MAX {
             scratch.resize(layout.gaps, 0);
             let result = {
@@ -435,10 +493,6 @@ impl Memory for LiveMemory {
         }
         self.scratch.set(scratch);
         result
-    }
-
-    fn reads(&self) -> u64 {
-        self.reads.get()
     }
 }
 
@@ -636,6 +690,28 @@ mod tests {
                 assert_eq!(&b[..], &data[off..off + n]);
             }
         }
+    }
+
+    #[test]
+    fn a_batch_layout_is_reused_only_for_the_same_requests() {
+        let (mut a, mut b, mut c) = ([0u8; 288], [0u8; 6144], [0u8; 8]);
+        let mut reqs: Vec<(u64, &mut [u8])> = vec![
+            (0x55b8_8de5_9130, &mut a[..]),
+            (0x7f1e_300d_b000, &mut b[..]),
+            (0x55b8_8de5_9168, &mut c[..]),
+        ];
+        let first = BatchLayout::for_requests(None, &reqs, 2);
+        assert_eq!(first.plan.spans.len(), 3);
+        let at = &*first as *const BatchLayout;
+        let again = BatchLayout::for_requests(Some(first), &reqs, 2);
+        assert_eq!(&*again as *const BatchLayout, at);
+        // The same addresses split differently into the two groups: laid out anew.
+        let regrouped = BatchLayout::for_requests(Some(again), &reqs, 3);
+        assert_eq!(regrouped.plan.spans.len(), 2);
+        // A request that moved: laid out anew.
+        reqs[1].0 += 4096;
+        let moved = BatchLayout::for_requests(Some(regrouped), &reqs, 3);
+        assert_eq!(moved.plan.spans[1].0, 0x7f1e_300d_c000);
     }
 
     #[test]

@@ -68,7 +68,8 @@ impl Spare {
         // Bounded: a plan never needs more than one sample's worth.
         const MAX_SPARE: usize = 4096;
         if self.bufs.len() < MAX_SPARE {
-            self.bufs.push(b);
+            let at = self.bufs.partition_point(|s| s.len() < b.len());
+            self.bufs.insert(at, b);
         }
     }
 }
@@ -355,7 +356,6 @@ impl Plan {
             spare.lists.push(list);
         }
         spare.outer = chunks;
-        spare.bufs.sort_unstable_by_key(|b| b.len());
     }
 }
 
@@ -416,7 +416,6 @@ mod tests {
         for b in bufs {
             spare.give(b);
         }
-        spare.bufs.sort_unstable_by_key(|b| b.len());
         // The next sample asks for the same sizes in the same order: every request gets a
         // buffer of exactly its size, so none is grown (zeroed) or shrunk for good.
         for &n in &sizes {

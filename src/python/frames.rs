@@ -139,11 +139,14 @@ pub fn regions_outside(
     );
     // The code objects' first bytes, so the code cache's check of every entry is free.
     let start = out.len();
-    out.extend(
-        raw.iter()
-            .filter(|f| !f.shim)
-            .map(|f| (f.code, CODE_HEAD as u64)),
-    );
+    // Recursion repeats a code object frame after frame: those are skipped before sorting.
+    let mut previous = None;
+    for f in raw.iter().filter(|f| !f.shim) {
+        if previous != Some(f.code) {
+            out.push((f.code, CODE_HEAD as u64));
+            previous = Some(f.code);
+        }
+    }
     out[start..].sort_unstable();
     let mut kept = start;
     for i in start..out.len() {
