@@ -43,8 +43,14 @@ struct Spare {
     bufs: Vec<Vec<u8>>,
     /// Empty per-thread region lists.
     lists: Vec<Vec<(u64, Vec<u8>)>>,
-    /// The empty outer list of the last snapshot's chunks.
+    /// Per thread: the last snapshot's regions, sorted by address, whose buffers go back
+    /// to the same addresses in the next read.
+    kept: Vec<Vec<(u64, Vec<u8>)>>,
+    /// The last snapshot's thread-state copies, in thread order.
+    raws: Vec<Vec<u8>>,
+    /// Empty outer lists for the next snapshot's chunks (two take turns).
     outer: Vec<Vec<(u64, Vec<u8>)>>,
+    outer_next: Vec<Vec<(u64, Vec<u8>)>>,
     /// The empty thread list of the last snapshot.
     threads: Vec<PyThread>,
 }
@@ -64,7 +70,23 @@ impl Spare {
         b
     }
 
+    /// A buffer of `len` bytes for the region at `addr`: the one that held it in `old`
+    /// (sorted by address) if any, else one from the pool.
+    fn reuse(&mut self, old: &mut [(u64, Vec<u8>)], addr: u64, len: usize) -> Vec<u8> {
+        match old.binary_search_by_key(&addr, |r| r.0) {
+            Ok(j) if old[j].1.capacity() > 0 => {
+                let mut b = std::mem::take(&mut old[j].1);
+                b.resize(len, 0);
+                b
+            }
+            _ => self.take(len),
+        }
+    }
+
     fn give(&mut self, b: Vec<u8>) {
+        if b.capacity() == 0 {
+            return;
+        }
         // Bounded: a plan never needs more than one sample's worth.
         const MAX_SPARE: usize = 4096;
         if self.bufs.len() < MAX_SPARE {
@@ -185,15 +207,42 @@ impl Plan {
         let gil_state = &mut gil_state[..gil_span.map(|s| s.1 as usize).unwrap_or(8).min(64)];
         let spare = &mut self.spare;
         let mut tstates: Vec<PyThread> = std::mem::take(&mut spare.threads);
-        let mut raws: Vec<Vec<u8>> = (0..n).map(|_| spare.take(ts_size)).collect();
+        // Each thread state and region gets back the buffer it had last time.
+        let mut raws = std::mem::take(&mut spare.raws);
+        for b in raws.drain(n.min(raws.len())..) {
+            spare.give(b);
+        }
+        raws.resize_with(n, Vec::new);
+        for b in raws.iter_mut() {
+            if b.len() != ts_size {
+                *b = spare.take(ts_size);
+            }
+        }
+        let mut kept = std::mem::take(&mut spare.kept);
         // Chunks first (newest first, as planned), then the extra regions.
         let mut chunks: Vec<Vec<(u64, Vec<u8>)>> = std::mem::take(&mut spare.outer);
-        for (cs, ex) in self.chunks.iter().zip(&self.extra) {
+        for (i, (cs, ex)) in self.chunks.iter().zip(&self.extra).enumerate() {
+            let mut old = kept.get_mut(i).map(std::mem::take).unwrap_or_default();
             let mut list = spare.lists.pop().unwrap_or_default();
-            list.extend(cs.iter().map(|c| (c.addr, spare.take(c.copy as usize))));
-            list.extend(ex.iter().map(|(a, len)| (*a, spare.take(*len as usize))));
+            for (addr, len) in cs
+                .iter()
+                .map(|c| (c.addr, c.copy))
+                .chain(ex.iter().copied())
+            {
+                list.push((addr, spare.reuse(&mut old, addr, len as usize)));
+            }
+            for (_, b) in old.drain(..) {
+                spare.give(b);
+            }
+            spare.lists.push(old);
             chunks.push(list);
         }
+        for mut old in kept.drain(..) {
+            for (_, b) in old.drain(..) {
+                spare.give(b);
+            }
+        }
+        spare.outer_next = kept;
         // The validation tail: per thread, the frame root (3.11/3.12: the C frame pointer and
         // the C frame's current frame).
         let mut tail = vec![[[0u8; 8]; 2]; if validate { n } else { 0 }];
@@ -344,18 +393,17 @@ impl Plan {
         self.recycle_parts(raws, chunks);
     }
 
-    fn recycle_parts(&mut self, raws: Vec<Vec<u8>>, mut chunks: Vec<Vec<(u64, Vec<u8>)>>) {
+    fn recycle_parts(&mut self, raws: Vec<Vec<u8>>, chunks: Vec<Vec<(u64, Vec<u8>)>>) {
         let spare = &mut self.spare;
-        for b in raws {
+        for b in std::mem::replace(&mut spare.raws, raws) {
             spare.give(b);
         }
-        for mut list in chunks.drain(..) {
+        for mut list in std::mem::replace(&mut spare.kept, chunks) {
             for (_, b) in list.drain(..) {
                 spare.give(b);
             }
-            spare.lists.push(list);
         }
-        spare.outer = chunks;
+        spare.outer = std::mem::take(&mut spare.outer_next);
     }
 }
 
@@ -424,6 +472,23 @@ mod tests {
             assert!(ptrs.contains(&b.as_ptr()));
         }
         assert!(spare.bufs.is_empty());
+        // A region read again at the same address gets its own buffer back.
+        let mut old = vec![
+            (0x7f1e_300d_b000u64, vec![7u8; 6144]),
+            (0x7f1e_3125_ceb0, vec![9; 256]),
+        ];
+        let at = old[1].1.as_ptr();
+        let b = spare.reuse(&mut old, 0x7f1e_3125_ceb0, 256);
+        assert_eq!((b.as_ptr(), b.len()), (at, 256));
+        assert!(old[1].1.is_empty());
+        // Taken already, or never there: from the pool.
+        assert!(
+            spare
+                .reuse(&mut old, 0x7f1e_3125_ceb0, 256)
+                .iter()
+                .all(|&x| x == 0)
+        );
+        assert_eq!(spare.reuse(&mut old, 0x1000, 8).len(), 8);
         // More than is spare: the longest one left is grown, then fresh ones.
         spare.give(vec![1; 16]);
         assert_eq!(
