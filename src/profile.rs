@@ -320,6 +320,31 @@ pub struct Profile {
     total: u64,
     timeline: Option<Vec<TimelineEntry>>,
     last_time: f64,
+    /// Per thread: its last stack, outermost first, with the node each frame ended at.
+    last_stacks: Vec<Vec<Step>>,
+}
+
+/// A frame of a thread's last stack and the stack node it led to. Successive samples of a
+/// thread mostly share their outer frames, and a frame identical to the one at the same
+/// depth last time (same name and file allocations, kind and line) under the same parent
+/// interns to the same node: the tables only grow, so the node found then is still right.
+/// The allocations are held, so their addresses cannot be reused for other text.
+#[derive(Debug, Clone)]
+struct Step {
+    name: Arc<str>,
+    filename: Arc<str>,
+    kind: FrameKind,
+    line: i32,
+    node: u32,
+}
+
+impl Step {
+    fn is(&self, frame: &Frame) -> bool {
+        Arc::ptr_eq(&self.name, &frame.name)
+            && Arc::ptr_eq(&self.filename, &frame.filename)
+            && self.kind == frame.kind
+            && self.line == frame.line
+    }
 }
 
 impl Profile {
@@ -342,6 +367,7 @@ impl Profile {
             total: 0,
             timeline: opts.keep_timeline.then(Vec::new),
             last_time: 0.0,
+            last_stacks: Vec::new(),
         }
     }
 
@@ -396,7 +422,20 @@ impl Profile {
 
         // Outermost first, so each frame extends the prefix built so far.
         let mut node = NONE;
-        for frame in st.frames.iter().rev() {
+        if self.last_stacks.len() <= thread as usize {
+            self.last_stacks.resize_with(thread as usize + 1, Vec::new);
+        }
+        let mut last = std::mem::take(&mut self.last_stacks[thread as usize]);
+        let same = last
+            .iter()
+            .zip(st.frames.iter().rev())
+            .take_while(|(step, frame)| step.is(frame))
+            .count();
+        last.truncate(same);
+        if let Some(step) = last.last() {
+            node = step.node;
+        }
+        for frame in st.frames.iter().rev().skip(same) {
             let f = self.intern_frame(frame);
             node = match self.stack_index.entry((node, f)) {
                 Entry::Occupied(e) => *e.get(),
@@ -409,7 +448,15 @@ impl Profile {
                     *e.insert(id)
                 }
             };
+            last.push(Step {
+                name: Arc::clone(&frame.name),
+                filename: Arc::clone(&frame.filename),
+                kind: frame.kind,
+                line: frame.line,
+                node,
+            });
         }
+        self.last_stacks[thread as usize] = last;
         if node != NONE {
             *self.counts.entry((node, thread)).or_insert(0) += 1;
             self.total += 1;
@@ -1083,6 +1130,82 @@ mod tests {
         );
         assert!(p.timeline().is_none());
         assert!((p.meta().achieved_rate - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn stacks_of_shared_frames_intern_as_fresh_ones_do() {
+        // The reader hands out frames sharing their name allocations, so successive stacks
+        // of a thread match the last one frame by frame; the result must not depend on it.
+        let m = "MainThread";
+        let samples = [
+            sample(
+                0.00,
+                1,
+                m,
+                &[("main", 1), ("work", 10), ("fib", 30), ("fib", 31)],
+            ),
+            sample(
+                0.01,
+                1,
+                m,
+                &[("main", 1), ("work", 10), ("fib", 30), ("fib", 31)],
+            ),
+            sample(0.01, 2, "w", &[("main", 1), ("work", 10), ("fib", 30)]),
+            sample(0.02, 1, m, &[("main", 1), ("work", 10), ("fib", 30)]),
+            sample(
+                0.03,
+                1,
+                m,
+                &[("main", 1), ("work", 9), ("fib", 30), ("fib", 31)],
+            ),
+            sample(0.04, 1, m, &[]),
+            sample(
+                0.05,
+                1,
+                m,
+                &[("main", 1), ("work", 10), ("fib", 30), ("fib", 29)],
+            ),
+            sample(
+                0.06,
+                1,
+                m,
+                &[("main", 1), ("work", 10), ("fib", 30), ("fib", 31)],
+            ),
+        ];
+        let mut names: HashMap<String, (Arc<str>, Arc<str>)> = HashMap::new();
+        let shared: Vec<Sample> = samples
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                for f in &mut s.stack.frames {
+                    let (n, file) = names
+                        .entry(f.name.to_string())
+                        .or_insert_with(|| (f.name.clone(), f.filename.clone()));
+                    f.name = Arc::clone(n);
+                    f.filename = Arc::clone(file);
+                }
+                s
+            })
+            .collect();
+        for opts in [
+            ProfileOptions::default(),
+            ProfileOptions {
+                by_function: true,
+                ..Default::default()
+            },
+        ] {
+            let mut fresh = Profile::new(meta(), opts);
+            let mut reused = Profile::new(meta(), opts);
+            for (a, b) in samples.iter().zip(&shared) {
+                fresh.add(a);
+                reused.add(b);
+            }
+            assert_eq!(fresh.folded(), reused.folded());
+            assert_eq!(fresh.stack_counts(), reused.stack_counts());
+            assert_eq!(fresh.stack_count(), reused.stack_count());
+            assert_eq!(fresh.function_table(), reused.function_table());
+            assert_eq!(fresh.function_table()[2].lowest_line, 29);
+        }
     }
 
     #[test]

@@ -45,6 +45,20 @@ pub trait Memory {
         Ok(())
     }
 
+    /// [`Memory::read_many`] of `reqs[..first]` and then of `reqs[first..]`: every byte of
+    /// the second group is read after every byte of the first, so a re-read in the second
+    /// group proves a value did not change while the first was being copied.
+    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], first: usize) -> MemResult<()> {
+        let (a, b) = reqs.split_at_mut(first.min(reqs.len()));
+        self.read_many(a)?;
+        self.read_many(b)
+    }
+
+    /// The bytes at `addr` when they are already held locally (no read, no copy).
+    fn peek(&self, _addr: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
     /// Number of remote reads issued so far (syscalls for a live process).
     fn reads(&self) -> u64 {
         0
@@ -96,6 +110,12 @@ impl<M: Memory + ?Sized> Memory for &M {
     fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
         (**self).read_many(reqs)
     }
+    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], first: usize) -> MemResult<()> {
+        (**self).read_many_then(reqs, first)
+    }
+    fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        (**self).peek(addr, len)
+    }
     fn reads(&self) -> u64 {
         (**self).reads()
     }
@@ -127,6 +147,52 @@ pub struct LiveMemory {
     reads: Cell<u64>,
     /// Where batched reads land before being copied out, kept between reads.
     scratch: Cell<Vec<u8>>,
+    /// How the last batch was laid out: the sampler asks for the same ranges tick after
+    /// tick, and sorting and merging them again each time was a visible share of its CPU.
+    layout: Cell<Option<Box<BatchLayout>>>,
+}
+
+/// A batched read's requests and how they are issued.
+#[derive(Debug)]
+struct BatchLayout {
+    ranges: Vec<(u64, usize)>,
+    first: usize,
+    plan: Coalesced,
+    scatter: Scatter,
+}
+
+impl BatchLayout {
+    /// The layout for `reqs`, reusing `last` when the requests are the same.
+    fn for_requests(
+        last: Option<Box<BatchLayout>>,
+        reqs: &[(u64, &mut [u8])],
+        first: usize,
+    ) -> Box<BatchLayout> {
+        let same = |l: &BatchLayout| {
+            l.first == first
+                && l.ranges.len() == reqs.len()
+                && l.ranges
+                    .iter()
+                    .zip(reqs)
+                    .all(|(r, (a, b))| r.0 == *a && r.1 == b.len())
+        };
+        match last {
+            Some(l) if same(&l) => l,
+            last => {
+                let mut ranges = last.map(|l| l.ranges).unwrap_or_default();
+                ranges.clear();
+                ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
+                let plan = coalesce(&ranges, first);
+                let scatter = scatter(&plan, &ranges);
+                Box::new(BatchLayout {
+                    ranges,
+                    first,
+                    plan,
+                    scatter,
+                })
+            }
+        }
+    }
 }
 
 /// process_vm_readv accepts at most IOV_MAX iovecs per call.
@@ -144,6 +210,73 @@ struct Coalesced {
     offsets: Vec<usize>,
     /// Total bytes of the spans.
     bytes: usize,
+    /// The non-empty requests in the order their bytes come in the spans.
+    order: Vec<usize>,
+}
+
+/// Where part of a batched read lands when it is scattered straight into the callers'
+/// buffers: `len` bytes at offset `at` of the spans' concatenation.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+struct Piece {
+    at: usize,
+    len: usize,
+    /// The request whose buffer takes the bytes; None: the gap buffer.
+    req: Option<usize>,
+    /// For gap pieces, where they start in the gap buffer.
+    gap_at: usize,
+}
+
+/// The local layout of a batched read that lets the kernel write each request's bytes
+/// into its own buffer: bytes between requests go to a throw-away gap buffer, and a
+/// request overlapping an earlier one (an 8-byte pointer inside a frame also read whole)
+/// is filled afterwards from the pieces that hold its bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct Scatter {
+    pieces: Vec<Piece>,
+    /// Total bytes of the gap pieces.
+    gaps: usize,
+    /// Requests filled afterwards.
+    deferred: Vec<usize>,
+}
+
+fn scatter(c: &Coalesced, reqs: &[(u64, usize)]) -> Scatter {
+    let mut out = Scatter {
+        pieces: Vec::with_capacity(c.order.len() * 2),
+        gaps: 0,
+        deferred: Vec::new(),
+    };
+    let gap = |out: &mut Scatter, at: usize, len: usize| {
+        out.pieces.push(Piece {
+            at,
+            len,
+            req: None,
+            gap_at: out.gaps,
+        });
+        out.gaps += len;
+    };
+    let mut pos = 0usize;
+    for &i in &c.order {
+        let (off, len) = (c.offsets[i], reqs[i].1);
+        if off < pos {
+            out.deferred.push(i);
+            if off + len > pos {
+                gap(&mut out, pos, off + len - pos);
+                pos = off + len;
+            }
+            continue;
+        }
+        if off > pos {
+            gap(&mut out, pos, off - pos);
+        }
+        out.pieces.push(Piece {
+            at: off,
+            len,
+            req: Some(i),
+            gap_at: 0,
+        });
+        pos = off + len;
+    }
+    out
 }
 
 /// Merge requests that overlap or sit in the same or neighbouring pages. The kernel pins
@@ -151,17 +284,28 @@ struct Coalesced {
 /// costs far more than copying the bytes between two requests (76 iovecs: 31 us, the same
 /// bytes as one: 6 us). The gap between two merged requests lies in pages that one of them
 /// touches, so merging never makes an otherwise successful read fail.
-fn coalesce(reqs: &[(u64, usize)]) -> Coalesced {
+///
+/// Requests from `first` on form a second group, merged only among themselves and placed
+/// after all spans of the first (the kernel copies remote iovecs in order).
+fn coalesce(reqs: &[(u64, usize)], first: usize) -> Coalesced {
     // An empty request touches no page, so it must not stretch a span.
     let mut order: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].1 > 0).collect();
-    order.sort_unstable_by_key(|&i| reqs[i].0);
+    order.sort_unstable_by_key(|&i| (i >= first, reqs[i].0));
     let mut spans: Vec<(u64, u64)> = Vec::new();
     let mut span_of = vec![usize::MAX; reqs.len()];
+    // Index of the first span of the second group.
+    let mut second = usize::MAX;
     for &i in &order {
         let (addr, len) = reqs[i];
         let end = addr.saturating_add(len as u64);
+        if i >= first && second == usize::MAX {
+            second = spans.len();
+        }
+        let same_group = i < first || spans.len() > second;
         match spans.last_mut() {
-            Some(last) if addr / MIN_PAGE <= last.1.saturating_sub(1) / MIN_PAGE + 1 => {
+            Some(last)
+                if same_group && addr / MIN_PAGE <= last.1.saturating_sub(1) / MIN_PAGE + 1 =>
+            {
                 last.1 = last.1.max(end);
             }
             _ => spans.push((addr, end)),
@@ -186,16 +330,50 @@ fn coalesce(reqs: &[(u64, usize)]) -> Coalesced {
         spans,
         offsets,
         bytes,
+        order,
     }
 }
 
 impl LiveMemory {
+    /// One process_vm_readv of `spans` (at most IOV_MAX) into `local`; all or nothing.
+    fn transfer(&self, local: &mut [IoSliceMut], spans: &[(u64, u64)]) -> MemResult<()> {
+        let remote: Vec<RemoteIoVec> = spans
+            .iter()
+            .map(|&(start, end)| RemoteIoVec {
+                base: start as usize,
+                len: (end - start) as usize,
+            })
+            .collect();
+        let total: usize = remote.iter().map(|r| r.len).sum();
+        self.reads.set(self.reads.get() + 1);
+        match process_vm_readv(self.pid, local, &remote) {
+            Ok(n) if n == total => Ok(()),
+            Ok(n) => {
+                // A partial transfer stops at the first unreadable span.
+                let mut off = 0;
+                for &(start, end) in spans {
+                    let len = (end - start) as usize;
+                    if n < off + len {
+                        return Err(MemoryError::Unmapped { addr: start, len });
+                    }
+                    off += len;
+                }
+                Err(MemoryError::Unmapped {
+                    addr: spans.first().map_or(0, |s| s.0),
+                    len: total,
+                })
+            }
+            Err(e) => Err(self.classify(e, spans.first().map_or(0, |s| s.0), total)),
+        }
+    }
+
     /// Memory of process `pid`.
     pub fn new(pid: u32) -> LiveMemory {
         LiveMemory {
             pid: Pid::from_raw(pid as i32),
             reads: Cell::new(0),
             scratch: Cell::new(Vec::new()),
+            layout: Cell::new(None),
         }
     }
 
@@ -229,49 +407,83 @@ impl Memory for LiveMemory {
     }
 
     fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
-        let ranges: Vec<(u64, usize)> = reqs.iter().map(|(a, b)| (*a, b.len())).collect();
-        let plan = coalesce(&ranges);
+        let n = reqs.len();
+        self.read_many_then(reqs, n)
+    }
+
+    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], first: usize) -> MemResult<()> {
+        let batch = BatchLayout::for_requests(self.layout.take(), reqs, first);
+        let result = self.read_laid_out(reqs, &batch);
+        self.layout.set(Some(batch));
+        result
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+}
+
+impl LiveMemory {
+    fn read_laid_out(&self, reqs: &mut [(u64, &mut [u8])], batch: &BatchLayout) -> MemResult<()> {
+        let (ranges, plan, layout) = (&batch.ranges, &batch.plan, &batch.scatter);
         let mut scratch = self.scratch.take();
+        // Straight into the callers' buffers when one syscall does: a sample copies tens of
+        // kilobytes, and copying them a second time was a visible share of the CPU.
+        if plan.spans.len() <= IOV_MAX && layout.pieces.len() <= IOV_MAX {
+            scratch.resize(layout.gaps, 0);
+            let result = {
+                let mut bufs: Vec<Option<&mut [u8]>> =
+                    reqs.iter_mut().map(|(_, b)| Some(&mut **b)).collect();
+                let mut rest = &mut scratch[..];
+                let mut local = Vec::with_capacity(layout.pieces.len());
+                for piece in &layout.pieces {
+                    let buf = match piece.req {
+                        Some(i) => bufs[i].take().unwrap_or_default(),
+                        None => {
+                            let (gap, tail) = std::mem::take(&mut rest).split_at_mut(piece.len);
+                            rest = tail;
+                            gap
+                        }
+                    };
+                    local.push(IoSliceMut::new(buf));
+                }
+                self.transfer(&mut local, &plan.spans)
+            };
+            if result.is_ok() {
+                let mut tmp = Vec::new();
+                for &i in &layout.deferred {
+                    let (off, len) = (plan.offsets[i], ranges[i].1);
+                    tmp.clear();
+                    tmp.resize(len, 0);
+                    for p in &layout.pieces {
+                        let (lo, hi) = (p.at.max(off), (p.at + p.len).min(off + len));
+                        if lo >= hi {
+                            continue;
+                        }
+                        let src = match p.req {
+                            Some(j) => &reqs[j].1[lo - p.at..hi - p.at],
+                            None => &scratch[p.gap_at + lo - p.at..p.gap_at + hi - p.at],
+                        };
+                        tmp[lo - off..hi - off].copy_from_slice(src);
+                    }
+                    reqs[i].1.copy_from_slice(&tmp);
+                }
+            }
+            self.scratch.set(scratch);
+            return result;
+        }
         // Every byte is overwritten by the read: no need to zero it again.
         scratch.resize(plan.bytes, 0);
         let mut done = 0usize;
         let mut result = Ok(());
         for spans in plan.spans.chunks(IOV_MAX) {
-            let remote: Vec<RemoteIoVec> = spans
-                .iter()
-                .map(|&(start, end)| RemoteIoVec {
-                    base: start as usize,
-                    len: (end - start) as usize,
-                })
-                .collect();
-            let total: usize = remote.iter().map(|r| r.len).sum();
+            let total: usize = spans.iter().map(|&(s, e)| (e - s) as usize).sum();
             let mut local = [IoSliceMut::new(&mut scratch[done..done + total])];
-            self.reads.set(self.reads.get() + 1);
-            let failed_at = |n: usize| {
-                // A partial transfer stops at the first unreadable span.
-                let mut off = 0;
-                for &(start, end) in spans {
-                    let len = (end - start) as usize;
-                    if n < off + len {
-                        return (start, len);
-                    }
-                    off += len;
-                }
-                (spans[0].0, total)
-            };
-            match process_vm_readv(self.pid, &mut local, &remote) {
-                Ok(n) if n == total => done += total,
-                Ok(n) => {
-                    let (addr, len) = failed_at(n);
-                    result = Err(MemoryError::Unmapped { addr, len });
-                    break;
-                }
-                Err(e) => {
-                    let (addr, len) = (spans[0].0, total);
-                    result = Err(self.classify(e, addr, len));
-                    break;
-                }
+            result = self.transfer(&mut local, spans);
+            if result.is_err() {
+                break;
             }
+            done += total;
         }
         if result.is_ok() {
             for ((_, buf), &off) in reqs.iter_mut().zip(&plan.offsets) {
@@ -282,10 +494,6 @@ impl Memory for LiveMemory {
         self.scratch.set(scratch);
         result
     }
-
-    fn reads(&self) -> u64 {
-        self.reads.get()
-    }
 }
 
 /// Copies of target memory taken in one read each, served locally; anything outside them
@@ -293,29 +501,53 @@ impl Memory for LiveMemory {
 pub struct Overlay<'a, M: Memory + ?Sized> {
     snapshots: &'a [(u64, Vec<u8>)],
     inner: &'a M,
+    /// The snapshot that served the last read: a walk reads one frame after another
+    /// from the same chunk.
+    last: Cell<usize>,
 }
 
 impl<'a, M: Memory + ?Sized> Overlay<'a, M> {
     /// Serve reads from `snapshots` (address, bytes; sorted by address, not overlapping)
     /// before falling back to `inner`.
     pub fn new(snapshots: &'a [(u64, Vec<u8>)], inner: &'a M) -> Self {
-        Overlay { snapshots, inner }
+        Overlay {
+            snapshots,
+            inner,
+            last: Cell::new(0),
+        }
+    }
+
+    fn find(&self, addr: u64, len: usize) -> Option<&'a [u8]> {
+        let snapshots = self.snapshots;
+        let within = |i: usize| {
+            let (start, data) = snapshots.get(i)?;
+            let off = usize::try_from(addr.checked_sub(*start)?).ok()?;
+            data.get(off..off.checked_add(len)?)
+        };
+        if let Some(b) = within(self.last.get()) {
+            return Some(b);
+        }
+        let i = snapshots
+            .partition_point(|(start, _)| *start <= addr)
+            .checked_sub(1)?;
+        self.last.set(i);
+        within(i)
     }
 }
 
 impl<M: Memory + ?Sized> Memory for Overlay<'_, M> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
-        let end = addr.saturating_add(buf.len() as u64);
-        let i = self.snapshots.partition_point(|(start, _)| *start <= addr);
-        if i > 0 {
-            let (start, data) = &self.snapshots[i - 1];
-            if end <= start + data.len() as u64 {
-                let off = (addr - start) as usize;
-                buf.copy_from_slice(&data[off..off + buf.len()]);
-                return Ok(());
+        match self.find(addr, buf.len()) {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                Ok(())
             }
+            None => self.inner.read(addr, buf),
         }
-        self.inner.read(addr, buf)
+    }
+
+    fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.find(addr, len)
     }
 
     fn reads(&self) -> u64 {
@@ -404,6 +636,9 @@ mod tests {
         assert_eq!(o.u8(0x1005).unwrap(), 1);
         // Straddling the end of a snapshot goes to the target, which lacks it.
         assert!(o.u64(0x200c).is_err());
+        assert_eq!(o.peek(0x2008, 8), Some(&[7u8; 8][..]));
+        assert_eq!(o.peek(0x200c, 8), None);
+        assert_eq!(o.peek(0x1000, 1), None);
     }
 
     #[test]
@@ -428,6 +663,58 @@ mod tests {
     }
 
     #[test]
+    fn live_batched_reads_scatter_or_copy_alike() {
+        if skip_without_live_reads("live_batched_reads_scatter_or_copy_alike") {
+            return;
+        }
+        let data: Vec<u8> = (0..=255u8).cycle().take(3 * 4096).collect();
+        let base = data.as_ptr() as u64;
+        let m = LiveMemory::new(std::process::id());
+        for (wanted, then) in [
+            // Gaps between requests, and a second group re-reading a byte range.
+            (vec![(8usize, 8usize), (100, 16), (40, 8), (5000, 300)], 3),
+            // Overlapping requests, filled from the others' bytes afterwards.
+            (
+                vec![(0, 80), (8, 8), (64, 32), (8000, 8), (4090, 12), (4094, 4)],
+                6,
+            ),
+        ] {
+            let mut bufs: Vec<Vec<u8>> = wanted.iter().map(|&(_, n)| vec![0; n]).collect();
+            let mut reqs: Vec<(u64, &mut [u8])> = wanted
+                .iter()
+                .zip(bufs.iter_mut())
+                .map(|(&(off, _), b)| (base + off as u64, &mut b[..]))
+                .collect();
+            m.read_many_then(&mut reqs, then).unwrap();
+            for (&(off, n), b) in wanted.iter().zip(&bufs) {
+                assert_eq!(&b[..], &data[off..off + n]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_layout_is_reused_only_for_the_same_requests() {
+        let (mut a, mut b, mut c) = ([0u8; 288], [0u8; 6144], [0u8; 8]);
+        let mut reqs: Vec<(u64, &mut [u8])> = vec![
+            (0x55b8_8de5_9130, &mut a[..]),
+            (0x7f1e_300d_b000, &mut b[..]),
+            (0x55b8_8de5_9168, &mut c[..]),
+        ];
+        let first = BatchLayout::for_requests(None, &reqs, 2);
+        assert_eq!(first.plan.spans.len(), 3);
+        let at = &*first as *const BatchLayout;
+        let again = BatchLayout::for_requests(Some(first), &reqs, 2);
+        assert_eq!(&*again as *const BatchLayout, at);
+        // The same addresses split differently into the two groups: laid out anew.
+        let regrouped = BatchLayout::for_requests(Some(again), &reqs, 3);
+        assert_eq!(regrouped.plan.spans.len(), 2);
+        // A request that moved: laid out anew.
+        reqs[1].0 += 4096;
+        let moved = BatchLayout::for_requests(Some(regrouped), &reqs, 3);
+        assert_eq!(moved.plan.spans[1].0, 0x7f1e_300d_c000);
+    }
+
+    #[test]
     fn coalescing_merges_neighbouring_pages_only() {
         // Same page, overlapping, and the next page: one span. Two pages further: a new one.
         let reqs = [
@@ -438,10 +725,37 @@ mod tests {
             (0x4000, 8),
             (0x9000, 0),
         ];
-        let c = coalesce(&reqs);
+        let c = coalesce(&reqs, reqs.len());
         assert_eq!(c.spans, vec![(0x1000, 0x2104), (0x4000, 0x4008)]);
         assert_eq!(c.offsets, vec![0, 0xff8, 4, 0x1100, 0x1104, 0]);
         assert_eq!(c.bytes, 0x1104 + 8);
+    }
+
+    #[test]
+    fn coalescing_keeps_the_second_group_after_the_first() {
+        // A batch (thread state, chunk) and its validation re-reads of two pointers: the
+        // re-reads are not merged into the batch's spans, even in the same page, and come last.
+        let reqs = [
+            (0x55b8_8de5_9130, 288),
+            (0x7f1e_300d_b000, 6144),
+            (0x7f1e_297f_9d10, 8),
+            (0x55b8_8de5_9168, 8),
+            (0x7f1e_297f_9d18, 8),
+        ];
+        let c = coalesce(&reqs, 2);
+        assert_eq!(
+            c.spans,
+            vec![
+                (0x55b8_8de5_9130, 0x55b8_8de5_9250),
+                (0x7f1e_300d_b000, 0x7f1e_300d_c800),
+                (0x55b8_8de5_9168, 0x55b8_8de5_9170),
+                (0x7f1e_297f_9d10, 0x7f1e_297f_9d20),
+            ]
+        );
+        assert_eq!(
+            c.offsets,
+            vec![0, 288, 288 + 6144 + 8, 288 + 6144, 288 + 6144 + 16]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! every list link must still point where the plan says — and any difference sends the
 //! sample down the full walk, which makes a new plan.
 
-use super::layout::{GilSource, Layout};
+use super::layout::{FrameRoot, GilSource, Layout};
 use super::threads::PyThread;
 use crate::process::Memory;
 use crate::process::memory::le_u64;
@@ -27,10 +27,73 @@ pub struct Plan {
     /// Per thread: other regions its last walk read (frames outside the chunks: all frames
     /// before 3.11, generator and entry frames after; the C frame of 3.11/3.12).
     extra: Vec<Vec<(u64, u64)>>,
+    /// Per thread (3.11/3.12): `tstate->cframe` at the last read, where the validation
+    /// re-read of `cframe->current_frame` is aimed.
+    cframes: Vec<u64>,
     /// Buffers of earlier snapshots, handed back by [`Plan::recycle`]: a sample copies tens
     /// of kilobytes, and allocating and zeroing them anew on every tick was a measurable
     /// share of the sampler's CPU.
-    spare: Vec<Vec<u8>>,
+    spare: Spare,
+}
+
+/// Buffers and lists handed back by [`Plan::recycle`] for the next [`Plan::read`].
+#[derive(Debug, Clone, Default)]
+struct Spare {
+    /// Byte buffers, shortest first.
+    bufs: Vec<Vec<u8>>,
+    /// Empty per-thread region lists.
+    lists: Vec<Vec<(u64, Vec<u8>)>>,
+    /// Per thread: the last snapshot's regions, sorted by address, whose buffers go back
+    /// to the same addresses in the next read.
+    kept: Vec<Vec<(u64, Vec<u8>)>>,
+    /// The last snapshot's thread-state copies, in thread order.
+    raws: Vec<Vec<u8>>,
+    /// Empty outer lists for the next snapshot's chunks (two take turns).
+    outer: Vec<Vec<(u64, Vec<u8>)>>,
+    outer_next: Vec<Vec<(u64, Vec<u8>)>>,
+    /// The empty thread list of the last snapshot.
+    threads: Vec<PyThread>,
+}
+
+impl Spare {
+    /// A buffer of `len` bytes, with stale contents (the caller overwrites every byte).
+    /// The shortest spare buffer that is long enough is taken: a sample asks for the same
+    /// sizes as the last one, so each gets its own buffer back and nothing is zeroed again.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        let i = self.bufs.partition_point(|b| b.len() < len);
+        let mut b = if i < self.bufs.len() {
+            self.bufs.remove(i)
+        } else {
+            self.bufs.pop().unwrap_or_default()
+        };
+        b.resize(len, 0);
+        b
+    }
+
+    /// A buffer of `len` bytes for the region at `addr`: the one that held it in `old`
+    /// (sorted by address) if any, else one from the pool.
+    fn reuse(&mut self, old: &mut [(u64, Vec<u8>)], addr: u64, len: usize) -> Vec<u8> {
+        match old.binary_search_by_key(&addr, |r| r.0) {
+            Ok(j) if old[j].1.capacity() > 0 => {
+                let mut b = std::mem::take(&mut old[j].1);
+                b.resize(len, 0);
+                b
+            }
+            _ => self.take(len),
+        }
+    }
+
+    fn give(&mut self, b: Vec<u8>) {
+        if b.capacity() == 0 {
+            return;
+        }
+        // Bounded: a plan never needs more than one sample's worth.
+        const MAX_SPARE: usize = 4096;
+        if self.bufs.len() < MAX_SPARE {
+            let at = self.bufs.partition_point(|s| s.len() < b.len());
+            self.bufs.insert(at, b);
+        }
+    }
 }
 
 /// A data-stack chunk and how much of it to copy: the part in use at the last sample plus
@@ -61,6 +124,10 @@ pub struct Snapshot {
     pub threads: Vec<PyThread>,
     /// Per thread: copies of its chunks, for [`crate::process::Overlay`].
     pub chunks: Vec<Vec<(u64, Vec<u8>)>>,
+    /// Per thread: its innermost frame pointer re-read after everything else (as
+    /// [`super::frames::current_frames`] does, in the same syscall); None when not asked
+    /// for or when a thread changed C frames since the last sample.
+    pub still: Option<Vec<Option<u64>>>,
 }
 
 /// Bytes covering `locked` and `last_holder` of a GIL state.
@@ -105,25 +172,29 @@ impl Plan {
             tstates: threads.iter().map(|t| t.tstate).collect(),
             extra: vec![Vec::new(); chunks.len()],
             chunks,
-            spare: Vec::new(),
+            cframes: threads.iter().map(|t| cframe_of(l, &t.raw)).collect(),
+            spare: Spare::default(),
         })
     }
 
     /// Remember the regions thread `i`'s walk read outside its chunks, to fetch them with
     /// the next batch. Harmless when the stack changes: they are re-read fresh, and a frame
     /// at a new address is simply read on its own.
-    pub fn remember(&mut self, i: usize, regions: Vec<(u64, u64)>) {
+    pub fn remember(&mut self, i: usize, regions: &[(u64, u64)]) {
         if let Some(slot) = self.extra.get_mut(i) {
-            *slot = regions;
+            slot.clear();
+            slot.extend_from_slice(regions);
         }
     }
 
-    /// Read everything in one batch and check it; None when anything moved.
+    /// Read everything in one batch and check it; None when anything moved. With
+    /// `validate`, the batch ends with a re-read of every thread's innermost frame pointer.
     pub fn read<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         l: &Layout,
         runtime: u64,
+        validate: bool,
     ) -> Option<Snapshot> {
         let ts_size = l.ts_size.clamp(64, 4096) as usize;
         let n = self.tstates.len();
@@ -135,33 +206,48 @@ impl Plan {
         let mut gil_state = [0u8; 64];
         let gil_state = &mut gil_state[..gil_span.map(|s| s.1 as usize).unwrap_or(8).min(64)];
         let spare = &mut self.spare;
-        // Every byte is overwritten by the read, so a recycled buffer is not zeroed again.
-        let mut buffer = |len: usize| {
-            let mut b = spare.pop().unwrap_or_default();
-            b.resize(len, 0);
-            b
-        };
-        let mut tstates: Vec<Vec<u8>> = (0..n).map(|_| buffer(ts_size)).collect();
-        let mut extras: Vec<Vec<(u64, Vec<u8>)>> = self
-            .extra
-            .iter()
-            .map(|rs| {
-                rs.iter()
-                    .map(|(a, len)| (*a, buffer(*len as usize)))
-                    .collect()
-            })
-            .collect();
-        let mut chunks: Vec<Vec<(u64, Vec<u8>)>> = self
-            .chunks
-            .iter()
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| (c.addr, buffer(c.copy as usize)))
-                    .collect()
-            })
-            .collect();
+        let mut tstates: Vec<PyThread> = std::mem::take(&mut spare.threads);
+        // Each thread state and region gets back the buffer it had last time.
+        let mut raws = std::mem::take(&mut spare.raws);
+        for b in raws.drain(n.min(raws.len())..) {
+            spare.give(b);
+        }
+        raws.resize_with(n, Vec::new);
+        for b in raws.iter_mut() {
+            if b.len() != ts_size {
+                *b = spare.take(ts_size);
+            }
+        }
+        let mut kept = std::mem::take(&mut spare.kept);
+        // Chunks first (newest first, as planned), then the extra regions.
+        let mut chunks: Vec<Vec<(u64, Vec<u8>)>> = std::mem::take(&mut spare.outer);
+        for (i, (cs, ex)) in self.chunks.iter().zip(&self.extra).enumerate() {
+            let mut old = kept.get_mut(i).map(std::mem::take).unwrap_or_default();
+            let mut list = spare.lists.pop().unwrap_or_default();
+            for (addr, len) in cs
+                .iter()
+                .map(|c| (c.addr, c.copy))
+                .chain(ex.iter().copied())
+            {
+                list.push((addr, spare.reuse(&mut old, addr, len as usize)));
+            }
+            for (_, b) in old.drain(..) {
+                spare.give(b);
+            }
+            spare.lists.push(old);
+            chunks.push(list);
+        }
+        for mut old in kept.drain(..) {
+            for (_, b) in old.drain(..) {
+                spare.give(b);
+            }
+        }
+        spare.outer_next = kept;
+        // The validation tail: per thread, the frame root (3.11/3.12: the C frame pointer and
+        // the C frame's current frame).
+        let mut tail = vec![[[0u8; 8]; 2]; if validate { n } else { 0 }];
         {
-            let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(5 + 2 * n);
+            let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(8 + 3 * n);
             reqs.push((runtime + l.rt_interp_head, &mut head));
             reqs.push((self.interp + l.is_threads_head, &mut threads_head));
             reqs.push((self.interp + l.is_next, &mut next_interp));
@@ -174,31 +260,37 @@ impl Plan {
                     }
                 }
             }
-            for (addr, buf) in self.tstates.iter().zip(tstates.iter_mut()) {
+            for (addr, buf) in self.tstates.iter().zip(raws.iter_mut()) {
                 reqs.push((*addr, buf));
             }
-            for cs in chunks.iter_mut().chain(extras.iter_mut()) {
+            for cs in chunks.iter_mut() {
                 for (addr, buf) in cs.iter_mut() {
                     reqs.push((*addr, buf));
                 }
             }
-            mem.read_many(&mut reqs).ok()?;
+            let first = reqs.len();
+            for ((ts, cf), [a, b]) in self.tstates.iter().zip(&self.cframes).zip(&mut tail) {
+                match l.frame_root {
+                    FrameRoot::Direct(off) => reqs.push((ts + off, a)),
+                    FrameRoot::CFrame { cframe, current } => {
+                        reqs.push((ts + cframe, a));
+                        if *cf != 0 {
+                            reqs.push((cf + current, b));
+                        }
+                    }
+                }
+            }
+            mem.read_many_then(&mut reqs, first).ok()?;
         }
         // Every link must still be where the plan says.
         let first = self.tstates.first().copied().unwrap_or(0);
-        if u64::from_le_bytes(head) != self.interp
+        let mut moved = u64::from_le_bytes(head) != self.interp
             || u64::from_le_bytes(threads_head) != first
-            || u64::from_le_bytes(next_interp) != 0
-        {
-            return None;
-        }
-        for (i, raw) in tstates.iter().enumerate() {
+            || u64::from_le_bytes(next_interp) != 0;
+        for (i, raw) in raws.iter().enumerate() {
             let next = self.tstates.get(i + 1).copied().unwrap_or(0);
-            if le_u64(raw, l.ts_next as usize) != next
-                || le_u64(raw, l.ts_interp as usize) != self.interp
-            {
-                return None;
-            }
+            moved |= le_u64(raw, l.ts_next as usize) != next
+                || le_u64(raw, l.ts_interp as usize) != self.interp;
         }
         let holder = match l.gil {
             _ if l.free_threaded => 0,
@@ -208,9 +300,7 @@ impl Plan {
                 last_holder,
                 ..
             } => {
-                if u64::from_le_bytes(gil_ptr) != self.gil {
-                    return None;
-                }
+                moved |= u64::from_le_bytes(gil_ptr) != self.gil;
                 match gil_span {
                     Some((lo, _)) => {
                         let is_locked = le_u64(gil_state, (locked - lo) as usize) as u32 != 0;
@@ -221,15 +311,49 @@ impl Plan {
                 }
             }
         };
+        if moved {
+            self.recycle_parts(raws, chunks);
+            return None;
+        }
+        // Where the C frame moved, the tail read the old one: the caller re-reads instead.
+        let mut still = validate.then(|| Vec::with_capacity(n));
+        for (i, (raw, cf)) in raws.iter().zip(&mut self.cframes).enumerate() {
+            let now = cframe_of(l, raw);
+            let Some([a, b]) = tail.get(i) else {
+                *cf = now;
+                continue;
+            };
+            let seen = match l.frame_root {
+                FrameRoot::Direct(_) => Some(u64::from_le_bytes(*a)),
+                FrameRoot::CFrame { .. } => {
+                    let tail_cf = u64::from_le_bytes(*a);
+                    if now != *cf || tail_cf != now {
+                        None
+                    } else if now == 0 {
+                        Some(0)
+                    } else {
+                        Some(u64::from_le_bytes(*b))
+                    }
+                }
+            };
+            *cf = now;
+            match (&mut still, seen) {
+                (Some(v), Some(_)) => v.push(seen),
+                _ => still = None,
+            }
+        }
         // A chunk that was replaced is dropped from the copy (its frames are then read one
         // by one); a chunk that only grew past the copied length is handled the same way.
-        for (i, raw) in tstates.iter().enumerate() {
+        for (i, raw) in raws.iter().enumerate() {
             let current = l
                 .ts_datastack_chunk
                 .map(|off| le_u64(raw, off as usize))
                 .unwrap_or(0);
-            if chunks[i].first().map(|c| c.0) != Some(current) {
-                chunks[i].clear();
+            let planned = self.chunks[i].len();
+            if planned > 0 && chunks[i].first().map(|c| c.0) != Some(current) {
+                for (_, b) in chunks[i].drain(..planned) {
+                    self.spare.give(b);
+                }
                 self.chunks[i].clear();
             }
             // Copy next time what is in use now, plus room to grow.
@@ -246,33 +370,48 @@ impl Plan {
                 planned.copy = PlannedChunk::copy_for(planned.size, used.min(planned.size));
             }
         }
-        let threads = self
-            .tstates
-            .iter()
-            .zip(tstates)
-            .map(|(addr, raw)| PyThread::from_raw(l, *addr, self.interp, raw, holder))
-            .collect();
-        for (cs, ex) in chunks.iter_mut().zip(extras) {
-            cs.extend(ex);
+        tstates.extend(
+            self.tstates
+                .iter()
+                .zip(raws)
+                .map(|(addr, raw)| PyThread::from_raw(l, *addr, self.interp, raw, holder)),
+        );
+        for cs in chunks.iter_mut() {
             cs.sort_unstable_by_key(|c| c.0);
         }
-        Some(Snapshot { threads, chunks })
+        Some(Snapshot {
+            threads: tstates,
+            chunks,
+            still,
+        })
     }
 
     /// Hand back a snapshot's buffers once its sample is done, for the next [`Plan::read`].
-    pub fn recycle(&mut self, threads: Vec<PyThread>, chunks: Vec<Vec<(u64, Vec<u8>)>>) {
-        // Bounded: a plan never needs more than one sample's worth.
-        const MAX_SPARE: usize = 4096;
-        let buffers = threads
-            .into_iter()
-            .map(|t| t.raw)
-            .chain(chunks.into_iter().flatten().map(|(_, b)| b));
-        for b in buffers {
-            if self.spare.len() >= MAX_SPARE {
-                break;
-            }
-            self.spare.push(b);
+    pub fn recycle(&mut self, mut threads: Vec<PyThread>, chunks: Vec<Vec<(u64, Vec<u8>)>>) {
+        let raws = threads.drain(..).map(|t| t.raw).collect();
+        self.spare.threads = threads;
+        self.recycle_parts(raws, chunks);
+    }
+
+    fn recycle_parts(&mut self, raws: Vec<Vec<u8>>, chunks: Vec<Vec<(u64, Vec<u8>)>>) {
+        let spare = &mut self.spare;
+        for b in std::mem::replace(&mut spare.raws, raws) {
+            spare.give(b);
         }
+        for mut list in std::mem::replace(&mut spare.kept, chunks) {
+            for (_, b) in list.drain(..) {
+                spare.give(b);
+            }
+        }
+        spare.outer = std::mem::take(&mut spare.outer_next);
+    }
+}
+
+/// `tstate->cframe` in a thread-state copy (3.11/3.12), else 0.
+fn cframe_of(l: &Layout, tstate: &[u8]) -> u64 {
+    match l.frame_root {
+        FrameRoot::CFrame { cframe, .. } => le_u64(tstate, cframe as usize),
+        FrameRoot::Direct(_) => 0,
     }
 }
 
@@ -309,4 +448,53 @@ fn chunk_plan<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Vec<Pla
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_buffers_go_back_to_requests_of_their_size() {
+        // One sample's sizes: thread states, data-stack copies, code heads.
+        let sizes = [288usize, 6144, 256, 288, 3072, 256, 80];
+        let mut spare = Spare::default();
+        let bufs: Vec<Vec<u8>> = sizes.iter().map(|&n| spare.take(n)).collect();
+        let ptrs: Vec<*const u8> = bufs.iter().map(|b| b.as_ptr()).collect();
+        for b in bufs {
+            spare.give(b);
+        }
+        // The next sample asks for the same sizes in the same order: every request gets a
+        // buffer of exactly its size, so none is grown (zeroed) or shrunk for good.
+        for &n in &sizes {
+            let b = spare.take(n);
+            assert_eq!(b.len(), n);
+            assert!(ptrs.contains(&b.as_ptr()));
+        }
+        assert!(spare.bufs.is_empty());
+        // A region read again at the same address gets its own buffer back.
+        let mut old = vec![
+            (0x7f1e_300d_b000u64, vec![7u8; 6144]),
+            (0x7f1e_3125_ceb0, vec![9; 256]),
+        ];
+        let at = old[1].1.as_ptr();
+        let b = spare.reuse(&mut old, 0x7f1e_3125_ceb0, 256);
+        assert_eq!((b.as_ptr(), b.len()), (at, 256));
+        assert!(old[1].1.is_empty());
+        // Taken already, or never there: from the pool.
+        assert!(
+            spare
+                .reuse(&mut old, 0x7f1e_3125_ceb0, 256)
+                .iter()
+                .all(|&x| x == 0)
+        );
+        assert_eq!(spare.reuse(&mut old, 0x1000, 8).len(), 8);
+        // More than is spare: the longest one left is grown, then fresh ones.
+        spare.give(vec![1; 16]);
+        assert_eq!(
+            spare.take(32),
+            vec![1; 16].into_iter().chain([0; 16]).collect::<Vec<_>>()
+        );
+        assert_eq!(spare.take(8), vec![0; 8]);
+    }
 }

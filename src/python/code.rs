@@ -42,9 +42,10 @@ impl CodeInfo {
 
 /// The fields that identify a code object's contents: if a freed code object's address is
 /// reused by another, at least one of them differs.
-type Fingerprint = [u64; 5];
+pub type Fingerprint = [u64; 5];
 
-fn fingerprint(l: &Layout, head: &[u8]) -> Fingerprint {
+/// The fingerprint of the code object whose first bytes are `head`.
+pub fn fingerprint(l: &Layout, head: &[u8]) -> Fingerprint {
     [
         le_u64(head, l.ob_type as usize),
         le_u64(head, l.co_name as usize),
@@ -52,6 +53,16 @@ fn fingerprint(l: &Layout, head: &[u8]) -> Fingerprint {
         le_u64(head, l.co_linetable as usize),
         le_u32(head, l.co_firstlineno as usize) as u64,
     ]
+}
+
+/// Whether the code object whose first bytes are `head` has the fingerprint `fp` (the
+/// same as comparing [`fingerprint`]s, without building one: this runs for every frame).
+pub fn fingerprint_is(l: &Layout, head: &[u8], fp: &Fingerprint) -> bool {
+    le_u64(head, l.co_name as usize) == fp[1]
+        && le_u64(head, l.co_filename as usize) == fp[2]
+        && le_u64(head, l.ob_type as usize) == fp[0]
+        && le_u64(head, l.co_linetable as usize) == fp[3]
+        && le_u32(head, l.co_firstlineno as usize) as u64 == fp[4]
 }
 
 /// A cached code object with the lines already looked up in it.
@@ -69,6 +80,11 @@ pub struct CodeEntry {
 const MAX_LINES_CACHED: usize = 4096;
 
 impl CodeEntry {
+    /// The fingerprint this entry was read with.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
     /// Line of the instruction at byte offset `offset` (0 when the interpreter has none).
     pub fn line(&mut self, l: &Layout, offset: i64) -> i32 {
         if let Some(&line) = self.lines.get(&offset) {
@@ -147,13 +163,18 @@ impl CodeCache {
         l: &Layout,
         addr: u64,
     ) -> Result<Option<&mut CodeEntry>, PyError> {
-        let mut head = [0u8; CODE_HEAD];
-        mem.read(addr, &mut head)?;
-        let seen = fingerprint(l, &head);
+        let mut copy = [0u8; CODE_HEAD];
+        let head = match mem.peek(addr, CODE_HEAD) {
+            Some(head) => head,
+            None => {
+                mem.read(addr, &mut copy)?;
+                &copy[..]
+            }
+        };
         let fresh = self
             .entries
             .get(&addr)
-            .is_some_and(|e| e.fingerprint == seen);
+            .is_some_and(|e| fingerprint_is(l, head, &e.fingerprint));
         if !fresh {
             if !self.is_code_type(mem, l, addr)? {
                 self.entries.remove(&addr);
@@ -217,7 +238,7 @@ impl CodeCache {
 pub const CODE_HEAD: usize = 256;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::process::ImageMemory;
     use crate::python::layout::Version;
@@ -235,7 +256,7 @@ mod tests {
     }
 
     /// An address space with a code object at 0x10000 named `name`, its strings at `strs`.
-    fn image(l: &Layout, name: &str, strs: u64) -> ImageMemory {
+    pub(crate) fn image(l: &Layout, name: &str, strs: u64) -> ImageMemory {
         let mut code = vec![0u8; CODE_HEAD];
         let mut put = |off: u64, v: u64| {
             code[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes())
@@ -259,6 +280,20 @@ mod tests {
                 n
             });
         m
+    }
+
+    #[test]
+    fn fingerprint_check_matches_fingerprint_equality() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let m = image(&l, "first", 0x30000);
+        let head = m.bytes(0x10000, CODE_HEAD).unwrap();
+        let fp = fingerprint(&l, &head);
+        assert!(fingerprint_is(&l, &head, &fp));
+        // Any one field differing (here the first line) fails the check.
+        let mut other = head.clone();
+        other[l.co_firstlineno as usize] ^= 1;
+        assert_ne!(fingerprint(&l, &other), fp);
+        assert!(!fingerprint_is(&l, &other, &fp));
     }
 
     #[test]

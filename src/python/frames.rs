@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::PyError;
-use super::code::{CODE_HEAD, CodeCache};
+use super::code::{CODE_HEAD, CodeCache, Fingerprint, fingerprint_is};
 use super::layout::{FrameRoot, InstrSource, Layout};
 use super::locals::read_locals;
 use crate::process::memory::{le_u8, le_u32, le_u64};
@@ -97,12 +97,18 @@ pub fn first_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Re
 }
 
 /// The parts of `copied` that are this thread's data-stack chunks (as opposed to other
-/// prefetched regions): the current chunk from the thread state and the chain behind it.
-pub fn datastack_spans(l: &Layout, tstate: &[u8], copied: &[(u64, Vec<u8>)]) -> Vec<(u64, u64)> {
+/// prefetched regions), into `out`: the current chunk from the thread state and the chain
+/// behind it.
+pub fn datastack_spans(
+    l: &Layout,
+    tstate: &[u8],
+    copied: &[(u64, Vec<u8>)],
+    out: &mut Vec<(u64, u64)>,
+) {
+    out.clear();
     let Some(off) = l.ts_datastack_chunk else {
-        return Vec::new();
+        return;
     };
-    let mut out = Vec::new();
     let mut chunk = le_u64(tstate, off as usize);
     while chunk != 0 && out.len() < MAX_CHUNKS {
         let Some((_, data)) = copied.iter().find(|(a, _)| *a == chunk) else {
@@ -111,36 +117,51 @@ pub fn datastack_spans(l: &Layout, tstate: &[u8], copied: &[(u64, Vec<u8>)]) -> 
         out.push((chunk, data.len() as u64));
         chunk = le_u64(data, 0);
     }
-    out
 }
 
 /// Regions the walk of `raw` read outside the thread's data-stack chunks (and the
-/// 3.11/3.12 C frame, and the heads of the code objects), for the next sample's batched read.
+/// 3.11/3.12 C frame, and the heads of the code objects), into `out`, for the next
+/// sample's batched read.
 pub fn regions_outside(
     l: &Layout,
     tstate: &[u8],
     raw: &[RawFrame],
     chunks: &[(u64, u64)],
-) -> Vec<(u64, u64)> {
+    out: &mut Vec<(u64, u64)>,
+) {
     let size = (l.f_size as usize).clamp(64, 512) as u64;
     let inside = |a: u64| chunks.iter().any(|(s, len)| *s <= a && a + size <= s + len);
-    let mut out: Vec<(u64, u64)> = raw
-        .iter()
-        .filter(|f| !inside(f.addr))
-        .map(|f| (f.addr, size))
-        .collect();
+    out.clear();
+    out.extend(
+        raw.iter()
+            .filter(|f| !inside(f.addr))
+            .map(|f| (f.addr, size)),
+    );
     // The code objects' first bytes, so the code cache's check of every entry is free.
-    let mut codes: Vec<u64> = raw.iter().filter(|f| !f.shim).map(|f| f.code).collect();
-    codes.sort_unstable();
-    codes.dedup();
-    out.extend(codes.into_iter().map(|c| (c, CODE_HEAD as u64)));
+    let start = out.len();
+    // Recursion repeats a code object frame after frame: those are skipped before sorting.
+    let mut previous = None;
+    for f in raw.iter().filter(|f| !f.shim) {
+        if previous != Some(f.code) {
+            out.push((f.code, CODE_HEAD as u64));
+            previous = Some(f.code);
+        }
+    }
+    out[start..].sort_unstable();
+    let mut kept = start;
+    for i in start..out.len() {
+        if kept == start || out[kept - 1] != out[i] {
+            out[kept] = out[i];
+            kept += 1;
+        }
+    }
+    out.truncate(kept);
     if let FrameRoot::CFrame { cframe, current } = l.frame_root {
         let cf = le_u64(tstate, cframe as usize);
         if cf != 0 {
             out.push((cf + current, 8));
         }
     }
-    out
 }
 
 /// The innermost frame pointer of the thread state at `tstate`, read afresh.
@@ -208,18 +229,25 @@ pub fn walk<M: Memory + ?Sized>(
     out: &mut Vec<RawFrame>,
 ) -> Result<(), PyError> {
     out.clear();
-    let mut buf = [0u8; 512];
-    let size = (l.f_size as usize).clamp(64, buf.len());
+    let mut local = [0u8; 512];
+    let size = (l.f_size as usize).clamp(64, local.len());
     while frame != 0 {
         if out.len() >= MAX_DEPTH {
             return Err(PyError::Corrupt(
                 "frame chain too deep (torn read or cycle)",
             ));
         }
-        mem.read(frame, &mut buf[..size])?;
-        let code = le_u64(&buf, l.f_code as usize) & !l.f_code_tag_mask;
-        let back = le_u64(&buf, l.f_back as usize);
-        let owner = l.f_owner.map(|o| le_u8(&buf, o as usize));
+        // Frames in the batch's copies are used in place: no copy per frame.
+        let buf: &[u8] = match mem.peek(frame, size) {
+            Some(b) => b,
+            None => {
+                mem.read(frame, &mut local[..size])?;
+                &local[..size]
+            }
+        };
+        let code = le_u64(buf, l.f_code as usize) & !l.f_code_tag_mask;
+        let back = le_u64(buf, l.f_back as usize);
+        let owner = l.f_owner.map(|o| le_u8(buf, o as usize));
         // Frames owned by the C stack / interpreter are entry shims, not Python code.
         if let (Some(owner), Some(limit)) = (owner, l.owner_not_python)
             && owner >= limit
@@ -238,20 +266,20 @@ pub fn walk<M: Memory + ?Sized>(
             continue;
         }
         let offset = match l.f_instr {
-            InstrSource::LastiBytes(off) => le_u32(&buf, off as usize) as i32 as i64,
+            InstrSource::LastiBytes(off) => le_u32(buf, off as usize) as i32 as i64,
             InstrSource::LastiUnits(off) => {
-                let u = le_u32(&buf, off as usize) as i32 as i64;
+                let u = le_u32(buf, off as usize) as i32 as i64;
                 if u < 0 { -1 } else { u * 2 }
             }
             InstrSource::Pointer(off) => {
-                let ip = le_u64(&buf, off as usize);
-                let base = bytecode_base(mem, l, &buf, code)?;
+                let ip = le_u64(buf, off as usize);
+                let base = bytecode_base(mem, l, buf, code)?;
                 ip.wrapping_sub(base) as i64
             }
         };
         let is_entry = l
             .f_is_entry
-            .is_some_and(|off| le_u8(&buf, off as usize) != 0);
+            .is_some_and(|off| le_u8(buf, off as usize) != 0);
         out.push(RawFrame {
             addr: frame,
             code,
@@ -324,9 +352,56 @@ pub fn resolve_with_entries<M: Memory + ?Sized>(
     opts: FrameOptions,
     entries: &mut Vec<bool>,
 ) -> Result<Vec<Frame>, PyError> {
+    resolve_remembering(mem, l, codes, raw, opts, entries, &mut Vec::new())
+}
+
+/// A frame of a thread's previous sample, by depth from the outermost frame: most of a
+/// stack is the same from one sample to the next, and such a frame is copied instead of
+/// looked up again.
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    code: u64,
+    offset: i64,
+    fingerprint: Fingerprint,
+    function_lines: bool,
+    frame: Frame,
+}
+
+/// [`resolve_with_entries`], reusing the frames of the thread's previous sample in `memo`
+/// (and updating it). A remembered frame is reused only for the same code address and
+/// instruction offset, and only if the code object's fingerprint, read in this sample, is
+/// still the one it was resolved with: the same check the code cache makes.
+pub fn resolve_remembering<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    codes: &mut CodeCache,
+    raw: &[RawFrame],
+    opts: FrameOptions,
+    entries: &mut Vec<bool>,
+    memo: &mut Vec<Option<Remembered>>,
+) -> Result<Vec<Frame>, PyError> {
     entries.clear();
-    let mut frames = Vec::with_capacity(raw.len());
-    for rf in raw.iter().filter(|f| !f.shim) {
+    let depth = raw.iter().filter(|f| !f.shim).count();
+    // Locals change without the frame changing: never remembered.
+    if opts.locals {
+        memo.clear();
+    }
+    memo.resize(depth, None);
+    let mut frames = Vec::with_capacity(depth);
+    for (k, rf) in raw.iter().filter(|f| !f.shim).enumerate() {
+        let slot = &mut memo[depth - 1 - k];
+        let head = mem.peek(rf.code, CODE_HEAD);
+        if let (Some(m), Some(head)) = (&*slot, head)
+            && m.code == rf.code
+            && m.offset == rf.offset
+            && m.function_lines == opts.function_lines
+            && fingerprint_is(l, head, &m.fingerprint)
+        {
+            entries.push(rf.is_entry);
+            frames.push(m.frame.clone());
+            continue;
+        }
+        *slot = None;
         let Some(code) = codes.get(mem, l, rf.code)? else {
             // Not a code object (3.13 entry frames point at None): not a Python frame.
             if rf.is_entry
@@ -348,14 +423,111 @@ pub fn resolve_with_entries<M: Memory + ?Sized>(
             code.line(l, rf.offset)
         };
         let info = &code.info;
-        frames.push(Frame {
+        let frame = Frame {
             name: Arc::clone(&info.name),
             filename: Arc::clone(&info.filename),
             short_filename: Arc::clone(&info.short_filename),
             line,
             kind: FrameKind::Python,
             locals,
-        });
+        };
+        if !opts.locals {
+            *slot = Some(Remembered {
+                code: rf.code,
+                offset: rf.offset,
+                fingerprint: code.fingerprint(),
+                function_lines: opts.function_lines,
+                frame: frame.clone(),
+            });
+        }
+        frames.push(frame);
     }
     Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{ImageMemory, Overlay};
+    use crate::python::code::tests::image;
+    use crate::python::layout::Version;
+
+    fn frame(addr: u64, code: u64, offset: i64) -> RawFrame {
+        RawFrame {
+            addr,
+            code,
+            offset,
+            is_entry: false,
+            shim: false,
+        }
+    }
+
+    #[test]
+    fn remembered_frames_are_reused_only_while_the_code_object_is_the_same() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let opts = FrameOptions::default();
+        let mut codes = CodeCache::new(None);
+        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let raw = [frame(0x7f00_0000_1050, 0x10000, 10)];
+        let names = |frames: Vec<Frame>| -> Vec<String> {
+            frames.iter().map(|f| f.name.to_string()).collect()
+        };
+        let first = image(&l, "first", 0x30000);
+        // The batch brings each code object's head along, as the sampler's plan does.
+        let head = |m: &ImageMemory| vec![(0x10000u64, m.bytes(0x10000, CODE_HEAD).unwrap())];
+        let snap = head(&first);
+        let mem = Overlay::new(&snap, &first);
+        let got = resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+        assert_eq!(names(got.unwrap()), ["first"]);
+        // Same frame, same fingerprint: served from the memo, nothing else is read (the
+        // strings are gone from this address space).
+        let bare = ImageMemory::new();
+        let mem = Overlay::new(&snap, &bare);
+        let got = resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+        assert_eq!(names(got.unwrap()), ["first"]);
+        // Another code object at the same address: never shown under the old name.
+        let second = image(&l, "second", 0x60000);
+        let snap = head(&second);
+        let mem = Overlay::new(&snap, &second);
+        let got = resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+        assert_eq!(names(got.unwrap()), ["second"]);
+        // A deeper stack keeps the outer frames' memo (depth counts from the outermost).
+        let deeper = [frame(0x7f00_0000_10a0, 0x10000, 20), raw[0]];
+        let mem = Overlay::new(&snap, &bare);
+        assert!(
+            resolve_remembering(&mem, &l, &mut codes, &deeper, opts, &mut entries, &mut memo)
+                .is_ok()
+        );
+        assert_eq!(entries, [false, false]);
+    }
+
+    #[test]
+    fn regions_outside_lists_each_code_head_once() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let chunk = (0x7f1e_300d_b000u64, 6144u64);
+        let raw = [
+            frame(0x7f1e_300d_b1a0, 0x7f1e_3125_ceb0, 40),
+            frame(0x7f1e_300d_b150, 0x7f1e_3125_ceb0, 40),
+            // A generator's frame, outside the data stack.
+            frame(0x7f1e_3128_0800, 0x7f1e_3128_0710, 8),
+            frame(0x7f1e_300d_b100, 0x7f1e_3125_ceb0, 12),
+        ];
+        let FrameRoot::CFrame { cframe, current } = l.frame_root else {
+            panic!("3.12 reaches frames through the C frame");
+        };
+        let mut tstate = vec![0u8; 288];
+        let at = cframe as usize;
+        tstate[at..at + 8].copy_from_slice(&0x7f1e_297f_9d00u64.to_le_bytes());
+        let mut out = vec![(1, 1)];
+        regions_outside(&l, &tstate, &raw, &[chunk], &mut out);
+        assert_eq!(
+            out,
+            [
+                (0x7f1e_3128_0800, 80),
+                (0x7f1e_3125_ceb0, CODE_HEAD as u64),
+                (0x7f1e_3128_0710, CODE_HEAD as u64),
+                (0x7f1e_297f_9d00 + current, 8),
+            ]
+        );
+    }
 }

@@ -66,6 +66,15 @@ pub struct StackReader<M: Memory> {
     entries: Vec<Vec<bool>>,
     /// Per thread of the last sample: addresses of its interpreter entry frames (3.12+).
     entry_addrs: Vec<Vec<u64>>,
+    /// Per thread: the frames walked this sample, kept to reuse their allocations.
+    walked: Vec<Vec<frames::RawFrame>>,
+    /// Per thread: the innermost frame pointer the walk started from (None: walk failed).
+    firsts: Vec<Option<u64>>,
+    /// Scratch lists for the plan's regions, reused between samples.
+    spans: Vec<(u64, u64)>,
+    regions: Vec<(u64, u64)>,
+    /// Per thread: its previous sample's frames (see [`frames::resolve_remembering`]).
+    memo: Vec<Vec<Option<frames::Remembered>>>,
 }
 
 impl<M: Memory> StackReader<M> {
@@ -87,6 +96,11 @@ impl<M: Memory> StackReader<M> {
             errors: 0,
             entries: Vec::new(),
             entry_addrs: Vec::new(),
+            walked: Vec::new(),
+            firsts: Vec::new(),
+            spans: Vec::new(),
+            regions: Vec::new(),
+            memo: Vec::new(),
         }
     }
 
@@ -107,46 +121,57 @@ impl<M: Memory> StackReader<M> {
         tids: &[u32],
         opts: FrameOptions,
     ) -> Result<Vec<ThreadStack>, PyError> {
-        let (threads, chunks) = self.read_threads()?;
+        let (threads, chunks, still) = self.read_threads(opts.validate)?;
         // A shared handle, so the caches below can be borrowed mutably while it is in use.
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;
-        let mut walked: Vec<Option<(u64, Vec<frames::RawFrame>)>> =
-            Vec::with_capacity(threads.len());
-        for (t, chunks) in threads.iter().zip(&chunks) {
+        let n = threads.len();
+        self.walked.resize_with(n, Vec::new);
+        self.firsts.clear();
+        self.memo.resize_with(n, Vec::new);
+        let reads_before = self.mem.reads();
+        for (i, (t, chunks)) in threads.iter().zip(&chunks).enumerate() {
             let local = Overlay::new(chunks, &self.mem);
-            let mut raw = Vec::new();
+            let raw = &mut self.walked[i];
             let ok = frames::first_frame(&local, l, &t.raw)
-                .and_then(|first| frames::walk(&local, l, first, &mut raw).map(|()| first));
+                .and_then(|first| frames::walk(&local, l, first, raw).map(|()| first));
             if let Some(plan) = &mut self.plan {
-                let stack_chunks = frames::datastack_spans(l, &t.raw, chunks);
-                let regions = frames::regions_outside(l, &t.raw, &raw, &stack_chunks);
-                plan.remember(walked.len(), regions);
+                frames::datastack_spans(l, &t.raw, chunks, &mut self.spans);
+                frames::regions_outside(l, &t.raw, raw, &self.spans, &mut self.regions);
+                plan.remember(i, &self.regions);
             }
-            walked.push(ok.ok().map(|first| (first, raw)));
+            self.firsts.push(ok.ok());
         }
         // A stack is trusted only if its thread's innermost frame is the same after the walk
-        // as before it; all threads are re-checked in one batch.
-        let still = if opts.validate {
-            frames::current_frames(&self.mem, l, &threads)
-        } else {
-            Vec::new()
+        // as before it; all threads are re-checked in one batch. The batch's own re-read at
+        // its end serves when the walk read nothing beyond the batch.
+        let still = match still {
+            Some(s) if opts.validate && self.mem.reads() == reads_before => s,
+            _ if opts.validate => frames::current_frames(&self.mem, l, &threads),
+            _ => Vec::new(),
         };
-        let mut out = Vec::with_capacity(threads.len());
+        let mut out = Vec::with_capacity(n);
         // Reused between samples: no allocation once warmed up.
-        self.entries.resize_with(threads.len(), Vec::new);
-        self.entry_addrs.resize_with(threads.len(), Vec::new);
+        self.entries.resize_with(n, Vec::new);
+        self.entry_addrs.resize_with(n, Vec::new);
         for (i, t) in threads.iter().enumerate() {
             let mut entries = std::mem::take(&mut self.entries[i]);
-            let consistent = match (&walked[i], still.get(i)) {
+            let consistent = match (self.firsts[i], still.get(i)) {
                 (Some(_), _) if !opts.validate => true,
-                (Some((first, _)), Some(Some(now))) => first == now,
+                (Some(first), Some(Some(now))) => first == *now,
                 _ => false,
             };
             let frames = if consistent {
-                let raw = &walked[i].as_ref().expect("checked above").1;
                 let local = Overlay::new(&chunks[i], &self.mem);
-                frames::resolve_with_entries(&local, l, &mut self.codes, raw, opts, &mut entries)
+                frames::resolve_remembering(
+                    &local,
+                    l,
+                    &mut self.codes,
+                    &self.walked[i],
+                    opts,
+                    &mut entries,
+                    &mut self.memo[i],
+                )
             } else {
                 // Moved under us (or unreadable): the slow path retries this thread alone.
                 self.thread_frames(t, opts, &mut entries)
@@ -159,7 +184,7 @@ impl<M: Memory> StackReader<M> {
             entries.resize(frames.len(), false);
             self.entries[i] = entries;
             let raw: &[frames::RawFrame] = if consistent {
-                &walked[i].as_ref().expect("checked above").1
+                &self.walked[i]
             } else {
                 &self.raw
             };
@@ -187,14 +212,24 @@ impl<M: Memory> StackReader<M> {
 
     /// Thread states and copies of their data-stack chunks: from the plan's single batched
     /// read when nothing moved, else from a full walk (which makes a new plan).
+    /// With `validate`, also each thread's innermost frame pointer re-read after the rest,
+    /// where the batched read could do that.
     #[allow(clippy::type_complexity)]
     fn read_threads(
         &mut self,
-    ) -> Result<(Vec<threads::PyThread>, Vec<Vec<(u64, Vec<u8>)>>), PyError> {
+        validate: bool,
+    ) -> Result<
+        (
+            Vec<threads::PyThread>,
+            Vec<Vec<(u64, Vec<u8>)>>,
+            Option<Vec<Option<u64>>>,
+        ),
+        PyError,
+    > {
         let l = &self.interp.layout;
         if let Some(plan) = &mut self.plan {
-            if let Some(snap) = plan.read(&self.mem, l, self.interp.runtime) {
-                return Ok((snap.threads, snap.chunks));
+            if let Some(snap) = plan.read(&self.mem, l, self.interp.runtime, validate) {
+                return Ok((snap.threads, snap.chunks, snap.still));
             }
             self.plan = None;
         }
@@ -208,7 +243,7 @@ impl<M: Memory> StackReader<M> {
                 c
             })
             .collect();
-        Ok((threads, chunks))
+        Ok((threads, chunks, None))
     }
 
     fn thread_frames(
