@@ -73,10 +73,23 @@ pub struct PauseGuard {
 
 impl PauseGuard {
     /// Stop every thread in `tids` of process `pid`. Threads that exit meanwhile are skipped.
+    ///
+    /// The other threads are all asked to stop before any of their stops is waited for, so
+    /// they stop side by side instead of one after another. The group leader (`pid`) is
+    /// stopped and waited for first, alone: once a process is exiting, the leader's exit
+    /// is reported only after every other thread has been reaped, and those traced by prof
+    /// are reaped only by prof, so waiting for the leader while they are traced can block
+    /// for ever.
     pub fn pause(pid: u32, tids: &[u32]) -> Result<PauseGuard, ProcessError> {
         install_signal_handlers();
         let mut guard = PauseGuard { slots: Vec::new() };
-        for &tid in tids {
+        let leader = tids.iter().filter(|&&t| t == pid);
+        let ordered: Vec<u32> = leader
+            .chain(tids.iter().filter(|&&t| t != pid))
+            .copied()
+            .collect();
+        let mut to_wait = Vec::new();
+        for tid in ordered {
             let p = Pid::from_raw(tid as i32);
             let Some(slot) = register(tid as i32) else {
                 break;
@@ -106,11 +119,16 @@ impl PauseGuard {
                 // Exited meanwhile: nothing to wait for (detaching it is harmless).
                 continue;
             }
+            let i = guard.slots.len() - 1;
+            if tid == pid {
+                guard.slots[i].2 = wait_for_stop(p);
+            } else {
+                to_wait.push(i);
+            }
         }
-        // Every thread is asked to stop before any stop is waited for, so the threads stop
-        // side by side instead of one after another.
-        for (_, p, pending) in guard.slots.iter_mut() {
-            *pending = wait_for_stop(*p);
+        for i in to_wait {
+            let p = guard.slots[i].1;
+            guard.slots[i].2 = wait_for_stop(p);
         }
         if guard.slots.is_empty() {
             return Err(ProcessError::Exited(pid));
