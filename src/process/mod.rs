@@ -1,5 +1,6 @@
 //! The target layer: memory, maps, threads and stopping a live process.
 
+pub mod core;
 pub mod maps;
 pub mod memory;
 pub mod ptrace;
@@ -7,6 +8,7 @@ pub mod regs;
 pub mod spawn;
 pub mod threads;
 
+pub use core::{CoreError, CoreMemory, CoreThread};
 pub use maps::{MapRange, read_maps};
 pub use memory::{ImageMemory, LiveMemory, MemResult, Memory, MemoryError, MemoryExt, Overlay};
 
