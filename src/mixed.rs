@@ -94,10 +94,44 @@ impl NativeTarget {
             .collect()
     }
 
+    /// Merge the Python stacks read during [`NativeTarget::capture`] of the threads
+    /// `stopped` (whose unwound frames are `pcs`, in the same order) with their native
+    /// frames, and add the stopped threads the interpreter does not know (every thread of a
+    /// native program, threads started from C) with native frames only. `state` gives a
+    /// thread's scheduler state. A Python thread that was not stopped (idle, not sampled)
+    /// keeps its Python frames; one whose kernel id is unknown is kept and marked uncertain.
+    pub fn merge_all(
+        &mut self,
+        stacks: &mut Vec<ThreadStack>,
+        stopped: &[u32],
+        pcs: &[Vec<UnwoundFrame>],
+        py: Option<&PythonSide>,
+        state: impl Fn(u32) -> char,
+    ) {
+        if let Some(py) = py {
+            for (i, s) in stacks.iter_mut().enumerate() {
+                match s.os_thread_id {
+                    Some(tid) => {
+                        if let Some(k) = stopped.iter().position(|&x| x == tid) {
+                            self.merge_into(s, i, Some(&pcs[k]), py);
+                        }
+                    }
+                    None => self.merge_into(s, i, None, py),
+                }
+            }
+        }
+        for (k, &tid) in stopped.iter().enumerate() {
+            if !stacks.iter().any(|s| s.os_thread_id == Some(tid)) {
+                let frames = self.native_frames(&pcs[k]);
+                stacks.push(native_thread(self.pid, tid, state(tid), frames));
+            }
+        }
+    }
+
     /// Replace `stack`'s Python frames by their merge with the thread's native frames
     /// `pcs`; `i` is the stack's index in the Python reader's result. `pcs` is None for a
     /// thread whose kernel id is unknown: its stack is kept and marked uncertain.
-    pub fn merge_into(
+    fn merge_into(
         &mut self,
         stack: &mut ThreadStack,
         i: usize,
@@ -134,7 +168,7 @@ fn mark_eval_frames(native: &mut [NativeFrame], pcs: &[UnwoundFrame], entry_addr
 }
 
 /// A thread with native frames only (not a Python thread, or not a Python process).
-pub fn native_thread(pid: u32, tid: u32, state: char, frames: Vec<Frame>) -> ThreadStack {
+fn native_thread(pid: u32, tid: u32, state: char, frames: Vec<Frame>) -> ThreadStack {
     ThreadStack {
         thread_id: tid as u64,
         os_thread_id: Some(tid),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::attach::{LiveTarget, attach, is_not_python};
-use crate::mixed::{NativeTarget, PythonSide, native_thread};
+use crate::mixed::{NativeTarget, PythonSide};
 use crate::process::threads;
 use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
@@ -255,6 +255,16 @@ impl Proc {
         out
     }
 
+    /// A read of the process failed: an error of the profiler's, unless the process just
+    /// exited.
+    fn read_failed(&mut self, stats: &mut SamplerStats) {
+        if self.alive() {
+            stats.errors += 1;
+        } else {
+            self.gone = true;
+        }
+    }
+
     /// Is the process still there (and not a zombie)? Re-reads a kept-open stat file.
     fn alive(&mut self) -> bool {
         if self.stat.is_none() {
@@ -461,7 +471,8 @@ fn sample_process(
         None => Vec::new(),
     };
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
-    let (stacks, pcs) = match (&mut p.state, p.natives.as_deref_mut()) {
+    let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
+    let stacks = match (&mut p.state, p.natives.as_deref_mut()) {
         (ProcState::Attached(target), natives) => {
             let before = target.reader.errors();
             let read = |target: &mut LiveTarget| target.reader.stacks(&tids, *frame_opts);
@@ -477,65 +488,32 @@ fn sample_process(
             };
             let mut stacks = match stacks {
                 Ok(s) => s,
-                Err(_) => {
-                    // A process that just exited is not an error of the profiler's.
-                    if p.alive() {
-                        stats.errors += 1;
-                    } else {
-                        p.gone = true;
-                    }
-                    return;
-                }
+                Err(_) => return p.read_failed(stats),
             };
             stats.errors += target.reader.errors() - before;
             if let Some(n) = p.natives.as_deref_mut()
-                && !pcs.is_empty()
+                && !stop.is_empty()
             {
                 let py = PythonSide {
                     version: target.reader.interpreter().version(),
                     entries: target.reader.entry_flags(),
                     entry_addrs: target.reader.entry_frame_addresses(),
                 };
-                for (i, s) in stacks.iter_mut().enumerate() {
-                    let k = s
-                        .os_thread_id
-                        .and_then(|t| stop.iter().position(|&x| x == t));
-                    match k {
-                        Some(k) => n.merge_into(s, i, Some(&pcs[k]), &py),
-                        // Not stopped: idle, and left out below.
-                        None if s.os_thread_id.is_some() => {}
-                        None => n.merge_into(s, i, None, &py),
-                    }
-                }
+                n.merge_all(&mut stacks, &stop, &pcs, Some(&py), state);
             }
-            (stacks, pcs)
+            stacks
         }
-        (ProcState::Native, _) if stop.is_empty() => (Vec::new(), Vec::new()),
+        (ProcState::Native, _) if stop.is_empty() => Vec::new(),
         (ProcState::Native, Some(n)) => match n.capture(&stop, || ()) {
-            Ok(((), pcs)) => (Vec::new(), pcs),
-            Err(_) => {
-                if p.alive() {
-                    stats.errors += 1;
-                } else {
-                    p.gone = true;
-                }
-                return;
+            Ok(((), pcs)) => {
+                let mut stacks = Vec::new();
+                n.merge_all(&mut stacks, &stop, &pcs, None, state);
+                stacks
             }
+            Err(_) => return p.read_failed(stats),
         },
         _ => return,
     };
-    let mut stacks = stacks;
-    // Stopped threads the interpreter does not know (every thread of a native program,
-    // threads started from C in a Python one) have native frames only.
-    if let Some(n) = p.natives.as_deref_mut() {
-        for (k, &tid) in stop.iter().enumerate() {
-            if !pcs[k].is_empty() && !stacks.iter().any(|s| s.os_thread_id == Some(tid)) {
-                let state = states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
-                let frames = n.native_frames(&pcs[k]);
-                stacks.push(native_thread(p.pid, tid, state, frames));
-            }
-        }
-    }
     for mut stack in stacks {
         let state = stack
             .os_thread_id

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::attach::{LiveTarget, attach, explain, is_not_python, thread_states, unless_exited};
 use crate::cli::DumpArgs;
-use crate::mixed::{NATIVE_NONBLOCKING, NativeTarget, PythonSide, native_thread};
+use crate::mixed::{NATIVE_NONBLOCKING, NativeTarget, PythonSide};
 use crate::process::ptrace::PauseGuard;
 use crate::process::{self};
 use crate::python::{FrameOptions, module_name};
@@ -76,20 +76,8 @@ pub fn run(args: &DumpArgs) -> Result<()> {
                 entries: target.reader.entry_flags(),
                 entry_addrs: target.reader.entry_frame_addresses(),
             };
-            for (i, s) in stacks.iter_mut().enumerate() {
-                let pcs = s
-                    .os_thread_id
-                    .and_then(|t| tids.iter().position(|&x| x == t))
-                    .map(|k| pcs[k].as_slice());
-                natives.merge_into(s, i, pcs, &py);
-            }
-            // Threads the interpreter does not know (started from C) have native frames only.
-            for (k, &(tid, state)) in states.iter().enumerate() {
-                if !stacks.iter().any(|s| s.os_thread_id == Some(tid)) {
-                    let frames = natives.native_frames(&pcs[k]);
-                    stacks.push(native_thread(pid, tid, state, frames));
-                }
-            }
+            let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
+            natives.merge_all(&mut stacks, &tids, &pcs, Some(&py), state);
             stacks
         }
         None => {
@@ -138,14 +126,9 @@ fn native_only(args: &DumpArgs) -> Result<()> {
     let ((), pcs) = natives
         .capture(&tids, || ())
         .map_err(|e| unless_exited(pid, e.into()))?;
-    let stacks: Vec<ThreadStack> = states
-        .iter()
-        .zip(&pcs)
-        .map(|(&(tid, state), pcs)| {
-            let frames = natives.native_frames(pcs);
-            native_thread(pid, tid, state, frames)
-        })
-        .collect();
+    let mut stacks = Vec::new();
+    let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
+    natives.merge_all(&mut stacks, &tids, &pcs, None, state);
     let out = std::io::stdout();
     let mut out = out.lock();
     if args.json {
