@@ -239,7 +239,13 @@ struct Merged {
 
 /// Start `script` on `py`, wait until it is parked, dump it with and without --native.
 fn run_script(py: &Python, script: &str) -> Merged {
+    run_script_with(py, script, |_| {})
+}
+
+/// [`run_script`], with `setup` preparing the script's directory first.
+fn run_script_with(py: &Python, script: &str, setup: impl Fn(&Path)) -> Merged {
     let dir = tempfile::tempdir().expect("tempdir");
+    setup(dir.path());
     let path = dir.path().join("target.py");
     fs::write(&path, script).unwrap();
     let ready = dir.path().join("ready");
@@ -270,7 +276,7 @@ fn run_script(py: &Python, script: &str) -> Merged {
 }
 
 /// Checks every merge must pass; returns the index of each Python frame.
-fn common_checks(py: &Python, m: &Merged, want_python: &[&str]) -> Vec<usize> {
+fn common_checks_parked(py: &Python, m: &Merged, want_python: &[&str]) -> Vec<usize> {
     let ctx = format!("[{}] merged: {:?}", py.name, names(&m.frames));
     let python: Vec<(&str, &str, i64)> = m
         .frames
@@ -296,9 +302,21 @@ fn common_checks(py: &Python, m: &Merged, want_python: &[&str]) -> Vec<usize> {
     let idx: Vec<usize> = (0..m.frames.len())
         .filter(|&i| !m.frames[i].is_native())
         .collect();
-    // Native sleep frames on top (a stripped libc may add an unnamed frame above them),
-    // the interpreter's entry point below the outermost Python frame.
     assert!(idx[0] > 0, "{ctx}: no native frame above the Python frames");
+    let last = *idx.last().unwrap();
+    assert!(
+        m.frames[last..].iter().any(|f| f.name == "PyEval_EvalCode"),
+        "{ctx}: no PyEval_EvalCode below the outermost Python frame"
+    );
+    idx
+}
+
+/// [`common_checks_parked`], for a target asleep in `time.sleep`: the sleeping system
+/// call (and, with DWARF, `time_sleep`) above the first Python frame.
+fn common_checks(py: &Python, m: &Merged, want_python: &[&str]) -> Vec<usize> {
+    let idx = common_checks_parked(py, m, want_python);
+    let ctx = format!("[{}] merged: {:?}", py.name, names(&m.frames));
+    // A stripped libc may add an unnamed frame above the sleep's frames.
     assert!(
         m.frames[..idx[0]].iter().any(|f| {
             let n = &f.name;
@@ -312,11 +330,6 @@ fn common_checks(py: &Python, m: &Merged, want_python: &[&str]) -> Vec<usize> {
             "{ctx}: no time_sleep above the first Python frame"
         );
     }
-    let last = *idx.last().unwrap();
-    assert!(
-        m.frames[last..].iter().any(|f| f.name == "PyEval_EvalCode"),
-        "{ctx}: no PyEval_EvalCode below the outermost Python frame"
-    );
     idx
 }
 
@@ -354,5 +367,94 @@ fn python_c_python_c_merged() {
                 "{ctx}: sorted's call of the key function not between f and g"
             );
         }
+    });
+}
+
+/// A C extension: `call_back(f)` calls `f()` from C, `park()` sleeps in C with the GIL
+/// released.
+const CEXT_C: &str = r#"
+#include <Python.h>
+#include <unistd.h>
+__attribute__((noinline)) static PyObject *c_call_back(PyObject *self, PyObject *f) {
+    PyObject *r = PyObject_CallObject(f, NULL);
+    __asm__ volatile("" ::: "memory");
+    return r;
+}
+__attribute__((noinline)) static PyObject *c_park(PyObject *self, PyObject *unused) {
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) pause();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+static PyMethodDef methods[] = {
+    {"call_back", c_call_back, METH_O, NULL},
+    {"park", c_park, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "cext", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_cext(void) { return PyModule_Create(&module); }
+"#;
+
+/// Python -> C (`c_call_back`) -> Python (`cb`) -> C (`c_park`).
+const CEXT_PY: &str = r#"
+import sys
+import cext
+def cb():
+    open(sys.argv[1], "w").write("ready")
+    cext.park()
+def outer():
+    cext.call_back(cb)
+outer()
+"#;
+
+/// The interpreter's `Python.h` directory, if its headers are installed.
+fn include_dir(py: &Python) -> Option<String> {
+    let out = Command::new(&py.path)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include'])",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Path::new(&dir).join("Python.h").exists().then_some(dir)
+}
+
+#[test]
+fn c_extension_callback_merged() {
+    crate::skip_without_live_targets!();
+    for_each_python(|py| {
+        let Some(include) = include_dir(py) else {
+            eprintln!("skipped {}: no Python.h to build the C extension", py.name);
+            return;
+        };
+        let m = run_script_with(py, CEXT_PY, |dir| {
+            let src = dir.join("cext.c");
+            fs::write(&src, CEXT_C).unwrap();
+            let cc = Command::new("gcc")
+                .args(["-O1", "-g", "-shared", "-fPIC", "-I", &include, "-o"])
+                .arg(dir.join("cext.so"))
+                .arg(&src)
+                .output()
+                .expect("gcc must be installed");
+            assert!(
+                cc.status.success(),
+                "gcc failed: {}",
+                String::from_utf8_lossy(&cc.stderr)
+            );
+        });
+        let idx = common_checks_parked(py, &m, &["cb", "outer", "<module>"]);
+        let ctx = format!("[{}] merged: {:?}", py.name, names(&m.frames));
+        let pos = |name: &str| m.frames.iter().position(|f| f.name == name);
+        let (Some(park), Some(call)) = (pos("c_park"), pos("c_call_back")) else {
+            panic!("{ctx}: c_park or c_call_back missing");
+        };
+        // c_park above cb, c_call_back between cb and outer.
+        assert!(park < idx[0], "{ctx}: c_park must be inside cb");
+        assert!(
+            idx[0] < call && call < idx[1],
+            "{ctx}: c_call_back must be between cb and outer"
+        );
     });
 }
