@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Group, Python, READY_TIMEOUT, assert_not_stopped, assert_one_line_error, describe,
-    for_each_python, run_prof, task_states,
+    for_each_python, gcc, python_command, run_prof, task_states,
 };
 use serde::Deserialize;
 
@@ -121,17 +121,7 @@ fn c_program_matches_gdb() {
     let src = dir.path().join("park.c");
     let bin = dir.path().join("park");
     fs::write(&src, PARK_C).unwrap();
-    let cc = Command::new("gcc")
-        .args(["-O2", "-g", "-fomit-frame-pointer", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc must be installed");
-    assert!(
-        cc.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    gcc(&["-O2", "-g", "-fomit-frame-pointer"], &src, &bin);
     let ready = dir.path().join("ready");
     let mut group = Group::spawn(
         Command::new(&bin)
@@ -250,14 +240,10 @@ fn run_script_with(py: &Python, script: &str, setup: impl Fn(&Path)) -> Merged {
     fs::write(&path, script).unwrap();
     let ready = dir.path().join("ready");
     let mut group = Group::spawn(
-        Command::new(&py.path)
+        python_command(py)
             .arg("-u")
             .arg(&path)
             .arg(&ready)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env_remove("PYTHONPATH")
-            .env_remove("PYTHONHOME")
-            .stdin(Stdio::null())
             .stdout(Stdio::null()),
     );
     let pid = group.pid();
@@ -432,17 +418,8 @@ fn c_extension_callback_merged() {
         let m = run_script_with(py, CEXT_PY, |dir| {
             let src = dir.join("cext.c");
             fs::write(&src, CEXT_C).unwrap();
-            let cc = Command::new("gcc")
-                .args(["-O1", "-g", "-shared", "-fPIC", "-I", &include, "-o"])
-                .arg(dir.join("cext.so"))
-                .arg(&src)
-                .output()
-                .expect("gcc must be installed");
-            assert!(
-                cc.status.success(),
-                "gcc failed: {}",
-                String::from_utf8_lossy(&cc.stderr)
-            );
+            let flags = ["-O1", "-g", "-shared", "-fPIC", "-I", &include];
+            gcc(&flags, &src, &dir.join("cext.so"));
         });
         let idx = common_checks_parked(py, &m, &["cb", "outer", "<module>"]);
         let ctx = format!("[{}] merged: {:?}", py.name, names(&m.frames));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Group, Python, READY_TIMEOUT, assert_not_stopped, assert_one_line_error, describe,
-    for_each_python, run_prof,
+    for_each_python, gcc, python_command, run_prof,
 };
 
 /// A busy main thread (`spin_inner` called from `spin_outer` from `main`) and a worker
@@ -64,21 +64,6 @@ def h():
 open(sys.argv[1], "w").write("ready")
 h()
 "#;
-
-fn gcc(args: &[&str], src: &Path, out: &Path) {
-    let cc = Command::new("gcc")
-        .args(args)
-        .arg("-o")
-        .arg(out)
-        .arg(src)
-        .output()
-        .expect("gcc must be installed");
-    assert!(
-        cc.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-}
 
 fn wait_ready(group: &mut Group, ready: &Path, what: &str) {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -240,14 +225,10 @@ fn python_and_c_threads_merged_over_time() {
         }
         let ready = dir.path().join(format!("ready-{}", py.name));
         let mut group = Group::spawn(
-            Command::new(&py.path)
+            python_command(py)
                 .arg(&script)
                 .arg(&ready)
                 .arg(&lib)
-                .env("PYTHONDONTWRITEBYTECODE", "1")
-                .env_remove("PYTHONPATH")
-                .env_remove("PYTHONHOME")
-                .stdin(Stdio::null())
                 .stdout(Stdio::null()),
         );
         let pid = group.pid();

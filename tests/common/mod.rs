@@ -414,6 +414,34 @@ pub struct Local {
 // ---------------------------------------------------------------------------
 // Running prof
 
+/// `py` in a clean environment: no bytecode files written, nothing inherited from
+/// PYTHONPATH/PYTHONHOME, stdin from /dev/null.
+pub fn python_command(py: &Python) -> Command {
+    let mut cmd = Command::new(&py.path);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Compile `src` into `out` with gcc and `args`; a failed build fails the test with gcc's
+/// message.
+pub fn gcc(args: &[&str], src: &Path, out: &Path) {
+    let cc = Command::new("gcc")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .output()
+        .expect("gcc must be installed");
+    assert!(
+        cc.status.success(),
+        "gcc failed: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+}
+
 pub fn prof_path() -> &'static str {
     env!("CARGO_BIN_EXE_prof")
 }
