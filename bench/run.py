@@ -274,6 +274,23 @@ def bench_dump(P, a, res):
 RECORD_TARGETS = (("threads8", THREADS8, True), ("deep", DEEP, True))
 
 
+def timed_record(P, a, who, script, rate, idle, nonblocking=False, native=False):
+    """One `record -f raw` of a fresh target: (thread-samples, wall s, CPU s)."""
+    # The target outlives -d a little: a profiler that falls behind (py-spy counts samples,
+    # not seconds) stops when it exits.
+    t = start_target(script, [a.record_secs + 1.5], a.python)
+    try:
+        out = os.path.join(WORK, "rec.txt")
+        if os.path.exists(out):
+            os.unlink(out)
+        cmd = P.record(who, t.pid, rate, a.record_secs, out, idle=idle,
+                       nonblocking=nonblocking, native=native)
+        rc, wall, c = run_timed(cmd, a.record_secs + 30)
+    finally:
+        end(t)
+    return raw_samples(out), wall, c
+
+
 def bench_record(P, a, res):
     log("== 2. record CPU per 1000 thread-samples (-r 1000 -d %s, %d reps)" % (a.record_secs, a.reps))
     for name, script, idle in RECORD_TARGETS:
@@ -282,19 +299,8 @@ def bench_record(P, a, res):
             rates = {w: [] for w in WHO}
             for rep in range(a.reps):
                 for who in order(rep, WHO):
-                    # The target outlives -d a little: a profiler that falls behind (py-spy
-                    # counts samples, not seconds) stops when it exits.
-                    t = start_target(script, [a.record_secs + 1.5], a.python)
-                    try:
-                        out = os.path.join(WORK, "rec.txt")
-                        if os.path.exists(out):
-                            os.unlink(out)
-                        cmd = P.record(who, t.pid, 1000, a.record_secs, out, idle=idle,
-                                       nonblocking=mode == "nonblocking")
-                        rc, wall, c = run_timed(cmd, a.record_secs + 20)
-                    finally:
-                        end(t)
-                    n = raw_samples(out)
+                    n, wall, c = timed_record(P, a, who, script, 1000, idle,
+                                              nonblocking=mode == "nonblocking")
                     if n:
                         cpu[who].append(c / n * 1000 * 1000)  # ms per 1000 thread-samples
                         rates[who].append(n / wall)
@@ -553,16 +559,7 @@ def bench_native(P, a, res):
         cpu = {w: [] for w in WHO}
         for rep in range(a.reps):
             for who in order(rep, WHO):
-                t = start_target(script, [a.record_secs + 1.5], a.python)
-                try:
-                    out = os.path.join(WORK, "nat.txt")
-                    if os.path.exists(out):
-                        os.unlink(out)
-                    cmd = P.record(who, t.pid, 100, a.record_secs, out, idle=idle, native=True)
-                    rc, wall, c = run_timed(cmd, a.record_secs + 30)
-                finally:
-                    end(t)
-                n = raw_samples(out)
+                n, wall, c = timed_record(P, a, who, script, 100, idle, native=True)
                 if n:
                     cpu[who].append(c / n * 1e6)  # µs per thread-sample
                 log("   %-8s %-6s cpu %.3fs, %d thread-samples" % (name, who, c, n))

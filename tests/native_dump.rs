@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Group, Python, READY_TIMEOUT, assert_not_stopped, assert_one_line_error, describe,
-    for_each_python, gcc, python_command, run_prof, task_states,
+    for_each_python, gcc, python_command, run_prof, spawn_c_program, task_states,
 };
 use serde::Deserialize;
 
@@ -118,17 +118,8 @@ fn gdb_names(bt: &str) -> Vec<String> {
 fn c_program_matches_gdb() {
     crate::skip_without_live_targets!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("park.c");
-    let bin = dir.path().join("park");
-    fs::write(&src, PARK_C).unwrap();
-    gcc(&["-O2", "-g", "-fomit-frame-pointer"], &src, &bin);
-    let ready = dir.path().join("ready");
-    let mut group = Group::spawn(
-        Command::new(&bin)
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null()),
-    );
+    let flags = ["-O2", "-g", "-fomit-frame-pointer"];
+    let (mut group, ready) = spawn_c_program(dir.path(), "park", PARK_C, &flags);
     let pid = group.pid();
     wait_parked(&mut group, &ready, "park");
 

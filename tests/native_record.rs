@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Group, Python, READY_TIMEOUT, assert_not_stopped, assert_one_line_error, describe,
-    for_each_python, gcc, python_command, run_prof,
+    for_each_python, gcc, python_command, run_prof, spawn_c_program,
 };
 
 /// A busy main thread (`spin_inner` called from `spin_outer` from `main`) and a worker
@@ -131,21 +131,8 @@ fn has(s: &Stack, name: &str) -> bool {
 fn c_program_is_profiled_natively() {
     crate::skip_without_live_targets!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("spin.c");
-    let bin = dir.path().join("spin");
-    fs::write(&src, SPIN_C).unwrap();
-    gcc(
-        &["-O2", "-g", "-fomit-frame-pointer", "-pthread"],
-        &src,
-        &bin,
-    );
-    let ready = dir.path().join("ready");
-    let mut group = Group::spawn(
-        Command::new(&bin)
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null()),
-    );
+    let flags = ["-O2", "-g", "-fomit-frame-pointer", "-pthread"];
+    let (mut group, ready) = spawn_c_program(dir.path(), "spin", SPIN_C, &flags);
     let pid = group.pid();
     wait_ready(&mut group, &ready, "spin");
 

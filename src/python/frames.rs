@@ -329,20 +329,8 @@ pub struct FrameOptions {
     pub function_lines: bool,
 }
 
-/// Resolve raw frames to named frames through the code cache. A frame whose code object
-/// cannot be read is reported as `<unknown>` rather than dropping the whole stack.
-pub fn resolve<M: Memory + ?Sized>(
-    mem: &M,
-    l: &Layout,
-    codes: &mut CodeCache,
-    raw: &[RawFrame],
-    opts: FrameOptions,
-) -> Result<Vec<Frame>, PyError> {
-    resolve_with_entries(mem, l, codes, raw, opts, &mut Vec::new())
-}
-
-/// [`resolve`], also giving each returned frame's `is_entry` in `entries` (for merging
-/// with native stacks). An entry frame that is not shown (not a code object) passes its
+/// Resolve raw frames to named frames through the code cache, also giving each returned
+/// frame's `is_entry` in `entries` (for merging with native stacks). An entry frame that is not shown (not a code object) passes its
 /// flag to the frame shown before it, the outermost frame of the same C call.
 pub fn resolve_with_entries<M: Memory + ?Sized>(
     mem: &M,

@@ -442,6 +442,24 @@ pub fn gcc(args: &[&str], src: &Path, out: &Path) {
     );
 }
 
+/// Build the C program `source` in `dir` with gcc and `flags`, and start it with the path
+/// of a file it must write when ready as its argument. Returns the program (in its own
+/// process group) and that path.
+pub fn spawn_c_program(dir: &Path, name: &str, source: &str, flags: &[&str]) -> (Group, PathBuf) {
+    let src = dir.join(format!("{name}.c"));
+    let bin = dir.join(name);
+    fs::write(&src, source).unwrap();
+    gcc(flags, &src, &bin);
+    let ready = dir.join(format!("{name}.ready"));
+    let group = Group::spawn(
+        Command::new(&bin)
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    (group, ready)
+}
+
 pub fn prof_path() -> &'static str {
     env!("CARGO_BIN_EXE_prof")
 }
