@@ -146,10 +146,7 @@ impl ElfImage {
             path: path.to_path_buf(),
             err,
         };
-        let f = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: mapped read-only; a concurrent truncation of the file could fault, the
-        // accepted risk of every ELF reader that maps its input.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        let map = crate::process::maps::map_file(path).map_err(io)?;
         ElfImage::parse(Arc::new(ElfBytes::Mapped(map)))
     }
 

@@ -186,10 +186,7 @@ impl CoreMemory {
             path: path.to_path_buf(),
             err,
         };
-        let f = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: mapped read-only; a concurrent truncation could fault, the accepted risk
-        // of every reader that maps its input.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        let map = super::maps::map_file(path).map_err(io)?;
         CoreMemory::parse(Bytes::Map(map))
     }
 
@@ -469,11 +466,7 @@ impl CoreMemory {
             let index = match opened.iter().find(|o| o.0 == path) {
                 Some(o) => o.1,
                 None => {
-                    let Some(map) = open(path).and_then(|f| {
-                        let f = std::fs::File::open(f).ok()?;
-                        // SAFETY: as in `CoreMemory::open`.
-                        unsafe { memmap2::Mmap::map(&f) }.ok()
-                    }) else {
+                    let Some(map) = open(path).and_then(|f| super::maps::map_file(&f).ok()) else {
                         continue;
                     };
                     self.images.push(map);
@@ -697,9 +690,7 @@ struct ElfLoads {
 
 impl ElfLoads {
     fn read(path: &Path) -> Result<ElfLoads, String> {
-        let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        // SAFETY: as in `CoreMemory::open`.
-        let data = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
+        let data = super::maps::map_file(path).map_err(|e| e.to_string())?;
         let data: &[u8] = &data;
         let header = FileHeader64::<Endianness>::parse(data).map_err(|e| e.to_string())?;
         let endian = header.endian().map_err(|e| e.to_string())?;

@@ -108,6 +108,15 @@ pub fn load_bias(
     Some(first.start.wrapping_sub(vaddr & mask))
 }
 
+/// Map the file at `path` read-only: ELF images and core files are read in place, since
+/// they can be large and are mostly not needed.
+pub fn map_file(path: &std::path::Path) -> std::io::Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: mapped read-only; a concurrent truncation of the file could fault, the
+    // accepted risk of every reader that maps its input.
+    unsafe { memmap2::Mmap::map(&f) }
+}
+
 /// The page size of the machine prof runs on.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.

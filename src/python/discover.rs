@@ -51,10 +51,7 @@ struct ImageInfo {
 }
 
 fn read_image(file: &Path) -> Result<ImageInfo, String> {
-    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
-    // SAFETY: the file is mapped read-only; a concurrent truncation could fault, which is the
-    // accepted risk of every ELF reader that maps its input.
-    let data = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
+    let data = crate::process::maps::map_file(file).map_err(|e| e.to_string())?;
     let elf = ElfFile64::<Endianness>::parse(&*data).map_err(|e| e.to_string())?;
     let mut info = ImageInfo {
         runtime: None,
