@@ -96,25 +96,49 @@ impl Spare {
     }
 }
 
-/// A data-stack chunk and how much of it to copy: the part in use at the last sample plus
-/// some room to grow, not the whole (usually mostly empty) allocation.
+/// A data-stack chunk and how much of it to copy: the part in use lately plus some room to
+/// grow, not the whole (usually mostly empty) allocation.
 #[derive(Debug, Clone, Copy)]
 struct PlannedChunk {
     addr: u64,
     size: u64,
     copy: u64,
+    /// Bytes in use lately: the most seen, decaying towards the current use, so a stack
+    /// that goes up and down between samples stays inside the copy.
+    high: u64,
 }
 
-/// Bytes copied beyond a chunk's last seen use, so a stack that grew a little since the
-/// last sample is still covered by the copy.
-const GROWTH_ROOM: u64 = 2048;
+/// Bytes copied beyond a chunk's recent use, so a stack that grew a little since the last
+/// sample is still covered by the copy. A frame past the copy costs a read of its own.
+const GROWTH_ROOM: u64 = 256;
+
+/// The kernel's cost of a remote read is mostly per page touched, so a copy always runs to
+/// the end of its last page: the bytes up to there are almost free.
+const PAGE: u64 = 4096;
 
 impl PlannedChunk {
-    fn copy_for(size: u64, used: u64) -> u64 {
-        used.saturating_add(GROWTH_ROOM)
-            .div_ceil(1024)
-            .saturating_mul(1024)
-            .min(size)
+    fn new(addr: u64, size: u64, used: u64) -> PlannedChunk {
+        let mut c = PlannedChunk {
+            addr,
+            size,
+            copy: 0,
+            high: 0,
+        };
+        c.saw(used);
+        c
+    }
+
+    /// Plan the next copy after seeing `used` bytes in use.
+    fn saw(&mut self, used: u64) {
+        let used = used.min(self.size);
+        self.high = used.max(self.high - (self.high.saturating_sub(used)) / 8);
+        let end = self
+            .addr
+            .saturating_add(self.high)
+            .saturating_add(GROWTH_ROOM)
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE);
+        self.copy = end.saturating_sub(self.addr).clamp(self.high.min(self.size), self.size);
     }
 }
 
@@ -367,7 +391,7 @@ impl Plan {
                 } else {
                     24 + le_u64(&chunks[i][j].1, 16).saturating_mul(8)
                 };
-                planned.copy = PlannedChunk::copy_for(planned.size, used.min(planned.size));
+                planned.saw(used);
             }
         }
         tstates.extend(
@@ -432,11 +456,7 @@ fn chunk_plan<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Vec<Pla
         if !(24..=MAX_PLANNED_CHUNK).contains(&size) {
             break;
         }
-        out.push(PlannedChunk {
-            addr: chunk,
-            size,
-            copy: PlannedChunk::copy_for(size, used.min(size)),
-        });
+        out.push(PlannedChunk::new(chunk, size, used));
         chunk = le_u64(&head, 0);
         // Older chunks record how much of them is in use.
         if chunk != 0 {
@@ -453,6 +473,31 @@ fn chunk_plan<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Vec<Pla
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_copy_runs_to_the_page_end_and_follows_recent_use() {
+        // A 3.12 thread's first chunk: 16 KiB, page-aligned; 3.5 KiB in use.
+        let mut c = PlannedChunk::new(0x7f17_8434_d000, 16384, 3584);
+        assert_eq!(c.copy, 4096);
+        // Close to a page end, the room to grow takes the next page too.
+        c.saw(12200);
+        assert_eq!(c.copy, 16384);
+        c.saw(9000);
+        assert_eq!(c.copy, 12288);
+        // After the stack shrinks, the copy shrinks back over a few samples, not at once.
+        c.saw(1000);
+        assert_eq!(c.copy, 12288);
+        for _ in 0..40 {
+            c.saw(1000);
+        }
+        assert_eq!(c.copy, 4096);
+        // Never past the chunk, whatever the thread state claims.
+        c.saw(1 << 40);
+        assert_eq!(c.copy, 16384);
+        // An unaligned chunk ends its copy on a page boundary as well.
+        let c = PlannedChunk::new(0x5555_0000_0e00, 65536, 100);
+        assert_eq!(c.addr + c.copy, 0x5555_0000_1000);
+    }
 
     #[test]
     fn spare_buffers_go_back_to_requests_of_their_size() {
