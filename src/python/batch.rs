@@ -30,6 +30,9 @@ pub struct Plan {
     /// Per thread (3.11/3.12): `tstate->cframe` at the last read, where the validation
     /// re-read of `cframe->current_frame` is aimed.
     cframes: Vec<u64>,
+    /// Which thread held the GIL last (by index), whose frame the next read re-reads at its
+    /// end; None before the first read, or when the holder is not known.
+    holder: Option<usize>,
     /// Buffers of earlier snapshots, handed back by [`Plan::recycle`]: a sample copies tens
     /// of kilobytes, and allocating and zeroing them anew on every tick was a measurable
     /// share of the sampler's CPU.
@@ -138,7 +141,9 @@ impl PlannedChunk {
             .saturating_add(GROWTH_ROOM)
             .div_ceil(PAGE)
             .saturating_mul(PAGE);
-        self.copy = end.saturating_sub(self.addr).clamp(self.high.min(self.size), self.size);
+        self.copy = end
+            .saturating_sub(self.addr)
+            .clamp(self.high.min(self.size), self.size);
     }
 }
 
@@ -148,13 +153,28 @@ pub struct Snapshot {
     pub threads: Vec<PyThread>,
     /// Per thread: copies of its chunks, for [`crate::process::Overlay`].
     pub chunks: Vec<Vec<(u64, Vec<u8>)>>,
-    /// Per thread: its innermost frame pointer re-read after everything else (as
-    /// [`super::frames::current_frames`] does, in the same syscall); None when not asked
-    /// for or when a thread changed C frames since the last sample.
-    pub still: Option<Vec<Option<u64>>>,
+    /// Per thread: what the end of the same syscall says about its innermost frame; None
+    /// when not asked for.
+    pub still: Option<Vec<Still>>,
 }
 
-/// Bytes covering `locked` and `last_holder` of a GIL state.
+/// What the end of a batched read says about one thread's stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Still {
+    /// The innermost frame pointer, re-read after everything else (as
+    /// [`super::frames::current_frames`] does): the walk's first frame must be this one.
+    Frame(u64),
+    /// The thread could not have run Python code while it was copied: it did not hold the
+    /// GIL, and the GIL did not change hands from the start of the read to its end. Its copy
+    /// is consistent without a re-read.
+    Quiet,
+    /// The batch cannot tell (the thread changed C frames since the last sample, or may have
+    /// held the GIL and its frame was not re-read): the caller re-reads its frame.
+    Unknown,
+}
+
+/// Bytes covering `locked` and `last_holder` of a GIL state, and `switch_number` where
+/// [`gil_switches`] knows it.
 fn gil_span(l: &Layout) -> Option<(u64, u64)> {
     match l.gil {
         GilSource::InterpGil {
@@ -163,10 +183,24 @@ fn gil_span(l: &Layout) -> Option<(u64, u64)> {
             ..
         } => {
             let lo = locked.min(last_holder);
-            let hi = locked.max(last_holder) + 8;
+            let hi = locked.max(last_holder).max(gil_switches(l).unwrap_or(0)) + 8;
             Some((lo, hi - lo))
         }
         GilSource::RuntimeTstateCurrent(_) => None,
+    }
+}
+
+/// Offset of `switch_number` in the GIL state: the count of changes of `last_holder`, right
+/// after `locked` in every version that has the GIL in the interpreter (3.12+). Only for
+/// builds with a GIL, and only when `last_holder` and `locked` sit as in those versions.
+fn gil_switches(l: &Layout) -> Option<u64> {
+    match l.gil {
+        GilSource::InterpGil {
+            locked,
+            last_holder,
+            ..
+        } if !l.free_threaded && last_holder + 8 == locked => Some(locked + 8),
+        _ => None,
     }
 }
 
@@ -197,6 +231,7 @@ impl Plan {
             extra: vec![Vec::new(); chunks.len()],
             chunks,
             cframes: threads.iter().map(|t| cframe_of(l, &t.raw)).collect(),
+            holder: None,
             spare: Spare::default(),
         })
     }
@@ -227,8 +262,18 @@ impl Plan {
         let mut next_interp = [0u8; 8];
         let mut gil_ptr = [0u8; 8];
         let gil_span = gil_span(l).filter(|_| self.gil != 0);
+        let gil_len = gil_span.map(|s| s.1 as usize).unwrap_or(8).min(64);
         let mut gil_state = [0u8; 64];
-        let gil_state = &mut gil_state[..gil_span.map(|s| s.1 as usize).unwrap_or(8).min(64)];
+        let gil_state = &mut gil_state[..gil_len];
+        let mut gil_again = [0u8; 64];
+        let gil_again = &mut gil_again[..gil_len];
+        // With a GIL, only its holder can change Python frames. When the GIL's holder and
+        // switch count are the same at the end of the read as at its start, every other
+        // thread was still, and only the holder's frame needs the re-read: one or two small
+        // reads instead of one or two per thread (the kernel's cost is per read).
+        let switches = gil_switches(l).filter(|_| validate && gil_span.is_some());
+        let guess = self.holder;
+        let tail_for = |i: usize| switches.is_none() || guess == Some(i);
         let spare = &mut self.spare;
         let mut tstates: Vec<PyThread> = std::mem::take(&mut spare.threads);
         // Each thread state and region gets back the buffer it had last time.
@@ -293,7 +338,19 @@ impl Plan {
                 }
             }
             let first = reqs.len();
-            for ((ts, cf), [a, b]) in self.tstates.iter().zip(&self.cframes).zip(&mut tail) {
+            if let (Some(_), Some((lo, _))) = (switches, gil_span) {
+                reqs.push((self.gil + lo, &mut *gil_again));
+            }
+            for (i, ((ts, cf), [a, b])) in self
+                .tstates
+                .iter()
+                .zip(&self.cframes)
+                .zip(&mut tail)
+                .enumerate()
+            {
+                if !tail_for(i) {
+                    continue;
+                }
                 match l.frame_root {
                     FrameRoot::Direct(off) => reqs.push((ts + off, a)),
                     FrameRoot::CFrame { cframe, current } => {
@@ -339,6 +396,19 @@ impl Plan {
             self.recycle_parts(raws, chunks);
             return None;
         }
+        // Did the GIL stay with one thread (or free) from the start of the read to its end?
+        let mut last = 0;
+        let mut quiet = false;
+        if let (Some(switch), Some((lo, _)), GilSource::InterpGil { last_holder, .. }) =
+            (switches, gil_span, l.gil)
+        {
+            let at = |b: &[u8], off: u64| le_u64(b, (off - lo) as usize);
+            last = at(gil_state, last_holder);
+            quiet = last == at(gil_again, last_holder)
+                && at(gil_state, switch) == at(gil_again, switch);
+            // The next read re-reads the frame of this tick's last holder.
+            self.holder = self.tstates.iter().position(|t| *t == last);
+        }
         // Where the C frame moved, the tail read the old one: the caller re-reads instead.
         let mut still = validate.then(|| Vec::with_capacity(n));
         for (i, (raw, cf)) in raws.iter().zip(&mut self.cframes).enumerate() {
@@ -347,23 +417,30 @@ impl Plan {
                 *cf = now;
                 continue;
             };
-            let seen = match l.frame_root {
-                FrameRoot::Direct(_) => Some(u64::from_le_bytes(*a)),
-                FrameRoot::CFrame { .. } => {
-                    let tail_cf = u64::from_le_bytes(*a);
-                    if now != *cf || tail_cf != now {
-                        None
-                    } else if now == 0 {
-                        Some(0)
-                    } else {
-                        Some(u64::from_le_bytes(*b))
+            let seen = if !tail_for(i) {
+                if quiet && self.tstates[i] != last {
+                    Still::Quiet
+                } else {
+                    Still::Unknown
+                }
+            } else {
+                match l.frame_root {
+                    FrameRoot::Direct(_) => Still::Frame(u64::from_le_bytes(*a)),
+                    FrameRoot::CFrame { .. } => {
+                        let tail_cf = u64::from_le_bytes(*a);
+                        if now != *cf || tail_cf != now {
+                            Still::Unknown
+                        } else if now == 0 {
+                            Still::Frame(0)
+                        } else {
+                            Still::Frame(u64::from_le_bytes(*b))
+                        }
                     }
                 }
             };
             *cf = now;
-            match (&mut still, seen) {
-                (Some(v), Some(_)) => v.push(seen),
-                _ => still = None,
+            if let Some(v) = &mut still {
+                v.push(seen);
             }
         }
         // A chunk that was replaced is dropped from the copy (its frames are then read one
@@ -473,6 +550,158 @@ fn chunk_plan<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Vec<Pla
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process image read twice: the first group of a batched read sees `before`, the
+    /// second group (the validation re-read at the end) sees `after`, as when the target
+    /// runs while the batch is being copied.
+    struct Racing {
+        before: crate::process::ImageMemory,
+        after: crate::process::ImageMemory,
+    }
+
+    impl Memory for Racing {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.before.read(addr, buf)
+        }
+        fn read_many_then(
+            &self,
+            reqs: &mut [(u64, &mut [u8])],
+            first: usize,
+        ) -> crate::process::memory::MemResult<()> {
+            let (a, b) = reqs.split_at_mut(first);
+            self.before.read_many(a)?;
+            self.after.read_many(b)
+        }
+    }
+
+    const RUNTIME: u64 = 0x1000;
+    const INTERP: u64 = 0x2000;
+    const GIL: u64 = 0x8000;
+    const TSTATES: [u64; 2] = [0x3000, 0x4000];
+    const CFRAMES: [u64; 2] = [0x5000, 0x6000];
+
+    /// A 3.12 process with two threads: `holder` (index) last held the GIL, after
+    /// `switches` changes of hands; thread i's innermost frame is `frames[i]`.
+    fn image_312(
+        l: &Layout,
+        holder: usize,
+        switches: u64,
+        frames: [u64; 2],
+    ) -> crate::process::ImageMemory {
+        let (
+            GilSource::InterpGil {
+                ceval_gil,
+                locked,
+                last_holder,
+            },
+            FrameRoot::CFrame { cframe, current },
+        ) = (l.gil, l.frame_root)
+        else {
+            panic!("3.12 has its GIL in the interpreter and reaches frames through C frames");
+        };
+        let word = |buf: &mut Vec<u8>, off: u64, v: u64| {
+            buf[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        let mut m = crate::process::ImageMemory::new();
+        let mut rt = vec![0u8; 4096];
+        word(&mut rt, l.rt_interp_head, INTERP);
+        let mut interp = vec![0u8; 4096];
+        word(&mut interp, l.is_threads_head, TSTATES[0]);
+        word(&mut interp, ceval_gil, GIL);
+        let mut gil = vec![0u8; 64];
+        word(&mut gil, last_holder, TSTATES[holder]);
+        word(&mut gil, locked, 1);
+        word(&mut gil, gil_switches(l).unwrap(), switches);
+        m.add(RUNTIME, rt).add(INTERP, interp).add(GIL, gil);
+        for i in 0..2 {
+            let mut ts = vec![0u8; l.ts_size as usize];
+            word(&mut ts, l.ts_interp, INTERP);
+            word(&mut ts, l.ts_next, if i == 0 { TSTATES[1] } else { 0 });
+            word(&mut ts, l.ts_thread_id, 100 + i as u64);
+            word(&mut ts, cframe, CFRAMES[i]);
+            let mut cf = vec![0u8; 64];
+            word(&mut cf, current, frames[i]);
+            m.add(TSTATES[i], ts).add(CFRAMES[i], cf);
+        }
+        m
+    }
+
+    fn stills(
+        plan: &mut Plan,
+        l: &Layout,
+        before: crate::process::ImageMemory,
+        after: crate::process::ImageMemory,
+    ) -> Vec<Still> {
+        let snap = plan
+            .read(&Racing { before, after }, l, RUNTIME, true)
+            .unwrap();
+        snap.still.unwrap()
+    }
+
+    #[test]
+    fn with_a_gil_only_its_holder_is_re_read() {
+        let l = Layout::from_table(super::super::layout::Version::new(3, 12, 1), false).unwrap();
+        let frames = [0x7000, 0x7100];
+        let still = image_312(&l, 0, 5, frames);
+        let threads = super::super::threads::thread_states(&still, &l, RUNTIME).unwrap();
+        let mut plan = Plan::learn(&still, &l, &threads).unwrap();
+        // The first read does not know the holder yet: it cannot vouch for it.
+        let s = stills(
+            &mut plan,
+            &l,
+            image_312(&l, 0, 5, frames),
+            image_312(&l, 0, 5, frames),
+        );
+        assert_eq!(s, [Still::Unknown, Still::Quiet]);
+        // Now thread 0's frame is re-read at the end; thread 1 did not hold the GIL.
+        let s = stills(
+            &mut plan,
+            &l,
+            image_312(&l, 0, 5, frames),
+            image_312(&l, 0, 5, frames),
+        );
+        assert_eq!(s, [Still::Frame(0x7000), Still::Quiet]);
+        // The holder ran during the read: its re-read shows the new frame.
+        let s = stills(
+            &mut plan,
+            &l,
+            image_312(&l, 0, 5, frames),
+            image_312(&l, 0, 5, [0x7080, 0x7100]),
+        );
+        assert_eq!(s, [Still::Frame(0x7080), Still::Quiet]);
+        // The GIL changed hands during the read: thread 1 may have run, nothing vouches for it.
+        let s = stills(
+            &mut plan,
+            &l,
+            image_312(&l, 0, 5, frames),
+            image_312(&l, 1, 6, [0x7000, 0x7180]),
+        );
+        assert_eq!(s, [Still::Frame(0x7000), Still::Unknown]);
+        // Gone and back (0 → 1 → 0): same holder, but the count moved.
+        let s = stills(
+            &mut plan,
+            &l,
+            image_312(&l, 0, 5, frames),
+            image_312(&l, 0, 7, frames),
+        );
+        assert_eq!(s, [Still::Frame(0x7000), Still::Unknown]);
+        // Thread 1 holds it from before the read: the guess (thread 0) is wrong, so thread 1
+        // is left to the caller's re-read, and thread 0 is vouched for by its own re-read.
+        let s = stills(
+            &mut plan,
+            &l,
+            image_312(&l, 1, 8, frames),
+            image_312(&l, 1, 8, frames),
+        );
+        assert_eq!(s, [Still::Frame(0x7000), Still::Unknown]);
+        let s = stills(
+            &mut plan,
+            &l,
+            image_312(&l, 1, 8, frames),
+            image_312(&l, 1, 8, frames),
+        );
+        assert_eq!(s, [Still::Quiet, Still::Frame(0x7100)]);
+    }
 
     #[test]
     fn chunk_copy_runs_to_the_page_end_and_follows_recent_use() {

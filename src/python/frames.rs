@@ -175,20 +175,31 @@ pub fn current_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: u64) -> Re
     })
 }
 
-/// The innermost frame of every thread, read afresh in one batch (None where unreadable).
+/// The innermost frame of every `wanted` thread, read afresh in one batch (None where
+/// unreadable or not wanted).
 /// For 3.11/3.12 the `_PyCFrame` seen in the thread-state copy is re-read; a thread that
 /// switched to another C frame since is reported as changed.
 pub fn current_frames<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     threads: &[super::threads::PyThread],
+    wanted: impl Fn(usize) -> bool,
 ) -> Vec<Option<u64>> {
     let n = threads.len();
     let mut a = vec![[0u8; 8]; n];
     let mut b = vec![[0u8; 8]; n];
     let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(2 * n);
     let mut cframes = Vec::with_capacity(n);
-    for ((t, a), b) in threads.iter().zip(a.iter_mut()).zip(b.iter_mut()) {
+    for (i, ((t, a), b)) in threads
+        .iter()
+        .zip(a.iter_mut())
+        .zip(b.iter_mut())
+        .enumerate()
+    {
+        if !wanted(i) {
+            cframes.push(0);
+            continue;
+        }
         match l.frame_root {
             FrameRoot::Direct(off) => reqs.push((t.tstate + off, a)),
             FrameRoot::CFrame { cframe, current } => {
@@ -206,6 +217,7 @@ pub fn current_frames<M: Memory + ?Sized>(
     }
     (0..n)
         .map(|i| match l.frame_root {
+            _ if !wanted(i) => None,
             FrameRoot::Direct(_) => Some(u64::from_le_bytes(a[i])),
             FrameRoot::CFrame { .. } => {
                 let cf = u64::from_le_bytes(a[i]);

@@ -145,9 +145,31 @@ impl<M: Memory> StackReader<M> {
         // A stack is trusted only if its thread's innermost frame is the same after the walk
         // as before it; all threads are re-checked in one batch. The batch's own re-read at
         // its end serves when the walk read nothing beyond the batch.
-        let still = match still {
-            Some(s) if opts.validate && self.mem.reads() == reads_before => s,
-            _ if opts.validate => frames::current_frames(&self.mem, l, &threads),
+        // Threads the batch could not vouch for have their innermost frame re-read now.
+        let fresh = |s: &dyn Fn(usize) -> bool| {
+            frames::current_frames(&self.mem, l, &threads, s)
+                .into_iter()
+                .map(|f| f.map(batch::Still::Frame))
+        };
+        let still: Vec<Option<batch::Still>> = match still {
+            Some(s) if opts.validate && self.mem.reads() == reads_before => {
+                let unknown = |i: usize| s[i] == batch::Still::Unknown;
+                if (0..s.len()).any(unknown) {
+                    s.iter()
+                        .zip(fresh(&unknown))
+                        .map(|(s, f)| {
+                            if *s == batch::Still::Unknown {
+                                f
+                            } else {
+                                Some(*s)
+                            }
+                        })
+                        .collect()
+                } else {
+                    s.into_iter().map(Some).collect()
+                }
+            }
+            _ if opts.validate => fresh(&|_| true).collect(),
             _ => Vec::new(),
         };
         let mut out = Vec::with_capacity(n);
@@ -158,7 +180,8 @@ impl<M: Memory> StackReader<M> {
             let mut entries = std::mem::take(&mut self.entries[i]);
             let consistent = match (self.firsts[i], still.get(i)) {
                 (Some(_), _) if !opts.validate => true,
-                (Some(first), Some(Some(now))) => first == *now,
+                (Some(_), Some(Some(batch::Still::Quiet))) => true,
+                (Some(first), Some(Some(batch::Still::Frame(now)))) => first == *now,
                 _ => false,
             };
             let frames = if consistent {
@@ -222,7 +245,7 @@ impl<M: Memory> StackReader<M> {
         (
             Vec<threads::PyThread>,
             Vec<Vec<(u64, Vec<u8>)>>,
-            Option<Vec<Option<u64>>>,
+            Option<Vec<batch::Still>>,
         ),
         PyError,
     > {
