@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use foldhash::HashMap as FastMap;
 use foldhash::fast::RandomState;
 
-use crate::sample::{Frame, FrameKind, Sample};
+use crate::sample::{Frame, FrameCode, FrameKind, Sample};
 
 /// How samples are aggregated and frames are shown; py-spy's `record` flags.
 ///
@@ -326,13 +326,12 @@ pub struct Profile {
 
 /// A frame of a thread's last stack and the stack node it led to. Successive samples of a
 /// thread mostly share their outer frames, and a frame identical to the one at the same
-/// depth last time (same name and file allocations, kind and line) under the same parent
-/// interns to the same node: the tables only grow, so the node found then is still right.
-/// The allocations are held, so their addresses cannot be reused for other text.
+/// depth last time (same code allocation, kind and line) under the same parent interns to
+/// the same node: the tables only grow, so the node found then is still right. The
+/// allocation is held, so its address cannot be reused for other code.
 #[derive(Debug, Clone)]
 struct Step {
-    name: Arc<str>,
-    filename: Arc<str>,
+    code: Arc<FrameCode>,
     kind: FrameKind,
     line: i32,
     node: u32,
@@ -340,10 +339,7 @@ struct Step {
 
 impl Step {
     fn is(&self, frame: &Frame) -> bool {
-        Arc::ptr_eq(&self.name, &frame.name)
-            && Arc::ptr_eq(&self.filename, &frame.filename)
-            && self.kind == frame.kind
-            && self.line == frame.line
+        Arc::ptr_eq(&self.code, &frame.code) && self.kind == frame.kind && self.line == frame.line
     }
 }
 
@@ -449,8 +445,7 @@ impl Profile {
                 }
             };
             last.push(Step {
-                name: Arc::clone(&frame.name),
-                filename: Arc::clone(&frame.filename),
+                code: Arc::clone(&frame.code),
                 kind: frame.kind,
                 line: frame.line,
                 node,
@@ -526,8 +521,8 @@ impl Profile {
         // (the Python reader interns them), so the pointers identify the function without
         // hashing any text: this runs for every frame of every sample.
         let key = (
-            Arc::as_ptr(&frame.name) as *const u8 as usize,
-            Arc::as_ptr(&frame.filename) as *const u8 as usize,
+            Arc::as_ptr(&frame.code.name) as *const u8 as usize,
+            Arc::as_ptr(&frame.code.filename) as *const u8 as usize,
             frame.kind,
         );
         if let Some(known) = self.function_by_ptr.get(&key) {
@@ -535,25 +530,26 @@ impl Profile {
         }
         let hash = self
             .hasher
-            .hash_one((&*frame.name, &*frame.filename, frame.kind));
+            .hash_one((frame.name(), frame.filename(), frame.kind));
         let head = self.function_index.get(&hash).copied();
         let mut cur = head;
         while let Some(i) = cur {
             let f = &self.functions[i as usize];
-            if *f.name == *frame.name && *f.filename == *frame.filename && f.kind == frame.kind {
+            if *f.name == *frame.name() && *f.filename == *frame.filename() && f.kind == frame.kind
+            {
                 return i;
             }
             cur = f.next_same_hash;
         }
         let id = self.functions.len() as u32;
-        let short = if frame.short_filename.is_empty() {
-            frame.filename.to_string()
+        let short = if frame.short_filename().is_empty() {
+            frame.filename().to_string()
         } else {
-            frame.short_filename.to_string()
+            frame.short_filename().to_string()
         };
         self.functions.push(FunctionInfo {
-            name: frame.name.to_string(),
-            filename: frame.filename.to_string(),
+            name: frame.name().to_string(),
+            filename: frame.filename().to_string(),
             short_filename: short,
             kind: frame.kind,
             lowest_line: 0,
@@ -565,7 +561,11 @@ impl Profile {
         // name it were allocated.
         self.function_by_ptr.insert(
             key,
-            (id, Arc::clone(&frame.name), Arc::clone(&frame.filename)),
+            (
+                id,
+                Arc::clone(&frame.code.name),
+                Arc::clone(&frame.code.filename),
+            ),
         );
         id
     }
@@ -991,14 +991,13 @@ pub(crate) mod fixtures {
 
     /// A Python frame in `file`, with a short name `file` minus its directory.
     pub fn frame(name: &str, file: &str, line: i32) -> Frame {
-        Frame {
-            name: name.into(),
-            filename: file.into(),
-            short_filename: file.rsplit('/').next().unwrap_or(file).into(),
+        Frame::new(
+            name,
+            file,
+            file.rsplit('/').next().unwrap_or(file),
             line,
-            kind: FrameKind::Python,
-            locals: None,
-        }
+            FrameKind::Python,
+        )
     }
 
     /// A sample; `frames` are given outermost first, as people read stacks.
@@ -1172,17 +1171,16 @@ mod tests {
                 &[("main", 1), ("work", 10), ("fib", 30), ("fib", 31)],
             ),
         ];
-        let mut names: HashMap<String, (Arc<str>, Arc<str>)> = HashMap::new();
+        let mut codes: HashMap<String, Arc<FrameCode>> = HashMap::new();
         let shared: Vec<Sample> = samples
             .iter()
             .map(|s| {
                 let mut s = s.clone();
                 for f in &mut s.stack.frames {
-                    let (n, file) = names
-                        .entry(f.name.to_string())
-                        .or_insert_with(|| (f.name.clone(), f.filename.clone()));
-                    f.name = Arc::clone(n);
-                    f.filename = Arc::clone(file);
+                    let code = codes
+                        .entry(f.name().to_string())
+                        .or_insert_with(|| Arc::clone(&f.code));
+                    f.code = Arc::clone(code);
                 }
                 s
             })
@@ -1447,8 +1445,8 @@ mod tests {
 
         let mut p = Profile::new(meta(), ProfileOptions::default());
         let mut s = sample(0.0, 1, "t", &[("f", 1)]);
-        s.stack.frames[0].short_filename = "".into();
-        s.stack.frames[0].name = "a;b".into();
+        let f = &mut s.stack.frames[0];
+        *f = Frame::new("a;b", f.filename(), "", f.line, f.kind);
         p.add(&s);
         assert_eq!(p.folded(), [("a:b (/app/src/main.py:1)".to_owned(), 1)]);
     }

@@ -15,22 +15,69 @@ pub enum FrameKind {
     Native,
 }
 
-/// One frame of a stack.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Frame {
+/// The code a frame ran, as users see it: shared by every frame of that code, so copying a
+/// frame (once per sample it appears in) costs one reference count.
+#[derive(Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct FrameCode {
     /// Function name as shown to users (the qualified name where the interpreter has one).
-    /// Shared, as are the file names: a frame is cloned for every sample it appears in.
+    /// The texts are shared too (the Python reader interns them), which lets a profile
+    /// recognise a function by pointer.
     pub name: Arc<str>,
     /// File name exactly as the interpreter knows it (`co_filename`).
     pub filename: Arc<str>,
     /// Module-relative short file name (`json/decoder.py`).
     pub short_filename: Arc<str>,
+}
+
+/// One frame of a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Frame {
+    /// Name and file names.
+    #[serde(flatten)]
+    pub code: Arc<FrameCode>,
     /// Line being executed, or 0 when the interpreter has no line for this instruction.
     pub line: i32,
     /// Python or native.
     pub kind: FrameKind,
     /// Local variables, filled only when requested (`--locals`).
     pub locals: Option<Vec<LocalVar>>,
+}
+
+impl Frame {
+    /// A frame with its own name and file name texts (no locals).
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        filename: impl Into<Arc<str>>,
+        short_filename: impl Into<Arc<str>>,
+        line: i32,
+        kind: FrameKind,
+    ) -> Frame {
+        Frame {
+            code: Arc::new(FrameCode {
+                name: name.into(),
+                filename: filename.into(),
+                short_filename: short_filename.into(),
+            }),
+            line,
+            kind,
+            locals: None,
+        }
+    }
+
+    /// Function name as shown to users.
+    pub fn name(&self) -> &str {
+        &self.code.name
+    }
+
+    /// File name exactly as the interpreter knows it.
+    pub fn filename(&self) -> &str {
+        &self.code.filename
+    }
+
+    /// Module-relative short file name.
+    pub fn short_filename(&self) -> &str {
+        &self.code.short_filename
+    }
 }
 
 /// A local variable with a short, bounded representation of its value.

@@ -183,14 +183,14 @@ fn check_core(core_file: &Path, sysroot: &Path, arch: ArchKind, minor: u32) {
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(stacks.len(), 1, "{what}: {stacks:#?}");
     let py = &stacks[0].frames;
-    let got: Vec<(&str, i32)> = py.iter().map(|f| (&*f.name, f.line)).collect();
+    let got: Vec<(&str, i32)> = py.iter().map(|f| (f.name(), f.line)).collect();
     assert_eq!(got, EXPECTED, "{what}: Python stack");
     for f in py {
         assert!(
-            f.filename.ends_with(SCRIPT_NAME),
+            f.filename().ends_with(SCRIPT_NAME),
             "{what}: {} is in {}",
-            f.name,
-            f.filename
+            f.name(),
+            f.filename()
         );
     }
 
@@ -209,7 +209,7 @@ fn check_core(core_file: &Path, sysroot: &Path, arch: ArchKind, minor: u32) {
     let (frames, err) = native.stack(&core, &thread.regs);
     let names: Vec<String> = frames
         .iter()
-        .flat_map(|nf| nf.frames.iter().map(|f| f.name.to_string()))
+        .flat_map(|nf| nf.frames.iter().map(|f| f.name().to_string()))
         .collect();
     notice(&format!(
         "{what}: native stack {names:?} (stopped by {err:?})"
@@ -232,7 +232,7 @@ fn check_core(core_file: &Path, sysroot: &Path, arch: ArchKind, minor: u32) {
         .unwrap_or_else(|| panic!("{what}: no eval frame in {names:?}"));
     let abort_frame = frames
         .iter()
-        .position(|nf| nf.frames.iter().any(|f| *f.name == *names[abort]))
+        .position(|nf| nf.frames.iter().any(|f| *f.name() == *names[abort]))
         .unwrap();
     assert!(abort_frame < eval, "{what}: abort outside the interpreter");
     assert!(
@@ -242,7 +242,7 @@ fn check_core(core_file: &Path, sysroot: &Path, arch: ArchKind, minor: u32) {
 
     let entries = reader.entry_flags()[0].clone();
     let merged = merge(&frames, py, &entries, EntryRule::for_version(3, minor));
-    let merged_names: Vec<&str> = merged.iter().map(|f| &*f.name).collect();
+    let merged_names: Vec<&str> = merged.iter().map(|f| f.name()).collect();
     notice(&format!("{what}: merged {merged_names:?}"));
     assert!(
         !merged_names.contains(&UNCERTAIN),

@@ -161,14 +161,14 @@ fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
             .map(|f| {
                 let is_native = f.kind == FrameKind::Native;
                 JsonFrame {
-                    name: &f.name,
-                    filename: &f.filename,
+                    name: f.name(),
+                    filename: f.filename(),
                     module: if is_native {
                         None
                     } else {
-                        module_name(&f.short_filename)
+                        module_name(f.short_filename())
                     },
-                    short_filename: &f.short_filename,
+                    short_filename: f.short_filename(),
                     line: f.line,
                     locals: f.locals.as_deref(),
                     native: native.then_some(is_native),
@@ -192,16 +192,24 @@ fn write_thread(out: &mut impl Write, s: &ThreadStack, full: bool) -> std::io::R
     let name = s.thread_name.as_deref().unwrap_or("");
     writeln!(out, "Thread {id} ({status}): \"{name}\"")?;
     for f in &s.frames {
-        let file = if full { &f.filename } else { &f.short_filename };
+        let file = if full {
+            &f.filename()
+        } else {
+            &f.short_filename()
+        };
         match f.kind {
-            FrameKind::Python => writeln!(out, "    {} ({file}:{})", f.name, f.line)?,
+            FrameKind::Python => writeln!(out, "    {} ({file}:{})", f.name(), f.line)?,
             // Native frames: `name (file:line)` from DWARF, else `name (module+offset)`;
             // the marker frame has neither.
             FrameKind::Native if f.line > 0 => {
-                writeln!(out, "    {} ({file}:{}) [native]", f.name, f.line)?
+                writeln!(out, "    {} ({file}:{}) [native]", f.name(), f.line)?
             }
-            FrameKind::Native if f.short_filename.is_empty() => writeln!(out, "    {}", f.name)?,
-            FrameKind::Native => writeln!(out, "    {} ({}) [native]", f.name, f.short_filename)?,
+            FrameKind::Native if f.short_filename().is_empty() => {
+                writeln!(out, "    {}", f.name())?
+            }
+            FrameKind::Native => {
+                writeln!(out, "    {} ({}) [native]", f.name(), f.short_filename())?
+            }
         }
         if let Some(locals) = &f.locals {
             for v in locals {

@@ -66,14 +66,7 @@ pub struct NativeFrame {
 
 /// A frame named [`UNCERTAIN`].
 pub fn uncertain_frame() -> Frame {
-    Frame {
-        name: UNCERTAIN.into(),
-        filename: "".into(),
-        short_filename: "".into(),
-        line: 0,
-        kind: FrameKind::Native,
-        locals: None,
-    }
+    Frame::new(UNCERTAIN, "", "", 0, FrameKind::Native)
 }
 
 /// Merge `native` (innermost first) with `python` (innermost first; `entries[i]` is
@@ -137,32 +130,24 @@ mod tests {
     use super::*;
 
     fn py(name: &str) -> Frame {
-        Frame {
-            name: name.into(),
-            filename: format!("{name}.py").into(),
-            short_filename: format!("{name}.py").into(),
-            line: 1,
-            kind: FrameKind::Python,
-            locals: None,
-        }
+        Frame::new(
+            name,
+            format!("{name}.py"),
+            format!("{name}.py"),
+            1,
+            FrameKind::Python,
+        )
     }
 
     fn nat(name: &str) -> NativeFrame {
         NativeFrame {
-            frames: vec![Frame {
-                name: name.into(),
-                filename: "".into(),
-                short_filename: "".into(),
-                line: 0,
-                kind: FrameKind::Native,
-                locals: None,
-            }],
+            frames: vec![Frame::new(name, "", "", 0, FrameKind::Native)],
             eval: is_eval_function(name),
         }
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| &*f.name).collect()
+        frames.iter().map(|f| f.name()).collect()
     }
 
     const EVAL: &str = "_PyEval_EvalFrameDefault";

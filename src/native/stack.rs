@@ -165,34 +165,25 @@ pub fn native_frame(s: &Symbolized) -> NativeFrame {
                 .clone()
                 .unwrap_or_else(|| format!("{:#x}", s.pc));
             match (&level.file, level.line) {
-                (Some(file), Some(line)) if line > 0 => Frame {
-                    name: name.into(),
-                    filename: file.as_str().into(),
-                    short_filename: file.rsplit('/').next().unwrap_or(file).into(),
-                    line: line.min(i32::MAX as u32) as i32,
-                    kind: FrameKind::Native,
-                    locals: None,
-                },
-                _ => Frame {
-                    name: name.into(),
-                    filename: module.into(),
-                    short_filename: place.as_str().into(),
-                    line: 0,
-                    kind: FrameKind::Native,
-                    locals: None,
-                },
+                (Some(file), Some(line)) if line > 0 => Frame::new(
+                    name,
+                    file.as_str(),
+                    file.rsplit('/').next().unwrap_or(file),
+                    line.min(i32::MAX as u32) as i32,
+                    FrameKind::Native,
+                ),
+                _ => Frame::new(name, module, place.as_str(), 0, FrameKind::Native),
             }
         })
         .collect();
     if frames.is_empty() {
-        frames.push(Frame {
-            name: format!("{:#x}", s.pc).into(),
-            filename: module.into(),
-            short_filename: place.into(),
-            line: 0,
-            kind: FrameKind::Native,
-            locals: None,
-        });
+        frames.push(Frame::new(
+            format!("{:#x}", s.pc),
+            module,
+            place,
+            0,
+            FrameKind::Native,
+        ));
     }
     let eval = s
         .frames

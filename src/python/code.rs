@@ -10,17 +10,15 @@ use super::linetable::line_for_offset;
 use super::objects::{read_bytes, read_str, type_name};
 use crate::process::memory::{le_u32, le_u64};
 use crate::process::{Memory, MemoryExt};
+use crate::sample::FrameCode;
 
 /// What prof keeps of one code object.
 #[derive(Debug, Clone)]
 pub struct CodeInfo {
-    /// The name shown to users: `co_qualname` where the interpreter has one (3.11+), else
-    /// `co_name`.
-    pub name: Arc<str>,
-    /// `co_filename`.
-    pub filename: Arc<str>,
-    /// Package-relative form of the file name.
-    pub short_filename: Arc<str>,
+    /// The name shown to users (`co_qualname` where the interpreter has one, 3.11+, else
+    /// `co_name`), `co_filename` and its package-relative form: what every frame of this
+    /// code object shares.
+    pub code: Arc<FrameCode>,
     /// `co_firstlineno`.
     pub first_line: i32,
     /// Raw line table (`co_lnotab` / `co_linetable`).
@@ -221,9 +219,11 @@ impl CodeCache {
         let short_filename = super::short_filename(&filename);
         let linetable = read_bytes(mem, l, p(l.co_linetable))?;
         let info = CodeInfo {
-            name: self.intern(name),
-            filename: self.intern(filename),
-            short_filename: self.intern(short_filename),
+            code: Arc::new(FrameCode {
+                name: self.intern(name),
+                filename: self.intern(filename),
+                short_filename: self.intern(short_filename),
+            }),
             first_line: le_u32(&head, l.co_firstlineno as usize) as i32,
             linetable,
             argcount: le_u32(&head, l.co_argcount as usize),
@@ -302,14 +302,26 @@ pub(crate) mod tests {
         let mut cache = CodeCache::new(None);
         let before = image(&l, "first", 0x30000);
         assert_eq!(
-            &*cache.get(&before, &l, 0x10000).unwrap().unwrap().info.name,
+            &*cache
+                .get(&before, &l, 0x10000)
+                .unwrap()
+                .unwrap()
+                .info
+                .code
+                .name,
             "first"
         );
         // The address now holds another code object (its name lives elsewhere).
         let after = image(&l, "second", 0x60000);
         // The changed fingerprint makes it re-read at once.
         assert_eq!(
-            &*cache.get(&after, &l, 0x10000).unwrap().unwrap().info.name,
+            &*cache
+                .get(&after, &l, 0x10000)
+                .unwrap()
+                .unwrap()
+                .info
+                .code
+                .name,
             "second"
         );
         // Not a code object any more: its type pointer is not the code type seen before.

@@ -424,9 +424,7 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
         };
         let info = &code.info;
         let frame = Frame {
-            name: Arc::clone(&info.name),
-            filename: Arc::clone(&info.filename),
-            short_filename: Arc::clone(&info.short_filename),
+            code: Arc::clone(&info.code),
             line,
             kind: FrameKind::Python,
             locals,
@@ -470,7 +468,7 @@ mod tests {
         let (mut entries, mut memo) = (Vec::new(), Vec::new());
         let raw = [frame(0x7f00_0000_1050, 0x10000, 10)];
         let names = |frames: Vec<Frame>| -> Vec<String> {
-            frames.iter().map(|f| f.name.to_string()).collect()
+            frames.iter().map(|f| f.name().to_string()).collect()
         };
         let first = image(&l, "first", 0x30000);
         // The batch brings each code object's head along, as the sampler's plan does.
