@@ -172,7 +172,7 @@ fn native_thread(pid: u32, tid: u32, state: char, frames: Vec<Frame>) -> ThreadS
     ThreadStack {
         thread_id: tid as u64,
         os_thread_id: Some(tid),
-        thread_name: process::threads::thread_comm(pid, tid),
+        thread_name: process::threads::thread_comm(pid, tid).map(Into::into),
         active: state == 'R',
         owns_gil: false,
         frames,

@@ -401,8 +401,8 @@ impl Profile {
         let st = &sample.stack;
         {
             let t = &mut self.threads[thread as usize];
-            if st.thread_name.is_some() && t.name != st.thread_name {
-                t.name.clone_from(&st.thread_name);
+            if st.thread_name.is_some() && t.name.as_deref() != st.thread_name.as_deref() {
+                t.name = st.thread_name.as_deref().map(str::to_owned);
             }
             if st.frames.is_empty() {
                 t.empty_samples += 1;
@@ -478,7 +478,7 @@ impl Profile {
                     pid: sample.pid,
                     thread_id: st.thread_id,
                     os_thread_id: st.os_thread_id,
-                    name: st.thread_name.clone(),
+                    name: st.thread_name.as_deref().map(str::to_owned),
                     samples: 0,
                     empty_samples: 0,
                     active_samples: 0,
@@ -1008,7 +1008,7 @@ pub(crate) mod fixtures {
             stack: ThreadStack {
                 thread_id: tid,
                 os_thread_id: Some(tid as u32 + 1000),
-                thread_name: Some(name.to_owned()),
+                thread_name: Some(name.into()),
                 active: true,
                 owns_gil: tid == 1,
                 frames: frames

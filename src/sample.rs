@@ -99,7 +99,8 @@ pub struct ThreadStack {
     /// Kernel thread id, when known.
     pub os_thread_id: Option<u32>,
     /// Thread name (`threading.current_thread().name`), when known.
-    pub thread_name: Option<String>,
+    /// Shared: it is copied into every sample of the thread.
+    pub thread_name: Option<Arc<str>>,
     /// The thread was on CPU (state `R`) when sampled.
     pub active: bool,
     /// The thread held the GIL when sampled.

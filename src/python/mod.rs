@@ -52,7 +52,7 @@ pub struct StackReader<M: Memory> {
     mem: M,
     interp: Interpreter,
     codes: code::CodeCache,
-    names: HashMap<u64, String>,
+    names: HashMap<u64, Arc<str>>,
     /// Thread ids that had no name at the last lookup, so unnamed threads (started through
     /// `_thread`) do not cost a full `threading._active` walk on every sample.
     unnamed: Vec<u64>,
@@ -369,7 +369,8 @@ impl<M: Memory> StackReader<M> {
             }
             for interp in interps {
                 if let Ok(names) = threads::thread_names(&self.mem, &self.interp.layout, interp) {
-                    self.names.extend(names);
+                    self.names
+                        .extend(names.into_iter().map(|(id, name)| (id, name.into())));
                 }
             }
             for t in out.iter() {
