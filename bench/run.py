@@ -602,6 +602,53 @@ def bench_native(P, a, res):
 # ----------------------------------------------------------------------------- report
 
 
+# ----------------------------------------------------------------------------- 7. tick floor
+
+
+FLOOR_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
+# What prof copies per tick on deep.py: its 16 KiB data-stack chunk (seen with strace).
+FLOOR_READ = 16384
+
+
+def bench_floor(P, a, res):
+    """CPU per tick of a sampler that only sleeps (and copies one block), next to prof's on
+    the one-thread target, where every tick is one thread-sample."""
+    log("== 7. tick floor at 1000 Hz: floor.c (sleep, sleep + one %d-byte read) vs prof on deep" % FLOOR_READ)
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        log("   skipped: no C compiler (gcc or cc) to build bench/floor.c")
+        return
+    exe = os.path.join(WORK, "floor")
+    subprocess.run([gcc, "-O2", "-o", exe, FLOOR_C], check=True)
+    ticks = 1000 * a.record_secs
+    got = {"sleep": [], "read": [], "prof": []}
+    for rep in range(a.reps):
+        for kind in order(rep, ("sleep", "read", "prof")):
+            if kind == "prof":
+                n, wall, c = timed_record(P, a, "prof", DEEP, 1000, True)
+                if n:
+                    got["prof"].append(c / n * 1e6)
+                continue
+            t = start_target(DEEP, [a.record_secs + 5], a.python)
+            try:
+                with open("/proc/%d/maps" % t.pid) as f:
+                    heap = next(l for l in f if l.rstrip().endswith("[heap]"))
+                addr = heap.split("-")[0]
+                length = FLOOR_READ if kind == "read" else 0
+                out = subprocess.run([exe, str(t.pid), addr, str(length), "1000", str(ticks)],
+                                     capture_output=True, text=True, timeout=a.record_secs + 60)
+                if out.returncode == 0:
+                    got[kind].append(float(out.stdout))
+                else:
+                    log("   floor failed: %s" % out.stderr.strip())
+            finally:
+                end(t)
+            log("   %-6s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
+        log("   prof   %.2f µs/tick" % got["prof"][-1] if got["prof"] else "   prof   no samples")
+    for kind, xs in got.items():
+        res["floor_us", kind] = med(xs)
+
+
 def ratio(p, s, higher_is_better=False):
     if p is None or s is None or p == 0 or s == 0:
         return "n/a"
@@ -696,6 +743,12 @@ def table(res, a):
             rows.append(("5. (%s), %s @ %d Hz (%s)" % (label, name, rate, mode), fmt(p, 2), fmt(s, 2),
                          ratio(p, s) if kind == "prof_cpu_pct" else "", "",
                          verdict(p, s) if kind == "prof_cpu_pct" else ""))
+    for kind, label in (("sleep", "floor.c, sleep only"),
+                        ("read", "floor.c, sleep + one %d-byte process_vm_readv" % FLOOR_READ),
+                        ("prof", "prof record, deep (default mode)")):
+        if ("floor_us", kind) in res:
+            rows.append(("7. CPU µs per tick at 1000 Hz: %s" % label, fmt(res["floor_us", kind], 2),
+                         "", "", "", ""))
     lines = ["| measurement | prof | py-spy | prof/py-spy | goal | verdict |",
              "|---|---:|---:|---:|---|---|"]
     lines += ["| %s |" % " | ".join(r) for r in rows]
@@ -744,7 +797,7 @@ def main():
     ap.add_argument("--py-spy", dest="pyspy", default=None, help="py-spy binary")
     ap.add_argument("--quick", action="store_true", help="1 repetition, short runs (~2 min)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurements to run")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run")
     ap.add_argument("--breakdown", action="store_true", help="also full strace -c breakdown and perf profile")
     ap.add_argument("--window", type=float, default=3.0,
                     help="slowdown: measured seconds per run (default 3: more, shorter runs beat fewer "
@@ -806,6 +859,8 @@ def main():
             bench_slowdown(P, a, res)
         if "6" in only:
             bench_native(P, a, res)
+        if "7" in only:
+            bench_floor(P, a, res)
         if a.breakdown:
             bench_breakdown(P, a, res)
     except KeyboardInterrupt:
