@@ -388,15 +388,21 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
     }
     memo.resize(depth, None);
     let mut frames = Vec::with_capacity(depth);
+    // The last code object whose head matched a fingerprint in this sample: recursion puts
+    // the same code object in frame after frame, and one check serves them all.
+    let mut checked: Option<(u64, Fingerprint)> = None;
     for (k, rf) in raw.iter().filter(|f| !f.shim).enumerate() {
         let slot = &mut memo[depth - 1 - k];
-        let head = mem.peek(rf.code, CODE_HEAD);
-        if let (Some(m), Some(head)) = (&*slot, head)
+        if let Some(m) = &*slot
             && m.code == rf.code
             && m.offset == rf.offset
             && m.function_lines == opts.function_lines
-            && fingerprint_is(l, head, &m.fingerprint)
+            && (checked == Some((rf.code, m.fingerprint))
+                || mem
+                    .peek(rf.code, CODE_HEAD)
+                    .is_some_and(|head| fingerprint_is(l, head, &m.fingerprint)))
         {
+            checked = Some((rf.code, m.fingerprint));
             entries.push(rf.is_entry);
             frames.push(m.frame.clone());
             continue;
@@ -497,6 +503,31 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(entries, [false, false]);
+    }
+
+    #[test]
+    fn recursion_checks_its_code_object_in_every_sample() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let opts = FrameOptions::default();
+        let mut codes = CodeCache::new(None);
+        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let raw = [
+            frame(0x7f00_0000_10f0, 0x10000, 10),
+            frame(0x7f00_0000_10a0, 0x10000, 10),
+            frame(0x7f00_0000_1050, 0x10000, 10),
+        ];
+        let names = |frames: Vec<Frame>| -> Vec<String> {
+            frames.iter().map(|f| f.name().to_string()).collect()
+        };
+        let head = |m: &ImageMemory| vec![(0x10000u64, m.bytes(0x10000, CODE_HEAD).unwrap())];
+        for (name, strs) in [("first", 0x30000), ("first", 0x30000), ("second", 0x60000)] {
+            let img = image(&l, name, strs);
+            let snap = head(&img);
+            let mem = Overlay::new(&snap, &img);
+            let got =
+                resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+            assert_eq!(names(got.unwrap()), [name; 3]);
+        }
     }
 
     #[test]
