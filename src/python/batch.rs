@@ -626,17 +626,9 @@ mod tests {
         m
     }
 
-    fn stills(
-        plan: &mut Plan,
-        l: &Layout,
-        before: crate::process::ImageMemory,
-        after: crate::process::ImageMemory,
-    ) -> Vec<Still> {
-        let snap = plan
-            .read(&Racing { before, after }, l, RUNTIME, true)
-            .unwrap();
-        snap.still.unwrap()
-    }
+    /// The GIL's last holder (thread index), its switch count, and each thread's innermost
+    /// frame, as one moment of the target.
+    type Moment = (usize, u64, [u64; 2]);
 
     #[test]
     fn with_a_gil_only_its_holder_is_re_read() {
@@ -645,62 +637,61 @@ mod tests {
         let still = image_312(&l, 0, 5, frames);
         let threads = super::super::threads::thread_states(&still, &l, RUNTIME).unwrap();
         let mut plan = Plan::learn(&still, &l, &threads).unwrap();
-        // The first read does not know the holder yet: it cannot vouch for it.
-        let s = stills(
-            &mut plan,
-            &l,
-            image_312(&l, 0, 5, frames),
-            image_312(&l, 0, 5, frames),
-        );
-        assert_eq!(s, [Still::Unknown, Still::Quiet]);
-        // Now thread 0's frame is re-read at the end; thread 1 did not hold the GIL.
-        let s = stills(
-            &mut plan,
-            &l,
-            image_312(&l, 0, 5, frames),
-            image_312(&l, 0, 5, frames),
-        );
-        assert_eq!(s, [Still::Frame(0x7000), Still::Quiet]);
-        // The holder ran during the read: its re-read shows the new frame.
-        let s = stills(
-            &mut plan,
-            &l,
-            image_312(&l, 0, 5, frames),
-            image_312(&l, 0, 5, [0x7080, 0x7100]),
-        );
-        assert_eq!(s, [Still::Frame(0x7080), Still::Quiet]);
-        // The GIL changed hands during the read: thread 1 may have run, nothing vouches for it.
-        let s = stills(
-            &mut plan,
-            &l,
-            image_312(&l, 0, 5, frames),
-            image_312(&l, 1, 6, [0x7000, 0x7180]),
-        );
-        assert_eq!(s, [Still::Frame(0x7000), Still::Unknown]);
-        // Gone and back (0 → 1 → 0): same holder, but the count moved.
-        let s = stills(
-            &mut plan,
-            &l,
-            image_312(&l, 0, 5, frames),
-            image_312(&l, 0, 7, frames),
-        );
-        assert_eq!(s, [Still::Frame(0x7000), Still::Unknown]);
-        // Thread 1 holds it from before the read: the guess (thread 0) is wrong, so thread 1
-        // is left to the caller's re-read, and thread 0 is vouched for by its own re-read.
-        let s = stills(
-            &mut plan,
-            &l,
-            image_312(&l, 1, 8, frames),
-            image_312(&l, 1, 8, frames),
-        );
-        assert_eq!(s, [Still::Frame(0x7000), Still::Unknown]);
-        let s = stills(
-            &mut plan,
-            &l,
-            image_312(&l, 1, 8, frames),
-            image_312(&l, 1, 8, frames),
-        );
-        assert_eq!(s, [Still::Quiet, Still::Frame(0x7100)]);
+        // One batched read after another: the target at the start of the read and at its end
+        // (the validation tail), and what the batch says of each thread.
+        let reads: [(Moment, Moment, [Still; 2]); 7] = [
+            // The first read does not know the holder yet: it cannot vouch for it.
+            (
+                (0, 5, frames),
+                (0, 5, frames),
+                [Still::Unknown, Still::Quiet],
+            ),
+            // Now thread 0's frame is re-read at the end; thread 1 did not hold the GIL.
+            (
+                (0, 5, frames),
+                (0, 5, frames),
+                [Still::Frame(0x7000), Still::Quiet],
+            ),
+            // The holder ran during the read: its re-read shows the new frame.
+            (
+                (0, 5, frames),
+                (0, 5, [0x7080, 0x7100]),
+                [Still::Frame(0x7080), Still::Quiet],
+            ),
+            // The GIL changed hands during the read: thread 1 may have run.
+            (
+                (0, 5, frames),
+                (1, 6, [0x7000, 0x7180]),
+                [Still::Frame(0x7000), Still::Unknown],
+            ),
+            // Gone and back (0 → 1 → 0): the same holder, but the count moved.
+            (
+                (0, 5, frames),
+                (0, 7, frames),
+                [Still::Frame(0x7000), Still::Unknown],
+            ),
+            // Thread 1 holds it from before the read: the guess (thread 0) is wrong, so
+            // thread 1 is left to the caller's re-read; thread 0 has its own re-read.
+            (
+                (1, 8, frames),
+                (1, 8, frames),
+                [Still::Frame(0x7000), Still::Unknown],
+            ),
+            // The next read re-reads thread 1.
+            (
+                (1, 8, frames),
+                (1, 8, frames),
+                [Still::Quiet, Still::Frame(0x7100)],
+            ),
+        ];
+        for (k, ((h0, s0, f0), (h1, s1, f1), want)) in reads.into_iter().enumerate() {
+            let memory = Racing {
+                before: image_312(&l, h0, s0, f0),
+                after: image_312(&l, h1, s1, f1),
+            };
+            let snap = plan.read(&memory, &l, RUNTIME, true).unwrap();
+            assert_eq!(snap.still.unwrap(), want, "read {k}");
+        }
     }
 
     #[test]
