@@ -301,6 +301,12 @@ pub fn run_live(
     stop: &AtomicBool,
     live: Option<&LiveStats>,
 ) -> SamplerStats {
+    // An attached target's native side is made ready before the clock starts: on the first
+    // tick it took ~0.1 s, and every tick due meanwhile was dropped.
+    let warm = match (&root, opts.native) {
+        (Ok(t), true) => warm_native(t.pid),
+        _ => None,
+    };
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     let mut stats = SamplerStats::default();
@@ -314,6 +320,7 @@ pub fn run_live(
         Ok(t) => Proc::new(t.pid, ProcState::Attached(Box::new(t)), start),
         Err(pid) => Proc::pending(pid, start),
     }];
+    procs[0].natives = warm.map(Box::new);
     let frame_opts = FrameOptions {
         locals: false,
         validate: !opts.nonblocking,
@@ -321,12 +328,16 @@ pub fn run_live(
     };
     let mut next_scan = start;
     let mut tick: u64 = 0;
+    // Whether the run went the whole of -d: its window is then exactly -d long (each tick
+    // stands for one period), however soon after the last tick the loop ends.
+    let mut full_window = false;
     loop {
         let due = start + period.mul_f64(tick as f64);
         let end = opts.duration.map(|d| start + d);
         if let Some(end) = end
             && due >= end
         {
+            full_window = true;
             break;
         }
         sleep_until(due, stop);
@@ -383,10 +394,11 @@ pub fn run_live(
             live.publish(&stats, &procs);
         }
     }
-    stats.elapsed = start.elapsed();
-    if let Some(d) = opts.duration {
-        stats.elapsed = stats.elapsed.min(d.max(stats.elapsed.min(d)));
-    }
+    stats.elapsed = match opts.duration {
+        Some(d) if full_window => d,
+        Some(d) => start.elapsed().min(d),
+        None => start.elapsed(),
+    };
     stats.processes = procs
         .iter()
         .filter(|p| matches!(p.state, ProcState::Attached(_)))
@@ -531,6 +543,20 @@ fn sample_process(
             stack,
         });
     }
+}
+
+/// The native side of `pid` after one unwind and symbolization of every thread, whose
+/// result is dropped: it loads the modules' unwind tables and the symbols of the code on
+/// the stacks. None when the process cannot be read (the first tick then tries again).
+fn warm_native(pid: u32) -> Option<NativeTarget> {
+    let mut n = NativeTarget::new(pid).ok()?;
+    let tids = crate::process::threads::list_threads(pid).ok()?;
+    if let Ok(((), pcs)) = n.capture(&tids, || ()) {
+        for stack in &pcs {
+            n.native_frames(stack);
+        }
+    }
+    Some(n)
 }
 
 /// Sleep until `when`, waking early if a stop is requested.

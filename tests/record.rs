@@ -532,6 +532,15 @@ impl ProfOut {
         (c[1].parse().unwrap(), c[2].parse().unwrap())
     }
 
+    /// The achieved and requested rates of the summary line.
+    fn rates(&self) -> (f64, f64) {
+        let re = regex::Regex::new(r"([\d.]+) Hz achieved of ([\d.]+) Hz requested").unwrap();
+        let c = re
+            .captures(&self.stderr)
+            .unwrap_or_else(|| panic!("no rates in the summary line\n{}", self.describe()));
+        (c[1].parse().unwrap(), c[2].parse().unwrap())
+    }
+
     /// Exactly one non-empty stderr line, exit code 1.
     fn assert_one_line_error(&self, what: &str) -> String {
         self.assert_code(1, what);
@@ -779,6 +788,13 @@ fn attach_and_launch_show_the_targets_functions() {
             out.elapsed >= Duration::from_millis(1500),
             "{what}: -d 2 ended after {:?}\n{}",
             out.elapsed,
+            out.describe()
+        );
+        // -d 2 at 100 Hz is 200 ticks in a 2 s window: never more than 100 Hz.
+        let (achieved, requested) = out.rates();
+        assert!(
+            achieved <= requested + 0.05,
+            "{what}: {achieved} Hz achieved of {requested} Hz requested\n{}",
             out.describe()
         );
         let folded = Folded::read(&path, &what);
