@@ -45,13 +45,19 @@ pub trait Memory {
         Ok(())
     }
 
-    /// [`Memory::read_many`] of `reqs[..first]` and then of `reqs[first..]`: every byte of
-    /// the second group is read after every byte of the first, so a re-read in the second
-    /// group proves a value did not change while the first was being copied.
-    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], first: usize) -> MemResult<()> {
-        let (a, b) = reqs.split_at_mut(first.min(reqs.len()));
-        self.read_many(a)?;
-        self.read_many(b)
+    /// [`Memory::read_many`] of `reqs` in groups, split at the ascending indices `cuts`:
+    /// every byte of a group is read after every byte of the groups before it (within a
+    /// group, in any order), so a value read in a first group is known from before a copy,
+    /// and a re-read in a last group proves it did not change while the copy was made.
+    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
+        let n = reqs.len();
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([n]) {
+            let end = end.clamp(start, n);
+            self.read_many(&mut reqs[start..end])?;
+            start = end;
+        }
+        Ok(())
     }
 
     /// The bytes at `addr` when they are already held locally (no read, no copy).
@@ -110,8 +116,8 @@ impl<M: Memory + ?Sized> Memory for &M {
     fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
         (**self).read_many(reqs)
     }
-    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], first: usize) -> MemResult<()> {
-        (**self).read_many_then(reqs, first)
+    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
+        (**self).read_many_then(reqs, cuts)
     }
     fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
         (**self).peek(addr, len)
@@ -156,7 +162,7 @@ pub struct LiveMemory {
 #[derive(Debug)]
 struct BatchLayout {
     ranges: Vec<(u64, usize)>,
-    first: usize,
+    cuts: Vec<usize>,
     plan: Coalesced,
     scatter: Scatter,
 }
@@ -166,10 +172,10 @@ impl BatchLayout {
     fn for_requests(
         last: Option<Box<BatchLayout>>,
         reqs: &[(u64, &mut [u8])],
-        first: usize,
+        cuts: &[usize],
     ) -> Box<BatchLayout> {
         let same = |l: &BatchLayout| {
-            l.first == first
+            l.cuts == cuts
                 && l.ranges.len() == reqs.len()
                 && l.ranges
                     .iter()
@@ -182,11 +188,11 @@ impl BatchLayout {
                 let mut ranges = last.map(|l| l.ranges).unwrap_or_default();
                 ranges.clear();
                 ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
-                let plan = coalesce(&ranges, first);
+                let plan = coalesce(&ranges, cuts);
                 let scatter = scatter(&plan, &ranges);
                 Box::new(BatchLayout {
                     ranges,
-                    first,
+                    cuts: cuts.to_vec(),
                     plan,
                     scatter,
                 })
@@ -287,29 +293,29 @@ fn scatter(c: &Coalesced, reqs: &[(u64, usize)]) -> Scatter {
 ///
 /// Requests from `first` on form a second group, merged only among themselves and placed
 /// after all spans of the first (the kernel copies remote iovecs in order).
-fn coalesce(reqs: &[(u64, usize)], first: usize) -> Coalesced {
+fn coalesce(reqs: &[(u64, usize)], cuts: &[usize]) -> Coalesced {
+    let group = |i: usize| cuts.partition_point(|&c| c <= i);
     // An empty request touches no page, so it must not stretch a span.
     let mut order: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].1 > 0).collect();
-    order.sort_unstable_by_key(|&i| (i >= first, reqs[i].0));
+    order.sort_unstable_by_key(|&i| (group(i), reqs[i].0));
     let mut spans: Vec<(u64, u64)> = Vec::new();
     let mut span_of = vec![usize::MAX; reqs.len()];
-    // Index of the first span of the second group.
-    let mut second = usize::MAX;
+    // The group of the last span: spans never mix groups.
+    let mut last_group = usize::MAX;
     for &i in &order {
         let (addr, len) = reqs[i];
         let end = addr.saturating_add(len as u64);
-        if i >= first && second == usize::MAX {
-            second = spans.len();
-        }
-        let same_group = i < first || spans.len() > second;
+        let g = group(i);
         match spans.last_mut() {
             Some(last)
-                if same_group && addr / MIN_PAGE <= last.1.saturating_sub(1) / MIN_PAGE + 1 =>
+                if g == last_group
+                    && addr / MIN_PAGE <= last.1.saturating_sub(1) / MIN_PAGE + 1 =>
             {
                 last.1 = last.1.max(end);
             }
             _ => spans.push((addr, end)),
         }
+        last_group = g;
         span_of[i] = spans.len() - 1;
     }
     let mut span_off = Vec::with_capacity(spans.len());
@@ -407,12 +413,11 @@ impl Memory for LiveMemory {
     }
 
     fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
-        let n = reqs.len();
-        self.read_many_then(reqs, n)
+        self.read_many_then(reqs, &[])
     }
 
-    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], first: usize) -> MemResult<()> {
-        let batch = BatchLayout::for_requests(self.layout.take(), reqs, first);
+    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
+        let batch = BatchLayout::for_requests(self.layout.take(), reqs, cuts);
         let result = self.read_laid_out(reqs, &batch);
         self.layout.set(Some(batch));
         result
@@ -685,7 +690,7 @@ mod tests {
                 .zip(bufs.iter_mut())
                 .map(|(&(off, _), b)| (base + off as u64, &mut b[..]))
                 .collect();
-            m.read_many_then(&mut reqs, then).unwrap();
+            m.read_many_then(&mut reqs, &[then]).unwrap();
             for (&(off, n), b) in wanted.iter().zip(&bufs) {
                 assert_eq!(&b[..], &data[off..off + n]);
             }
@@ -700,17 +705,17 @@ mod tests {
             (0x7f1e_300d_b000, &mut b[..]),
             (0x55b8_8de5_9168, &mut c[..]),
         ];
-        let first = BatchLayout::for_requests(None, &reqs, 2);
+        let first = BatchLayout::for_requests(None, &reqs, &[2]);
         assert_eq!(first.plan.spans.len(), 3);
         let at = &*first as *const BatchLayout;
-        let again = BatchLayout::for_requests(Some(first), &reqs, 2);
+        let again = BatchLayout::for_requests(Some(first), &reqs, &[2]);
         assert_eq!(&*again as *const BatchLayout, at);
         // The same addresses split differently into the two groups: laid out anew.
-        let regrouped = BatchLayout::for_requests(Some(again), &reqs, 3);
+        let regrouped = BatchLayout::for_requests(Some(again), &reqs, &[3]);
         assert_eq!(regrouped.plan.spans.len(), 2);
         // A request that moved: laid out anew.
         reqs[1].0 += 4096;
-        let moved = BatchLayout::for_requests(Some(regrouped), &reqs, 3);
+        let moved = BatchLayout::for_requests(Some(regrouped), &reqs, &[3]);
         assert_eq!(moved.plan.spans[1].0, 0x7f1e_300d_c000);
     }
 
@@ -725,10 +730,34 @@ mod tests {
             (0x4000, 8),
             (0x9000, 0),
         ];
-        let c = coalesce(&reqs, reqs.len());
+        let c = coalesce(&reqs, &[]);
         assert_eq!(c.spans, vec![(0x1000, 0x2104), (0x4000, 0x4008)]);
         assert_eq!(c.offsets, vec![0, 0xff8, 4, 0x1100, 0x1104, 0]);
         assert_eq!(c.bytes, 0x1104 + 8);
+    }
+
+    #[test]
+    fn coalescing_keeps_every_group_in_its_place() {
+        // The GIL state (a high address, group 0) must be copied before the thread state
+        // and chunk of group 1, though both come before it in address order; the re-read of
+        // the GIL (group 2) comes last, not merged into its page's first read.
+        let reqs = [
+            (0x7f1e_3c00_0010, 24),
+            (0x55b8_8de5_9130, 288),
+            (0x7f1e_300d_b000, 4096),
+            (0x7f1e_3c00_0010, 24),
+        ];
+        let c = coalesce(&reqs, &[1, 3]);
+        assert_eq!(
+            c.spans,
+            vec![
+                (0x7f1e_3c00_0010, 0x7f1e_3c00_0028),
+                (0x55b8_8de5_9130, 0x55b8_8de5_9250),
+                (0x7f1e_300d_b000, 0x7f1e_300d_c000),
+                (0x7f1e_3c00_0010, 0x7f1e_3c00_0028),
+            ]
+        );
+        assert_eq!(c.offsets, vec![0, 24, 24 + 288, 24 + 288 + 4096]);
     }
 
     #[test]
@@ -742,7 +771,7 @@ mod tests {
             (0x55b8_8de5_9168, 8),
             (0x7f1e_297f_9d18, 8),
         ];
-        let c = coalesce(&reqs, 2);
+        let c = coalesce(&reqs, &[2]);
         assert_eq!(
             c.spans,
             vec![

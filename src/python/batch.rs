@@ -317,6 +317,13 @@ impl Plan {
         let mut tail = vec![[[0u8; 8]; 2]; if validate { n } else { 0 }];
         {
             let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(8 + 3 * n);
+            // The GIL's state comes first, in a group of its own: the kernel copies a group
+            // in address order, and the GIL must be seen before any frame is copied for the
+            // tail's second look to vouch for the threads that did not hold it.
+            if let Some((lo, _)) = gil_span {
+                reqs.push((self.gil + lo, &mut *gil_state));
+            }
+            let gil_first = reqs.len();
             reqs.push((runtime + l.rt_interp_head, &mut head));
             reqs.push((self.interp + l.is_threads_head, &mut threads_head));
             reqs.push((self.interp + l.is_next, &mut next_interp));
@@ -324,9 +331,6 @@ impl Plan {
                 GilSource::RuntimeTstateCurrent(off) => reqs.push((runtime + off, &mut gil_ptr)),
                 GilSource::InterpGil { ceval_gil, .. } => {
                     reqs.push((self.interp + ceval_gil, &mut gil_ptr));
-                    if let Some((lo, _)) = gil_span {
-                        reqs.push((self.gil + lo, &mut *gil_state));
-                    }
                 }
             }
             for (addr, buf) in self.tstates.iter().zip(raws.iter_mut()) {
@@ -361,7 +365,7 @@ impl Plan {
                     }
                 }
             }
-            mem.read_many_then(&mut reqs, first).ok()?;
+            mem.read_many_then(&mut reqs, &[gil_first, first]).ok()?;
         }
         // Every link must still be where the plan says.
         let first = self.tstates.first().copied().unwrap_or(0);
@@ -551,9 +555,9 @@ fn chunk_plan<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Vec<Pla
 mod tests {
     use super::*;
 
-    /// A process image read twice: the first group of a batched read sees `before`, the
-    /// second group (the validation re-read at the end) sees `after`, as when the target
-    /// runs while the batch is being copied.
+    /// A process image read twice: a batched read's groups see `before`, except the last
+    /// one (the validation re-read at the end), which sees `after`, as when the target runs
+    /// while the batch is being copied.
     struct Racing {
         before: crate::process::ImageMemory,
         after: crate::process::ImageMemory,
@@ -566,9 +570,10 @@ mod tests {
         fn read_many_then(
             &self,
             reqs: &mut [(u64, &mut [u8])],
-            first: usize,
+            cuts: &[usize],
         ) -> crate::process::memory::MemResult<()> {
-            let (a, b) = reqs.split_at_mut(first);
+            let last = cuts.last().copied().unwrap_or(0);
+            let (a, b) = reqs.split_at_mut(last);
             self.before.read_many(a)?;
             self.after.read_many(b)
         }
