@@ -7,7 +7,7 @@
 //! every list link must still point where the plan says — and any difference sends the
 //! sample down the full walk, which makes a new plan.
 
-use super::layout::{FrameRoot, GilSource, Layout};
+use super::layout::{GilSource, Layout};
 use super::threads::PyThread;
 use crate::process::Memory;
 use crate::process::memory::le_u64;
@@ -27,12 +27,6 @@ pub struct Plan {
     /// Per thread: other regions its last walk read (frames outside the chunks: all frames
     /// before 3.11, generator and entry frames after; the C frame of 3.11/3.12).
     extra: Vec<Vec<(u64, u64)>>,
-    /// Per thread (3.11/3.12): `tstate->cframe` at the last read, where the validation
-    /// re-read of `cframe->current_frame` is aimed.
-    cframes: Vec<u64>,
-    /// Which thread held the GIL last (by index), whose frame the next read re-reads at its
-    /// end; None before the first read, or when the holder is not known.
-    holder: Option<usize>,
     /// Buffers of earlier snapshots, handed back by [`Plan::recycle`]: a sample copies tens
     /// of kilobytes, and allocating and zeroing them anew on every tick was a measurable
     /// share of the sampler's CPU.
@@ -153,23 +147,19 @@ pub struct Snapshot {
     pub threads: Vec<PyThread>,
     /// Per thread: copies of its chunks, for [`crate::process::Overlay`].
     pub chunks: Vec<Vec<(u64, Vec<u8>)>>,
-    /// Per thread: what the end of the same syscall says about its innermost frame; None
-    /// when not asked for.
+    /// Per thread, when validation was asked for: whether the read itself vouches for it.
     pub still: Option<Vec<Still>>,
 }
 
-/// What the end of a batched read says about one thread's stack.
+/// What a batched read says about one thread's stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Still {
-    /// The innermost frame pointer, re-read after everything else (as
-    /// [`super::frames::current_frames`] does): the walk's first frame must be this one.
-    Frame(u64),
     /// The thread could not have run Python code while it was copied: it did not hold the
     /// GIL, and the GIL did not change hands from the start of the read to its end. Its copy
-    /// is consistent without a re-read.
+    /// is consistent as it is.
     Quiet,
-    /// The batch cannot tell (the thread changed C frames since the last sample, or may have
-    /// held the GIL and its frame was not re-read): the caller re-reads its frame.
+    /// The batch cannot tell: the caller takes a second look (see
+    /// [`super::frames::second_look`]).
     Unknown,
 }
 
@@ -230,8 +220,6 @@ impl Plan {
             tstates: threads.iter().map(|t| t.tstate).collect(),
             extra: vec![Vec::new(); chunks.len()],
             chunks,
-            cframes: threads.iter().map(|t| cframe_of(l, &t.raw)).collect(),
-            holder: None,
             spare: Spare::default(),
         })
     }
@@ -269,11 +257,8 @@ impl Plan {
         let gil_again = &mut gil_again[..gil_len];
         // With a GIL, only its holder can change Python frames. When the GIL's holder and
         // switch count are the same at the end of the read as at its start, every other
-        // thread was still, and only the holder's frame needs the re-read: one or two small
-        // reads instead of one or two per thread (the kernel's cost is per read).
+        // thread was still, and only the holder's stack needs a second look.
         let switches = gil_switches(l).filter(|_| validate && gil_span.is_some());
-        let guess = self.holder;
-        let tail_for = |i: usize| switches.is_none() || guess == Some(i);
         let spare = &mut self.spare;
         let mut tstates: Vec<PyThread> = std::mem::take(&mut spare.threads);
         // Each thread state and region gets back the buffer it had last time.
@@ -312,9 +297,6 @@ impl Plan {
             }
         }
         spare.outer_next = kept;
-        // The validation tail: per thread, the frame root (3.11/3.12: the C frame pointer and
-        // the C frame's current frame).
-        let mut tail = vec![[[0u8; 8]; 2]; if validate { n } else { 0 }];
         {
             let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(8 + 3 * n);
             // The GIL's state comes first, in a group of its own: the kernel copies a group
@@ -344,26 +326,6 @@ impl Plan {
             let first = reqs.len();
             if let (Some(_), Some((lo, _))) = (switches, gil_span) {
                 reqs.push((self.gil + lo, &mut *gil_again));
-            }
-            for (i, ((ts, cf), [a, b])) in self
-                .tstates
-                .iter()
-                .zip(&self.cframes)
-                .zip(&mut tail)
-                .enumerate()
-            {
-                if !tail_for(i) {
-                    continue;
-                }
-                match l.frame_root {
-                    FrameRoot::Direct(off) => reqs.push((ts + off, a)),
-                    FrameRoot::CFrame { cframe, current } => {
-                        reqs.push((ts + cframe, a));
-                        if *cf != 0 {
-                            reqs.push((cf + current, b));
-                        }
-                    }
-                }
             }
             mem.read_many_then(&mut reqs, &[gil_first, first]).ok()?;
         }
@@ -401,50 +363,20 @@ impl Plan {
             return None;
         }
         // Did the GIL stay with one thread (or free) from the start of the read to its end?
-        let mut last = 0;
-        let mut quiet = false;
-        if let (Some(switch), Some((lo, _)), GilSource::InterpGil { last_holder, .. }) =
-            (switches, gil_span, l.gil)
+        // Then every thread but that one was still while it was copied.
+        let mut still = validate.then(|| vec![Still::Unknown; n]);
+        if let (Some(v), Some(switch), Some((lo, _)), GilSource::InterpGil { last_holder, .. }) =
+            (&mut still, switches, gil_span, l.gil)
         {
             let at = |b: &[u8], off: u64| le_u64(b, (off - lo) as usize);
-            last = at(gil_state, last_holder);
-            quiet = last == at(gil_again, last_holder)
-                && at(gil_state, switch) == at(gil_again, switch);
-            // The next read re-reads the frame of this tick's last holder.
-            self.holder = self.tstates.iter().position(|t| *t == last);
-        }
-        // Where the C frame moved, the tail read the old one: the caller re-reads instead.
-        let mut still = validate.then(|| Vec::with_capacity(n));
-        for (i, (raw, cf)) in raws.iter().zip(&mut self.cframes).enumerate() {
-            let now = cframe_of(l, raw);
-            let Some([a, b]) = tail.get(i) else {
-                *cf = now;
-                continue;
-            };
-            let seen = if !tail_for(i) {
-                if quiet && self.tstates[i] != last {
-                    Still::Quiet
-                } else {
-                    Still::Unknown
-                }
-            } else {
-                match l.frame_root {
-                    FrameRoot::Direct(_) => Still::Frame(u64::from_le_bytes(*a)),
-                    FrameRoot::CFrame { .. } => {
-                        let tail_cf = u64::from_le_bytes(*a);
-                        if now != *cf || tail_cf != now {
-                            Still::Unknown
-                        } else if now == 0 {
-                            Still::Frame(0)
-                        } else {
-                            Still::Frame(u64::from_le_bytes(*b))
-                        }
+            let last = at(gil_state, last_holder);
+            if last == at(gil_again, last_holder) && at(gil_state, switch) == at(gil_again, switch)
+            {
+                for (s, ts) in v.iter_mut().zip(&self.tstates) {
+                    if *ts != last {
+                        *s = Still::Quiet;
                     }
                 }
-            };
-            *cf = now;
-            if let Some(v) = &mut still {
-                v.push(seen);
             }
         }
         // A chunk that was replaced is dropped from the copy (its frames are then read one
@@ -509,14 +441,6 @@ impl Plan {
             }
         }
         spare.outer = std::mem::take(&mut spare.outer_next);
-    }
-}
-
-/// `tstate->cframe` in a thread-state copy (3.11/3.12), else 0.
-fn cframe_of(l: &Layout, tstate: &[u8]) -> u64 {
-    match l.frame_root {
-        FrameRoot::CFrame { cframe, .. } => le_u64(tstate, cframe as usize),
-        FrameRoot::Direct(_) => 0,
     }
 }
 
@@ -599,7 +523,7 @@ mod tests {
                 locked,
                 last_holder,
             },
-            FrameRoot::CFrame { cframe, current },
+            super::super::layout::FrameRoot::CFrame { cframe, current },
         ) = (l.gil, l.frame_root)
         else {
             panic!("3.12 has its GIL in the interpreter and reaches frames through C frames");
@@ -644,49 +568,36 @@ mod tests {
         let mut plan = Plan::learn(&still, &l, &threads).unwrap();
         // One batched read after another: the target at the start of the read and at its end
         // (the validation tail), and what the batch says of each thread.
-        let reads: [(Moment, Moment, [Still; 2]); 7] = [
-            // The first read does not know the holder yet: it cannot vouch for it.
+        let reads: [(Moment, Moment, [Still; 2]); 5] = [
+            // Thread 0 holds the GIL: it needs a second look; thread 1 was still.
             (
                 (0, 5, frames),
                 (0, 5, frames),
                 [Still::Unknown, Still::Quiet],
             ),
-            // Now thread 0's frame is re-read at the end; thread 1 did not hold the GIL.
-            (
-                (0, 5, frames),
-                (0, 5, frames),
-                [Still::Frame(0x7000), Still::Quiet],
-            ),
-            // The holder ran during the read: its re-read shows the new frame.
+            // The holder ran during the read: still only the holder needs a look.
             (
                 (0, 5, frames),
                 (0, 5, [0x7080, 0x7100]),
-                [Still::Frame(0x7080), Still::Quiet],
+                [Still::Unknown, Still::Quiet],
             ),
             // The GIL changed hands during the read: thread 1 may have run.
             (
                 (0, 5, frames),
                 (1, 6, [0x7000, 0x7180]),
-                [Still::Frame(0x7000), Still::Unknown],
+                [Still::Unknown, Still::Unknown],
             ),
             // Gone and back (0 → 1 → 0): the same holder, but the count moved.
             (
                 (0, 5, frames),
                 (0, 7, frames),
-                [Still::Frame(0x7000), Still::Unknown],
+                [Still::Unknown, Still::Unknown],
             ),
-            // Thread 1 holds it from before the read: the guess (thread 0) is wrong, so
-            // thread 1 is left to the caller's re-read; thread 0 has its own re-read.
+            // Thread 1 holds it: thread 0 was still.
             (
                 (1, 8, frames),
                 (1, 8, frames),
-                [Still::Frame(0x7000), Still::Unknown],
-            ),
-            // The next read re-reads thread 1.
-            (
-                (1, 8, frames),
-                (1, 8, frames),
-                [Still::Quiet, Still::Frame(0x7100)],
+                [Still::Quiet, Still::Unknown],
             ),
         ];
         for (k, ((h0, s0, f0), (h1, s1, f1), want)) in reads.into_iter().enumerate() {

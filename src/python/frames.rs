@@ -175,60 +175,105 @@ pub fn current_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: u64) -> Re
     })
 }
 
-/// The innermost frame of every `wanted` thread, read afresh in one batch (None where
-/// unreadable or not wanted).
-/// For 3.11/3.12 the `_PyCFrame` seen in the thread-state copy is re-read; a thread that
-/// switched to another C frame since is reported as changed.
-pub fn current_frames<M: Memory + ?Sized>(
+/// A second look at the stacks of the `wanted` threads, whose innermost frame pointer was
+/// the same after their copy as before it: the regions of the first copy that hold their
+/// frames are copied again, then each thread's frame root is read again after them, and a
+/// stack is kept only if the root still points at its innermost frame and a walk of the new
+/// copy from there finds the same frames (the innermost one may have moved on to another
+/// instruction). The pointer check alone passes a thread that returned and called back
+/// down to the same depth while it was copied: it leaves the same innermost pointer behind,
+/// over frames the copy saw half rewritten.
+///
+/// `regions[i]` is thread i's first copy (address-sorted), `walked[i]` its walk of it;
+/// `scratch` and `raw` are reused buffers. Returns, per thread, whether its stack stands.
+#[allow(clippy::too_many_arguments)]
+pub fn second_look<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     threads: &[super::threads::PyThread],
-    wanted: impl Fn(usize) -> bool,
-) -> Vec<Option<u64>> {
+    wanted: &[bool],
+    regions: &[Vec<(u64, Vec<u8>)>],
+    walked: &[Vec<RawFrame>],
+    scratch: &mut Vec<Vec<(u64, Vec<u8>)>>,
+    raw: &mut Vec<RawFrame>,
+) -> Vec<bool> {
     let n = threads.len();
-    let mut a = vec![[0u8; 8]; n];
-    let mut b = vec![[0u8; 8]; n];
-    let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(2 * n);
-    let mut cframes = Vec::with_capacity(n);
-    for (i, ((t, a), b)) in threads
-        .iter()
-        .zip(a.iter_mut())
-        .zip(b.iter_mut())
-        .enumerate()
-    {
-        if !wanted(i) {
-            cframes.push(0);
-            continue;
+    let want = |i: usize| wanted.get(i).copied().unwrap_or(false) && !walked[i].is_empty();
+    scratch.resize_with(n, Vec::new);
+    for (i, copy) in scratch.iter_mut().enumerate() {
+        // Buffers stay with their slot between samples: no allocation once warmed up.
+        let mut k = 0;
+        for (addr, data) in regions[i].iter().filter(|_| want(i)) {
+            let end = addr + data.len() as u64;
+            if walked[i].iter().any(|f| (*addr..end).contains(&f.addr)) {
+                if k == copy.len() {
+                    copy.push((0, Vec::new()));
+                }
+                copy[k].0 = *addr;
+                copy[k].1.resize(data.len(), 0);
+                k += 1;
+            }
         }
-        match l.frame_root {
-            FrameRoot::Direct(off) => reqs.push((t.tstate + off, a)),
-            FrameRoot::CFrame { cframe, current } => {
-                let cf = le_u64(&t.raw, cframe as usize);
-                cframes.push(cf);
-                reqs.push((t.tstate + cframe, a));
-                if cf != 0 {
-                    reqs.push((cf + current, b));
+        copy.truncate(k);
+    }
+    let mut roots = vec![[[0u8; 8]; 2]; n];
+    {
+        let mut reqs: Vec<(u64, &mut [u8])> = Vec::new();
+        for copy in scratch.iter_mut() {
+            for (addr, buf) in copy.iter_mut() {
+                reqs.push((*addr, buf));
+            }
+        }
+        let cut = reqs.len();
+        for (i, (t, [a, b])) in threads.iter().zip(roots.iter_mut()).enumerate() {
+            if !want(i) {
+                continue;
+            }
+            match l.frame_root {
+                FrameRoot::Direct(off) => reqs.push((t.tstate + off, a)),
+                FrameRoot::CFrame { cframe, current } => {
+                    let cf = le_u64(&t.raw, cframe as usize);
+                    reqs.push((t.tstate + cframe, a));
+                    if cf != 0 {
+                        reqs.push((cf + current, b));
+                    }
                 }
             }
         }
-    }
-    if mem.read_many(&mut reqs).is_err() {
-        return vec![None; n];
+        if mem.read_many_then(&mut reqs, &[cut]).is_err() {
+            return vec![false; n];
+        }
     }
     (0..n)
-        .map(|i| match l.frame_root {
-            _ if !wanted(i) => None,
-            FrameRoot::Direct(_) => Some(u64::from_le_bytes(a[i])),
-            FrameRoot::CFrame { .. } => {
-                let cf = u64::from_le_bytes(a[i]);
-                if cf != cframes[i] {
-                    None
-                } else if cf == 0 {
-                    Some(0)
-                } else {
-                    Some(u64::from_le_bytes(b[i]))
-                }
+        .map(|i| {
+            if !want(i) {
+                return false;
             }
+            let first = walked[i][0].addr;
+            let [a, b] = roots[i];
+            let root = match l.frame_root {
+                FrameRoot::Direct(_) => u64::from_le_bytes(a),
+                FrameRoot::CFrame { cframe, .. } => {
+                    let cf = u64::from_le_bytes(a);
+                    if cf != le_u64(&threads[i].raw, cframe as usize) || cf == 0 {
+                        return false;
+                    }
+                    u64::from_le_bytes(b)
+                }
+            };
+            if root != first {
+                return false;
+            }
+            let again = crate::process::Overlay::new(&scratch[i], mem);
+            if walk(&again, l, first, raw).is_err() || raw.len() != walked[i].len() {
+                return false;
+            }
+            raw.iter().zip(&walked[i]).enumerate().all(|(k, (x, y))| {
+                x.addr == y.addr
+                    && x.code == y.code
+                    && x.shim == y.shim
+                    && (k == 0 || x.offset == y.offset)
+            })
         })
         .collect()
 }
@@ -528,6 +573,93 @@ mod tests {
                 resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
             assert_eq!(names(got.unwrap()), [name; 3]);
         }
+    }
+
+    #[test]
+    fn a_second_look_keeps_only_stacks_that_did_not_change() {
+        use crate::process::ImageMemory;
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let (FrameRoot::CFrame { cframe, current }, InstrSource::Pointer(instr)) =
+            (l.frame_root, l.f_instr)
+        else {
+            panic!("3.12 reaches frames through C frames and keeps instruction pointers");
+        };
+        let (chunk, tstate, cf) = (
+            0x7f00_0000_0000u64,
+            0x5500_0000_1000u64,
+            0x7ffe_0000_0100u64,
+        );
+        let base = l.co_code_adaptive.unwrap();
+        let put = |buf: &mut Vec<u8>, at: u64, v: u64| {
+            buf[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        // Three frames at 0x40, 0x100, 0x1c0 of the chunk, outermost first: (code, offset).
+        let stack = |frames: [(u64, u64); 3]| {
+            let mut data = vec![0u8; 4096];
+            let mut back = 0;
+            for (k, (code, offset)) in frames.into_iter().enumerate() {
+                let at = 0x40 + 0xc0 * k as u64;
+                put(&mut data, at + l.f_code, code);
+                put(&mut data, at + l.f_back, back);
+                put(&mut data, at + instr, code + base + offset);
+                back = chunk + at;
+            }
+            data
+        };
+        let image = |data: Vec<u8>, innermost: u64| {
+            let mut m = ImageMemory::new();
+            let mut ts = vec![0u8; 512];
+            put(&mut ts, cframe, cf);
+            let mut c = vec![0u8; 64];
+            put(&mut c, current, innermost);
+            m.add(chunk, data).add(tstate, ts).add(cf, c);
+            m
+        };
+        let inner = chunk + 0x1c0;
+        let frames = [(0x10000, 20), (0x20000, 40), (0x30000, 8)];
+        let first = image(stack(frames), inner);
+        let threads = [crate::python::threads::PyThread {
+            tstate,
+            interp: 0,
+            thread_id: 1,
+            native_id: None,
+            holds_gil: true,
+            raw: first.bytes(tstate, 512).unwrap(),
+        }];
+        let regions = vec![vec![(chunk, first.bytes(chunk, 4096).unwrap())]];
+        let mut walked = Vec::new();
+        walk(&Overlay::new(&regions[0], &first), &l, inner, &mut walked).unwrap();
+        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        let mut look = |now: &ImageMemory| {
+            second_look(
+                now,
+                &l,
+                &threads,
+                &[true],
+                &regions,
+                &[walked.clone()],
+                &mut scratch,
+                &mut raw,
+            )[0]
+        };
+        // Unchanged; or only the innermost frame moved on to another instruction: kept.
+        assert!(look(&image(stack(frames), inner)));
+        assert!(look(&image(
+            stack([frames[0], frames[1], (0x30000, 30)]),
+            inner
+        )));
+        // The middle frame is another call now (returned and called again to the same depth,
+        // leaving the same innermost pointer): dropped.
+        assert!(!look(&image(
+            stack([frames[0], (0x20000, 52), frames[2]]),
+            inner
+        )));
+        assert!(!look(&image(
+            stack([frames[0], (0x50000, 40), frames[2]]),
+            inner
+        )));
+        // The thread is elsewhere now: dropped.
+        assert!(!look(&image(stack(frames), chunk + 0x100)));
     }
 
     #[test]

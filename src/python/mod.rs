@@ -68,6 +68,8 @@ pub struct StackReader<M: Memory> {
     entry_addrs: Vec<Vec<u64>>,
     /// Per thread: the frames walked this sample, kept to reuse their allocations.
     walked: Vec<Vec<frames::RawFrame>>,
+    /// Per thread: the second copy of [`frames::second_look`], reused between samples.
+    second: Vec<Vec<(u64, Vec<u8>)>>,
     /// Per thread: the innermost frame pointer the walk started from (None: walk failed).
     firsts: Vec<Option<u64>>,
     /// Scratch lists for the plan's regions, reused between samples.
@@ -97,6 +99,7 @@ impl<M: Memory> StackReader<M> {
             entries: Vec::new(),
             entry_addrs: Vec::new(),
             walked: Vec::new(),
+            second: Vec::new(),
             firsts: Vec::new(),
             spans: Vec::new(),
             regions: Vec::new(),
@@ -142,35 +145,32 @@ impl<M: Memory> StackReader<M> {
             }
             self.firsts.push(ok.ok());
         }
-        // A stack is trusted only if its thread's innermost frame is the same after the walk
-        // as before it; all threads are re-checked in one batch. The batch's own re-read at
-        // its end serves when the walk read nothing beyond the batch.
-        // Threads the batch could not vouch for have their innermost frame re-read now.
-        let fresh = |s: &dyn Fn(usize) -> bool| {
-            frames::current_frames(&self.mem, l, &threads, s)
-                .into_iter()
-                .map(|f| f.map(batch::Still::Frame))
-        };
-        let still: Vec<Option<batch::Still>> = match still {
-            Some(s) if opts.validate && self.mem.reads() == reads_before => {
-                let unknown = |i: usize| s[i] == batch::Still::Unknown;
-                if (0..s.len()).any(unknown) {
-                    s.iter()
-                        .zip(fresh(&unknown))
-                        .map(|(s, f)| {
-                            if *s == batch::Still::Unknown {
-                                f
-                            } else {
-                                Some(*s)
-                            }
-                        })
-                        .collect()
-                } else {
-                    s.into_iter().map(Some).collect()
-                }
-            }
-            _ if opts.validate => fresh(&|_| true).collect(),
-            _ => Vec::new(),
+        // Without stopping the target, a stack is trusted when the batch vouches for it (see
+        // batch::Still), else after a second look (see frames::second_look). A walk that read
+        // anything beyond the batch read it later, which voids what the batch says.
+        let beyond = self.mem.reads() != reads_before;
+        let vouched: Vec<bool> = (0..n)
+            .map(|i| match &still {
+                Some(s) => !beyond && s[i] == batch::Still::Quiet,
+                None => !opts.validate,
+            })
+            .collect();
+        let wanted: Vec<bool> = (0..n)
+            .map(|i| !vouched[i] && self.firsts[i].is_some())
+            .collect();
+        let looked = if wanted.contains(&true) {
+            frames::second_look(
+                &self.mem,
+                l,
+                &threads,
+                &wanted,
+                &chunks,
+                &self.walked,
+                &mut self.second,
+                &mut self.raw,
+            )
+        } else {
+            vec![false; n]
         };
         let mut out = Vec::with_capacity(n);
         // Reused between samples: no allocation once warmed up.
@@ -178,12 +178,7 @@ impl<M: Memory> StackReader<M> {
         self.entry_addrs.resize_with(n, Vec::new);
         for (i, t) in threads.iter().enumerate() {
             let mut entries = std::mem::take(&mut self.entries[i]);
-            let consistent = match (self.firsts[i], still.get(i)) {
-                (Some(_), _) if !opts.validate => true,
-                (Some(_), Some(Some(batch::Still::Quiet))) => true,
-                (Some(first), Some(Some(batch::Still::Frame(now)))) => first == *now,
-                _ => false,
-            };
+            let consistent = self.firsts[i].is_some() && (vouched[i] || looked[i]);
             let frames = if consistent {
                 let local = Overlay::new(&chunks[i], &self.mem);
                 frames::resolve_remembering(
@@ -287,9 +282,22 @@ impl<M: Memory> StackReader<M> {
                 break;
             }
             // Without stopping the thread, a stack is trusted only if the thread's innermost
-            // frame is the same after the walk as before it; otherwise it moved under us.
+            // frame is the same after the walk as before it, and a second copy shows the
+            // same frames; otherwise it moved under us.
             let now = frames::current_frame(&self.mem, l, t.tstate)?;
-            if walked.is_ok() && now == first {
+            if walked.is_ok()
+                && now == first
+                && frames::second_look(
+                    &self.mem,
+                    l,
+                    std::slice::from_ref(t),
+                    &[true],
+                    std::slice::from_ref(&self.chunks),
+                    std::slice::from_ref(&self.raw),
+                    &mut self.second,
+                    &mut Vec::new(),
+                )[0]
+            {
                 break;
             }
             attempts += 1;
