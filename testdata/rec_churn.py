@@ -81,19 +81,7 @@ def main():
                 break
         time.sleep(0.01)
     tids["MainThread"] = rec_common.native_id()
-    rec_common.write_json(
-        sys.argv[1],
-        "ready.json",
-        {
-            "pid": os.getpid(),
-            "version": list(sys.version_info[:3]),
-            "gil": rec_common.gil_enabled(),
-            "threads": rec_common.describe_threads(sorted(tids.items())),
-            "functions": rec_common.describe_functions(
-                leaf, ping_a, ping_b, pong_a, pong_b, churn
-            ),
-        },
-    )
+    rec_common.write_ready(sys.argv[1], tids, leaf, ping_a, ping_b, pong_a, pong_b, churn)
     main_wait(threading.Event())
 
 

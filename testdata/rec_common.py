@@ -65,6 +65,22 @@ def write_json(outdir, name, data):
     os.replace(tmp, os.path.join(outdir, name))
 
 
+def write_ready(outdir, tids, *fns):
+    """OUTDIR/ready.json of a threaded target: its threads ({name: native id}) and the
+    functions the test looks for."""
+    write_json(
+        outdir,
+        "ready.json",
+        {
+            "pid": os.getpid(),
+            "version": list(sys.version_info[:3]),
+            "gil": gil_enabled(),
+            "threads": describe_threads(sorted(tids.items())),
+            "functions": describe_functions(*fns),
+        },
+    )
+
+
 def thread_state(tid):
     """The scheduler state letter of one of this process's threads ('?' if gone)."""
     try:

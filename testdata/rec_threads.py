@@ -67,19 +67,7 @@ def writer(names):
         time.sleep(0.01)
     # A thread that has just blocked may still be on its way into the wait; let it settle.
     time.sleep(0.2)
-    rec_common.write_json(
-        sys.argv[1],
-        "ready.json",
-        {
-            "pid": os.getpid(),
-            "version": list(sys.version_info[:3]),
-            "gil": rec_common.gil_enabled(),
-            "threads": rec_common.describe_threads(sorted(tids.items())),
-            "functions": rec_common.describe_functions(
-                busy_spin, spinner_call, sleeper_wait, main_wait
-            ),
-        },
-    )
+    rec_common.write_ready(sys.argv[1], tids, busy_spin, spinner_call, sleeper_wait, main_wait)
 
 
 def main():
