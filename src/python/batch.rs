@@ -300,8 +300,9 @@ impl Plan {
         {
             let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(8 + 3 * n);
             // The GIL's state comes first, in a group of its own: the kernel copies a group
-            // in address order, and the GIL must be seen before any frame is copied for the
-            // tail's second look to vouch for the threads that did not hold it.
+            // in address order, and the GIL must be seen before any frame is copied, and
+            // again after the last (the final group), to vouch for the threads that did not
+            // hold it.
             if let Some((lo, _)) = gil_span {
                 reqs.push((self.gil + lo, &mut *gil_state));
             }
@@ -480,7 +481,7 @@ mod tests {
     use super::*;
 
     /// A process image read twice: a batched read's groups see `before`, except the last
-    /// one (the validation re-read at the end), which sees `after`, as when the target runs
+    /// one (the GIL's second reading), which sees `after`, as when the target runs
     /// while the batch is being copied.
     struct Racing {
         before: crate::process::ImageMemory,
@@ -567,7 +568,7 @@ mod tests {
         let threads = super::super::threads::thread_states(&still, &l, RUNTIME).unwrap();
         let mut plan = Plan::learn(&still, &l, &threads).unwrap();
         // One batched read after another: the target at the start of the read and at its end
-        // (the validation tail), and what the batch says of each thread.
+        // (the GIL's second reading), and what the batch says of each thread.
         let reads: [(Moment, Moment, [Still; 2]); 5] = [
             // Thread 0 holds the GIL: it needs a second look; thread 1 was still.
             (
