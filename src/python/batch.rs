@@ -99,7 +99,6 @@ impl Spare {
 struct PlannedChunk {
     addr: u64,
     size: u64,
-    copy: u64,
     /// Bytes in use lately: the most seen, decaying towards the current use, so a stack
     /// that goes up and down between samples stays inside the copy.
     high: u64,
@@ -118,7 +117,6 @@ impl PlannedChunk {
         let mut c = PlannedChunk {
             addr,
             size,
-            copy: 0,
             high: 0,
         };
         c.saw(used);
@@ -129,15 +127,18 @@ impl PlannedChunk {
     fn saw(&mut self, used: u64) {
         let used = used.min(self.size);
         self.high = used.max(self.high - (self.high.saturating_sub(used)) / 8);
+    }
+
+    /// Bytes to copy: the recent use plus room to grow, to the end of that page.
+    fn copy(&self) -> u64 {
         let end = self
             .addr
             .saturating_add(self.high)
             .saturating_add(GROWTH_ROOM)
             .div_ceil(PAGE)
             .saturating_mul(PAGE);
-        self.copy = end
-            .saturating_sub(self.addr)
-            .clamp(self.high.min(self.size), self.size);
+        end.saturating_sub(self.addr)
+            .clamp(self.high.min(self.size), self.size)
     }
 }
 
@@ -280,7 +281,7 @@ impl Plan {
             let mut list = spare.lists.pop().unwrap_or_default();
             for (addr, len) in cs
                 .iter()
-                .map(|c| (c.addr, c.copy))
+                .map(|c| (c.addr, c.copy()))
                 .chain(ex.iter().copied())
             {
                 list.push((addr, spare.reuse(&mut old, addr, len as usize)));
@@ -615,25 +616,25 @@ mod tests {
     fn chunk_copy_runs_to_the_page_end_and_follows_recent_use() {
         // A 3.12 thread's first chunk: 16 KiB, page-aligned; 3.5 KiB in use.
         let mut c = PlannedChunk::new(0x7f17_8434_d000, 16384, 3584);
-        assert_eq!(c.copy, 4096);
+        assert_eq!(c.copy(), 4096);
         // Close to a page end, the room to grow takes the next page too.
         c.saw(12200);
-        assert_eq!(c.copy, 16384);
+        assert_eq!(c.copy(), 16384);
         c.saw(9000);
-        assert_eq!(c.copy, 12288);
+        assert_eq!(c.copy(), 12288);
         // After the stack shrinks, the copy shrinks back over a few samples, not at once.
         c.saw(1000);
-        assert_eq!(c.copy, 12288);
+        assert_eq!(c.copy(), 12288);
         for _ in 0..40 {
             c.saw(1000);
         }
-        assert_eq!(c.copy, 4096);
+        assert_eq!(c.copy(), 4096);
         // Never past the chunk, whatever the thread state claims.
         c.saw(1 << 40);
-        assert_eq!(c.copy, 16384);
+        assert_eq!(c.copy(), 16384);
         // An unaligned chunk ends its copy on a page boundary as well.
         let c = PlannedChunk::new(0x5555_0000_0e00, 65536, 100);
-        assert_eq!(c.addr + c.copy, 0x5555_0000_1000);
+        assert_eq!(c.addr + c.copy(), 0x5555_0000_1000);
     }
 
     #[test]

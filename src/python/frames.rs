@@ -511,6 +511,10 @@ mod tests {
         }
     }
 
+    fn names(frames: Vec<Frame>) -> Vec<String> {
+        frames.iter().map(|f| f.name().to_string()).collect()
+    }
+
     #[test]
     fn remembered_frames_are_reused_only_while_the_code_object_is_the_same() {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
@@ -518,9 +522,6 @@ mod tests {
         let mut codes = CodeCache::new(None);
         let (mut entries, mut memo) = (Vec::new(), Vec::new());
         let raw = [frame(0x7f00_0000_1050, 0x10000, 10)];
-        let names = |frames: Vec<Frame>| -> Vec<String> {
-            frames.iter().map(|f| f.name().to_string()).collect()
-        };
         let first = image(&l, "first", 0x30000);
         // The batch brings each code object's head along, as the sampler's plan does.
         let head = |m: &ImageMemory| vec![(0x10000u64, m.bytes(0x10000, CODE_HEAD).unwrap())];
@@ -561,9 +562,6 @@ mod tests {
             frame(0x7f00_0000_10a0, 0x10000, 10),
             frame(0x7f00_0000_1050, 0x10000, 10),
         ];
-        let names = |frames: Vec<Frame>| -> Vec<String> {
-            frames.iter().map(|f| f.name().to_string()).collect()
-        };
         let head = |m: &ImageMemory| vec![(0x10000u64, m.bytes(0x10000, CODE_HEAD).unwrap())];
         for (name, strs) in [("first", 0x30000), ("first", 0x30000), ("second", 0x60000)] {
             let img = image(&l, name, strs);

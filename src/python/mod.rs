@@ -70,6 +70,8 @@ pub struct StackReader<M: Memory> {
     walked: Vec<Vec<frames::RawFrame>>,
     /// Per thread: the second copy of [`frames::second_look`], reused between samples.
     second: Vec<Vec<(u64, Vec<u8>)>>,
+    /// The frames [`frames::second_look`] walks in its copy, reused between samples.
+    second_raw: Vec<frames::RawFrame>,
     /// Per thread: the innermost frame pointer the walk started from (None: walk failed).
     firsts: Vec<Option<u64>>,
     /// Scratch lists for the plan's regions, reused between samples.
@@ -100,6 +102,7 @@ impl<M: Memory> StackReader<M> {
             entry_addrs: Vec::new(),
             walked: Vec::new(),
             second: Vec::new(),
+            second_raw: Vec::new(),
             firsts: Vec::new(),
             spans: Vec::new(),
             regions: Vec::new(),
@@ -167,7 +170,7 @@ impl<M: Memory> StackReader<M> {
                 &chunks,
                 &self.walked,
                 &mut self.second,
-                &mut self.raw,
+                &mut self.second_raw,
             )
         } else {
             vec![false; n]
@@ -281,23 +284,24 @@ impl<M: Memory> StackReader<M> {
                 walked?;
                 break;
             }
-            // Without stopping the thread, a stack is trusted only if the thread's innermost
-            // frame is the same after the walk as before it, and a second copy shows the
-            // same frames; otherwise it moved under us.
-            let now = frames::current_frame(&self.mem, l, t.tstate)?;
-            if walked.is_ok()
-                && now == first
-                && frames::second_look(
-                    &self.mem,
-                    l,
-                    std::slice::from_ref(t),
-                    &[true],
-                    std::slice::from_ref(&self.chunks),
-                    std::slice::from_ref(&self.raw),
-                    &mut self.second,
-                    &mut Vec::new(),
-                )[0]
-            {
+            // Without stopping the thread, a stack is trusted only after a second look (which
+            // re-reads the frame root itself); an empty one if the root is still empty.
+            let stands = walked.is_ok()
+                && if self.raw.is_empty() {
+                    frames::current_frame(&self.mem, l, t.tstate)? == first
+                } else {
+                    frames::second_look(
+                        &self.mem,
+                        l,
+                        std::slice::from_ref(t),
+                        &[true],
+                        std::slice::from_ref(&self.chunks),
+                        std::slice::from_ref(&self.raw),
+                        &mut self.second,
+                        &mut self.second_raw,
+                    )[0]
+                };
+            if stands {
                 break;
             }
             attempts += 1;
@@ -306,7 +310,8 @@ impl<M: Memory> StackReader<M> {
                     .err()
                     .unwrap_or(PyError::Corrupt("stack changed during every read")));
             }
-            first = now;
+            // It moved under us: start again from where it is now.
+            first = frames::current_frame(&self.mem, l, t.tstate)?;
         }
         let local = Overlay::new(&self.chunks, &self.mem);
         frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, opts, entries)
