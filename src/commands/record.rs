@@ -1,17 +1,17 @@
 //! `prof record`: sample at a fixed rate and write a profile.
 
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use crossbeam_channel::{TryRecvError, bounded};
 
 use crate::attach::{attach, is_not_python};
 use crate::cli::{RecordArgs, TargetArgs};
-use crate::output::{self, Format, OutputError};
+use crate::output::file::OutputPath;
+use crate::output::{Format, OutputError};
 use crate::process;
 use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions, RunStats};
@@ -39,10 +39,10 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
         None => default_output(t, format),
     };
     // An unwritable path is found now, not after a long recording.
-    let output = OutputFile::check(&path)?;
+    let output = OutputPath::check(&path)?;
 
     let stop = spawn::install_stop_handlers();
-    let (root, launched, title) = start_target(t).inspect_err(|_| output.abandon())?;
+    let (root, launched, title) = start_target(t)?;
     let launched_mode = launched.is_some();
     let opts = ProfileOptions {
         threads_as_root: args.threads,
@@ -213,69 +213,6 @@ fn status_line(profile: &Profile, elapsed: Duration) {
         profile.total_samples(),
         profile.threads().len()
     );
-}
-
-/// The output path, checked for writability before sampling without touching an existing
-/// file: the profile is written to a temporary file beside it and renamed over it only once
-/// it is complete, so a failed or empty run never destroys an earlier profile.
-struct OutputFile {
-    path: PathBuf,
-    /// prof created the (empty) file during the check and must remove it if nothing is written.
-    created: bool,
-}
-
-impl OutputFile {
-    fn check(path: &Path) -> Result<OutputFile> {
-        let cannot = || format!("cannot write {}", path.display());
-        let created = if path.exists() {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .with_context(cannot)?;
-            false
-        } else {
-            File::create(path).with_context(cannot)?;
-            true
-        };
-        Ok(OutputFile {
-            path: path.to_path_buf(),
-            created,
-        })
-    }
-
-    /// Nothing will be written: leave the directory as it was.
-    fn abandon(&self) {
-        if self.created {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-
-    fn write(&self, format: Format, profile: &Profile) -> Result<()> {
-        let path = &self.path;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.prof-{}.tmp", std::process::id()));
-        let result = (|| -> Result<()> {
-            let file =
-                File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-            let mut out = BufWriter::new(file);
-            match output::write(format, profile, &mut out) {
-                Err(OutputError::NoSamples) => return Err(OutputError::NoSamples.into()),
-                r => r.with_context(|| format!("cannot write {}", path.display()))?,
-            }
-            out.flush()
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            drop(out);
-            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            self.abandon();
-        }
-        result
-    }
 }
 
 fn summary(

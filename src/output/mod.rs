@@ -12,6 +12,7 @@
 //! `.json`; Chrome traces are told apart by a second extension.
 
 pub mod chrometrace;
+pub mod file;
 pub mod flamegraph;
 pub mod pprof;
 pub mod raw;
