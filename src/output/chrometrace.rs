@@ -1,20 +1,28 @@
-//! `chrometrace`: the Trace Event Format (`{"traceEvents": [...]}`) that Perfetto
-//! and chrome://tracing open.
+//! `chrometrace`: the Trace Event Format (`{"traceEvents": [...]}`) that Perfetto,
+//! chrome://tracing and Chrome DevTools' performance panel open.
 //!
-//! Each thread becomes a track of nested slices built from its consecutive
-//! samples: a function that stays on the stack, at the same depth under the same
-//! callers, from one tick to the next is one long slice. Slices are per function,
-//! not per line, so a function moving from line to line is not chopped up; the
-//! `line` argument is the line it was first seen at. A slice ends when the tick
-//! of its last sample ends (see [`crate::profile::Ticks`]); a tick in which the
-//! thread was not sampled or had no frames, or a gap in time between ticks, ends
-//! every slice of the thread.
+//! Each thread becomes a track of nested slices built from its consecutive samples: a
+//! function that is on the stack, at the same depth under the same callers, in one sample
+//! of the thread and the next is one slice. Slices are per function, not per line, so a
+//! function moving from line to line is not chopped up; the `line` argument is the line it
+//! was first seen at.
 //!
-//! Events are `B`/`E` pairs, properly nested per thread and ordered by time, with
-//! `ts` in microseconds since the start of the recording; `M` events name the
-//! process (the profile's title; `process N` for subprocesses) and each thread
-//! (its label). `cat` is `python` or `native`. `tid` is the
-//! kernel thread id when known, else Python's thread ident.
+//! A slice ends when the tick of its function's last sample ends (see
+//! [`crate::profile::Ticks`]); a new one begins when the tick that first shows it starts.
+//! Ticks in which a thread was not sampled (it was idle, or the ticks were dropped) end
+//! only some of its slices. The innermost function before them ends, since that is where
+//! the thread stopped running Python; its callers that are still on the stack after the
+//! gap run on over it, as they never returned in between as far as anyone can tell. So
+//! an idle gap costs one slice, not the whole stack. A sample with no frames ends every
+//! slice.
+//!
+//! Slices are complete (`X`) events, one per slice, so there is no begin to pair with an
+//! end; per thread they come in order of start time, a caller before its callees. `ts`
+//! and `dur` are whole microseconds since the start of the recording, so that a callee
+//! ending with its caller ends exactly with it in any reader's arithmetic. `M` events name
+//! the process (the profile's title; `process N` for subprocesses) and each thread (its
+//! label). `cat` is `python` or `native`. `tid` is the kernel thread id when known, else
+//! Python's thread ident.
 
 use std::io::{BufWriter, Write};
 
@@ -28,13 +36,14 @@ use crate::sample::FrameKind;
 struct Event<'a> {
     name: &'a str,
     ph: &'static str,
-    ts: f64,
+    ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dur: Option<u64>,
     pid: u32,
     tid: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     cat: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    args: Option<Args<'a>>,
+    args: Args<'a>,
 }
 
 #[derive(Serialize)]
@@ -42,6 +51,15 @@ struct Event<'a> {
 enum Args<'a> {
     Name { name: &'a str },
     Frame { file: &'a str, line: Option<i32> },
+}
+
+/// One slice of a thread, times in whole microseconds.
+struct Slice {
+    /// The frame first seen for the function: its name, file and line.
+    frame: usize,
+    start: u64,
+    end: u64,
+    depth: usize,
 }
 
 /// Writes events as elements of one JSON array, streaming.
@@ -101,22 +119,24 @@ pub fn write_chrometrace(profile: &Profile, out: &mut dyn Write) -> Result<()> {
         w.push(&Event {
             name: "process_name",
             ph: "M",
-            ts: 0.0,
+            ts: 0,
+            dur: None,
             pid,
             tid: 0,
             cat: None,
-            args: Some(Args::Name { name }),
+            args: Args::Name { name },
         })?;
     }
     for (t, title) in titles.iter().enumerate() {
         w.push(&Event {
             name: "thread_name",
             ph: "M",
-            ts: 0.0,
+            ts: 0,
+            dur: None,
             pid: threads[t].pid,
             tid: tid_of(t),
             cat: None,
-            args: Some(Args::Name { name: title }),
+            args: Args::Name { name: title },
         })?;
     }
 
@@ -124,31 +144,27 @@ pub fn write_chrometrace(profile: &Profile, out: &mut dyn Write) -> Result<()> {
     for e in timeline {
         per_thread[e.thread()].push((e.time(), e.stack()));
     }
-    // Microseconds, rounded to the nanosecond so float noise does not show.
-    let us = |seconds: f64| (seconds * 1e9).round() / 1e3;
+    let us = |seconds: f64| (seconds * 1e6).round().max(0.0) as u64;
+    let function_of = |f: usize| profile.frame_table()[f].function;
     for (t, mut entries) in per_thread.into_iter().enumerate() {
         entries.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (pid, tid) = (threads[t].pid, tid_of(t));
-        // The functions of the open slices, outermost first.
-        let mut open: Vec<usize> = Vec::new();
+        // The open slices, outermost first: (frame first seen, start).
+        let mut open: Vec<(usize, u64)> = Vec::new();
+        let mut slices: Vec<Slice> = Vec::new();
+        let close = |open: &mut Vec<(usize, u64)>, slices: &mut Vec<Slice>, depth, end| {
+            while open.len() > depth {
+                let (frame, start) = open.pop().expect("len > depth");
+                let depth = open.len();
+                slices.push(Slice {
+                    frame,
+                    start,
+                    end,
+                    depth,
+                });
+            }
+        };
         let mut prev_tick: Option<usize> = None;
         let mut frames: Vec<usize> = Vec::new();
-        // Close the slices above `depth` at `at`, innermost first.
-        let close = |w: &mut EventWriter, open: &mut Vec<usize>, depth: usize, at: f64| {
-            while open.len() > depth {
-                let function = open.pop().expect("len > depth");
-                w.push(&Event {
-                    name: &names[function],
-                    ph: "E",
-                    ts: us(at),
-                    pid,
-                    tid,
-                    cat: None,
-                    args: None,
-                })?;
-            }
-            Ok::<(), OutputError>(())
-        };
         for (time, stack) in entries {
             let k = ticks.tick_of(time);
             if prev_tick == Some(k) {
@@ -159,41 +175,46 @@ pub fn write_chrometrace(profile: &Profile, out: &mut dyn Write) -> Result<()> {
             if let Some(s) = stack {
                 frames.extend(profile.stack_frames_root_first(s));
             }
-            // Slices continue only from the tick just before; any gap ends them.
-            let keep = match prev_tick {
-                Some(p) if ticks.contiguous(p, k) => open
-                    .iter()
-                    .zip(&frames)
-                    .take_while(|&(&o, &f)| o == profile.frame_table()[f].function)
-                    .count(),
-                _ => 0,
-            };
+            let mut keep = open
+                .iter()
+                .zip(&frames)
+                .take_while(|&(&(o, _), &f)| function_of(o) == function_of(f))
+                .count();
+            if !prev_tick.is_some_and(|p| ticks.contiguous(p, k)) {
+                keep = keep.min(open.len().saturating_sub(1));
+            }
             if let Some(p) = prev_tick {
-                close(&mut w, &mut open, keep, ticks.end(p))?;
+                close(&mut open, &mut slices, keep, us(ticks.end(p)));
             }
-            for &f in &frames[keep..] {
-                let function = profile.frame_table()[f].function;
-                w.push(&Event {
-                    name: &names[function],
-                    ph: "B",
-                    ts: us(ticks.start(k)),
-                    pid,
-                    tid,
-                    cat: Some(match profile.function_table()[function].kind {
-                        FrameKind::Python => "python",
-                        FrameKind::Native => "native",
-                    }),
-                    args: Some(Args::Frame {
-                        file: &profile.function_table()[function].filename,
-                        line: profile.frame_line(f),
-                    }),
-                })?;
-                open.push(function);
-            }
+            let start = us(ticks.start(k));
+            open.extend(frames[keep..].iter().map(|&f| (f, start)));
             prev_tick = Some(k);
         }
         if let Some(p) = prev_tick {
-            close(&mut w, &mut open, 0, ticks.end(p))?;
+            close(&mut open, &mut slices, 0, us(ticks.end(p)));
+        }
+        // Closed innermost first; readers build the nesting from start order.
+        slices.sort_by_key(|s| (s.start, s.depth));
+        let (pid, tid) = (threads[t].pid, tid_of(t));
+        for s in &slices {
+            let function = function_of(s.frame);
+            let info = &profile.function_table()[function];
+            w.push(&Event {
+                name: &names[function],
+                ph: "X",
+                ts: s.start,
+                dur: Some(s.end - s.start),
+                pid,
+                tid,
+                cat: Some(match info.kind {
+                    FrameKind::Python => "python",
+                    FrameKind::Native => "native",
+                }),
+                args: Args::Frame {
+                    file: &info.filename,
+                    line: profile.frame_line(s.frame),
+                },
+            })?;
         }
     }
 
@@ -227,48 +248,47 @@ mod tests {
     use serde_json::Value;
     use std::collections::BTreeMap;
 
-    /// A slice rebuilt from B/E pairs: (name, start µs, end µs, depth).
+    /// A slice as a reader nests it: (name, start µs, end µs, depth).
     type Slice = (String, f64, f64, usize);
 
-    /// Parse the trace, check B/E nesting and time order per thread, return slices per tid
-    /// (of all processes).
+    /// Parse the trace, check per thread that slices come in start order and nest, and
+    /// return them per tid (of all processes).
     fn slices(p: &Profile) -> (Value, BTreeMap<u64, Vec<Slice>>) {
         let mut buf = Vec::new();
         write_chrometrace(p, &mut buf).unwrap();
         let v: Value = serde_json::from_slice(&buf).expect("valid JSON");
         let events = v["traceEvents"].as_array().expect("traceEvents array");
-        // Nesting and order hold per (pid, tid): the same tid may exist in two processes.
-        let mut stacks: BTreeMap<(u64, u64), Vec<(String, f64)>> = BTreeMap::new();
+        // Per (pid, tid): the same tid may exist in two processes. The ends of the
+        // enclosing slices, outermost first.
+        let mut enclosing: BTreeMap<(u64, u64), Vec<f64>> = BTreeMap::new();
         let mut last_ts: BTreeMap<(u64, u64), f64> = BTreeMap::new();
         let mut out: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
         for e in events {
             let tid = e["tid"].as_u64().unwrap();
             let pid = e["pid"].as_u64().expect("pid");
             let ph = e["ph"].as_str().unwrap();
-            let ts = e["ts"].as_f64().unwrap();
-            let name = e["name"].as_str().unwrap().to_owned();
             if ph == "M" {
                 continue;
             }
+            assert_eq!(ph, "X", "only complete events: {e}");
+            let ts = e["ts"].as_f64().unwrap();
+            let end = ts + e["dur"].as_f64().expect("dur");
+            assert!(end > ts, "slices have a length: {e}");
+            let name = e["name"].as_str().unwrap().to_owned();
             let last = last_ts.entry((pid, tid)).or_insert(f64::MIN);
             assert!(ts >= *last, "events of tid {tid} go back in time at {e}");
             *last = ts;
-            let stack = stacks.entry((pid, tid)).or_default();
-            match ph {
-                "B" => stack.push((name, ts)),
-                "E" => {
-                    let (open, start) = stack.pop().unwrap_or_else(|| panic!("E without B: {e}"));
-                    assert_eq!(open, name, "E closes the innermost open slice");
-                    assert!(ts > start, "slices have a length");
-                    out.entry(tid)
-                        .or_default()
-                        .push((name, start, ts, stack.len()));
-                }
-                _ => panic!("unexpected phase {ph}"),
+            let stack = enclosing.entry((pid, tid)).or_default();
+            while stack.last().is_some_and(|&parent_end| parent_end <= ts) {
+                stack.pop();
             }
-        }
-        for (id, s) in &stacks {
-            assert!(s.is_empty(), "{id:?} left slices open: {s:?}");
+            if let Some(&parent_end) = stack.last() {
+                assert!(end <= parent_end, "{e} overlaps its caller's end");
+            }
+            out.entry(tid)
+                .or_default()
+                .push((name, ts, end, stack.len()));
+            stack.push(end);
         }
         (v, out)
     }
@@ -318,11 +338,7 @@ mod tests {
         assert!(close(c[2].0, 50_000.0) && close(c[2].1, 60_000.0));
         // Recursion: three nested fib slices in tick 2.
         let f = find("fib (main.py)");
-        assert_eq!(
-            f.iter().map(|s| s.3).collect::<Vec<_>>(),
-            [4, 3, 2],
-            "innermost closes first"
-        );
+        assert_eq!(f.iter().map(|s| s.3).collect::<Vec<_>>(), [2, 3, 4]);
 
         // The worker's slices end at its empty tick and start again after it.
         let worker = &by_tid[&1002];
@@ -345,22 +361,38 @@ mod tests {
                 ..Default::default()
             },
         );
-        for k in [0, 1, 3] {
-            p.add(&sample(k as f64 * 0.01, 1, "m", &[("main", 7)]));
-        }
+        // Ticks 2 and 5 were not sampled (the thread was idle, say).
+        p.add(&sample(0.00, 1, "m", &[("main", 7), ("a", 1)]));
+        p.add(&sample(0.01, 1, "m", &[("main", 7), ("a", 1)]));
+        p.add(&sample(0.03, 1, "m", &[("main", 8), ("b", 1)]));
+        p.add(&sample(0.04, 1, "m", &[("main", 8), ("b", 2)]));
+        p.add(&sample(0.06, 1, "m", &[("main", 9), ("b", 3)]));
         let (v, by_tid) = slices(&p);
-        // Tick 2 was not sampled: two slices, not one spanning the gap.
-        let spans: Vec<(f64, f64)> = by_tid[&1001].iter().map(|s| (s.1, s.2)).collect();
-        assert_eq!(spans.len(), 2, "{spans:?}");
-        assert!(close(spans[0].1, 20_000.0) && close(spans[1].0, 30_000.0));
-        let b = v["traceEvents"]
+        let spans = |name: &str| -> Vec<(f64, f64, usize)> {
+            by_tid[&1001]
+                .iter()
+                .filter(|s| s.0 == name)
+                .map(|s| (s.1, s.2, s.3))
+                .collect()
+        };
+        // main never left the stack: one slice over both gaps, up to the end of tick 6.
+        assert_eq!(spans("main (main.py)"), [(0.0, 70_000.0, 0)]);
+        // a ends with the last tick it was seen in; b starts with the first. Where the
+        // thread stopped, in b before tick 5, is a gap even though b is seen after it.
+        assert_eq!(spans("a (main.py)"), [(0.0, 20_000.0, 1)]);
+        assert_eq!(
+            spans("b (main.py)"),
+            [(30_000.0, 50_000.0, 1), (60_000.0, 70_000.0, 1)]
+        );
+        let first = v["traceEvents"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|e| e["ph"] == "B")
+            .find(|e| e["ph"] == "X")
             .unwrap();
-        assert_eq!(b["args"]["file"], "/app/src/main.py");
-        assert_eq!(b["args"]["line"], 7);
+        assert_eq!(first["name"], "main (main.py)");
+        assert_eq!(first["args"]["file"], "/app/src/main.py");
+        assert_eq!(first["args"]["line"], 7, "the line first seen");
     }
 
     #[test]
@@ -391,7 +423,7 @@ mod tests {
         let cat = |name: &str| {
             events
                 .iter()
-                .find(|e| e["ph"] == "B" && e["name"] == name)
+                .find(|e| e["ph"] == "X" && e["name"] == name)
                 .map(|e| e["cat"].clone())
                 .unwrap()
         };
