@@ -116,6 +116,9 @@ pub struct FunctionInfo {
     pub kind: FrameKind,
     /// Lowest positive line sampled in this function, 0 if none was.
     pub lowest_line: i32,
+    /// The line the function starts at (`co_firstlineno`), 0 if unknown; the lowest one
+    /// when several code objects share the name and file (lambdas, redefinitions).
+    pub first_line: i32,
     /// Next function whose key hashes the same (collision chain of the index).
     next_same_hash: Option<u32>,
 }
@@ -498,6 +501,10 @@ impl Profile {
         if line > 0 && (entry.lowest_line == 0 || line < entry.lowest_line) {
             entry.lowest_line = line;
         }
+        let first = frame.code.first_line;
+        if first > 0 && (entry.first_line == 0 || first < entry.first_line) {
+            entry.first_line = first;
+        }
         let key_line = if self.opts.by_function || self.opts.no_line_numbers {
             0
         } else {
@@ -553,6 +560,7 @@ impl Profile {
             short_filename: short,
             kind: frame.kind,
             lowest_line: 0,
+            first_line: 0,
             next_same_hash: head,
         });
         self.function_index.insert(hash, id);

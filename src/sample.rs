@@ -27,6 +27,9 @@ pub struct FrameCode {
     pub filename: Arc<str>,
     /// Module-relative short file name (`json/decoder.py`).
     pub short_filename: Arc<str>,
+    /// The line the function starts at (`co_firstlineno`), 0 when unknown (native code).
+    #[serde(skip)]
+    pub first_line: i32,
 }
 
 /// One frame of a stack.
@@ -57,6 +60,7 @@ impl Frame {
                 name: name.into(),
                 filename: filename.into(),
                 short_filename: short_filename.into(),
+                first_line: 0,
             }),
             line,
             kind,

@@ -9,13 +9,18 @@
 //!   rate, else 1/requested rate);
 //! - one `Sample` per (stack, thread), location ids leaf first, with a `thread`
 //!   string label;
+//! - one `Mapping`, which every location is in: its file is the profiled program (the
+//!   first word of the profile's title), and it says that functions, file names and
+//!   lines are all there, so pprof neither looks for a binary to symbolize nor
+//!   complains that the main binary's name is missing;
 //! - one `Location` per frame of the frame table, with one `Line(function, line)`;
 //!   the synthetic root frames (`-t` thread labels, `process N`) get their own
 //!   functions and locations, placed last (outermost) in each sample;
 //! - one `Function` per function: `name` = the function name, `system_name` =
 //!   `file:name` (distinct, so pprof does not "demangle" `<module>` away),
 //!   `filename` = the full file name (what `pprof -list` needs), `start_line` = the
-//!   line `-F` shows (the lowest sampled line) under `-F`, else 0 (unknown);
+//!   line the function starts at (`co_firstlineno`); where that is unknown (native
+//!   code), the line `-F` shows (the lowest sampled line) under `-F`, else 0;
 //! - `period_type` = wall/nanoseconds and `period` = 1/requested rate;
 //!   `time_nanos` = the start, `duration_nanos` = the recording's length; the title
 //!   and the run's rates, drops and errors as `comment`s.
@@ -120,6 +125,7 @@ impl Strings {
 mod field {
     pub const SAMPLE_TYPE: u32 = 1;
     pub const SAMPLE: u32 = 2;
+    pub const MAPPING: u32 = 3;
     pub const LOCATION: u32 = 4;
     pub const FUNCTION: u32 = 5;
     pub const STRING_TABLE: u32 = 6;
@@ -196,12 +202,24 @@ fn encode(profile: &Profile) -> Vec<u8> {
         p.message(field::SAMPLE, &s);
     }
 
+    // The program, as pprof's "main binary": already symbolized, nothing to load.
+    const MAPPING_ID: u64 = 1;
+    let program = meta.title.split_whitespace().next().unwrap_or("python");
+    let mut mapping = Message::default();
+    mapping.uint(1, MAPPING_ID);
+    mapping.int(5, strings.get(program));
+    mapping.uint(7, 1); // has_functions
+    mapping.uint(8, 1); // has_filenames
+    mapping.uint(9, 1); // has_line_numbers
+    p.message(field::MAPPING, &mapping);
+
     for (i, fr) in frames.iter().enumerate() {
         let mut line = Message::default();
         line.uint(1, fr.function as u64 + 1);
         line.int(2, i64::from(profile.frame_line(i).unwrap_or(0)));
         let mut loc = Message::default();
         loc.uint(1, i as u64 + 1);
+        loc.uint(2, MAPPING_ID);
         loc.message(4, &line);
         p.message(field::LOCATION, &loc);
     }
@@ -210,6 +228,7 @@ fn encode(profile: &Profile) -> Vec<u8> {
         line.uint(1, first_root_function + r);
         let mut loc = Message::default();
         loc.uint(1, first_root_location + r);
+        loc.uint(2, MAPPING_ID);
         loc.message(4, &line);
         p.message(field::LOCATION, &loc);
     }
@@ -225,9 +244,11 @@ fn encode(profile: &Profile) -> Vec<u8> {
         m.int(2, name);
         m.int(3, system_name);
         m.int(4, strings.get(&f.filename));
-        if by_function {
-            m.int(5, i64::from(f.lowest_line));
-        }
+        let start_line = match f.first_line {
+            0 if by_function => f.lowest_line,
+            line => line,
+        };
+        m.int(5, i64::from(start_line));
         p.message(field::FUNCTION, &m);
     }
     for (r, label) in root_names.iter().enumerate() {
@@ -382,6 +403,12 @@ mod tests {
         function_names: Vec<String>,
         lines: BTreeMap<String, Vec<i64>>,
         thread_labels: Vec<String>,
+        /// Function name → start_line.
+        start_lines: BTreeMap<String, u64>,
+        /// (id, file, has_functions, has_filenames, has_line_numbers) per mapping.
+        mappings: Vec<(u64, String, u64, u64, u64)>,
+        /// The mapping id of every location.
+        location_mappings: Vec<u64>,
         period: u64,
         duration_nanos: u64,
         default_sample_type: String,
@@ -408,8 +435,10 @@ mod tests {
             .collect();
         let mut functions = BTreeMap::new();
         let mut function_names = Vec::new();
+        let mut start_lines = BTreeMap::new();
         for f in messages(&p, 5) {
             let name = s(scalar(&f, 2));
+            start_lines.insert(name.clone(), scalar(&f, 5));
             assert!(
                 s(scalar(&f, 3)).ends_with(&format!(":{name}")),
                 "system_name"
@@ -420,9 +449,23 @@ mod tests {
                 "ids are unique"
             );
         }
+        let mappings = messages(&p, 3)
+            .iter()
+            .map(|m| {
+                (
+                    scalar(m, 1),
+                    s(scalar(m, 5)),
+                    scalar(m, 7),
+                    scalar(m, 8),
+                    scalar(m, 9),
+                )
+            })
+            .collect();
         let mut locations = BTreeMap::new();
+        let mut location_mappings = Vec::new();
         let mut lines: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for l in messages(&p, 4) {
+            location_mappings.push(scalar(&l, 2));
             let line = &messages(&l, 4)[0];
             let name = functions[&scalar(line, 1)].clone();
             lines
@@ -455,6 +498,9 @@ mod tests {
             function_names,
             lines,
             thread_labels,
+            start_lines,
+            mappings,
+            location_mappings,
             period: scalar(&p, 12),
             duration_nanos: scalar(&p, 10),
             default_sample_type: s(scalar(&p, 14)),
@@ -514,6 +560,40 @@ mod tests {
     }
 
     #[test]
+    fn mapping_and_start_lines() {
+        let mut p = crate::profile::Profile::new(meta(), ProfileOptions::default());
+        let mut s = sample(0.0, 1, "m", &[("main", 9), ("work", 14)]);
+        // The reader knows where each function starts; the fixture's frames do not.
+        for (frame, first) in s.stack.frames.iter_mut().zip([12, 7]) {
+            let code = &frame.code;
+            frame.code = std::sync::Arc::new(crate::sample::FrameCode {
+                name: code.name.clone(),
+                filename: code.filename.clone(),
+                short_filename: code.short_filename.clone(),
+                first_line: first,
+            });
+        }
+        p.add(&s);
+        let d = decode(&render(&p));
+        assert_eq!(d.start_lines["main"], 7);
+        assert_eq!(d.start_lines["work"], 12);
+        // One mapping, already symbolized, named after the program; every location in it.
+        assert_eq!(d.mappings, [(1, "python".to_owned(), 1, 1, 1)]);
+        assert!(!d.location_mappings.is_empty());
+        assert!(d.location_mappings.iter().all(|&m| m == 1));
+
+        // Without co_firstlineno (native code), -F still gives the lowest sampled line.
+        let p = two_threads(ProfileOptions {
+            by_function: true,
+            ..Default::default()
+        });
+        let d = decode(&render(&p));
+        assert_eq!(d.start_lines["compute"], 20);
+        let p = two_threads(ProfileOptions::default());
+        assert_eq!(decode(&render(&p)).start_lines["compute"], 0);
+    }
+
+    #[test]
     fn thread_roots_are_outermost() {
         let p = two_threads(ProfileOptions {
             threads_as_root: true,
@@ -567,6 +647,10 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "go tool pprof failed: {stderr}");
+        assert!(
+            !stderr.contains("binary"),
+            "pprof looked for a binary: {stderr}"
+        );
         // The flat column ranks compute (4) and wait (4) first.
         let rows: Vec<(u64, String)> = stdout
             .lines()

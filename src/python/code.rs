@@ -218,13 +218,15 @@ impl CodeCache {
         let filename = read_str(mem, l, p(l.co_filename))?;
         let short_filename = super::short_filename(&filename);
         let linetable = read_bytes(mem, l, p(l.co_linetable))?;
+        let first_line = le_u32(&head, l.co_firstlineno as usize) as i32;
         let info = CodeInfo {
             code: Arc::new(FrameCode {
                 name: self.intern(name),
                 filename: self.intern(filename),
                 short_filename: self.intern(short_filename),
+                first_line,
             }),
-            first_line: le_u32(&head, l.co_firstlineno as usize) as i32,
+            first_line,
             linetable,
             argcount: le_u32(&head, l.co_argcount as usize),
             varnames: p(l.co_varnames),
