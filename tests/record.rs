@@ -1014,16 +1014,17 @@ fn check_chrometrace(path: &str, ready: &Ready, what: &str) {
     let events = v["traceEvents"]
         .as_array()
         .unwrap_or_else(|| panic!("{what}: no traceEvents array"));
-    // Per (pid, tid): B and E nest like a stack, and time never goes back.
-    let mut open: HashMap<(u64, u64), Vec<(String, f64)>> = HashMap::new();
+    // Per (pid, tid): complete slices in start order, each inside the one enclosing it.
+    let mut enclosing: HashMap<(u64, u64), Vec<f64>> = HashMap::new();
     let mut last_ts: HashMap<(u64, u64), f64> = HashMap::new();
-    let mut begins: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut slices: HashMap<(u64, u64), usize> = HashMap::new();
     let mut names = BTreeSet::new();
     for (i, e) in events.iter().enumerate() {
         let ph = e["ph"].as_str().unwrap_or("");
-        if ph != "B" && ph != "E" {
+        if ph == "M" {
             continue;
         }
+        assert_eq!(ph, "X", "{what}: event {i} {e}: not a complete slice");
         let key = (
             e["pid"].as_u64().expect("pid"),
             e["tid"].as_u64().expect("tid"),
@@ -1031,42 +1032,35 @@ fn check_chrometrace(path: &str, ready: &Ready, what: &str) {
         let ts = e["ts"]
             .as_f64()
             .unwrap_or_else(|| panic!("{what}: event {i}: no ts"));
+        let end = ts
+            + e["dur"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{what}: event {i}: no dur"));
+        assert!(end > ts, "{what}: event {i} {e}: no length");
         let last = last_ts.entry(key).or_insert(f64::MIN);
         assert!(
             ts >= *last,
             "{what}: event {i} {e}: time goes back on {key:?}"
         );
         *last = ts;
-        let stack = open.entry(key).or_default();
-        if ph == "B" {
-            let name = e["name"].as_str().expect("B has a name").to_owned();
-            names.insert(name.clone());
-            stack.push((name, ts));
-            *begins.entry(key).or_default() += 1;
-        } else {
-            let (name, began) = stack
-                .pop()
-                .unwrap_or_else(|| panic!("{what}: event {i} {e}: E without a B on {key:?}"));
-            if let Some(n) = e["name"].as_str() {
-                assert_eq!(n, name, "{what}: event {i}: E closes another slice");
-            }
+        let stack = enclosing.entry(key).or_default();
+        while stack.last().is_some_and(|&outer_end| outer_end <= ts) {
+            stack.pop();
+        }
+        if let Some(&outer_end) = stack.last() {
             assert!(
-                ts >= began,
-                "{what}: event {i}: slice ends before it begins"
+                end <= outer_end,
+                "{what}: event {i} {e}: ends after its caller on {key:?}"
             );
         }
-    }
-    for (key, stack) in &open {
-        assert!(
-            stack.is_empty(),
-            "{what}: {key:?}: {} slices never end",
-            stack.len()
-        );
+        stack.push(end);
+        names.insert(e["name"].as_str().expect("a slice has a name").to_owned());
+        *slices.entry(key).or_default() += 1;
     }
     assert!(
-        begins.len() >= ready.threads.len(),
-        "{what}: B/E slices on {} threads, the target has {} busy threads",
-        begins.len(),
+        slices.len() >= ready.threads.len(),
+        "{what}: slices on {} threads, the target has {} busy threads",
+        slices.len(),
         ready.threads.len()
     );
     let leaf = &ready.func("hot_leaf").name;
