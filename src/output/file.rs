@@ -61,8 +61,15 @@ impl OutputPath {
                                 .append(true)
                                 .open(&real)
                                 .with_context(cannot)?;
-                            check_directory(parent(&real)).with_context(cannot)?;
-                            Dest::Replace(real)
+                            match check_directory(parent(&real)) {
+                                Ok(()) => Dest::Replace(real),
+                                // A file the user may write in a directory they may not:
+                                // written in place, as it cannot be replaced.
+                                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                                    Dest::InPlace
+                                }
+                                Err(e) => return Err(e).with_context(cannot),
+                            }
                         }
                         _ => {
                             OpenOptions::new()
@@ -93,6 +100,10 @@ impl OutputPath {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // `out/` names a directory, and `Path` would drop the slash.
+                if path.file_name().is_none() || path.as_os_str().as_bytes().ends_with(b"/") {
+                    bail!("cannot write {}: not a file name", path.display());
+                }
                 let file = link_target(path).with_context(cannot)?;
                 check_directory(parent(&file)).with_context(cannot)?;
                 Dest::Replace(file)
@@ -282,6 +293,10 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left");
         let err = OutputPath::check(&dir.path().join("no/such/dir/p.svg")).unwrap_err();
         assert!(format!("{err:#}").starts_with("cannot write "), "{err:#}");
+        for name in ["", "new-dir/"] {
+            let err = format!("{:#}", OutputPath::check(Path::new(name)).unwrap_err());
+            assert!(err.ends_with("not a file name"), "{err}");
+        }
     }
 
     #[test]
