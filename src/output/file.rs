@@ -11,7 +11,8 @@
 //! - A directory, a block device or a socket is refused before recording starts.
 //!
 //! The check creates nothing that could be left behind: a new file's directory is tested
-//! with an unnamed file (`O_TMPFILE`) that vanishes on close, even if prof is killed.
+//! with an unnamed file (`O_TMPFILE`) that vanishes on close, even if prof is killed (on a
+//! filesystem without `O_TMPFILE`, with a named file removed at once).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -37,7 +38,8 @@ pub struct OutputPath {
 enum Dest {
     /// A regular file (to be): the real path the finished profile is renamed to.
     Replace(PathBuf),
-    /// A character device, a FIFO or an open file of `/proc/PID/fd`: opened and written.
+    /// A character device, a FIFO, an open file of `/proc/PID/fd`, or a file in a directory
+    /// prof may not create files in: opened and written.
     InPlace,
 }
 
