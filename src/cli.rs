@@ -265,6 +265,18 @@ mod tests {
     }
 
     #[test]
+    fn top_takes_a_command_too() {
+        let Command::Top(t) = parse("prof top --delay 2 python app.py --delay 5")
+            .unwrap()
+            .command
+        else {
+            panic!("not top");
+        };
+        assert_eq!(t.delay, 2.0);
+        assert_eq!(t.target.command, ["python", "app.py", "--delay", "5"]);
+    }
+
+    #[test]
     fn locals_repeat() {
         let Command::Dump(d) = parse("prof dump -p 1 -ll -s").unwrap().command else {
             panic!("not dump");

@@ -253,7 +253,10 @@ fn rate_above_the_maximum_is_refused() {
     // And --help says what it is.
     let help = run_prof(&["record", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains(&max), "record --help does not name {max}:\n{help}");
+    assert!(
+        help.contains(&max),
+        "record --help does not name {max}:\n{help}"
+    );
 }
 
 #[test]
@@ -277,7 +280,11 @@ fn usage_errors_are_one_line() {
     }
     // Help is not an error.
     let out = run_prof(&["dump", "--help"]);
-    assert!(out.status.success(), "{}", describe(&["dump", "--help"], &out));
+    assert!(
+        out.status.success(),
+        "{}",
+        describe(&["dump", "--help"], &out)
+    );
 }
 
 #[test]
@@ -417,23 +424,58 @@ fn repeated_locals_flag() {
         return;
     };
     let target = Target::start(&py, "mixed", &[]);
-    let locals_of = |dump: &[Thread]| -> BTreeSet<(String, Option<String>)> {
+    // Which locals each frame has; their values may move on (a busy thread counts).
+    let names = |dump: &[Thread]| -> BTreeSet<(u64, String, String)> {
         dump.iter()
-            .flat_map(|t| &t.frames)
-            .flat_map(|f| f.locals.iter().flatten())
-            .map(|l| (l.name.clone(), l.repr.clone()))
+            .flat_map(|t| {
+                t.frames.iter().flat_map(move |f| {
+                    f.locals
+                        .iter()
+                        .flatten()
+                        .map(move |l| (t.thread_id, f.name.clone(), l.name.clone()))
+                })
+            })
             .collect()
     };
-    let once = locals_of(&target.dump_json(&["--locals"]));
-    assert!(!once.is_empty(), "{}: no locals with --locals", target.what());
+    let once = target.dump_json(&["--locals"]);
+    assert!(
+        !names(&once).is_empty(),
+        "{}: no locals with --locals",
+        target.what()
+    );
     let twice = target.dump_json(&["-ll"]);
     target.assert_stacks(&twice);
     assert_eq!(
-        locals_of(&twice),
-        once,
-        "{}: -ll differs from --locals",
+        names(&twice),
+        names(&once),
+        "{}: -ll shows other locals than --locals",
         target.what()
     );
+    // The parked thread's values are known: -ll shows them as they are.
+    let (ident, truth) = target
+        .truth
+        .threads
+        .iter()
+        .find(|(_, t)| t.locals.is_some())
+        .expect("mixed.py has a thread with known locals");
+    let ident: u64 = ident.parse().unwrap();
+    let shown: BTreeSet<(String, Option<String>)> = twice
+        .iter()
+        .filter(|t| t.thread_id == ident)
+        .flat_map(|t| &t.frames)
+        .flat_map(|f| f.locals.iter().flatten())
+        .map(|l| (l.name.clone(), l.repr.clone()))
+        .collect();
+    for (name, repr) in truth.locals.as_ref().unwrap() {
+        let found = shown
+            .iter()
+            .any(|(n, r)| n == name && (repr.is_none() || r == repr));
+        assert!(
+            found,
+            "{}: -ll: local {name} = {repr:?} missing in {shown:?}",
+            target.what()
+        );
+    }
 }
 
 #[test]
@@ -490,7 +532,9 @@ fn dump_subprocesses() {
             }
         }
         if dump.iter().any(|t| t.pid == sleep) {
-            problems.push(format!("`sleep` (pid {sleep}) is not Python but was dumped"));
+            problems.push(format!(
+                "`sleep` (pid {sleep}) is not Python but was dumped"
+            ));
         }
         if problems.is_empty() {
             break;
