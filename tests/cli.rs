@@ -147,18 +147,27 @@ fn kernel_thread_is_named() {
 #[test]
 fn prof_cannot_stop_itself() {
     crate::skip_without_live_targets!();
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("x.svg");
     // The shell's pid becomes prof's through exec.
-    let script = "exec \"$0\" dump --native -p $$";
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", script, prof_path()]);
-    let args = ["sh", "-c", script];
-    let out = run_with_deadline(&mut cmd, &args);
-    let line = assert_one_line_error(&args, &out);
-    assert!(
-        line.contains("prof itself") && !line.contains("security module"),
-        "{}",
-        describe(&args, &out)
-    );
+    for script in [
+        "exec \"$0\" dump --native -p $$".to_string(),
+        format!(
+            "exec \"$0\" record --native -d 1 -o {} -p $$",
+            svg.display()
+        ),
+    ] {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script, prof_path()]);
+        let args = ["sh", "-c", &script];
+        let out = run_with_deadline(&mut cmd, &args);
+        let line = assert_one_line_error(&args, &out);
+        assert!(
+            line.contains("prof itself") && !line.contains("security module"),
+            "{}",
+            describe(&args, &out)
+        );
+    }
 }
 
 #[test]

@@ -101,6 +101,14 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
     if t.native && t.nonblocking {
         bail!(crate::mixed::NATIVE_NONBLOCKING);
     }
+    // The sampler would count every refused stop as an empty tick and end with a
+    // misleading summary: say it now.
+    if let Some(pid) = t.pid
+        && t.native
+        && pid == std::process::id()
+    {
+        return Err(process::ProcessError::Itself(pid).into());
+    }
     if !(t.rate > 0.0 && t.rate.is_finite()) {
         bail!(
             "--rate must be a positive number of samples per second, not {}",
