@@ -494,16 +494,22 @@ fn dump_subprocesses() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut parent = Group::spawn(
-        python_command(&py)
+    // Under a shell that stays (no exec): a root without Python, whose children have it.
+    let mut shell = Group::spawn(
+        Command::new("sh")
+            .args(["-c", "\"$@\"; exit $?", "sh"])
+            .arg(&py.path)
             .arg(testdata().join("rec_parent.py"))
             .arg(dir.path())
-            .arg("60"),
+            .arg("60")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(std::process::Stdio::null()),
     );
+    let shell_s = shell.pid().to_string();
     let pids_file = dir.path().join("pids.json");
     let deadline = Instant::now() + READY_TIMEOUT;
     while !pids_file.exists() {
-        assert!(parent.try_wait().is_none(), "rec_parent.py exited early");
+        assert!(shell.try_wait().is_none(), "rec_parent.py exited early");
         assert!(Instant::now() < deadline, "rec_parent.py not ready in time");
         thread::sleep(Duration::from_millis(20));
     }
@@ -524,33 +530,44 @@ fn dump_subprocesses() {
         (popen, "popen_child_work"),
         (mp, "mp_child_work"),
     ];
-    let args = ["dump", "-s", "-p", &root_s, "--json"];
-    let mut problems = Vec::new();
-    for _ in 0..40 {
+    // What is wrong with `dump -s` from the Python parent and from the shell above it
+    // (None once it was right).
+    let mut problems: [Option<Vec<String>>; 2] = [Some(Vec::new()), Some(Vec::new())];
+    for round in 0..40 {
+        let which = round % 2;
+        if problems[which].is_none() {
+            continue;
+        }
+        let from = [&root_s, &shell_s][which];
+        let args = ["dump", "-s", "-p", from, "--json"];
         let out = run_prof(&args);
         assert!(out.status.success(), "{}", describe(&args, &out));
         let dump: Vec<Thread> = serde_json::from_slice(&out.stdout).unwrap();
-        problems.clear();
+        let mut wrong = Vec::new();
         for (pid, function) in wanted {
             let seen = dump
                 .iter()
                 .filter(|t| t.pid == pid)
                 .any(|t| t.frames.iter().any(|f| f.name.ends_with(function)));
             if !seen {
-                problems.push(format!("pid {pid}: no thread in {function}"));
+                wrong.push(format!("pid {pid}: no thread in {function}"));
             }
         }
-        if dump.iter().any(|t| t.pid == sleep) {
-            problems.push(format!(
-                "`sleep` (pid {sleep}) is not Python but was dumped"
-            ));
+        for (pid, what) in [(sleep.to_string(), "sleep"), (shell_s.clone(), "the shell")] {
+            if dump.iter().any(|t| t.pid.to_string() == pid) {
+                wrong.push(format!("{what} (pid {pid}) is not Python but was dumped"));
+            }
         }
-        if problems.is_empty() {
+        problems[which] = (!wrong.is_empty()).then_some(wrong);
+        if problems.iter().all(Option::is_none) {
             break;
         }
         thread::sleep(Duration::from_millis(250));
     }
-    assert!(problems.is_empty(), "dump -s: {problems:?}");
+    assert!(
+        problems.iter().all(Option::is_none),
+        "dump -s from the parent, from the shell: {problems:?}"
+    );
     // Text: one header per process.
     let args = ["dump", "--subprocesses", "-p", &root_s];
     let out = run_prof(&args);

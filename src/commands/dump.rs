@@ -54,7 +54,16 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     if args.native && args.nonblocking {
         bail!(NATIVE_NONBLOCKING);
     }
-    let mut dumps = vec![capture(args.pid, args)?];
+    let mut dumps = Vec::new();
+    // With -s a root without Python (a shell, a launcher) may still have Python children.
+    let root_error = match capture(args.pid, args) {
+        Ok(d) => {
+            dumps.push(d);
+            None
+        }
+        Err(e) if args.subprocesses && is_not_python(&e) => Some(e),
+        Err(e) => return Err(e),
+    };
     if args.subprocesses {
         for pid in sampler::descendants(args.pid) {
             match attach(pid) {
@@ -65,6 +74,9 @@ pub fn run(args: &DumpArgs) -> Result<()> {
                 Err(e) => skip_or_warn(pid, e),
             }
         }
+    }
+    if let (Some(e), true) = (root_error, dumps.is_empty()) {
+        bail!("{e:#}, nor is any process it started");
     }
     let out = std::io::stdout();
     let mut out = out.lock();
