@@ -186,7 +186,8 @@ pub struct DumpArgs {
     pub locals: u8,
 
     /// Also dump each Python process descended from the target (subprocess,
-    /// multiprocessing); the others are skipped.
+    /// multiprocessing); processes without Python are left out, the target too when a
+    /// descendant has Python.
     #[arg(short, long)]
     pub subprocesses: bool,
 
