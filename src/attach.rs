@@ -21,12 +21,13 @@ pub fn attach(pid: u32) -> Result<LiveTarget> {
 }
 
 fn attach_inner(pid: u32) -> Result<LiveTarget> {
+    if process::is_kernel_thread(pid) {
+        return Err(anyhow!(ProcessError::KernelThread(pid)));
+    }
     let maps = process::read_maps(pid).map_err(|e| anyhow!(e))?;
     if maps.is_empty() {
-        // Kernel threads and zombies have no address space.
-        return Err(anyhow!(
-            "pid {pid} has no memory map (a kernel thread or an exiting process)"
-        ));
+        // Not a kernel thread, so its address space is being torn down.
+        return Err(anyhow!(ProcessError::Exited(pid)));
     }
     let mem = LiveMemory::new(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -47,18 +48,21 @@ pub fn is_not_python(e: &anyhow::Error) -> bool {
 
 /// Has the process exited, or is it tearing down its address space? Reads of an exiting
 /// process fail in misleading ways (permission denied, files gone), so every failure is
-/// checked against this before it is reported.
+/// checked against this before it is reported. A map that cannot be read is no evidence:
+/// that is what a refusal looks like too.
 pub fn exiting(pid: u32) -> bool {
-    !process::is_alive(pid)
-        || process::read_maps(pid)
-            .map(|m| m.is_empty())
-            .unwrap_or(true)
+    process::is_exiting(pid)
+        || (process::read_maps(pid).is_ok_and(|m| m.is_empty()) && !process::is_kernel_thread(pid))
 }
 
 /// `e`, unless the real cause is that the process exited meanwhile.
 pub fn unless_exited(pid: u32, e: anyhow::Error) -> anyhow::Error {
-    let never_existed = matches!(e.downcast_ref(), Some(ProcessError::NotFound(_)));
-    if !never_existed && exiting(pid) {
+    // These are facts about the pid, not symptoms of an exit.
+    let settled = matches!(
+        e.downcast_ref(),
+        Some(ProcessError::NotFound(_) | ProcessError::KernelThread(_) | ProcessError::Itself(_))
+    );
+    if !settled && exiting(pid) {
         anyhow!(ProcessError::Exited(pid))
     } else {
         e

@@ -1,11 +1,15 @@
 //! The `prof` binary: parse, dispatch, turn errors into one line and an exit code.
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use prof::cli::{Cli, Command};
 use prof::commands;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => parse_failed(e),
+    };
     let result = match &cli.command {
         Command::Dump(args) => commands::dump::run(args).map(|()| 0),
         Command::Record(args) => commands::record::run(args),
@@ -25,4 +29,19 @@ fn main() {
     if let Ok(code) = result {
         std::process::exit(code);
     }
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one line and exit 1.
+fn parse_failed(e: clap::Error) -> ! {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    eprintln!("prof: {}", prof::cli::one_line_error(&e, &argv));
+    std::process::exit(1);
 }

@@ -9,9 +9,10 @@ use crate::attach::{LiveTarget, attach, explain, is_not_python, thread_states, u
 use crate::cli::DumpArgs;
 use crate::mixed::{NATIVE_NONBLOCKING, NativeTarget, PythonSide};
 use crate::process::ptrace::PauseGuard;
-use crate::process::{self};
+use crate::process::{self, ProcessError};
 use crate::python::{FrameOptions, module_name};
 use crate::sample::{FrameKind, LocalVar, ThreadStack};
+use crate::sampler;
 
 /// A frame in py-spy's JSON schema (plus `native`).
 #[derive(Serialize)]
@@ -39,22 +40,102 @@ struct JsonThread<'a> {
     frames: Vec<JsonFrame<'a>>,
 }
 
+/// One process's stacks, ready to print.
+struct Dumped {
+    pid: u32,
+    cmdline: String,
+    /// `Python v3.12.1 (/usr/lib/libpython3.12.so.1.0)`, or None for native stacks only.
+    python: Option<String>,
+    stacks: Vec<ThreadStack>,
+}
+
 /// Run `prof dump`.
 pub fn run(args: &DumpArgs) -> Result<()> {
-    let pid = args.pid;
     if args.native && args.nonblocking {
         bail!(NATIVE_NONBLOCKING);
     }
-    let mut target = match attach(pid) {
-        Ok(t) => t,
-        Err(e) if args.native && is_not_python(&e) => return native_only(args),
+    let mut dumps = Vec::new();
+    // With -s a root without Python (a shell, a launcher) may still have Python children.
+    let root_error = match capture(args.pid, args) {
+        Ok(d) => {
+            dumps.push(d);
+            None
+        }
+        Err(e) if args.subprocesses && is_not_python(&e) => Some(e),
         Err(e) => return Err(e),
     };
+    if args.subprocesses {
+        for pid in sampler::descendants(args.pid) {
+            match attach(pid) {
+                Ok(target) => match capture_python(target, args) {
+                    Ok(d) => dumps.push(d),
+                    Err(e) => skip_or_warn(pid, e),
+                },
+                Err(e) => skip_or_warn(pid, e),
+            }
+        }
+    }
+    if let (Some(e), true) = (root_error, dumps.is_empty()) {
+        bail!("{e:#}, nor is any process it started");
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if args.json {
+        // One list, as for a single process: each thread carries its pid.
+        let threads: Vec<JsonThread> = dumps
+            .iter()
+            .flat_map(|d| d.stacks.iter().map(|s| json_thread(d.pid, s, args.native)))
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &threads)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for (i, d) in dumps.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        writeln!(out, "Process {}: {}", d.pid, d.cmdline)?;
+        match &d.python {
+            Some(python) => writeln!(out, "{python}")?,
+            None => writeln!(out, "Not a Python process: native stacks only")?,
+        }
+        for s in &d.stacks {
+            writeln!(out)?;
+            write_thread(&mut out, s, args.full_filenames)?;
+        }
+    }
+    Ok(())
+}
+
+/// A descendant that is not Python, or that exited, is left out quietly (`-s` dumps the
+/// Python ones); any other failure is reported and the others are still dumped.
+fn skip_or_warn(pid: u32, e: anyhow::Error) {
+    let exited = matches!(
+        e.downcast_ref(),
+        Some(ProcessError::Exited(_) | ProcessError::NotFound(_))
+    );
+    if !(exited || is_not_python(&e)) {
+        eprintln!("prof: skipped child process {pid}: {e:#}");
+    }
+}
+
+/// The stacks of `pid`: Python, or with `--native` native only for a non-Python process.
+fn capture(pid: u32, args: &DumpArgs) -> Result<Dumped> {
+    match attach(pid) {
+        Ok(target) => capture_python(target, args),
+        Err(e) if args.native && is_not_python(&e) => native_only(pid),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every thread's stack of an attached Python process.
+fn capture_python(mut target: LiveTarget, args: &DumpArgs) -> Result<Dumped> {
+    let pid = target.pid;
     let states = thread_states(pid)?;
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
     // A paused process cannot tear a stack; a running one is re-checked instead.
     let opts = FrameOptions {
-        locals: args.locals,
+        locals: args.locals > 0,
         validate: args.nonblocking,
         function_lines: false,
     };
@@ -96,30 +177,17 @@ pub fn run(args: &DumpArgs) -> Result<()> {
             .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
         s.active = state == Some('R');
     }
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    if args.json {
-        let threads: Vec<JsonThread> = stacks
-            .iter()
-            .map(|s| json_thread(pid, s, args.native))
-            .collect();
-        serde_json::to_writer_pretty(&mut out, &threads)?;
-        writeln!(out)?;
-    } else {
-        let v = target.reader.interpreter();
-        writeln!(out, "Process {pid}: {}", target.cmdline)?;
-        writeln!(out, "Python v{} ({})", v.version(), v.path)?;
-        for s in &stacks {
-            writeln!(out)?;
-            write_thread(&mut out, s, args.full_filenames)?;
-        }
-    }
-    Ok(())
+    let v = target.reader.interpreter();
+    Ok(Dumped {
+        pid,
+        python: Some(format!("Python v{} ({})", v.version(), v.path)),
+        cmdline: target.cmdline,
+        stacks,
+    })
 }
 
 /// `dump --native` of a process without Python: every thread's native stack.
-fn native_only(args: &DumpArgs) -> Result<()> {
-    let pid = args.pid;
+fn native_only(pid: u32) -> Result<Dumped> {
     let states = thread_states(pid)?;
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
     let mut natives = NativeTarget::new(pid).map_err(|e| unless_exited(pid, e.into()))?;
@@ -129,22 +197,12 @@ fn native_only(args: &DumpArgs) -> Result<()> {
     let mut stacks = Vec::new();
     let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
     natives.merge_all(&mut stacks, &tids, &pcs, None, state);
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    if args.json {
-        let threads: Vec<JsonThread> = stacks.iter().map(|s| json_thread(pid, s, true)).collect();
-        serde_json::to_writer_pretty(&mut out, &threads)?;
-        writeln!(out)?;
-    } else {
-        let cmdline = process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}"));
-        writeln!(out, "Process {pid}: {cmdline}")?;
-        writeln!(out, "Not a Python process: native stacks only")?;
-        for s in &stacks {
-            writeln!(out)?;
-            write_thread(&mut out, s, args.full_filenames)?;
-        }
-    }
-    Ok(())
+    Ok(Dumped {
+        pid,
+        cmdline: process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}")),
+        python: None,
+        stacks,
+    })
 }
 
 fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {

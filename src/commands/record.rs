@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use crossbeam_channel::{TryRecvError, bounded};
 
 use crate::attach::{attach, is_not_python};
-use crate::cli::{RecordArgs, TargetArgs};
+use crate::cli::{MAX_RATE, RecordArgs, TargetArgs};
 use crate::output::file::OutputPath;
 use crate::output::{Format, OutputError};
 use crate::process;
@@ -22,6 +22,11 @@ use crate::sampler::{self, SamplerOptions, SamplerStats};
 pub fn run(args: &RecordArgs) -> Result<i32> {
     let t = &args.target;
     check_target_args(t)?;
+    if args.capture {
+        bail!(
+            "--capture is not supported: prof leaves the command's output where it would go without prof; redirect it instead (`prof record -o x.svg python app.py > app.log`)"
+        );
+    }
     if let Some(d) = args.duration
         && !(d > 0.0 && d.is_finite())
     {
@@ -54,7 +59,8 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     let mut sampler_opts = sampler_options(t, args.duration.map(Duration::from_secs_f64));
     sampler_opts.function_lines = args.function;
     let mut profile = Profile::new(ProfileMeta::new(title, t.rate, SystemTime::now()), opts);
-    let stats = collect(root, &sampler_opts, stop, &mut profile);
+    let progress = !args.hideprogress && std::io::stderr().is_terminal();
+    let stats = collect(root, &sampler_opts, stop, &mut profile, progress);
 
     profile.finish(RunStats {
         duration: stats.elapsed.as_secs_f64(),
@@ -89,15 +95,29 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
 pub fn check_target_args(t: &TargetArgs) -> Result<()> {
     if t.pid.is_none() && t.command.is_empty() {
         bail!(
-            "nothing to profile: give a PID with -p, or a command after -- (e.g. `-- python app.py`)"
+            "nothing to profile: give a PID with -p, or a command (e.g. `prof record -o x.svg python app.py`)"
         );
     }
     if t.native && t.nonblocking {
         bail!(crate::mixed::NATIVE_NONBLOCKING);
     }
+    // The sampler would count every refused stop as an empty tick and end with a
+    // misleading summary: say it now.
+    if let Some(pid) = t.pid
+        && t.native
+        && pid == std::process::id()
+    {
+        return Err(process::ProcessError::Itself(pid).into());
+    }
     if !(t.rate > 0.0 && t.rate.is_finite()) {
         bail!(
             "--rate must be a positive number of samples per second, not {}",
+            t.rate
+        );
+    }
+    if t.rate > MAX_RATE {
+        bail!(
+            "--rate {} is more than prof can deliver: the maximum is {MAX_RATE} samples per second",
             t.rate
         );
     }
@@ -166,12 +186,14 @@ pub fn start_target_logged(
 /// How often the recording thread takes the sampler's samples.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
-/// Run the sampler on its own thread and aggregate its samples here.
+/// Run the sampler on its own thread and aggregate its samples here; `live` shows the
+/// status line.
 fn collect(
     root: Result<crate::attach::LiveTarget, u32>,
     opts: &SamplerOptions,
     stop: &'static AtomicBool,
     profile: &mut Profile,
+    live: bool,
 ) -> SamplerStats {
     // A few seconds of ticks: the channel only fills if this thread stalls.
     let (tx, rx) = bounded::<Vec<Sample>>(4096);
@@ -180,7 +202,6 @@ fn collect(
         .name("sampler".into())
         .spawn(move || sampler::run(root, &opts, &tx, stop))
         .expect("cannot start the sampler thread");
-    let live = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_status = start;
     // Drained on a timer rather than woken for every tick: a wake-up per tick cost more

@@ -31,6 +31,14 @@ pub enum ProcessError {
     /// The process exited while we looked at it.
     #[error("process {0} exited")]
     Exited(u32),
+    /// A kernel thread: it runs no program, so it has no memory or stack to read.
+    #[error("pid {0} is a kernel thread, not a program: it has no user-space stack to read")]
+    KernelThread(u32),
+    /// prof's own pid, where a stop is needed: the kernel never lets a process ptrace itself.
+    #[error(
+        "pid {0} is prof itself: a process cannot ptrace (stop) its own threads, so it cannot read its own native stacks"
+    )]
+    Itself(u32),
     /// Anything else the kernel said.
     #[error("cannot read /proc for pid {pid}: {msg}")]
     Other {
@@ -68,6 +76,34 @@ pub fn permission_error(pid: u32) -> ProcessError {
     }
 }
 
+/// `PF_EXITING`: the process has begun to exit (its memory may already be gone).
+const PF_EXITING: u64 = 0x4;
+/// `PF_KTHREAD`: a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Is `pid` a kernel thread? (Its `stat` flags are readable whoever owns it.)
+pub fn is_kernel_thread(pid: u32) -> bool {
+    threads::process_flags(pid).is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+/// Has the process exited, or begun to? Decided from its state and the kernel's flags,
+/// which anyone may read, never from a failed read (which may be a refusal).
+pub fn is_exiting(pid: u32) -> bool {
+    !is_alive(pid) || threads::process_flags(pid).is_none_or(|f| f & PF_EXITING != 0)
+}
+
+/// The pid tracing `pid`, if another process is (only one tracer is allowed).
+fn tracer_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let tracer = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
+    (tracer != 0 && tracer != std::process::id()).then_some(tracer)
+}
+
 fn has_cap_sys_ptrace() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -103,18 +139,30 @@ pub fn permission_advice(pid: u32) -> String {
                 })
         });
     let me = unsafe { libc::geteuid() };
-    if !cap && in_container() {
-        return "prof needs CAP_SYS_PTRACE inside a container: run the container with \
-                `--cap-add SYS_PTRACE` (docker/podman) or add SYS_PTRACE to the pod's securityContext"
-            .to_string();
-    }
+    let container = !cap && in_container();
+    // Another user's process needs CAP_SYS_PTRACE whatever ptrace_scope says; in a container
+    // even root lacks it unless the container was given it.
     if let Some(uid) = target_uid
         && uid != me
         && !cap
     {
+        let how = if container {
+            "run prof as that user, or as root in a container started with `--cap-add SYS_PTRACE`"
+        } else {
+            "run prof as that user or with sudo (CAP_SYS_PTRACE)"
+        };
+        return format!("the process belongs to uid {uid} and you are uid {me}: {how}");
+    }
+    if let Some(tracer) = tracer_of(pid) {
+        let name = threads::thread_comm(tracer, tracer).unwrap_or_else(|| "?".into());
         return format!(
-            "the process belongs to uid {uid} and you are uid {me}: run prof as that user or with sudo"
+            "it is already being traced by pid {tracer} ({name}), and a process can have only one tracer: detach that first"
         );
+    }
+    if container {
+        return "prof needs CAP_SYS_PTRACE inside a container: run the container with \
+                `--cap-add SYS_PTRACE` (docker/podman) or add SYS_PTRACE to the pod's securityContext"
+            .to_string();
     }
     match scope {
         Some(3) => "kernel.yama.ptrace_scope is 3 (attaching disabled until reboot)".to_string(),

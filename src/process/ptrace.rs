@@ -81,6 +81,11 @@ impl PauseGuard {
     /// are reaped only by prof, so waiting for the leader while they are traced can block
     /// for ever.
     pub fn pause(pid: u32, tids: &[u32]) -> Result<PauseGuard, ProcessError> {
+        if pid == std::process::id() {
+            // The kernel refuses PTRACE_SEIZE within a thread group with the same EPERM a
+            // security module would give: say which it is.
+            return Err(ProcessError::Itself(pid));
+        }
         install_signal_handlers();
         let mut guard = PauseGuard { slots: Vec::new() };
         let leader = tids.iter().filter(|&&t| t == pid);
@@ -103,7 +108,11 @@ impl PauseGuard {
                 Err(nix::Error::EPERM) => {
                     ATTACHED[slot].store(0, Ordering::SeqCst);
                     if guard.slots.is_empty() && tid == pid {
-                        return Err(permission_error(pid));
+                        return Err(if super::is_kernel_thread(pid) {
+                            ProcessError::KernelThread(pid)
+                        } else {
+                            permission_error(pid)
+                        });
                     }
                     continue;
                 }

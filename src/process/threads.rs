@@ -31,6 +31,13 @@ pub fn parse_stat_ppid(stat: &[u8]) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The kernel's `PF_*` flags in a `stat` line (the seventh field after the state).
+pub fn parse_stat_flags(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    rest.split_whitespace().nth(6)?.parse().ok()
+}
+
 fn read_small(path: &str, buf: &mut [u8]) -> Option<usize> {
     let mut f = std::fs::File::open(path).ok()?;
     let mut n = 0;
@@ -58,6 +65,13 @@ pub fn process_state(pid: u32) -> Option<char> {
     parse_stat_state(&buf[..n])
 }
 
+/// The kernel's `PF_*` flags of the process (its main thread), or None if it is gone.
+pub fn process_flags(pid: u32) -> Option<u64> {
+    let mut buf = [0u8; 512];
+    let n = read_small(&format!("/proc/{pid}/stat"), &mut buf)?;
+    parse_stat_flags(&buf[..n])
+}
+
 /// The kernel's name for a thread (`comm`, at most 15 bytes).
 pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
     let s = std::fs::read(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
@@ -75,6 +89,14 @@ mod tests {
         assert_eq!(parse_stat_state(b"123 (x y) t 1"), Some('t'));
         assert_eq!(parse_stat_state(b"garbage"), None);
         assert_eq!(parse_stat_ppid(b"123 (a) b) S 77 2 3"), Some(77));
+        assert_eq!(
+            parse_stat_flags(b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0"),
+            Some(2129984)
+        );
+        assert_eq!(
+            parse_stat_flags(b"9 (a) b) R 1 9 9 0 -1 4194560 7"),
+            Some(4194560)
+        );
     }
 
     #[test]

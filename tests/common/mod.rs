@@ -472,11 +472,17 @@ pub fn testdata() -> PathBuf {
 /// fails, since hanging is never an acceptable answer.
 pub fn run_prof(args: &[&str]) -> Output {
     let mut cmd = Command::new(prof_path());
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    run_with_deadline(&mut cmd, args)
+}
+
+/// [`run_prof`] for a command that runs prof in some other way (as another user, under a
+/// pty, through `exec` in a shell); `args` are for messages.
+pub fn run_with_deadline(cmd: &mut Command, args: &[&str]) -> Output {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut group = Group::spawn(&mut cmd);
+    let mut group = Group::spawn(cmd);
     let mut out = group.child.stdout.take().expect("stdout");
     let mut err = group.child.stderr.take().expect("stderr");
     // Drained concurrently so a chatty prof cannot block on a full pipe.
