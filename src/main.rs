@@ -5,6 +5,10 @@ use prof::cli::{Cli, Command};
 use prof::commands;
 
 fn main() {
+    // prof run again as a launched command's keeper (see process::keeper), not by a person.
+    if let Some(code) = prof::process::keeper::main_if_keeper() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Dump(args) => commands::dump::run(args).map(|()| 0),

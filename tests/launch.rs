@@ -208,7 +208,10 @@ impl Record {
             .stderr(fs::File::create(dir.path().join("prof.stderr")).unwrap());
         let mut prof = Group::spawn(&mut cmd);
         mark.pgid = Some(prof.pid());
-        let what = format!("[{}] prof record -- launch_tree.py 3 {ignore} {end}", py.name);
+        let what = format!(
+            "[{}] prof record -- launch_tree.py 3 {ignore} {end}",
+            py.name
+        );
         wait_for_file(
             &dir.path().join("level-1.pid"),
             || prof.try_wait().map(|s| format!("prof exited ({s})")),
@@ -343,7 +346,11 @@ fn record_second_ctrl_c_leaves_nothing_behind() {
     let deadline = Instant::now() + WAIT;
     while !rec.stderr().contains("wrote ") {
         if let Some(s) = rec.prof.try_wait() {
-            panic!("{}: prof exited ({s}) after one Ctrl-C\n{}", rec.what, rec.stderr());
+            panic!(
+                "{}: prof exited ({s}) after one Ctrl-C\n{}",
+                rec.what,
+                rec.stderr()
+            );
         }
         assert!(
             Instant::now() < deadline,
