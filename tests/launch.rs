@@ -181,8 +181,9 @@ fn wait_for_file(file: &Path, mut gone: impl FnMut() -> Option<String>, what: &s
 /// `prof record` of the tree, in a process group of its own like a shell's job.
 struct Record {
     prof: Group,
-    dir: tempfile::TempDir,
+    // Dropped in this order: prof's group, the rest of the tree, then the directory.
     mark: Mark,
+    dir: tempfile::TempDir,
     what: String,
 }
 
@@ -219,8 +220,8 @@ impl Record {
         );
         Record {
             prof,
-            dir,
             mark,
+            dir,
             what,
         }
     }
@@ -306,19 +307,16 @@ fn record_ends_descendants_that_ignore_sigterm() {
     rec.assert_profile();
 }
 
-/// Issue item 3: Ctrl-C (SIGINT to prof's process group, as a terminal sends it) with a
-/// command that ignores SIGINT and SIGTERM: the profile is written, and prof ends the
-/// command after a grace period instead of waiting for it forever. It is ended by
-/// SIGKILL, so prof passes on 128+9.
-#[test]
-fn record_ctrl_c_ends_a_command_that_ignores_it() {
-    crate::skip_without_live_targets!();
+/// A command that ignores SIGINT and SIGTERM, and `stop` sent to prof: the profile is
+/// written, and prof ends the command after a grace period instead of waiting for it
+/// forever. It is ended by SIGKILL, so prof passes on 128+9.
+fn stop_a_command_that_ignores_it(stop: impl Fn(Pid)) {
     let Some(py) = python() else {
         return;
     };
     let mut rec = Record::start(&py, "INT,TERM", "stay");
     thread::sleep(Duration::from_millis(1000));
-    killpg(rec.pid(), Signal::SIGINT).expect("SIGINT to prof's group");
+    stop(rec.pid());
     let status = rec.wait(WAIT);
     assert_eq!(
         status.code(),
@@ -329,6 +327,24 @@ fn record_ctrl_c_ends_a_command_that_ignores_it() {
     );
     rec.assert_gone(SETTLE, "prof's exit");
     rec.assert_profile();
+}
+
+/// Issue item 3: Ctrl-C, that is SIGINT to prof's process group as a terminal sends it.
+#[test]
+fn record_ctrl_c_ends_a_command_that_ignores_it() {
+    crate::skip_without_live_targets!();
+    stop_a_command_that_ignores_it(|prof| {
+        killpg(prof, Signal::SIGINT).expect("SIGINT to prof's group");
+    });
+}
+
+/// Issue item 3 in CI: a cancelled job, that is SIGTERM to prof alone.
+#[test]
+fn record_sigterm_ends_a_command_that_ignores_it() {
+    crate::skip_without_live_targets!();
+    stop_a_command_that_ignores_it(|prof| {
+        kill(prof, Signal::SIGTERM).expect("SIGTERM to prof");
+    });
 }
 
 /// Issue item 3: a second Ctrl-C while prof waits for such a command exits 130 at once,
