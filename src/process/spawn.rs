@@ -4,8 +4,8 @@
 //! ends the command's whole tree when prof is done with it, or when prof dies, however.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::io::{PipeReader, Read};
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -66,7 +66,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(3);
 pub struct Launched {
     keeper: Child,
     /// The keeper's reports; ends when the keeper exits.
-    reports: File,
+    reports: PipeReader,
     /// Bytes of a report not yet complete.
     partial: Vec<u8>,
     /// The keeper has exited (its report pipe is closed).
@@ -142,7 +142,7 @@ fn launch_with(argv: &[String], log: Option<(File, File)>) -> Result<Launched> {
     drop((control_rx, report_tx));
     let mut launched = Launched {
         keeper,
-        reports: File::from(OwnedFd::from(reports)),
+        reports,
         partial: Vec::new(),
         keeper_gone: false,
         code: None,
@@ -153,7 +153,7 @@ fn launch_with(argv: &[String], log: Option<(File, File)>) -> Result<Launched> {
             launched.pid = pid;
             // Kept open until prof exits: a signal handler may write to it at any time,
             // and a closed number could be reused by another file.
-            CONTROL.store(OwnedFd::from(control_tx).into_raw_fd(), Ordering::SeqCst);
+            CONTROL.store(control_tx.into_raw_fd(), Ordering::SeqCst);
             Ok(launched)
         }
         other => {
@@ -222,8 +222,9 @@ impl Launched {
             }
             let mut buf = [0u8; 64];
             match self.reports.read(&mut buf) {
-                Ok(0) | Err(_) => self.keeper_gone = true,
-                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Ok(n) if n > 0 => self.partial.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => self.keeper_gone = true,
             }
         }
     }
