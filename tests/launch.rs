@@ -470,3 +470,68 @@ fn top_quit_ends_every_process_of_the_command() {
         "processes of the launched tree still run after prof top exited: {left:#?}\n{s}"
     );
 }
+
+/// The command starts with the signal state it would have without prof: nothing blocked
+/// (the keeper blocks SIGCHLD for itself), and a signal ignored by whoever started prof
+/// still ignored (SIGQUIT, as for a background job of a script), while the signals prof
+/// handles itself are at their defaults.
+#[test]
+fn command_starts_with_the_signal_state_prof_had() {
+    crate::skip_without_live_targets!();
+    let Some(py) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status_copy = dir.path().join("status.txt");
+    let mut mark = Mark::new();
+    let mut cmd = Command::new(prof_path());
+    cmd.args(["record", "-o"])
+        .arg(dir.path().join("profile.svg"))
+        .arg("--")
+        .arg(&py.path)
+        .arg("-c")
+        .arg("import sys; open(sys.argv[1], 'w').write(open('/proc/self/status').read())")
+        .arg(&status_copy)
+        .env(MARK_VAR, &mark.value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut prof = Group::spawn(&mut cmd);
+    mark.pgid = Some(prof.pid());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = prof.try_wait() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prof still running after {WAIT:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "prof's exit status");
+    let text = fs::read_to_string(&status_copy).expect("the command's /proc/self/status");
+    let mask = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    assert_eq!(mask("SigBlk:"), 0, "signals blocked in the command\n{text}");
+    let ignored = mask("SigIgn:");
+    assert!(
+        ignored & bit(libc::SIGQUIT) != 0,
+        "SIGQUIT no longer ignored\n{text}"
+    );
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD] {
+        assert!(ignored & bit(sig) == 0, "signal {sig} ignored\n{text}");
+    }
+}

@@ -124,10 +124,8 @@ fn run(args: Vec<OsString>) -> i32 {
         return 1;
     };
     // SAFETY: prctl and sigaction change only this process's own flags and handlers, and
-    // the handler is async-signal-safe (it does nothing). `waiting` is SIGCHLD unblocked,
-    // for the wait in serve(); it stays blocked otherwise, so that a child's exit between
-    // reaping and waiting is not missed.
-    let waiting = unsafe {
+    // the handler is async-signal-safe (it does nothing).
+    unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         libc::prctl(libc::PR_SET_NAME, c"prof-keeper".as_ptr(), 0, 0, 0);
         for sig in [
@@ -137,26 +135,26 @@ fn run(args: Vec<OsString>) -> i32 {
             libc::SIGQUIT,
             libc::SIGCHLD,
         ] {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old);
+            // Ignored already (a background job's SIGQUIT): the command inherits that,
+            // as it would without prof. The keeper needs SIGCHLD whatever.
+            if old.sa_sigaction == libc::SIG_IGN && sig != libc::SIGCHLD {
+                continue;
+            }
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = ignore as *const () as usize;
             sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
-        let mut chld: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut chld);
-        libc::sigaddset(&mut chld, libc::SIGCHLD);
-        let mut waiting: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, &chld, &mut waiting);
-        libc::sigdelset(&mut waiting, libc::SIGCHLD);
-        waiting
-    };
+    }
     let mut keeper = Keeper {
         report,
         command: 0,
         exited: false,
     };
-    // std resets the signal mask and SIGPIPE for the command.
+    // Started before SIGCHLD is blocked below: the command inherits the signal mask.
     match Command::new(program).args(rest).spawn() {
         Ok(child) => {
             keeper.command = child.id() as i32;
@@ -167,6 +165,19 @@ fn run(args: Vec<OsString>) -> i32 {
             return 0;
         }
     }
+    // SIGCHLD stays blocked except during the wait in serve(), which unblocks it
+    // atomically (`waiting`), so that a child's exit between reaping and waiting still
+    // ends the wait. One that came before is found by serve()'s first reaping.
+    // SAFETY: sigset operations on local sets, and this thread's own mask.
+    let waiting = unsafe {
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        let mut waiting: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &chld, &mut waiting);
+        libc::sigdelset(&mut waiting, libc::SIGCHLD);
+        waiting
+    };
     keeper.serve(&mut control, &waiting);
     keeper.end_tree();
     0
