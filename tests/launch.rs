@@ -535,3 +535,42 @@ fn command_starts_with_the_signal_state_prof_had() {
         assert!(ignored & bit(sig) == 0, "signal {sig} ignored\n{text}");
     }
 }
+
+/// A terminal's Ctrl-C reaches the command once: from the terminal itself (prof, the
+/// keeper and the command are in one foreground process group), not again from prof or
+/// the keeper. A duplicate sent while the first is still pending merges with it in the
+/// kernel, so this catches one only when the command took the first in between: with
+/// prof made to pass the terminal's SIGINT on, it failed in 1 run out of 3 here.
+#[test]
+fn terminal_ctrl_c_reaches_the_command_once() {
+    crate::skip_without_live_targets!();
+    let Some(py) = python() else {
+        return;
+    };
+    if !have_tmux() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mark = Mark::new();
+    let tmux = Tmux::start();
+    tmux.type_line(&format!(
+        "env {} PYTHONDONTWRITEBYTECODE=1 {} record -o {} -- {} {} {}; echo prof-exit=$?",
+        mark.assignment(),
+        prof_path(),
+        dir.path().join("profile.svg").display(),
+        py.path.display(),
+        testdata().join("launch_sigints.py").display(),
+        dir.path().display()
+    ));
+    wait_for_file(&dir.path().join("ready"), || None, "launch_sigints.py");
+    thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["C-c"]);
+    let s = tmux.wait_for("prof's exit", |s| {
+        s.lines().any(|l| l.starts_with("prof-exit="))
+    });
+    assert!(s.contains("prof-exit=0"), "{s}");
+    let count = fs::read_to_string(dir.path().join("sigints.txt")).unwrap_or_default();
+    assert_eq!(count, "1", "SIGINTs the command got\n{s}");
+    let left = mark.left_after(SETTLE);
+    assert!(left.is_empty(), "still running: {left:#?}");
+}
