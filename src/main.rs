@@ -6,6 +6,10 @@ use prof::cli::{Cli, Command};
 use prof::commands;
 
 fn main() {
+    // prof run again as a launched command's keeper (see process::keeper), not by a person.
+    if let Some(code) = prof::process::keeper::main_if_keeper() {
+        std::process::exit(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => parse_failed(e),

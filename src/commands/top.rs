@@ -40,8 +40,6 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(50);
 /// How long after an Esc byte the rest of a key's sequence may come (terminals send a
 /// sequence in one write; a person cannot type the next key this fast).
 const ESC_WAIT: Duration = Duration::from_millis(30);
-/// How long a launched command gets to exit after SIGTERM before it is killed.
-const CHILD_GRACE: Duration = Duration::from_secs(3);
 
 /// True while the terminal is in raw mode on the alternate screen.
 static TERMINAL_ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -95,7 +93,7 @@ pub fn run(args: &TopArgs) -> Result<i32> {
         Ok(handle) => handle,
         Err(e) => {
             if let Some(child) = launched {
-                end_child(child, None);
+                child.stop();
             }
             return Err(e).context("cannot start the sampler thread");
         }
@@ -134,7 +132,8 @@ pub fn run(args: &TopArgs) -> Result<i32> {
     top.join_sampler();
     drop(rx);
     let code = match launched {
-        Some(child) => end_child(child, top.exit_code),
+        // Asked to stop if the user quit while it was running.
+        Some(child) => child.stop(),
         None => 0,
     };
     summary(&top);
@@ -508,28 +507,6 @@ fn install_panic_hook() {
         restore_terminal();
         previous(info);
     }));
-}
-
-/// Let a launched command finish: asked to stop (SIGTERM) if the user quit while it was
-/// running, killed if it ignores that; returns its exit code.
-fn end_child(mut child: Launched, exited: Option<i32>) -> i32 {
-    if exited.is_none() && child.try_wait().is_none() {
-        // SAFETY: signalling the child prof launched.
-        unsafe {
-            libc::kill(child.pid as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + CHILD_GRACE;
-        while child.try_wait().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if child.try_wait().is_none() {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(child.pid as i32, libc::SIGKILL);
-            }
-        }
-    }
-    child.wait()
 }
 
 /// One line on the normal screen once the display is gone, as `prof record` prints.

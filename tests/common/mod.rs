@@ -9,6 +9,8 @@
 // Each test binary uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod tmux;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
