@@ -2,6 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::python::frames::DEFAULT_DEPTH;
+
 /// A sampling profiler for Python programs: attach to a running process and see where
 /// the time goes.
 #[derive(Debug, Parser)]
@@ -60,6 +62,11 @@ pub struct TargetArgs {
     /// is read.
     #[arg(short, long)]
     pub native: bool,
+
+    /// Most frames kept per stack, innermost first; the outer ones beyond are counted in
+    /// a `[N frames not shown]` frame.
+    #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
+    pub depth: usize,
 
     /// Command to launch and profile, after `--` (e.g. `-- python app.py`).
     #[arg(last = true, value_name = "COMMAND")]
@@ -127,6 +134,11 @@ pub struct DumpArgs {
     /// non-Python processes too (native frames only).
     #[arg(short, long)]
     pub native: bool,
+
+    /// Most frames shown per stack, innermost first; the outer ones beyond are counted in
+    /// a `[N frames not shown]` line.
+    #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
+    pub depth: usize,
 }
 
 /// Options of `prof top`.

@@ -44,6 +44,8 @@ pub struct SamplerOptions {
     /// Also take native stacks (stopping each sampled thread while its stack is read), and
     /// sample processes without Python as native programs.
     pub native: bool,
+    /// Most Python frames kept per stack (`--depth`).
+    pub depth: usize,
 }
 
 /// What happened during a run, for the summary line.
@@ -325,6 +327,7 @@ pub fn run_live(
         locals: false,
         validate: !opts.nonblocking,
         function_lines: opts.function_lines,
+        depth: opts.depth,
     };
     let mut next_scan = start;
     let mut tick: u64 = 0;

@@ -45,6 +45,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     if args.native && args.nonblocking {
         bail!(NATIVE_NONBLOCKING);
     }
+    super::check_depth(args.depth)?;
     let mut target = match attach(pid) {
         Ok(t) => t,
         Err(e) if args.native && is_not_python(&e) => return native_only(args),
@@ -57,6 +58,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         locals: args.locals,
         validate: args.nonblocking,
         function_lines: false,
+        depth: args.depth,
     };
     let mut natives = if args.native {
         Some(NativeTarget::new(pid).map_err(|e| unless_exited(pid, e.into()))?)
@@ -200,12 +202,10 @@ fn write_thread(out: &mut impl Write, s: &ThreadStack, full: bool) -> std::io::R
         match f.kind {
             FrameKind::Python => writeln!(out, "    {} ({file}:{})", f.name(), f.line)?,
             // Native frames: `name (file:line)` from DWARF, else `name (module+offset)`;
-            // the marker frame has neither.
+            // marker frames have neither.
+            _ if f.is_marker() => writeln!(out, "    {}", f.name())?,
             FrameKind::Native if f.line > 0 => {
                 writeln!(out, "    {} ({file}:{}) [native]", f.name(), f.line)?
-            }
-            FrameKind::Native if f.short_filename().is_empty() => {
-                writeln!(out, "    {}", f.name())?
             }
             FrameKind::Native => {
                 writeln!(out, "    {} ({}) [native]", f.name(), f.short_filename())?

@@ -95,6 +95,7 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
     if t.native && t.nonblocking {
         bail!(crate::mixed::NATIVE_NONBLOCKING);
     }
+    super::check_depth(t.depth)?;
     if !(t.rate > 0.0 && t.rate.is_finite()) {
         bail!(
             "--rate must be a positive number of samples per second, not {}",
@@ -116,6 +117,7 @@ pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOpt
         function_lines: false,
         activity: false,
         native: t.native,
+        depth: t.depth,
     }
 }
 

@@ -74,6 +74,8 @@ pub struct StackReader<M: Memory> {
     second_raw: Vec<frames::RawFrame>,
     /// Per thread: the innermost frame pointer the walk started from (None: walk failed).
     firsts: Vec<Option<u64>>,
+    /// Per thread: its walk stopped at [`frames::MAX_DEPTH`] with more frames beyond.
+    beyond: Vec<bool>,
     /// Scratch lists for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
     regions: Vec<(u64, u64)>,
@@ -104,6 +106,7 @@ impl<M: Memory> StackReader<M> {
             second: Vec::new(),
             second_raw: Vec::new(),
             firsts: Vec::new(),
+            beyond: Vec::new(),
             spans: Vec::new(),
             regions: Vec::new(),
             memo: Vec::new(),
@@ -134,19 +137,21 @@ impl<M: Memory> StackReader<M> {
         let n = threads.len();
         self.walked.resize_with(n, Vec::new);
         self.firsts.clear();
+        self.beyond.clear();
         self.memo.resize_with(n, Vec::new);
         let reads_before = self.mem.reads();
         for (i, (t, chunks)) in threads.iter().zip(&chunks).enumerate() {
             let local = Overlay::new(chunks, &self.mem);
             let raw = &mut self.walked[i];
             let ok = frames::first_frame(&local, l, &t.raw)
-                .and_then(|first| frames::walk(&local, l, first, raw).map(|()| first));
+                .and_then(|first| frames::walk(&local, l, first, raw).map(|more| (first, more)));
             if let Some(plan) = &mut self.plan {
                 frames::datastack_spans(l, &t.raw, chunks, &mut self.spans);
                 frames::regions_outside(l, &t.raw, raw, &self.spans, &mut self.regions);
                 plan.remember(i, &self.regions);
             }
-            self.firsts.push(ok.ok());
+            self.firsts.push(ok.as_ref().ok().map(|w| w.0));
+            self.beyond.push(ok.is_ok_and(|w| w.1));
         }
         // Without stopping the target, a stack is trusted when the batch vouches for it (see
         // batch::Still), else after a second look (see frames::second_look). A walk that read
@@ -189,6 +194,7 @@ impl<M: Memory> StackReader<M> {
                     l,
                     &mut self.codes,
                     &self.walked[i],
+                    self.beyond[i],
                     opts,
                     &mut entries,
                     &mut self.memo[i],
@@ -276,12 +282,13 @@ impl<M: Memory> StackReader<M> {
         let l = &self.interp.layout;
         let mut first = frames::first_frame(&self.mem, l, &t.raw)?;
         let mut attempts = 0;
+        let more;
         loop {
             frames::snapshot_datastack(&self.mem, l, &t.raw, &mut self.chunks);
             let local = Overlay::new(&self.chunks, &self.mem);
             let walked = frames::walk(&local, l, first, &mut self.raw);
             if !opts.validate {
-                walked?;
+                more = walked?;
                 break;
             }
             // Without stopping the thread, a stack is trusted only after a second look (which
@@ -302,6 +309,7 @@ impl<M: Memory> StackReader<M> {
                     )[0]
                 };
             if stands {
+                more = walked.is_ok_and(|m| m);
                 break;
             }
             attempts += 1;
@@ -314,7 +322,7 @@ impl<M: Memory> StackReader<M> {
             first = frames::current_frame(&self.mem, l, t.tstate)?;
         }
         let local = Overlay::new(&self.chunks, &self.mem);
-        frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, opts, entries)
+        frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, more, opts, entries)
     }
 
     /// For each thread of the last [`StackReader::stacks`] result, in the same order, the
