@@ -750,6 +750,124 @@ mod tests {
         assert!(!look(&image(stack(frames), chunk + 0x100)));
     }
 
+    /// A 3.12 image holding a chain of `n` frames, `stride` bytes apart from `base`, all
+    /// running the code object at 0x10000; frame k's `f_back` is `back(k)` (0: the end).
+    fn chain(l: &Layout, n: usize, back: impl Fn(usize) -> u64) -> (ImageMemory, u64) {
+        let base = 0x7f00_0000_0000u64;
+        let stride = (l.f_size as usize).clamp(64, 512);
+        let mut data = vec![0u8; n * stride];
+        let InstrSource::Pointer(instr) = l.f_instr else {
+            panic!("3.12 keeps instruction pointers");
+        };
+        for k in 0..n {
+            let mut put = |off: u64, v: u64| {
+                let at = k * stride + off as usize;
+                data[at..at + 8].copy_from_slice(&v.to_le_bytes())
+            };
+            put(l.f_code, 0x10000);
+            put(l.f_back, back(k));
+            put(instr, 0x10000 + l.co_code_adaptive.unwrap() + 10);
+        }
+        let mut m = image(l, "deep", 0x30000);
+        m.add(base, data);
+        (m, base)
+    }
+
+    #[test]
+    fn a_chain_past_the_ceiling_is_cut_and_a_loop_is_an_error() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let stride = (l.f_size as u64).clamp(64, 512);
+        let mut raw = Vec::new();
+        // Each frame's caller is the next one up: a straight chain longer than the ceiling.
+        let n = MAX_DEPTH + 10;
+        let (m, base) = chain(&l, n, |k| {
+            if k + 1 < n {
+                0x7f00_0000_0000 + (k as u64 + 1) * stride
+            } else {
+                0
+            }
+        });
+        assert!(
+            walk(&m, &l, base, &mut raw).unwrap(),
+            "the walk says it was cut"
+        );
+        assert_eq!(raw.len(), MAX_DEPTH);
+        // The whole chain when it fits.
+        assert!(!walk(&m, &l, base + 20 * stride, &mut raw).unwrap());
+        assert_eq!(raw.len(), MAX_DEPTH - 10);
+        // A loop after a lead-in is found within a few times its length plus the lead-in; one
+        // too long for that to fit under the ceiling is cut there like a deep stack.
+        let looped = |lead: usize, len: usize| {
+            chain(&l, lead + len, |k| {
+                let next = if k + 1 < lead + len { k + 1 } else { lead };
+                0x7f00_0000_0000 + next as u64 * stride
+            })
+        };
+        for (lead, len) in [(0usize, 1usize), (5, 3), (1000, 777), (3, 30_000)] {
+            let (m, base) = looped(lead, len);
+            let got = walk(&m, &l, base, &mut raw);
+            assert!(
+                matches!(got, Err(PyError::Corrupt(_))),
+                "loop of {len} after {lead}: {got:?}"
+            );
+            assert!(raw.len() < 4 * (lead + len));
+        }
+        let (m, base) = looped(3, 40_000);
+        assert!(walk(&m, &l, base, &mut raw).unwrap());
+        assert_eq!(raw.len(), MAX_DEPTH);
+    }
+
+    #[test]
+    fn frames_past_the_depth_are_counted_in_a_marker() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let mem = image(&l, "deep", 0x30000);
+        let mut codes = CodeCache::new(None);
+        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let raw: Vec<RawFrame> = (0..10u64)
+            .map(|k| frame(0x7f00_0000_1000 + 0x50 * k, 0x10000, 10))
+            .collect();
+        let mut resolve = |raw: &[RawFrame], more: bool, depth: usize| {
+            let opts = FrameOptions {
+                depth,
+                ..FrameOptions::default()
+            };
+            let frames = resolve_remembering(
+                &mem,
+                &l,
+                &mut codes,
+                raw,
+                more,
+                opts,
+                &mut entries,
+                &mut memo,
+            )
+            .unwrap();
+            assert_eq!(entries.len(), frames.len());
+            let marker = frames.last().is_some_and(|f| f.is_marker());
+            (names(frames), marker)
+        };
+        let (got, marker) = resolve(&raw, false, 4);
+        assert_eq!(
+            got,
+            ["deep", "deep", "deep", "deep", "[6 frames not shown]"]
+        );
+        assert!(marker);
+        // Entry shims are not frames: not shown, not counted.
+        let mut shimmed = raw.clone();
+        shimmed[7].shim = true;
+        assert_eq!(resolve(&shimmed, false, 4).0[4], "[5 frames not shown]");
+        // Within the depth: no marker; cut by the ceiling: a lower bound.
+        assert_eq!(
+            resolve(&raw, false, 10),
+            (vec!["deep".to_string(); 10], false)
+        );
+        assert_eq!(
+            resolve(&raw, true, 10).0[10],
+            "[at least 0 frames not shown]"
+        );
+        assert_eq!(resolve(&raw, true, 8).0[8], "[at least 2 frames not shown]");
+    }
+
     #[test]
     fn regions_outside_lists_each_code_head_once() {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
