@@ -205,19 +205,30 @@ pub fn second_look<M: Memory + ?Sized>(
     let n = threads.len();
     let want = |i: usize| wanted.get(i).copied().unwrap_or(false) && !walked[i].is_empty();
     scratch.resize_with(n, Vec::new);
+    let mut holds = Vec::new();
     for (i, copy) in scratch.iter_mut().enumerate() {
+        // Which regions hold a walked frame: each frame's region is found by a binary
+        // search (the regions are sorted), as deep stacks make a scan of every region for
+        // every frame cost millions of steps.
+        holds.clear();
+        holds.resize(regions[i].len(), false);
+        for f in walked[i].iter().filter(|_| want(i)) {
+            let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
+            if let Some(k) = k.checked_sub(1)
+                && f.addr - regions[i][k].0 < regions[i][k].1.len() as u64
+            {
+                holds[k] = true;
+            }
+        }
         // Buffers stay with their slot between samples: no allocation once warmed up.
         let mut k = 0;
-        for (addr, data) in regions[i].iter().filter(|_| want(i)) {
-            let end = addr + data.len() as u64;
-            if walked[i].iter().any(|f| (*addr..end).contains(&f.addr)) {
-                if k == copy.len() {
-                    copy.push((0, Vec::new()));
-                }
-                copy[k].0 = *addr;
-                copy[k].1.resize(data.len(), 0);
-                k += 1;
+        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
+            if k == copy.len() {
+                copy.push((0, Vec::new()));
             }
+            copy[k].0 = *addr;
+            copy[k].1.resize(data.len(), 0);
+            k += 1;
         }
         copy.truncate(k);
     }
