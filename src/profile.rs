@@ -389,6 +389,19 @@ impl Profile {
         self.meta.errors = stats.errors;
     }
 
+    /// Give threads the latest names prof learned for them, keyed by (pid, Python thread
+    /// id, kernel tid): a thread can get its name after its last sample.
+    pub fn rename_threads<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = (&'a (u32, u64, Option<u32>), &'a Arc<str>)>,
+    ) {
+        for (key, name) in names {
+            if let Some(&i) = self.thread_index.get(key) {
+                self.threads[i as usize].name = Some(name.to_string());
+            }
+        }
+    }
+
     /// Add one thread's stack at one tick.
     pub fn add(&mut self, sample: &Sample) {
         // A non-finite time would poison every time computation downstream.

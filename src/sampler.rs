@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -72,6 +72,10 @@ pub struct SamplerStats {
     /// The root process was sampled at some point (read as Python, or natively with
     /// `--native`).
     pub root_attached: bool,
+    /// The latest name of every thread read, sampled or not, by (pid, Python thread id,
+    /// kernel tid) as the profile keys threads: a thread may get its name only after its
+    /// last sample (a main thread sampled before `threading` was imported, then idle).
+    pub thread_names: HashMap<(u32, u64, Option<u32>), Arc<str>>,
 }
 
 impl SamplerStats {
@@ -529,6 +533,14 @@ fn sample_process(
         },
         _ => return,
     };
+    for s in &stacks {
+        if let Some(name) = &s.thread_name {
+            let key = (p.pid, s.thread_id, s.os_thread_id);
+            if stats.thread_names.get(&key) != Some(name) {
+                stats.thread_names.insert(key, Arc::clone(name));
+            }
+        }
+    }
     for mut stack in stacks {
         let state = stack
             .os_thread_id

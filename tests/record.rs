@@ -2242,3 +2242,68 @@ fn stacks_deeper_than_the_depth_are_samples_not_errors() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// Thread names in launch mode
+
+/// Launched, the main thread is sampled before anything imports `threading`, so it has no
+/// name yet. It must still be shown under its Python name, whether it keeps running alone
+/// (`busy`) or starts a named thread that sleeps from its start and wakes now and then,
+/// and goes to sleep itself for the rest of the recording (`sleep`). Before, the main
+/// thread was `thread 0x…` in either case.
+#[test]
+fn launched_threads_keep_their_python_names() {
+    crate::skip_without_live_targets!();
+    run_on("names", Scope::All, |py| {
+        let mut problems = Vec::new();
+        for mode in ["busy", "sleep"] {
+            let dir = tempdir();
+            let d = dir.path().to_string_lossy().into_owned();
+            let path = format!("{d}/names.txt");
+            let py_path = py.path.to_string_lossy().into_owned();
+            // The recording ends before the target does: its exit does not wake the
+            // sleeping main thread into a last, named sample.
+            let out = prof(&strings(&[
+                "record",
+                "-o",
+                &path,
+                "-f",
+                "raw",
+                "-t",
+                "-d",
+                "2",
+                "--",
+                &py_path,
+                "-u",
+                &script_path("rec_names"),
+                &d,
+                mode,
+                "4",
+            ]));
+            let what = format!("[{}] rec_names.py {mode} launched", py.name);
+            out.assert_code(0, &what);
+            let ready: Ready = read_json(&dir.path().join("ready.json"));
+            let folded = Folded::read(&path, &what);
+            let mut per_thread: BTreeMap<String, u64> = BTreeMap::new();
+            for (frames, count) in &folded.stacks {
+                let root = match thread_of_root(&frames[0], &ready.threads) {
+                    Some(t) => t.name.clone(),
+                    None => format!("unknown root {:?}", frames[0]),
+                };
+                *per_thread.entry(root).or_default() += count;
+            }
+            eprintln!("names: {what}: samples per thread {per_thread:?}");
+            let named = ready
+                .threads
+                .iter()
+                .all(|t| per_thread.contains_key(&t.name));
+            if !named || per_thread.len() != ready.threads.len() {
+                problems.push(format!(
+                    "{what}: samples per thread {per_thread:?}, threads {:?}",
+                    ready.threads
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    });
+}

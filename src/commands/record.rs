@@ -55,6 +55,7 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     sampler_opts.function_lines = args.function;
     let mut profile = Profile::new(ProfileMeta::new(title, t.rate, SystemTime::now()), opts);
     let stats = collect(root, &sampler_opts, stop, &mut profile);
+    profile.rename_threads(&stats.thread_names);
 
     profile.finish(RunStats {
         duration: stats.elapsed.as_secs_f64(),

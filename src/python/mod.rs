@@ -44,6 +44,11 @@ pub enum PyError {
 /// How often thread names are read again from `threading._active`.
 const NAMES_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often names are looked for again while a thread has none: a thread gets its name
+/// only once it registers with `threading` (the main thread when `threading` is imported),
+/// which may be after prof first sees it.
+const NAMES_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Bound on cached per-thread facts; cleared wholesale when exceeded.
 const MAX_THREADS_CACHED: usize = 65536;
 
@@ -54,7 +59,8 @@ pub struct StackReader<M: Memory> {
     codes: code::CodeCache,
     names: HashMap<u64, Arc<str>>,
     /// Thread ids that had no name at the last lookup, so unnamed threads (started through
-    /// `_thread`) do not cost a full `threading._active` walk on every sample.
+    /// `_thread`, or not registered with `threading` yet) cost a full `threading._active`
+    /// walk every [`NAMES_RETRY`], not on every sample.
     unnamed: Vec<u64>,
     names_read: std::time::Instant,
     tid_offset: Option<u64>,
@@ -373,20 +379,23 @@ impl<M: Memory> StackReader<M> {
 
     fn fill_names(&mut self, threads: &[threads::PyThread], out: &mut [ThreadStack]) {
         // Names can change (`t.name = ...`), so they are read again now and then; a thread
-        // not seen before triggers a read at once.
-        let stale = self.names_read.elapsed() >= NAMES_REFRESH;
+        // not seen before triggers a read at once, one still without a name a read soon.
+        let since = self.names_read.elapsed();
+        let stale = since >= NAMES_REFRESH;
         let missing = stale
             || out.iter().any(|t| {
-                !self.names.contains_key(&t.thread_id) && !self.unnamed.contains(&t.thread_id)
+                !self.names.contains_key(&t.thread_id)
+                    && (!self.unnamed.contains(&t.thread_id) || since >= NAMES_RETRY)
             });
         if missing {
             // One walk per interpreter: each has its own `threading` module.
             let mut interps: Vec<u64> = threads.iter().map(|t| t.interp).collect();
             interps.dedup();
             self.names_read = std::time::Instant::now();
+            // Rebuilt below from the threads still without a name.
+            self.unnamed.clear();
             if stale {
                 self.names.clear();
-                self.unnamed.clear();
             }
             for interp in interps {
                 if let Ok(names) = threads::thread_names(&self.mem, &self.interp.layout, interp) {
