@@ -787,7 +787,7 @@ mod tests {
     #[test]
     fn a_chain_past_the_ceiling_is_cut_and_a_loop_is_an_error() {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
-        let stride = (l.f_size as u64).clamp(64, 512);
+        let stride = l.f_size.clamp(64, 512);
         let mut raw = Vec::new();
         // Each frame's caller is the next one up: a straight chain longer than the ceiling.
         let n = MAX_DEPTH + 10;
