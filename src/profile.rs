@@ -1448,6 +1448,27 @@ mod tests {
     }
 
     #[test]
+    fn threads_take_names_learned_after_their_samples() {
+        let opts = ProfileOptions {
+            threads_as_root: true,
+            ..Default::default()
+        };
+        let mut p = Profile::new(meta(), opts);
+        let mut s = sample(0.0, 1, "", &[("main", 1)]);
+        s.stack.thread_name = None;
+        p.add(&s);
+        let named = |p: &Profile| p.folded().iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+        assert_eq!(named(&p), ["thread 0x1 (tid 1001);main (main.py:1)"]);
+        // Another process's thread, or the same ident on another kernel thread: not this one.
+        let other: Arc<str> = "other".into();
+        p.rename_threads([(&(43, 1, Some(1001)), &other), (&(42, 1, Some(7)), &other)]);
+        assert_eq!(named(&p), ["thread 0x1 (tid 1001);main (main.py:1)"]);
+        let main: Arc<str> = "MainThread".into();
+        p.rename_threads([(&(42, 1, Some(1001)), &main)]);
+        assert_eq!(named(&p), ["MainThread (tid 1001);main (main.py:1)"]);
+    }
+
+    #[test]
     fn full_filenames_and_missing_short_names() {
         let opts = ProfileOptions {
             full_filenames: true,

@@ -153,6 +153,8 @@ const EXEC_SETTLE: Duration = Duration::from_secs(1);
 const ALIVE_CHECK: Duration = Duration::from_millis(50);
 /// How often a process's kernel threads are listed again.
 const THREAD_LISTING: Duration = Duration::from_millis(100);
+/// Most threads whose names [`SamplerStats::thread_names`] keeps.
+const MAX_NAMED_THREADS: usize = 1 << 16;
 /// How often descendants are looked for with `--subprocesses`.
 const CHILD_SCAN: Duration = Duration::from_millis(200);
 
@@ -536,8 +538,16 @@ fn sample_process(
     for s in &stacks {
         if let Some(name) = &s.thread_name {
             let key = (p.pid, s.thread_id, s.os_thread_id);
-            if stats.thread_names.get(&key) != Some(name) {
-                stats.thread_names.insert(key, Arc::clone(name));
+            let full = stats.thread_names.len() >= MAX_NAMED_THREADS;
+            match stats.thread_names.get_mut(&key) {
+                Some(known) if known != name => *known = Arc::clone(name),
+                Some(_) => {}
+                // Bounded for a target that churns through threads for hours: past the
+                // bound, a new thread is labelled from its samples alone.
+                None if !full => {
+                    stats.thread_names.insert(key, Arc::clone(name));
+                }
+                None => {}
             }
         }
     }
