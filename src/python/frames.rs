@@ -307,8 +307,8 @@ pub fn walk<M: Memory + ?Sized>(
     let mut local = [0u8; 512];
     let size = (l.f_size as usize).clamp(64, local.len());
     // Brent's cycle check: compare each frame with one saved at doubling distances, so a
-    // loop of any length is found after at most twice its length plus its lead-in, without
-    // remembering the frames seen.
+    // loop is found within a few times its length plus its lead-in, without remembering
+    // the frames seen. A loop too long for that under the ceiling is cut there instead.
     let (mut saved, mut stride, mut steps) = (0u64, 1usize, 0usize);
     while frame != 0 {
         if frame == saved {

@@ -62,7 +62,9 @@ pub struct StackReader<M: Memory> {
     /// `_thread`, or not registered with `threading` yet) cost a full `threading._active`
     /// walk every [`NAMES_RETRY`], not on every sample.
     unnamed: Vec<u64>,
+    /// The last lookup of names, and the last one that started afresh.
     names_read: std::time::Instant,
+    names_renewed: std::time::Instant,
     tid_offset: Option<u64>,
     pthread_tids: HashMap<u64, u32>,
     raw: Vec<frames::RawFrame>,
@@ -100,6 +102,7 @@ impl<M: Memory> StackReader<M> {
             names: HashMap::new(),
             unnamed: Vec::new(),
             names_read: std::time::Instant::now(),
+            names_renewed: std::time::Instant::now(),
             tid_offset: None,
             pthread_tids: HashMap::new(),
             raw: Vec::new(),
@@ -381,7 +384,7 @@ impl<M: Memory> StackReader<M> {
         // Names can change (`t.name = ...`), so they are read again now and then; a thread
         // not seen before triggers a read at once, one still without a name a read soon.
         let since = self.names_read.elapsed();
-        let stale = since >= NAMES_REFRESH;
+        let stale = self.names_renewed.elapsed() >= NAMES_REFRESH;
         let missing = stale
             || out.iter().any(|t| {
                 !self.names.contains_key(&t.thread_id)
@@ -396,6 +399,7 @@ impl<M: Memory> StackReader<M> {
             self.unnamed.clear();
             if stale {
                 self.names.clear();
+                self.names_renewed = self.names_read;
             }
             for interp in interps {
                 if let Ok(names) = threads::thread_names(&self.mem, &self.interp.layout, interp) {
