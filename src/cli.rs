@@ -2,6 +2,8 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::python::frames::DEFAULT_DEPTH;
+
 /// The highest `--rate` prof accepts. On a 2-core x86_64 machine prof delivered 9,700 of
 /// 10,000 requested samples per second and no more above that (9,800 of 20,000 on an idle
 /// target, 8,900 of 20,000 on a busy one): each tick is a sleep whose overshoot (the
@@ -120,6 +122,11 @@ pub struct TargetArgs {
     #[arg(short, long)]
     pub native: bool,
 
+    /// Most frames kept per stack, innermost first; the outer ones beyond are counted in
+    /// a `[N frames not shown]` frame.
+    #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
+    pub depth: usize,
+
     /// Command to launch and profile (e.g. `python app.py --port 1`), after prof's own
     /// options; everything from its first word on is the command's. A `--` before it is
     /// optional.
@@ -203,6 +210,11 @@ pub struct DumpArgs {
     /// non-Python processes too (native frames only).
     #[arg(short, long)]
     pub native: bool,
+
+    /// Most frames shown per stack, innermost first; the outer ones beyond are counted in
+    /// a `[N frames not shown]` line.
+    #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
+    pub depth: usize,
 }
 
 /// Options of `prof top`.

@@ -392,6 +392,19 @@ impl Profile {
         self.meta.errors = stats.errors;
     }
 
+    /// Give threads the latest names prof learned for them, keyed by (pid, Python thread
+    /// id, kernel tid): a thread can get its name after its last sample.
+    pub fn rename_threads<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = (&'a (u32, u64, Option<u32>), &'a Arc<str>)>,
+    ) {
+        for (key, name) in names {
+            if let Some(&i) = self.thread_index.get(key) {
+                self.threads[i as usize].name = Some(name.to_string());
+            }
+        }
+    }
+
     /// Add one thread's stack at one tick.
     pub fn add(&mut self, sample: &Sample) {
         // A non-finite time would poison every time computation downstream.
@@ -1440,6 +1453,27 @@ mod tests {
             1
         )));
         assert_eq!(folded.iter().map(|f| f.1).sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn threads_take_names_learned_after_their_samples() {
+        let opts = ProfileOptions {
+            threads_as_root: true,
+            ..Default::default()
+        };
+        let mut p = Profile::new(meta(), opts);
+        let mut s = sample(0.0, 1, "", &[("main", 1)]);
+        s.stack.thread_name = None;
+        p.add(&s);
+        let named = |p: &Profile| p.folded().iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+        assert_eq!(named(&p), ["thread 0x1 (tid 1001);main (main.py:1)"]);
+        // Another process's thread, or the same ident on another kernel thread: not this one.
+        let other: Arc<str> = "other".into();
+        p.rename_threads([(&(43, 1, Some(1001)), &other), (&(42, 1, Some(7)), &other)]);
+        assert_eq!(named(&p), ["thread 0x1 (tid 1001);main (main.py:1)"]);
+        let main: Arc<str> = "MainThread".into();
+        p.rename_threads([(&(42, 1, Some(1001)), &main)]);
+        assert_eq!(named(&p), ["MainThread (tid 1001);main (main.py:1)"]);
     }
 
     #[test]

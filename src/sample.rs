@@ -68,6 +68,22 @@ impl Frame {
         }
     }
 
+    /// A pseudo-frame that stands for something other than code (`[merge uncertain]`,
+    /// `[N frames not shown]`): a native frame with no file and no line, so every output
+    /// shows it by its name alone, like a native frame without symbols, and needs no case
+    /// of its own.
+    pub fn marker(name: impl Into<Arc<str>>) -> Frame {
+        Frame::new(name, "", "", 0, FrameKind::Native)
+    }
+
+    /// Is this a pseudo-frame made by [`Frame::marker`]?
+    pub fn is_marker(&self) -> bool {
+        self.kind == FrameKind::Native
+            && self.filename().is_empty()
+            && self.short_filename().is_empty()
+            && self.line == 0
+    }
+
     /// Function name as shown to users.
     pub fn name(&self) -> &str {
         &self.code.name

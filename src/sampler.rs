@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -44,6 +44,8 @@ pub struct SamplerOptions {
     /// Also take native stacks (stopping each sampled thread while its stack is read), and
     /// sample processes without Python as native programs.
     pub native: bool,
+    /// Most Python frames kept per stack (`--depth`).
+    pub depth: usize,
 }
 
 /// What happened during a run, for the summary line.
@@ -70,6 +72,10 @@ pub struct SamplerStats {
     /// The root process was sampled at some point (read as Python, or natively with
     /// `--native`).
     pub root_attached: bool,
+    /// The latest name of every thread read, sampled or not, by (pid, Python thread id,
+    /// kernel tid) as the profile keys threads: a thread may get its name only after its
+    /// last sample (a main thread sampled before `threading` was imported, then idle).
+    pub thread_names: HashMap<(u32, u64, Option<u32>), Arc<str>>,
 }
 
 impl SamplerStats {
@@ -147,6 +153,8 @@ const EXEC_SETTLE: Duration = Duration::from_secs(1);
 const ALIVE_CHECK: Duration = Duration::from_millis(50);
 /// How often a process's kernel threads are listed again.
 const THREAD_LISTING: Duration = Duration::from_millis(100);
+/// Most threads whose names [`SamplerStats::thread_names`] keeps.
+const MAX_NAMED_THREADS: usize = 1 << 16;
 /// How often descendants are looked for with `--subprocesses`.
 const CHILD_SCAN: Duration = Duration::from_millis(200);
 
@@ -325,6 +333,7 @@ pub fn run_live(
         locals: false,
         validate: !opts.nonblocking,
         function_lines: opts.function_lines,
+        depth: opts.depth,
     };
     let mut next_scan = start;
     let mut tick: u64 = 0;
@@ -526,6 +535,22 @@ fn sample_process(
         },
         _ => return,
     };
+    for s in &stacks {
+        if let Some(name) = &s.thread_name {
+            let key = (p.pid, s.thread_id, s.os_thread_id);
+            let full = stats.thread_names.len() >= MAX_NAMED_THREADS;
+            match stats.thread_names.get_mut(&key) {
+                Some(known) if known != name => *known = Arc::clone(name),
+                Some(_) => {}
+                // Bounded for a target that churns through threads for hours: past the
+                // bound, a new thread is labelled from its samples alone.
+                None if !full => {
+                    stats.thread_names.insert(key, Arc::clone(name));
+                }
+                None => {}
+            }
+        }
+    }
     for mut stack in stacks {
         let state = stack
             .os_thread_id

@@ -173,11 +173,7 @@ fn check_core(core_file: &Path, sysroot: &Path, arch: ArchKind, minor: u32) {
         interp.how
     );
     let mut reader = StackReader::new(&core, interp);
-    let opts = FrameOptions {
-        locals: false,
-        validate: false,
-        function_lines: false,
-    };
+    let opts = FrameOptions::default();
     let stacks = reader
         .stacks(&core.tids(), opts)
         .unwrap_or_else(|e| panic!("{what}: {e}"));

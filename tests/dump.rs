@@ -448,3 +448,74 @@ fn non_python_process() {
         assert_not_stopped(sleeper.pid(), "sleep 60");
     }
 }
+
+/// A stack deeper than `--depth` (4096 by default) shows its innermost frames and one
+/// `[N frames not shown]` frame counting the others, N from the target's own depth; a
+/// larger `--depth` shows it whole. Before, it showed no frame at all.
+#[test]
+fn stacks_deeper_than_the_depth_end_in_a_count_of_the_rest() {
+    crate::skip_without_live_targets!();
+    for_each_python(|py| {
+        let target = Target::start(py, "recursion", &["5000", "300"]);
+        let what = target.what();
+        let (main, deepest) = target
+            .truth
+            .threads
+            .iter()
+            .max_by_key(|(_, t)| t.frames.len())
+            .expect("threads");
+        let total = deepest.expected().len();
+        assert!(
+            total > 5000,
+            "{what}: the target only reached {total} frames"
+        );
+        target.assert_stacks(&target.dump_json(&["--depth", "6000"]));
+        for depth in [4096, 100] {
+            let d = depth.to_string();
+            let dump = target.dump_json(&["--depth", &d]);
+            assert_eq!(dump.len(), target.truth.threads.len(), "{what}");
+            for t in &dump {
+                let truth = target.truth.thread(t.thread_id).expect("known thread");
+                let want = truth.expected();
+                if want.len() <= depth {
+                    assert_eq!(stack_problem(truth, t), None, "{what}: --depth {depth}");
+                    continue;
+                }
+                let ctx = format!("{what}: --depth {depth}, thread \"{}\"", truth.name);
+                assert_eq!(t.frames.len(), depth + 1, "{ctx}: frames shown");
+                let shown: Vec<TruthFrame> = t.frames[..depth]
+                    .iter()
+                    .map(|f| TruthFrame(f.filename.clone(), f.name.clone(), f.line))
+                    .collect();
+                let innermost: Vec<TruthFrame> = want.iter().rev().take(depth).cloned().collect();
+                assert!(shown == innermost, "{ctx}: not the innermost frames");
+                let marker = &t.frames[depth];
+                let hidden = want.len() - depth;
+                assert_eq!(
+                    (marker.name.as_str(), marker.filename.as_str(), marker.line),
+                    (format!("[{hidden} frames not shown]").as_str(), "", 0),
+                    "{ctx}"
+                );
+            }
+        }
+        let text = target.dump_text(&[]);
+        let line = format!("    [{} frames not shown]", total - 4096);
+        let block = text
+            .split("\n\n")
+            .find(|b| b.contains(&format!("\"{}\"", deepest.name)))
+            .unwrap_or_else(|| panic!("{what}: no thread {main} in\n{text}"));
+        assert_eq!(block.lines().last(), Some(line.as_str()), "{what}");
+        assert_eq!(block.lines().count(), 1 + 4096 + 1, "{what}");
+    });
+}
+
+#[test]
+fn depth_out_of_range_is_one_line() {
+    crate::skip_without_live_targets!();
+    let me = std::process::id().to_string();
+    for depth in ["0", "65537"] {
+        let args = ["dump", "-p", me.as_str(), "--depth", depth];
+        let line = assert_one_line_error(&args, &run_prof(&args));
+        assert!(line.contains("--depth"), "{line}");
+    }
+}

@@ -2157,3 +2157,147 @@ fn stacks_of_churning_threads_are_consistent() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// Stacks deeper than --depth
+
+/// A thread 5,000 frames deep is recorded on every tick, its innermost 4,096 frames under
+/// a `[N frames not shown]` root, N from the target's own depth. Before, each of its
+/// ticks was an error and it had no sample.
+#[test]
+fn stacks_deeper_than_the_depth_are_samples_not_errors() {
+    crate::skip_without_live_targets!();
+    run_on("deep", Scope::All, |py| {
+        let target = common::Target::start(py, "recursion", &["5000", "300"]);
+        let what = target.what();
+        let path = target.dir.path().join("deep.txt");
+        let path = path.to_string_lossy();
+        let pid = target.pid.to_string();
+        // --idle: the deep thread sleeps.
+        let out = prof(&strings(&[
+            "record", "-p", &pid, "-r", "50", "-d", "2", "--idle", "-t", "-f", "raw", "-o", &path,
+        ]));
+        out.assert_code(0, &what);
+        let errors: u64 = regex::Regex::new(r"(\d+) errors")
+            .unwrap()
+            .captures(&out.stderr)
+            .unwrap_or_else(|| panic!("{what}: no error count\n{}", out.describe()))[1]
+            .parse()
+            .unwrap();
+        let folded = Folded::read(&path, &what);
+        let mut samples = BTreeMap::new();
+        for truth in target.truth.threads.values() {
+            let want = truth.expected();
+            let hidden = want.len().saturating_sub(4096);
+            let marker = format!("[{hidden} frames not shown] ()");
+            let mut n = 0;
+            for (frames, count) in &folded.stacks {
+                let root = &frames[0];
+                if !root.starts_with(&format!("{} (tid {})", truth.name, truth.native_id)) {
+                    continue;
+                }
+                let shown = &frames[1..];
+                let stack = if hidden > 0 {
+                    assert_eq!(shown[0], marker, "{what}: {}", truth.name);
+                    &shown[1..]
+                } else {
+                    shown
+                };
+                let got: Vec<(String, Option<u32>)> = labels(stack)
+                    .into_iter()
+                    .map(|l| (l.name, l.line))
+                    .collect();
+                let expected: Vec<(String, Option<u32>)> = want[hidden..]
+                    .iter()
+                    .map(|f| (f.1.clone(), Some(f.2 as u32)))
+                    .collect();
+                assert!(
+                    got == expected,
+                    "{what}: thread {} is not its innermost {} frames",
+                    truth.name,
+                    want.len() - hidden
+                );
+                n += count;
+            }
+            samples.insert(truth.name.clone(), (want.len(), n));
+        }
+        eprintln!("deep: {what}: (depth, samples) {samples:?}, {errors} errors");
+        let (total, _) = out.summary();
+        let deep = samples
+            .values()
+            .find(|s| s.0 > 5000)
+            .expect("a deep thread");
+        // Every thread is sampled on every tick (--idle): as many samples for the deep one
+        // as for the others, and no tick of it lost as an error.
+        assert!(
+            deep.1 * 5 >= total * 2 && errors * 20 <= total,
+            "{what}: deep thread {deep:?} of {total} samples, {errors} errors\n{}",
+            out.describe()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Thread names in launch mode
+
+/// Launched, the main thread is sampled before anything imports `threading`, so it has no
+/// name yet. It must still be shown under its Python name, whether it keeps running alone
+/// (`busy`) or starts a named thread that sleeps from its start and wakes now and then,
+/// and goes to sleep itself for the rest of the recording (`sleep`). Before, the main
+/// thread was `thread 0x…` in either case.
+#[test]
+fn launched_threads_keep_their_python_names() {
+    crate::skip_without_live_targets!();
+    run_on("names", Scope::All, |py| {
+        let mut problems = Vec::new();
+        for mode in ["busy", "sleep"] {
+            let dir = tempdir();
+            let d = dir.path().to_string_lossy().into_owned();
+            let path = format!("{d}/names.txt");
+            let py_path = py.path.to_string_lossy().into_owned();
+            // The recording ends before the target does: its exit does not wake the
+            // sleeping main thread into a last, named sample.
+            let out = prof(&strings(&[
+                "record",
+                "-o",
+                &path,
+                "-f",
+                "raw",
+                "-t",
+                "-d",
+                "2",
+                "--",
+                &py_path,
+                "-u",
+                &script_path("rec_names"),
+                &d,
+                mode,
+                "4",
+            ]));
+            let what = format!("[{}] rec_names.py {mode} launched", py.name);
+            out.assert_code(0, &what);
+            let ready: Ready = read_json(&dir.path().join("ready.json"));
+            let folded = Folded::read(&path, &what);
+            let mut per_thread: BTreeMap<String, u64> = BTreeMap::new();
+            for (frames, count) in &folded.stacks {
+                let root = match thread_of_root(&frames[0], &ready.threads) {
+                    Some(t) => t.name.clone(),
+                    None => format!("unknown root {:?}", frames[0]),
+                };
+                *per_thread.entry(root).or_default() += count;
+            }
+            eprintln!("names: {what}: samples per thread {per_thread:?}");
+            let named = ready
+                .threads
+                .iter()
+                .all(|t| per_thread.contains_key(&t.name));
+            if !named || per_thread.len() != ready.threads.len() {
+                problems.push(format!(
+                    "{what}: samples per thread {per_thread:?}, threads {:?}",
+                    ready.threads
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    });
+}

@@ -54,6 +54,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     if args.native && args.nonblocking {
         bail!(NATIVE_NONBLOCKING);
     }
+    super::check_depth(args.depth)?;
     let mut dumps = Vec::new();
     // With -s a root without Python (a shell, a launcher) may still have Python children.
     let root_error = match capture(args.pid, args) {
@@ -138,6 +139,7 @@ fn capture_python(mut target: LiveTarget, args: &DumpArgs) -> Result<Dumped> {
         locals: args.locals > 0,
         validate: args.nonblocking,
         function_lines: false,
+        depth: args.depth,
     };
     let mut natives = if args.native {
         Some(NativeTarget::new(pid).map_err(|e| unless_exited(pid, e.into()))?)
@@ -258,12 +260,10 @@ fn write_thread(out: &mut impl Write, s: &ThreadStack, full: bool) -> std::io::R
         match f.kind {
             FrameKind::Python => writeln!(out, "    {} ({file}:{})", f.name(), f.line)?,
             // Native frames: `name (file:line)` from DWARF, else `name (module+offset)`;
-            // the marker frame has neither.
+            // marker frames have neither.
+            _ if f.is_marker() => writeln!(out, "    {}", f.name())?,
             FrameKind::Native if f.line > 0 => {
                 writeln!(out, "    {} ({file}:{}) [native]", f.name(), f.line)?
-            }
-            FrameKind::Native if f.short_filename().is_empty() => {
-                writeln!(out, "    {}", f.name())?
             }
             FrameKind::Native => {
                 writeln!(out, "    {} ({}) [native]", f.name(), f.short_filename())?

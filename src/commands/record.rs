@@ -61,6 +61,7 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     let mut profile = Profile::new(ProfileMeta::new(title, t.rate, SystemTime::now()), opts);
     let progress = !args.hideprogress && std::io::stderr().is_terminal();
     let stats = collect(root, &sampler_opts, stop, &mut profile, progress);
+    profile.rename_threads(&stats.thread_names);
 
     profile.finish(RunStats {
         duration: stats.elapsed.as_secs_f64(),
@@ -109,6 +110,7 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
     {
         return Err(process::ProcessError::Itself(pid).into());
     }
+    super::check_depth(t.depth)?;
     if !(t.rate > 0.0 && t.rate.is_finite()) {
         bail!(
             "--rate must be a positive number of samples per second, not {}",
@@ -136,6 +138,7 @@ pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOpt
         function_lines: false,
         activity: false,
         native: t.native,
+        depth: t.depth,
     }
 }
 

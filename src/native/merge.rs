@@ -22,7 +22,7 @@
 //! Python frames left stay as they are, Python frames no eval frame claimed are appended
 //! at the outer end, and a native frame named [`UNCERTAIN`] is added at the very end.
 
-use crate::sample::{Frame, FrameKind};
+use crate::sample::Frame;
 
 /// Name of the marker frame added when native and Python stacks do not line up.
 pub const UNCERTAIN: &str = "[merge uncertain]";
@@ -58,7 +58,7 @@ pub fn is_eval_function(function: &str) -> bool {
 /// whether it runs the eval loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NativeFrame {
-    /// Frames to show for this pc, innermost first (kind [`FrameKind::Native`]).
+    /// Frames to show for this pc, innermost first (kind [`crate::sample::FrameKind::Native`]).
     pub frames: Vec<Frame>,
     /// The pc is in the eval loop (see [`is_eval_function`]).
     pub eval: bool,
@@ -66,7 +66,7 @@ pub struct NativeFrame {
 
 /// A frame named [`UNCERTAIN`].
 pub fn uncertain_frame() -> Frame {
-    Frame::new(UNCERTAIN, "", "", 0, FrameKind::Native)
+    Frame::marker(UNCERTAIN)
 }
 
 /// Merge `native` (innermost first) with `python` (innermost first; `entries[i]` is
@@ -128,6 +128,7 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::FrameKind;
 
     fn py(name: &str) -> Frame {
         Frame::new(

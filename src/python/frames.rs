@@ -10,8 +10,13 @@ use crate::process::memory::{le_u8, le_u32, le_u64};
 use crate::process::{Memory, MemoryExt};
 use crate::sample::{Frame, FrameKind};
 
-/// Deepest stack prof follows; deeper chains are cut (and are almost always torn reads).
-pub const MAX_DEPTH: usize = 4096;
+/// Frames shown per stack unless `--depth` says otherwise; the outer ones beyond are
+/// counted in a marker frame (see [`hidden_frames`]).
+pub const DEFAULT_DEPTH: usize = 4096;
+
+/// Most frames prof follows in one chain, shown or counted: the hard ceiling on the work a
+/// hostile or torn chain can cause. Also the largest `--depth`.
+pub const MAX_DEPTH: usize = 1 << 16;
 
 /// One Python frame before it is turned into a [`Frame`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,19 +205,30 @@ pub fn second_look<M: Memory + ?Sized>(
     let n = threads.len();
     let want = |i: usize| wanted.get(i).copied().unwrap_or(false) && !walked[i].is_empty();
     scratch.resize_with(n, Vec::new);
+    let mut holds = Vec::new();
     for (i, copy) in scratch.iter_mut().enumerate() {
+        // Which regions hold a walked frame: each frame's region is found by a binary
+        // search (the regions are sorted), as deep stacks make a scan of every region for
+        // every frame cost millions of steps.
+        holds.clear();
+        holds.resize(regions[i].len(), false);
+        for f in walked[i].iter().filter(|_| want(i)) {
+            let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
+            if let Some(k) = k.checked_sub(1)
+                && f.addr - regions[i][k].0 < regions[i][k].1.len() as u64
+            {
+                holds[k] = true;
+            }
+        }
         // Buffers stay with their slot between samples: no allocation once warmed up.
         let mut k = 0;
-        for (addr, data) in regions[i].iter().filter(|_| want(i)) {
-            let end = addr + data.len() as u64;
-            if walked[i].iter().any(|f| (*addr..end).contains(&f.addr)) {
-                if k == copy.len() {
-                    copy.push((0, Vec::new()));
-                }
-                copy[k].0 = *addr;
-                copy[k].1.resize(data.len(), 0);
-                k += 1;
+        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
+            if k == copy.len() {
+                copy.push((0, Vec::new()));
             }
+            copy[k].0 = *addr;
+            copy[k].1.resize(data.len(), 0);
+            k += 1;
         }
         copy.truncate(k);
     }
@@ -278,21 +294,32 @@ pub fn second_look<M: Memory + ?Sized>(
         .collect()
 }
 
-/// Walk the frame chain from `frame`, innermost first.
+/// Walk the frame chain from `frame`, innermost first, for at most [`MAX_DEPTH`] frames.
+/// Returns true when the chain goes on beyond them (it is then cut there); a chain that
+/// loops back on itself is an error.
 pub fn walk<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     mut frame: u64,
     out: &mut Vec<RawFrame>,
-) -> Result<(), PyError> {
+) -> Result<bool, PyError> {
     out.clear();
     let mut local = [0u8; 512];
     let size = (l.f_size as usize).clamp(64, local.len());
+    // Brent's cycle check: compare each frame with one saved at doubling distances, so a
+    // loop is found within a few times its length plus its lead-in, without remembering
+    // the frames seen. A loop too long for that under the ceiling is cut there instead.
+    let (mut saved, mut stride, mut steps) = (0u64, 1usize, 0usize);
     while frame != 0 {
+        if frame == saved {
+            return Err(PyError::Corrupt("frame chain loops back on itself"));
+        }
+        steps += 1;
+        if steps == stride {
+            (saved, stride, steps) = (frame, stride * 2, 0);
+        }
         if out.len() >= MAX_DEPTH {
-            return Err(PyError::Corrupt(
-                "frame chain too deep (torn read or cycle)",
-            ));
+            return Ok(true);
         }
         // Frames in the batch's copies are used in place: no copy per frame.
         let buf: &[u8] = match mem.peek(frame, size) {
@@ -344,12 +371,9 @@ pub fn walk<M: Memory + ?Sized>(
             is_entry,
             shim: false,
         });
-        if back == frame {
-            return Err(PyError::Corrupt("frame points to itself"));
-        }
         frame = back;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Where the instruction pointer's bytecode starts: inline in the code object, or in the
@@ -375,7 +399,7 @@ fn bytecode_base<M: Memory + ?Sized>(
 }
 
 /// Options for turning raw frames into [`Frame`]s.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct FrameOptions {
     /// Read local variables.
     pub locals: bool,
@@ -384,20 +408,45 @@ pub struct FrameOptions {
     pub validate: bool,
     /// Report each function's first line instead of the line being run (`-F`).
     pub function_lines: bool,
+    /// Most frames shown per stack, innermost first (`--depth`); the rest are counted in a
+    /// marker frame at the outer end.
+    pub depth: usize,
+}
+
+impl Default for FrameOptions {
+    fn default() -> FrameOptions {
+        FrameOptions {
+            locals: false,
+            validate: false,
+            function_lines: false,
+            depth: DEFAULT_DEPTH,
+        }
+    }
+}
+
+/// The marker frame that stands for the outer frames of a stack cut at `--depth`:
+/// `[N frames not shown]`, or `[at least N frames not shown]` when the chain went on past
+/// [`MAX_DEPTH`] and was not followed to its end.
+pub fn hidden_frames(count: usize, more: bool) -> Frame {
+    let at_least = if more { "at least " } else { "" };
+    Frame::marker(format!("[{at_least}{count} frames not shown]"))
 }
 
 /// Resolve raw frames to named frames through the code cache, also giving each returned
 /// frame's `is_entry` in `entries` (for merging with native stacks). An entry frame that is not shown (not a code object) passes its
 /// flag to the frame shown before it, the outermost frame of the same C call.
+/// Only the innermost `opts.depth` frames are resolved; the others, and with `more` those
+/// beyond the walk's end (see [`walk`]), are counted in a [`hidden_frames`] marker.
 pub fn resolve_with_entries<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     codes: &mut CodeCache,
     raw: &[RawFrame],
+    more: bool,
     opts: FrameOptions,
     entries: &mut Vec<bool>,
 ) -> Result<Vec<Frame>, PyError> {
-    resolve_remembering(mem, l, codes, raw, opts, entries, &mut Vec::new())
+    resolve_remembering(mem, l, codes, raw, more, opts, entries, &mut Vec::new())
 }
 
 /// A frame of a thread's previous sample, by depth from the outermost frame: most of a
@@ -416,27 +465,31 @@ pub struct Remembered {
 /// (and updating it). A remembered frame is reused only for the same code address and
 /// instruction offset, and only if the code object's fingerprint, read in this sample, is
 /// still the one it was resolved with: the same check the code cache makes.
+#[allow(clippy::too_many_arguments)]
 pub fn resolve_remembering<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     codes: &mut CodeCache,
     raw: &[RawFrame],
+    more: bool,
     opts: FrameOptions,
     entries: &mut Vec<bool>,
     memo: &mut Vec<Option<Remembered>>,
 ) -> Result<Vec<Frame>, PyError> {
     entries.clear();
-    let depth = raw.iter().filter(|f| !f.shim).count();
+    let all = raw.iter().filter(|f| !f.shim).count();
+    // Cut stacks are remembered from their outermost shown frame: still one slot per depth.
+    let depth = all.min(opts.depth);
     // Locals change without the frame changing: never remembered.
     if opts.locals {
         memo.clear();
     }
     memo.resize(depth, None);
-    let mut frames = Vec::with_capacity(depth);
+    let mut frames = Vec::with_capacity(depth + 1);
     // The last code object whose head matched a fingerprint in this sample: recursion puts
     // the same code object in frame after frame, and one check serves them all.
     let mut checked: Option<(u64, Fingerprint)> = None;
-    for (k, rf) in raw.iter().filter(|f| !f.shim).enumerate() {
+    for (k, rf) in raw.iter().filter(|f| !f.shim).take(depth).enumerate() {
         let slot = &mut memo[depth - 1 - k];
         if let Some(m) = &*slot
             && m.code == rf.code
@@ -491,6 +544,10 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
         }
         frames.push(frame);
     }
+    if depth < all || more {
+        entries.push(false);
+        frames.push(hidden_frames(all - depth, more));
+    }
     Ok(frames)
 }
 
@@ -527,26 +584,62 @@ mod tests {
         let head = |m: &ImageMemory| vec![(0x10000u64, m.bytes(0x10000, CODE_HEAD).unwrap())];
         let snap = head(&first);
         let mem = Overlay::new(&snap, &first);
-        let got = resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+        let got = resolve_remembering(
+            &mem,
+            &l,
+            &mut codes,
+            &raw,
+            false,
+            opts,
+            &mut entries,
+            &mut memo,
+        );
         assert_eq!(names(got.unwrap()), ["first"]);
         // Same frame, same fingerprint: served from the memo, nothing else is read (the
         // strings are gone from this address space).
         let bare = ImageMemory::new();
         let mem = Overlay::new(&snap, &bare);
-        let got = resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+        let got = resolve_remembering(
+            &mem,
+            &l,
+            &mut codes,
+            &raw,
+            false,
+            opts,
+            &mut entries,
+            &mut memo,
+        );
         assert_eq!(names(got.unwrap()), ["first"]);
         // Another code object at the same address: never shown under the old name.
         let second = image(&l, "second", 0x60000);
         let snap = head(&second);
         let mem = Overlay::new(&snap, &second);
-        let got = resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+        let got = resolve_remembering(
+            &mem,
+            &l,
+            &mut codes,
+            &raw,
+            false,
+            opts,
+            &mut entries,
+            &mut memo,
+        );
         assert_eq!(names(got.unwrap()), ["second"]);
         // A deeper stack keeps the outer frames' memo (depth counts from the outermost).
         let deeper = [frame(0x7f00_0000_10a0, 0x10000, 20), raw[0]];
         let mem = Overlay::new(&snap, &bare);
         assert!(
-            resolve_remembering(&mem, &l, &mut codes, &deeper, opts, &mut entries, &mut memo)
-                .is_ok()
+            resolve_remembering(
+                &mem,
+                &l,
+                &mut codes,
+                &deeper,
+                false,
+                opts,
+                &mut entries,
+                &mut memo
+            )
+            .is_ok()
         );
         assert_eq!(entries, [false, false]);
     }
@@ -567,8 +660,16 @@ mod tests {
             let img = image(&l, name, strs);
             let snap = head(&img);
             let mem = Overlay::new(&snap, &img);
-            let got =
-                resolve_remembering(&mem, &l, &mut codes, &raw, opts, &mut entries, &mut memo);
+            let got = resolve_remembering(
+                &mem,
+                &l,
+                &mut codes,
+                &raw,
+                false,
+                opts,
+                &mut entries,
+                &mut memo,
+            );
             assert_eq!(names(got.unwrap()), [name; 3]);
         }
     }
@@ -658,6 +759,124 @@ mod tests {
         )));
         // The thread is elsewhere now: dropped.
         assert!(!look(&image(stack(frames), chunk + 0x100)));
+    }
+
+    /// A 3.12 image holding a chain of `n` frames, `stride` bytes apart from `base`, all
+    /// running the code object at 0x10000; frame k's `f_back` is `back(k)` (0: the end).
+    fn chain(l: &Layout, n: usize, back: impl Fn(usize) -> u64) -> (ImageMemory, u64) {
+        let base = 0x7f00_0000_0000u64;
+        let stride = (l.f_size as usize).clamp(64, 512);
+        let mut data = vec![0u8; n * stride];
+        let InstrSource::Pointer(instr) = l.f_instr else {
+            panic!("3.12 keeps instruction pointers");
+        };
+        for k in 0..n {
+            let mut put = |off: u64, v: u64| {
+                let at = k * stride + off as usize;
+                data[at..at + 8].copy_from_slice(&v.to_le_bytes())
+            };
+            put(l.f_code, 0x10000);
+            put(l.f_back, back(k));
+            put(instr, 0x10000 + l.co_code_adaptive.unwrap() + 10);
+        }
+        let mut m = image(l, "deep", 0x30000);
+        m.add(base, data);
+        (m, base)
+    }
+
+    #[test]
+    fn a_chain_past_the_ceiling_is_cut_and_a_loop_is_an_error() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let stride = l.f_size.clamp(64, 512);
+        let mut raw = Vec::new();
+        // Each frame's caller is the next one up: a straight chain longer than the ceiling.
+        let n = MAX_DEPTH + 10;
+        let (m, base) = chain(&l, n, |k| {
+            if k + 1 < n {
+                0x7f00_0000_0000 + (k as u64 + 1) * stride
+            } else {
+                0
+            }
+        });
+        assert!(
+            walk(&m, &l, base, &mut raw).unwrap(),
+            "the walk says it was cut"
+        );
+        assert_eq!(raw.len(), MAX_DEPTH);
+        // The whole chain when it fits.
+        assert!(!walk(&m, &l, base + 20 * stride, &mut raw).unwrap());
+        assert_eq!(raw.len(), MAX_DEPTH - 10);
+        // A loop after a lead-in is found within a few times its length plus the lead-in; one
+        // too long for that to fit under the ceiling is cut there like a deep stack.
+        let looped = |lead: usize, len: usize| {
+            chain(&l, lead + len, |k| {
+                let next = if k + 1 < lead + len { k + 1 } else { lead };
+                0x7f00_0000_0000 + next as u64 * stride
+            })
+        };
+        for (lead, len) in [(0usize, 1usize), (5, 3), (1000, 777), (3, 30_000)] {
+            let (m, base) = looped(lead, len);
+            let got = walk(&m, &l, base, &mut raw);
+            assert!(
+                matches!(got, Err(PyError::Corrupt(_))),
+                "loop of {len} after {lead}: {got:?}"
+            );
+            assert!(raw.len() < 4 * (lead + len));
+        }
+        let (m, base) = looped(3, 40_000);
+        assert!(walk(&m, &l, base, &mut raw).unwrap());
+        assert_eq!(raw.len(), MAX_DEPTH);
+    }
+
+    #[test]
+    fn frames_past_the_depth_are_counted_in_a_marker() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let mem = image(&l, "deep", 0x30000);
+        let mut codes = CodeCache::new(None);
+        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let raw: Vec<RawFrame> = (0..10u64)
+            .map(|k| frame(0x7f00_0000_1000 + 0x50 * k, 0x10000, 10))
+            .collect();
+        let mut resolve = |raw: &[RawFrame], more: bool, depth: usize| {
+            let opts = FrameOptions {
+                depth,
+                ..FrameOptions::default()
+            };
+            let frames = resolve_remembering(
+                &mem,
+                &l,
+                &mut codes,
+                raw,
+                more,
+                opts,
+                &mut entries,
+                &mut memo,
+            )
+            .unwrap();
+            assert_eq!(entries.len(), frames.len());
+            let marker = frames.last().is_some_and(|f| f.is_marker());
+            (names(frames), marker)
+        };
+        let (got, marker) = resolve(&raw, false, 4);
+        assert_eq!(
+            got,
+            ["deep", "deep", "deep", "deep", "[6 frames not shown]"]
+        );
+        assert!(marker);
+        // Entry shims are not frames: not shown, not counted.
+        let mut shimmed = raw.clone();
+        shimmed[7].shim = true;
+        assert_eq!(resolve(&shimmed, false, 4).0[4], "[5 frames not shown]");
+        // Within the depth: no marker; cut by the ceiling: a lower bound.
+        assert_eq!(
+            resolve(&raw, false, 10),
+            (vec!["deep".to_string(); 10], false)
+        );
+        assert_eq!(
+            resolve(&raw, true, 10).0[10],
+            "[at least 0 frames not shown]"
+        );
+        assert_eq!(resolve(&raw, true, 8).0[8], "[at least 2 frames not shown]");
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub enum PyError {
 /// How often thread names are read again from `threading._active`.
 const NAMES_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often names are looked for again while a thread has none: a thread gets its name
+/// only once it registers with `threading` (the main thread when `threading` is imported),
+/// which may be after prof first sees it.
+const NAMES_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Bound on cached per-thread facts; cleared wholesale when exceeded.
 const MAX_THREADS_CACHED: usize = 65536;
 
@@ -54,9 +59,12 @@ pub struct StackReader<M: Memory> {
     codes: code::CodeCache,
     names: HashMap<u64, Arc<str>>,
     /// Thread ids that had no name at the last lookup, so unnamed threads (started through
-    /// `_thread`) do not cost a full `threading._active` walk on every sample.
+    /// `_thread`, or not registered with `threading` yet) cost a full `threading._active`
+    /// walk every [`NAMES_RETRY`], not on every sample.
     unnamed: Vec<u64>,
+    /// The last lookup of names, and the last one that started afresh.
     names_read: std::time::Instant,
+    names_renewed: std::time::Instant,
     tid_offset: Option<u64>,
     pthread_tids: HashMap<u64, u32>,
     raw: Vec<frames::RawFrame>,
@@ -74,6 +82,8 @@ pub struct StackReader<M: Memory> {
     second_raw: Vec<frames::RawFrame>,
     /// Per thread: the innermost frame pointer the walk started from (None: walk failed).
     firsts: Vec<Option<u64>>,
+    /// Per thread: its walk stopped at [`frames::MAX_DEPTH`] with more frames beyond.
+    beyond: Vec<bool>,
     /// Scratch lists for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
     regions: Vec<(u64, u64)>,
@@ -92,6 +102,7 @@ impl<M: Memory> StackReader<M> {
             names: HashMap::new(),
             unnamed: Vec::new(),
             names_read: std::time::Instant::now(),
+            names_renewed: std::time::Instant::now(),
             tid_offset: None,
             pthread_tids: HashMap::new(),
             raw: Vec::new(),
@@ -104,6 +115,7 @@ impl<M: Memory> StackReader<M> {
             second: Vec::new(),
             second_raw: Vec::new(),
             firsts: Vec::new(),
+            beyond: Vec::new(),
             spans: Vec::new(),
             regions: Vec::new(),
             memo: Vec::new(),
@@ -134,19 +146,21 @@ impl<M: Memory> StackReader<M> {
         let n = threads.len();
         self.walked.resize_with(n, Vec::new);
         self.firsts.clear();
+        self.beyond.clear();
         self.memo.resize_with(n, Vec::new);
         let reads_before = self.mem.reads();
         for (i, (t, chunks)) in threads.iter().zip(&chunks).enumerate() {
             let local = Overlay::new(chunks, &self.mem);
             let raw = &mut self.walked[i];
             let ok = frames::first_frame(&local, l, &t.raw)
-                .and_then(|first| frames::walk(&local, l, first, raw).map(|()| first));
+                .and_then(|first| frames::walk(&local, l, first, raw).map(|more| (first, more)));
             if let Some(plan) = &mut self.plan {
                 frames::datastack_spans(l, &t.raw, chunks, &mut self.spans);
                 frames::regions_outside(l, &t.raw, raw, &self.spans, &mut self.regions);
                 plan.remember(i, &self.regions);
             }
-            self.firsts.push(ok.ok());
+            self.firsts.push(ok.as_ref().ok().map(|w| w.0));
+            self.beyond.push(ok.is_ok_and(|w| w.1));
         }
         // Without stopping the target, a stack is trusted when the batch vouches for it (see
         // batch::Still), else after a second look (see frames::second_look). A walk that read
@@ -189,6 +203,7 @@ impl<M: Memory> StackReader<M> {
                     l,
                     &mut self.codes,
                     &self.walked[i],
+                    self.beyond[i],
                     opts,
                     &mut entries,
                     &mut self.memo[i],
@@ -276,12 +291,13 @@ impl<M: Memory> StackReader<M> {
         let l = &self.interp.layout;
         let mut first = frames::first_frame(&self.mem, l, &t.raw)?;
         let mut attempts = 0;
+        let more;
         loop {
             frames::snapshot_datastack(&self.mem, l, &t.raw, &mut self.chunks);
             let local = Overlay::new(&self.chunks, &self.mem);
             let walked = frames::walk(&local, l, first, &mut self.raw);
             if !opts.validate {
-                walked?;
+                more = walked?;
                 break;
             }
             // Without stopping the thread, a stack is trusted only after a second look (which
@@ -302,6 +318,7 @@ impl<M: Memory> StackReader<M> {
                     )[0]
                 };
             if stands {
+                more = walked.is_ok_and(|m| m);
                 break;
             }
             attempts += 1;
@@ -314,7 +331,7 @@ impl<M: Memory> StackReader<M> {
             first = frames::current_frame(&self.mem, l, t.tstate)?;
         }
         let local = Overlay::new(&self.chunks, &self.mem);
-        frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, opts, entries)
+        frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, more, opts, entries)
     }
 
     /// For each thread of the last [`StackReader::stacks`] result, in the same order, the
@@ -365,20 +382,24 @@ impl<M: Memory> StackReader<M> {
 
     fn fill_names(&mut self, threads: &[threads::PyThread], out: &mut [ThreadStack]) {
         // Names can change (`t.name = ...`), so they are read again now and then; a thread
-        // not seen before triggers a read at once.
-        let stale = self.names_read.elapsed() >= NAMES_REFRESH;
+        // not seen before triggers a read at once, one still without a name a read soon.
+        let since = self.names_read.elapsed();
+        let stale = self.names_renewed.elapsed() >= NAMES_REFRESH;
         let missing = stale
             || out.iter().any(|t| {
-                !self.names.contains_key(&t.thread_id) && !self.unnamed.contains(&t.thread_id)
+                !self.names.contains_key(&t.thread_id)
+                    && (!self.unnamed.contains(&t.thread_id) || since >= NAMES_RETRY)
             });
         if missing {
             // One walk per interpreter: each has its own `threading` module.
             let mut interps: Vec<u64> = threads.iter().map(|t| t.interp).collect();
             interps.dedup();
             self.names_read = std::time::Instant::now();
+            // Rebuilt below from the threads still without a name.
+            self.unnamed.clear();
             if stale {
                 self.names.clear();
-                self.unnamed.clear();
+                self.names_renewed = self.names_read;
             }
             for interp in interps {
                 if let Ok(names) = threads::thread_names(&self.mem, &self.interp.layout, interp) {
