@@ -16,7 +16,7 @@ use crossbeam_channel::Sender;
 
 use crate::attach::{LiveTarget, attach, is_not_python};
 use crate::mixed::{NativeTarget, PythonSide};
-use crate::process::events::{Event, Image, ImageState, Watch};
+use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
 use crate::process::threads;
 use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
@@ -464,6 +464,12 @@ fn sample_process(
     } = &mut p.state
     {
         if now < *next_try {
+            return;
+        }
+        // A vfork child runs in its parent's memory until it execs (normally very soon):
+        // attached now, it would show its parent's stacks under its own pid.
+        if shares_parent_memory(p.pid) == Some(true) {
+            *next_try = now + Duration::from_millis(1);
             return;
         }
         let current = std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok();

@@ -8,7 +8,7 @@ then execs the interpreter again), keeping IN_FLIGHT (default 4) alive at a time
 (A child imports nothing of its own: it lives ~0.07 s on an idle machine.)
 Each child burns CPU in child_work for SECONDS (0.06) of CPU time, then
 prints its own pid; the parent checks that this is the pid it started. The
-parent waits idle in parent_wait. At the end the parent writes OUTDIR/pids.json:
+parent starts them in spawn_child and waits idle in parent_wait. At the end the parent writes OUTDIR/pids.json:
 the children's pids and the functions' descriptions. Exits 0 only if every
 child did.
 """
@@ -29,6 +29,13 @@ def child_work(seconds):
     while time.process_time() < end:
         n += 1
     return n
+
+
+def spawn_child(me, outdir):
+    return subprocess.Popen(
+        [sys.executable, me, outdir, "child", str(CHILD_SECONDS)],
+        stdout=subprocess.PIPE,
+    )
 
 
 def parent_wait(child):
@@ -55,11 +62,7 @@ def main():
     started = 0
     while started < count or running:
         while started < count and len(running) < in_flight:
-            child = subprocess.Popen(
-                [sys.executable, me, outdir, "child", str(CHILD_SECONDS)],
-                stdout=subprocess.PIPE,
-            )
-            running.append(child)
+            running.append(spawn_child(me, outdir))
             started += 1
         child = running.pop(0)
         out = parent_wait(child)
@@ -75,7 +78,7 @@ def main():
         {
             "parent": os.getpid(),
             "children": pids,
-            "functions": rec_common.describe_functions(child_work, parent_wait),
+            "functions": rec_common.describe_functions(child_work, spawn_child, parent_wait),
         },
     )
 

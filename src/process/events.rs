@@ -335,8 +335,8 @@ impl PidScan {
 // ---------------------------------------------------------------------------
 // The source the sampler uses
 
-/// The share of wall-clock time listing `/proc` may take: it is listed at most this often
-/// relative to its cost.
+/// Listings of `/proc` are this many times their own cost apart, at least: they take at
+/// most 1/20 of the time.
 const SCAN_COST_SHARE: u32 = 20;
 
 /// Where process events come from: the connector when prof may use it, else listings of
@@ -361,11 +361,6 @@ impl Watch {
             started: false,
             next_scan: Instant::now(),
         }
-    }
-
-    /// Are events exact (the kernel's), rather than found by looking?
-    pub fn from_kernel(&self) -> bool {
-        self.connector.is_some()
     }
 
     /// What happened since the last call, appended to `out` in order. The first call
@@ -483,6 +478,28 @@ impl Image {
             _ => ImageState::Same,
         }
     }
+}
+
+/// Does `pid` run in its parent's address space: a child made by vfork (or by clone
+/// sharing memory) that has not exec'd yet? Read then, it would show its parent's stacks
+/// under its own pid. None when the kernel cannot tell (no `kcmp`, or not allowed).
+pub fn shares_parent_memory(pid: u32) -> Option<bool> {
+    /// `KCMP_VM` of linux/kcmp.h: compare the address spaces.
+    const KCMP_VM: libc::c_long = 1;
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let parent = threads::parse_stat_ppid(&stat)?;
+    // SAFETY: kcmp only compares kernel objects of the two processes.
+    let order = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid as libc::c_long,
+            parent as libc::c_long,
+            KCMP_VM,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    (order >= 0).then_some(order == 0)
 }
 
 #[cfg(test)]
@@ -604,5 +621,47 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(again.check(), ImageState::Gone);
+    }
+
+    #[test]
+    fn a_child_sharing_its_parents_memory_is_told() {
+        extern "C" fn wait_to_be_killed(_: *mut libc::c_void) -> libc::c_int {
+            // In the parent's memory, on its own stack: nothing but system calls.
+            loop {
+                // SAFETY: pause has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        let mut stack = vec![0u8; 64 << 10];
+        // SAFETY: the child runs wait_to_be_killed on `stack`, which outlives it (it is
+        // killed and reaped below), and touches nothing else of this process.
+        let pid = unsafe {
+            let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
+            libc::clone(
+                wait_to_be_killed,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::SIGCHLD,
+                std::ptr::null_mut(),
+            )
+        };
+        assert!(pid > 0, "clone: {}", io::Error::last_os_error());
+        let shared = shares_parent_memory(pid as u32);
+        // SAFETY: pid is this test's own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        drop(stack);
+        let mut own = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let separate = shares_parent_memory(own.id());
+        own.kill().unwrap();
+        own.wait().unwrap();
+        match (shared, separate) {
+            (None, None) => eprintln!("skipped: kcmp is not available here"),
+            _ => assert_eq!((shared, separate), (Some(true), Some(false))),
+        }
     }
 }
