@@ -78,7 +78,7 @@ def main():
         {
             "parent": os.getpid(),
             "children": pids,
-            "functions": rec_common.describe_functions(child_work, spawn_child, parent_wait),
+            "functions": rec_common.describe_functions(child_work, parent_wait),
         },
     )
 
