@@ -466,8 +466,9 @@ fn sample_process(
         if now < *next_try {
             return;
         }
-        // A vfork child runs in its parent's memory until it execs (normally very soon):
-        // attached now, it would show its parent's stacks under its own pid.
+        // A vfork child runs in its parent's memory until it execs (normally very soon): it
+        // has no interpreter of its own yet, and attached now it would be read through its
+        // parent's, whose threads are not its own.
         if shares_parent_memory(p.pid) == Some(true) {
             *next_try = now + Duration::from_millis(1);
             return;

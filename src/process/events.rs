@@ -481,8 +481,8 @@ impl Image {
 }
 
 /// Does `pid` run in its parent's address space: a child made by vfork (or by clone
-/// sharing memory) that has not exec'd yet? Read then, it would show its parent's stacks
-/// under its own pid. None when the kernel cannot tell (no `kcmp`, or not allowed).
+/// sharing memory) that has not exec'd yet? What is in that memory is its parent's. None
+/// when the kernel cannot tell (no `kcmp`, or not allowed).
 pub fn shares_parent_memory(pid: u32) -> Option<bool> {
     /// `KCMP_VM` of linux/kcmp.h: compare the address spaces.
     const KCMP_VM: libc::c_long = 1;
