@@ -16,6 +16,7 @@ use crossbeam_channel::Sender;
 
 use crate::attach::{LiveTarget, attach, is_not_python};
 use crate::mixed::{NativeTarget, PythonSide};
+use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
 use crate::process::threads;
 use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
@@ -155,8 +156,6 @@ const ALIVE_CHECK: Duration = Duration::from_millis(50);
 const THREAD_LISTING: Duration = Duration::from_millis(100);
 /// Most threads whose names [`SamplerStats::thread_names`] keeps.
 const MAX_NAMED_THREADS: usize = 1 << 16;
-/// How often descendants are looked for with `--subprocesses`.
-const CHILD_SCAN: Duration = Duration::from_millis(200);
 
 enum ProcState {
     /// Not (yet) readable as Python: retried until `ATTACH_PATIENCE` passes.
@@ -182,8 +181,8 @@ struct Proc {
     /// Kernel threads at the last listing, and when to list again.
     tids: Vec<u32>,
     next_listing: Instant,
-    /// `/proc/PID/stat`, kept open.
-    stat: Option<File>,
+    /// The program image the process runs, to tell an exec or an exit from a failed read.
+    image: Option<Image>,
     /// When liveness is checked again; a failed read checks it at once.
     next_alive_check: Instant,
     /// Seen gone (exited or a zombie).
@@ -200,7 +199,7 @@ impl Proc {
             stat_files: HashMap::new(),
             tids: Vec::new(),
             next_listing: now,
-            stat: None,
+            image: None,
             next_alive_check: now,
             gone: false,
             natives: None,
@@ -208,13 +207,7 @@ impl Proc {
     }
 
     fn pending(pid: u32, now: Instant) -> Proc {
-        let state = ProcState::Pending {
-            since: now,
-            next_try: now,
-            exe: None,
-            exe_since: now,
-        };
-        Proc::new(pid, state, now)
+        Proc::new(pid, pending_state(now), now)
     }
 
     /// Kernel threads and their states, read before the stacks; with `read_state` false,
@@ -263,28 +256,78 @@ impl Proc {
         out
     }
 
-    /// A read of the process failed: an error of the profiler's, unless the process just
-    /// exited.
-    fn read_failed(&mut self, stats: &mut SamplerStats) {
-        if self.alive() {
-            stats.errors += 1;
-        } else {
-            self.gone = true;
+    /// A read of the process failed: `errors` more samples lost, unless the process just
+    /// exited or exec'd (then nothing was there to lose).
+    fn read_failed(&mut self, errors: u64, now: Instant, stats: &mut SamplerStats) {
+        if self.look(now) == ImageState::Same {
+            stats.errors += errors;
         }
     }
 
-    /// Is the process still there (and not a zombie)? Re-reads a kept-open stat file.
-    fn alive(&mut self) -> bool {
-        if self.stat.is_none() {
-            self.stat = File::open(format!("/proc/{}/stat", self.pid)).ok();
+    /// Has the process exited or exec'd? Acts on it: an exited process is marked gone, one
+    /// that exec'd is attached again from scratch.
+    fn look(&mut self, now: Instant) -> ImageState {
+        if self.image.is_none() {
+            self.image = Image::open(self.pid);
         }
-        let Some(f) = &self.stat else { return false };
-        let mut buf = [0u8; 512];
-        match f.read_at(&mut buf, 0) {
-            Ok(n) if n > 0 => {
-                !matches!(threads::parse_stat_state(&buf[..n]), Some('Z' | 'X') | None)
+        let state = self.image.as_ref().map_or(ImageState::Gone, Image::check);
+        match state {
+            ImageState::Gone => self.gone = true,
+            ImageState::Replaced => self.replaced(now),
+            ImageState::Same => {}
+        }
+        state
+    }
+
+    /// The process exec'd: whatever was known of its program no longer holds.
+    fn replaced(&mut self, now: Instant) {
+        self.state = pending_state(now);
+        self.natives = None;
+        self.tids.clear();
+        self.stat_files.clear();
+        self.image = Image::open(self.pid);
+        self.gone = self.image.is_none();
+    }
+}
+
+fn pending_state(now: Instant) -> ProcState {
+    ProcState::Pending {
+        since: now,
+        next_try: now,
+        exe: None,
+        exe_since: now,
+    }
+}
+
+/// Acts on what happened to processes since the last tick: with `children`, each
+/// process born to a followed one is followed too; one that exec'd or exited is looked at
+/// at once.
+fn follow(procs: &mut Vec<Proc>, events: &[Event], children: bool, now: Instant) {
+    if children {
+        // A parent may come after its child (pids wrap around): repeat until none is added.
+        loop {
+            let before = procs.len();
+            for e in events {
+                if let Event::Fork { parent, child } = *e
+                    && procs.iter().any(|p| p.pid == parent)
+                    && !procs.iter().any(|p| p.pid == child)
+                {
+                    procs.push(Proc::pending(child, now));
+                }
             }
-            _ => false,
+            if procs.len() == before {
+                break;
+            }
+        }
+    }
+    for e in events {
+        match *e {
+            Event::Exec { pid } | Event::Exit { pid } => {
+                if let Some(p) = procs.iter_mut().find(|p| p.pid == pid && !p.gone) {
+                    p.look(now);
+                }
+            }
+            Event::Fork { .. } => {}
         }
     }
 }
@@ -335,7 +378,8 @@ pub fn run_live(
         function_lines: opts.function_lines,
         depth: opts.depth,
     };
-    let mut next_scan = start;
+    let mut watch = Watch::new(opts.subprocesses);
+    let mut events = Vec::new();
     let mut tick: u64 = 0;
     // Whether the run went the whole of -d: its window is then exactly -d long (each tick
     // stands for one period), however soon after the last tick the loop ends.
@@ -354,19 +398,15 @@ pub fn run_live(
             break;
         }
         let now = Instant::now();
-        if opts.subprocesses && now >= next_scan {
-            next_scan = now + CHILD_SCAN;
-            for pid in descendants(root_pid) {
-                if !procs.iter().any(|p| p.pid == pid) {
-                    procs.push(Proc::pending(pid, now));
-                }
-            }
-        }
-        // Liveness is a /proc read: done on a timer, and at once when a read fails.
+        events.clear();
+        watch.poll(now, &mut events);
+        follow(&mut procs, &events, opts.subprocesses, now);
+        // Liveness (and an exec) is a /proc read: done on a timer, and at once when a read
+        // fails.
         procs.retain_mut(|p| {
             if !p.gone && now >= p.next_alive_check {
                 p.next_alive_check = now + ALIVE_CHECK;
-                p.gone = !p.alive();
+                p.look(now);
             }
             !p.gone
         });
@@ -435,6 +475,13 @@ fn sample_process(
         if now < *next_try {
             return;
         }
+        // A vfork child runs in its parent's memory until it execs (normally very soon): it
+        // has no interpreter of its own yet, and attached now it would be read through its
+        // parent's, whose threads are not its own.
+        if shares_parent_memory(p.pid) == Some(true) {
+            *next_try = now + Duration::from_millis(1);
+            return;
+        }
         let current = std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok();
         if current != *exe {
             *exe = current;
@@ -476,10 +523,7 @@ fn sample_process(
     if opts.native && p.natives.is_none() {
         match NativeTarget::new(p.pid) {
             Ok(n) => p.natives = Some(Box::new(n)),
-            Err(_) => {
-                stats.errors += 1;
-                return;
-            }
+            Err(_) => return p.read_failed(1, now, stats),
         }
     }
     // With --native, the threads to sample are stopped while their stacks are read.
@@ -493,6 +537,9 @@ fn sample_process(
     };
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
     let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
+    // Threads whose stacks could not be read: counted once the process is known to be
+    // neither exiting nor exec'ing.
+    let mut unread = 0;
     let stacks = match (&mut p.state, p.natives.as_deref_mut()) {
         (ProcState::Attached(target), natives) => {
             let before = target.reader.errors();
@@ -509,9 +556,9 @@ fn sample_process(
             };
             let mut stacks = match stacks {
                 Ok(s) => s,
-                Err(_) => return p.read_failed(stats),
+                Err(_) => return p.read_failed(1, now, stats),
             };
-            stats.errors += target.reader.errors() - before;
+            unread = target.reader.errors() - before;
             if let Some(n) = p.natives.as_deref_mut()
                 && !stop.is_empty()
             {
@@ -531,16 +578,21 @@ fn sample_process(
                 n.merge_all(&mut stacks, &stop, &pcs, None, state);
                 stacks
             }
-            Err(_) => return p.read_failed(stats),
+            Err(_) => return p.read_failed(1, now, stats),
         },
         _ => return,
     };
+    if unread > 0 {
+        p.read_failed(unread, now, stats);
+    }
     for s in &stacks {
         if let Some(name) = &s.thread_name {
             let key = (p.pid, s.thread_id, s.os_thread_id);
             let full = stats.thread_names.len() >= MAX_NAMED_THREADS;
             match stats.thread_names.get_mut(&key) {
-                Some(known) if known != name => *known = Arc::clone(name),
+                Some(known) if !Arc::ptr_eq(known, name) && known != name => {
+                    *known = Arc::clone(name)
+                }
                 Some(_) => {}
                 // Bounded for a target that churns through threads for hours: past the
                 // bound, a new thread is labelled from its samples alone.
@@ -605,39 +657,4 @@ fn python_mapped(pid: u32) -> bool {
                 .is_some_and(|name| name.contains("python"))
         })
     })
-}
-
-/// Every descendant of `root`, from the parent pids in `/proc/*/stat` (the kernel's
-/// `children` files are not always built in).
-pub fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of: Vec<(u32, u32)> = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut buf = [0u8; 512];
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(f) = File::open(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Ok(n) = f.read_at(&mut buf, 0) else {
-            continue;
-        };
-        if let Some(ppid) = threads::parse_stat_ppid(&buf[..n]) {
-            parent_of.push((pid, ppid));
-        }
-    }
-    let mut out = Vec::new();
-    let mut queue = vec![root];
-    while let Some(p) = queue.pop() {
-        for (child, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
-            if !out.contains(child) && out.len() < 4096 {
-                out.push(*child);
-                queue.push(*child);
-            }
-        }
-    }
-    out
 }

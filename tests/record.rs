@@ -413,9 +413,22 @@ struct ProfOut {
 }
 
 fn spawn_prof(args: &[String]) -> ProfChild {
+    spawn_prof_under(&[], args)
+}
+
+/// prof run by `wrapper` (a program and its arguments, prof's path and `args` follow), or
+/// directly when `wrapper` is empty.
+fn spawn_prof_under(wrapper: &[&str], args: &[String]) -> ProfChild {
     let stdout = tempfile::tempfile().expect("temp file");
     let stderr = tempfile::tempfile().expect("temp file");
-    let mut cmd = Command::new(prof_path());
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(prof_path());
+            c
+        }
+        None => Command::new(prof_path()),
+    };
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(stdout.try_clone().expect("dup"))
@@ -2299,5 +2312,240 @@ fn launched_threads_keep_their_python_names() {
             }
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 12. A target that execs itself: same pid, new program
+
+impl ProfOut {
+    /// The error count of the summary line.
+    fn errors(&self) -> u64 {
+        let re = regex::Regex::new(r"(\d+) errors").unwrap();
+        let c = re
+            .captures(&self.stderr)
+            .unwrap_or_else(|| panic!("no error count in the summary line\n{}", self.describe()));
+        c[1].parse().unwrap()
+    }
+}
+
+/// What each phase of rec_exec.py says about itself.
+#[derive(Debug, Deserialize)]
+struct ExecPhase {
+    pid: u32,
+    functions: BTreeMap<String, FnInfo>,
+}
+
+/// The recording of rec_exec.py (phase_a, then an exec of the same interpreter, then
+/// phase_b, each burning CPU as long as the other) must show phase_b about as much as
+/// phase_a, with next to no errors.
+fn check_exec_profile(out: &ProfOut, path: &str, dir: &Path, what: &str) {
+    out.assert_code(0, what);
+    let one: ExecPhase = read_json(&dir.join("phase1.json"));
+    let two: ExecPhase = read_json(&dir.join("phase2.json"));
+    assert_eq!(one.pid, two.pid, "{what}: the exec changed the pid");
+    let folded = Folded::read(path, what);
+    let ctx = || format!("{}\nprofile:\n{}", out.describe(), folded.head());
+    assert_eq!(folded.total(), out.summary().0, "{what}: sample total");
+    let a = folded.count(|s| contains(s, &one.functions["phase_a"]));
+    let b = folded.count(|s| contains(s, &two.functions["phase_b"]));
+    eprintln!(
+        "exec: {what}: {a} samples of phase_a, {b} of phase_b, {} errors",
+        out.errors()
+    );
+    assert!(
+        a >= 10,
+        "{what}: {a} samples of phase_a before the exec\n{}",
+        ctx()
+    );
+    // Before the exec was noticed: no sample of phase_b, and an error for every tick.
+    assert!(
+        b * 3 >= a,
+        "{what}: {b} samples of phase_b after the exec, {a} of phase_a before (as long)\n{}",
+        ctx()
+    );
+    assert!(
+        out.errors() * 20 <= folded.total(),
+        "{what}: {} errors for {} samples\n{}",
+        out.errors(),
+        folded.total(),
+        ctx()
+    );
+}
+
+#[test]
+fn a_target_that_execs_is_followed_into_its_new_program() {
+    crate::skip_without_live_targets!();
+    run_on("exec", Scope::Representative, |py| {
+        let py_path = py.path.to_string_lossy().into_owned();
+        // Attached: the target is already running phase_a.
+        let target = Script::start(py, "rec_exec", &["1.5", "1.5"]);
+        let path = target.out("attached.txt");
+        let pid = target.pid.to_string();
+        let out = prof(&strings(&["record", "-p", &pid, "-o", &path]));
+        check_exec_profile(&out, &path, target.dir.path(), &target.what());
+        // Launched, plain and with --subprocesses (which stacks up under `process N`).
+        for flags in [&[][..], &["-s"][..]] {
+            let dir = tempdir();
+            let d = dir.path().to_string_lossy().into_owned();
+            let path = format!("{d}/launched.txt");
+            let what = format!("[{}] record {flags:?} -- rec_exec.py", py.name);
+            let mut args = strings(&["record", "-o", &path]);
+            args.extend(strings(flags));
+            args.extend(strings(&[
+                "--",
+                &py_path,
+                "-u",
+                &script_path("rec_exec"),
+                &d,
+                "1.5",
+                "1.5",
+            ]));
+            check_exec_profile(&prof(&args), &path, dir.path(), &what);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 13. Short-lived children with --subprocesses
+
+/// What rec_spawner.py says at the end: the pids of its children, each confirmed by the
+/// child itself.
+#[derive(Debug, Deserialize)]
+struct Spawned {
+    children: Vec<u32>,
+    functions: BTreeMap<String, FnInfo>,
+}
+
+/// `prof record -s` (run by `wrapper`) on a parent that starts 200 Python children, two at
+/// a time, each alive well under 0.1 s on an idle machine: at least 98% of them must be in
+/// the profile, running child_work under their own `process N`, with few errors.
+fn check_short_children(py: &Python, wrapper: &[&str], how: &str) {
+    let dir = tempdir();
+    let d = dir.path().to_string_lossy().into_owned();
+    let path = format!("{d}/children.txt");
+    let py_path = py.path.to_string_lossy().into_owned();
+    let what = format!("[{}] record -s -- rec_spawner.py ({how})", py.name);
+    let args = strings(&[
+        "record",
+        "-s",
+        "-o",
+        &path,
+        "--",
+        &py_path,
+        "-u",
+        &script_path("rec_spawner"),
+        &d,
+        "200",
+        "2",
+    ]);
+    let out = spawn_prof_under(wrapper, &args).wait(PROF_TIMEOUT * 3);
+    out.assert_code(0, &what);
+    let spawned: Spawned = read_json(&dir.path().join("pids.json"));
+    assert_eq!(spawned.children.len(), 200, "{what}: children started");
+    let folded = Folded::read(&path, &what);
+    let ctx = || format!("{}\nprofile:\n{}", out.describe(), folded.head());
+    assert_eq!(folded.total(), out.summary().0, "{what}: sample total");
+    let work = &spawned.functions["child_work"];
+    let mut per_pid: BTreeMap<u32, u64> = BTreeMap::new();
+    for (frames, count) in &folded.stacks {
+        let pid = frames
+            .first()
+            .and_then(|f| f.strip_prefix("process "))
+            .and_then(|p| p.parse().ok());
+        if let Some(pid) = pid
+            && contains(&labels(frames), work)
+        {
+            *per_pid.entry(pid).or_default() += count;
+        }
+    }
+    let missed: Vec<u32> = spawned
+        .children
+        .iter()
+        .copied()
+        .filter(|c| !per_pid.contains_key(c))
+        .collect();
+    let found = spawned.children.len() - missed.len();
+    let mut counts: Vec<u64> = per_pid.values().copied().collect();
+    counts.sort_unstable();
+    eprintln!(
+        "children: {what}: {found} of 200 children sampled in child_work (samples each: \
+         min {}, median {}), {} errors for {} samples",
+        counts.first().unwrap_or(&0),
+        counts.get(counts.len() / 2).unwrap_or(&0),
+        out.errors(),
+        folded.total()
+    );
+    // Looked for every 200 ms, 8-24% of such children were missed.
+    assert!(
+        found * 100 >= 98 * 200,
+        "{what}: only {found} of 200 children in the profile; missed {missed:?}\n{}",
+        ctx()
+    );
+    // Children exiting (or exec'ing) while they were read cost an error each. What is left
+    // are stacks that changed during every read, mostly as a child imports at start-up:
+    // 0.05-0.3 per child.
+    assert!(
+        out.errors() * 2 <= spawned.children.len() as u64,
+        "{what}: {} errors for {} children ({} samples)\n{}",
+        out.errors(),
+        spawned.children.len(),
+        folded.total(),
+        ctx()
+    );
+}
+
+#[test]
+fn short_lived_children_are_found_as_they_appear() {
+    crate::skip_without_live_targets!();
+    run_on("short_children", Scope::Representative, |py| {
+        check_short_children(py, &[], "as the user running the tests");
+    });
+}
+
+/// The way to run prof without CAP_NET_ADMIN (so without the kernel's process events),
+/// when the tests run as root: `setpriv`, dropping it from the bounding set.
+fn without_net_admin() -> Option<Vec<&'static str>> {
+    const WRAPPER: [&str; 2] = ["setpriv", "--bounding-set=-net_admin"];
+    let status = Command::new(WRAPPER[0])
+        .args(&WRAPPER[1..])
+        .args(["grep", "^CapEff:", "/proc/self/status"])
+        .output()
+        .ok()?;
+    let caps = String::from_utf8_lossy(&status.stdout);
+    let caps = u64::from_str_radix(caps.trim_start_matches("CapEff:").trim(), 16).ok()?;
+    // CAP_NET_ADMIN is capability 12.
+    (status.status.success() && caps & (1 << 12) == 0).then(|| WRAPPER.to_vec())
+}
+
+#[test]
+fn short_lived_children_are_found_without_the_kernels_process_events() {
+    crate::skip_without_live_targets!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "short_children_unprivileged: the tests do not run as root, so \
+             short_lived_children_are_found_as_they_appear already tested this"
+        );
+        return;
+    }
+    let Some(wrapper) = without_net_admin() else {
+        eprintln!("skipped: short_children_unprivileged needs `setpriv` to drop CAP_NET_ADMIN");
+        return;
+    };
+    // One interpreter (a 3.11/3.12 one when there is one): what differs here is how prof
+    // finds processes, not how it reads them.
+    let all = common::pythons();
+    let (mut chosen, _) = select(&all, Scope::Representative);
+    chosen.sort_by_key(|p| !(p.version >= (3, 11) && p.version <= (3, 12)));
+    chosen.truncate(1);
+    let names: Vec<&str> = chosen.iter().map(|p| p.name.as_str()).collect();
+    eprintln!(
+        "short_children_unprivileged: running on {} (one interpreter)",
+        names.join(", ")
+    );
+    assert!(!chosen.is_empty(), "no interpreter selected");
+    run_each("short_children_unprivileged: ", &chosen, |py| {
+        check_short_children(py, &wrapper, "without CAP_NET_ADMIN");
     });
 }

@@ -558,3 +558,47 @@ fn native_frames_shown_and_hidden_with_n() {
     tmux.wait_for("prof's exit", |s| s.contains("prof-exit=0"));
     assert_not_stopped(pid, "top_busy.py");
 }
+
+#[test]
+fn top_follows_a_target_that_execs() {
+    crate::skip_without_live_targets!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (Some(py), true) = (python(), have_tmux()) else {
+        return;
+    };
+    // rec_exec.py runs phase_a for 1.5 s, then execs the same interpreter on itself (same
+    // pid), which runs phase_b for 60 s.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmux = Tmux::start();
+    tmux.type_line(&format!(
+        "{} top --delay 0.25 -- {} {} {} 1.5 60; echo prof-exit=$?",
+        prof_path(),
+        py.display(),
+        testdata().join("rec_exec.py").display(),
+        dir.path().display()
+    ));
+    let s = tmux.wait_for("phase_a", |s| s.contains("phase_a"));
+    let child = figure(&s, "pid") as u32;
+    let _guard = KillOnDrop(child, "rec_exec");
+    // Before execs were followed, phase_b never showed and Errors grew by a tick's worth
+    // every tick.
+    let s = tmux.wait_for("phase_b, after the exec", |s| s.contains("phase_b"));
+    assert!(
+        dir.path().join("phase2.json").exists(),
+        "phase_b on the screen before the target wrote phase2.json:\n{s}"
+    );
+    thread::sleep(Duration::from_millis(1000));
+    let s = tmux.screen();
+    assert!(s.contains("phase_b"), "{s}");
+    let (errors, samples) = (figure(&s, "Errors"), figure(&s, "Samples"));
+    assert!(
+        errors * 20.0 <= samples,
+        "{errors} errors for {samples} samples:\n{s}"
+    );
+    tmux.keys(&["q"]);
+    tmux.wait_for("prof's exit", |s| {
+        s.lines().any(|l| l.starts_with("prof-exit="))
+    });
+    assert!(!alive(child), "the launched command is still running");
+    assert_terminal_restored(&tmux);
+}

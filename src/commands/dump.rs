@@ -12,7 +12,6 @@ use crate::process::ptrace::PauseGuard;
 use crate::process::{self, ProcessError};
 use crate::python::{FrameOptions, module_name};
 use crate::sample::{FrameKind, LocalVar, ThreadStack};
-use crate::sampler;
 
 /// A frame in py-spy's JSON schema (plus `native`).
 #[derive(Serialize)]
@@ -66,7 +65,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         Err(e) => return Err(e),
     };
     if args.subprocesses {
-        for pid in sampler::descendants(args.pid) {
+        for pid in crate::process::events::descendants(args.pid) {
             match attach(pid) {
                 Ok(target) => match capture_python(target, args) {
                     Ok(d) => dumps.push(d),

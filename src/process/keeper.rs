@@ -291,7 +291,7 @@ impl Keeper {
         let mut asked: Vec<u32> = Vec::new();
         loop {
             self.reap(true);
-            let left = crate::sampler::descendants(me);
+            let left = super::events::descendants(me);
             if left.is_empty() {
                 return;
             }
@@ -312,7 +312,7 @@ impl Keeper {
         }
         let give_up = Instant::now() + KILL_LIMIT;
         loop {
-            for pid in crate::sampler::descendants(me) {
+            for pid in super::events::descendants(me) {
                 // SAFETY: as above.
                 unsafe {
                     libc::kill(pid as i32, libc::SIGKILL);
@@ -320,7 +320,7 @@ impl Keeper {
             }
             std::thread::sleep(Duration::from_millis(10));
             self.reap(true);
-            if crate::sampler::descendants(me).is_empty() || Instant::now() >= give_up {
+            if super::events::descendants(me).is_empty() || Instant::now() >= give_up {
                 return;
             }
         }

@@ -1,6 +1,7 @@
 //! The target layer: memory, maps, threads and stopping a live process.
 
 pub mod core;
+pub mod events;
 pub mod keeper;
 pub mod maps;
 pub mod memory;
