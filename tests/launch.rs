@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::tmux::{Tmux, have_tmux};
-use common::{Group, Python, prof_path, pythons, testdata};
+use common::{Group, Python, prof_path, pythons, testdata, wait_for_file};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
@@ -160,22 +160,6 @@ fn tree_command(py: &Python, dir: &Path, ignore: &str, end: &str) -> Vec<String>
         ignore.into(),
         end.into(),
     ]
-}
-
-/// Wait until `file` exists; fails early with `gone()`'s reason if it returns one.
-fn wait_for_file(file: &Path, mut gone: impl FnMut() -> Option<String>, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !file.exists() {
-        if let Some(why) = gone() {
-            panic!("{what}: {why} before {} appeared", file.display());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} did not appear within {WAIT:?}",
-            file.display()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `prof record` of the tree, in a process group of its own like a shell's job.

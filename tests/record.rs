@@ -28,7 +28,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Group, PROF_TIMEOUT, Python, READY_TIMEOUT, assert_not_stopped, prof_path, run_each};
+use common::{
+    Group, PROF_TIMEOUT, Python, READY_TIMEOUT, assert_not_stopped, prof_path, run_each,
+    wait_for_file,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Deserialize;
@@ -195,22 +198,6 @@ fn tempdir() -> tempfile::TempDir {
         .prefix("prof-rec-")
         .tempdir()
         .expect("tempdir")
-}
-
-/// Waits for `path` to appear; `gone` reports the process the file depends on as exited.
-fn wait_for_file(path: &Path, mut gone: impl FnMut() -> Option<String>, what: &str) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !path.exists() {
-        if let Some(why) = gone() {
-            panic!("{what}: {} never appeared: {why}", path.display());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} not there after {READY_TIMEOUT:?}",
-            path.display()
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A target started by the test (attach mode), killed with its process group on drop.

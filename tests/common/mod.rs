@@ -30,6 +30,23 @@ use serde::Deserialize;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PROF_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Waits up to [`READY_TIMEOUT`] for `path` to appear; fails early with `gone()`'s reason
+/// (the process the file depends on exited) if it gives one.
+pub fn wait_for_file(path: &Path, mut gone: impl FnMut() -> Option<String>, what: &str) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !path.exists() {
+        if let Some(why) = gone() {
+            panic!("{what}: {} never appeared: {why}", path.display());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} not there after {READY_TIMEOUT:?}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Emulation
 
