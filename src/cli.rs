@@ -141,14 +141,17 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub target: TargetArgs,
 
-    /// Output file [default: <program or pid>-<time>.<format's extension>].
+    /// Output file; may be repeated to write several formats from one run [default:
+    /// <program or pid>-<time>.<format's extension>].
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Vec<std::path::PathBuf>,
 
     /// Output format: flamegraph, raw (collapsed), speedscope, chrometrace, pprof
-    /// [default: from the output file's extension, else flamegraph].
+    /// [default: from the output file's extension, else flamegraph]. With several -o,
+    /// one -f applies to those whose extension names no format, or one -f per -o pairs
+    /// them in order.
     #[arg(short, long, value_name = "FORMAT")]
-    pub format: Option<String>,
+    pub format: Vec<String>,
 
     /// Stop after this many seconds of wall-clock time [default: until Ctrl-C or the
     /// target exits].
@@ -273,7 +276,7 @@ mod tests {
                 r.target.rate, 100.0,
                 "{line}: -r after the command is the command's"
             );
-            assert_eq!(r.output.as_deref(), Some(std::path::Path::new("x.svg")));
+            assert_eq!(r.output, [std::path::PathBuf::from("x.svg")]);
         }
     }
 

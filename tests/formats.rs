@@ -159,6 +159,42 @@ fn character_devices_stay_devices() {
     );
     assert!(is_device(&full, 7), "the device was replaced\n{what}");
     assert_eq!(listing(out_dir.path()), ["full", "null"], "{what}");
+
+    // Outputs that fail do not cost the others: each failure is one line, in order, after
+    // the summary, which names what was written; the exit code says something failed.
+    let full2 = out_dir.path().join("full2");
+    mknod_char(&full2, 1, 7).unwrap();
+    let good = out_dir.path().join("good.txt");
+    let args: Vec<&str> = [&full, &good, &full2]
+        .iter()
+        .flat_map(|p| ["-o", p.to_str().unwrap()])
+        .collect();
+    let (out, ready, what) = record(&py, &args, 0.5);
+    assert_eq!(out.status.code(), Some(1), "{what}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let enospc = |p: &Path| {
+        format!(
+            "prof: cannot write {}: No space left on device (os error 28)",
+            p.display()
+        )
+    };
+    assert_eq!(
+        lines[lines.len().saturating_sub(2)..],
+        [enospc(&full), enospc(&full2)],
+        "{what}"
+    );
+    assert!(
+        stderr.contains(&format!("; wrote {}\n", good.display())),
+        "{what}"
+    );
+    let burst = &ready.func("burst").name;
+    let written = fs::read_to_string(&good).unwrap();
+    assert!(
+        written.contains(&format!(";{burst} (")),
+        "{written:?}\n{what}"
+    );
+    assert!(is_device(&full, 7) && is_device(&full2, 7), "{what}");
 }
 
 #[test]

@@ -1226,6 +1226,48 @@ fn every_format_parses_back() {
     });
 }
 
+/// `-o` repeated: one recording written in every format asked for, each holding the same
+/// samples (the checks compare each file's total with the one summary line). The Chrome
+/// trace, which cannot do without the timeline, is not first: any output's need of it
+/// counts.
+#[test]
+fn one_recording_several_outputs() {
+    crate::skip_without_live_targets!();
+    run_on("several outputs", Scope::Representative, |py| {
+        let target = Script::start(py, "rec_work", &["0", "2"]);
+        let pid = target.pid.to_string();
+        let what = |f: &str| format!("{} {f}", target.what());
+        let [svg, pprof, raw, trace] =
+            ["p.svg", "p.pb.gz", "stacks", "p.trace.json"].map(|name| target.out(name));
+        let mut args = strings(&["record", "-p", &pid, "-d", "1", "-f", "raw"]);
+        for p in [&svg, &pprof, &raw, &trace] {
+            args.extend(["-o".to_string(), p.clone()]);
+        }
+        let out = prof(&args);
+        out.assert_code(0, &target.what());
+        assert_eq!(
+            out.stderr.matches(" samples from ").count(),
+            1,
+            "{}: one run, one summary\n{}",
+            target.what(),
+            out.describe()
+        );
+        assert!(
+            out.stderr
+                .contains(&format!("; wrote {svg}, {pprof}, {raw}, {trace}")),
+            "{}: the summary names every output\n{}",
+            target.what(),
+            out.describe()
+        );
+        check_flamegraph(&svg, &out, &target.ready, &what("flamegraph"));
+        check_pprof(&pprof, &out, &target.ready, &what("pprof"));
+        // No extension: the one -f.
+        let folded = Folded::read(&raw, &what("raw"));
+        check_work_profile(&folded, &out, &target.ready, false, &what("raw"));
+        check_chrometrace(&trace, &target.ready, &what("chrometrace"));
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 3. Exit codes in launch mode
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use crossbeam_channel::{TryRecvError, bounded};
 
 use crate::attach::{attach, is_not_python};
@@ -32,19 +32,12 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     {
         bail!("--duration must be a positive number of seconds, not {d}");
     }
-    let format = match (&args.format, &args.output) {
-        (Some(name), _) => Format::from_name(name).ok_or_else(|| {
-            anyhow!("unknown format {name:?} (expected flamegraph, raw, speedscope, chrometrace or pprof)")
-        })?,
-        (None, Some(path)) => Format::from_extension(path).unwrap_or(Format::Flamegraph),
-        (None, None) => Format::Flamegraph,
-    };
-    let path = match &args.output {
-        Some(p) => p.clone(),
-        None => default_output(t, format),
-    };
+    let outputs = choose_outputs(&args.output, &args.format, |f| default_output(t, f))?;
     // An unwritable path is found now, not after a long recording.
-    let output = OutputPath::check(&path)?;
+    let checked = outputs
+        .iter()
+        .map(|(path, _)| OutputPath::check(path))
+        .collect::<Result<Vec<_>>>()?;
 
     let stop = spawn::install_stop_handlers();
     let (root, launched, title) = start_target(t)?;
@@ -54,7 +47,7 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
         by_function: args.function,
         no_line_numbers: args.nolineno,
         full_filenames: t.full_filenames,
-        keep_timeline: format.needs_timeline(),
+        keep_timeline: outputs.iter().any(|(_, f)| f.needs_timeline()),
     };
     let mut sampler_opts = sampler_options(t, args.duration.map(Duration::from_secs_f64));
     sampler_opts.function_lines = args.function;
@@ -69,27 +62,103 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
         dropped_ticks: stats.dropped_ticks,
         errors: stats.errors,
     });
-    let written = output.write(format, &profile);
-    summary(&profile, &stats, &path, written.is_ok(), t.subprocesses);
+    // One failed output does not cost the others: each is written, then the failures said.
+    let mut written = Vec::new();
+    let mut empty = Vec::new();
+    let mut failed = Vec::new();
+    for ((path, format), output) in outputs.iter().zip(&checked) {
+        match output.write(*format, &profile) {
+            Ok(()) => written.push(path.as_path()),
+            Err(e)
+                if e.downcast_ref::<OutputError>()
+                    .is_some_and(|e| matches!(e, OutputError::NoSamples)) =>
+            {
+                empty.push(path.as_path())
+            }
+            Err(e) => failed.push(e),
+        }
+    }
+    summary(&profile, &stats, &written, t.subprocesses);
     let code = match launched {
         Some(child) => child.wait(),
         None => 0,
     };
-    match written {
-        Ok(()) => Ok(code),
-        Err(e)
-            if e.downcast_ref::<OutputError>()
-                .is_some_and(|e| matches!(e, OutputError::NoSamples)) =>
-        {
-            // Nothing to draw is not worth an empty file; the command's own result stands.
-            eprintln!(
-                "prof: no samples were collected, so {} was not written (was every thread idle? try --idle)",
-                path.display()
-            );
-            Ok(if launched_mode { code } else { 1 })
-        }
-        Err(e) => Err(e),
+    for path in &empty {
+        // Nothing to draw is not worth an empty file; the command's own result stands.
+        eprintln!(
+            "prof: no samples were collected, so {} was not written (was every thread idle? try --idle)",
+            path.display()
+        );
     }
+    if let Some(last) = failed.pop() {
+        for e in failed {
+            eprintln!("prof: {e:#}");
+        }
+        return Err(last);
+    }
+    Ok(if empty.is_empty() || launched_mode {
+        code
+    } else {
+        1
+    })
+}
+
+/// The outputs of a run in the order given, each path with its format.
+///
+/// Each `-o` takes its format from its own `-f` when there are as many `-f` as `-o`
+/// (paired in order, the `-f` deciding, as py-spy's `-f` does for its one output); else
+/// from its extension, else from the one `-f` given for all, else flamegraph. Without
+/// `-o`, each `-f` (or flamegraph) is written to a default name from `default`.
+fn choose_outputs(
+    paths: &[PathBuf],
+    names: &[String],
+    default: impl Fn(Format) -> PathBuf,
+) -> Result<Vec<(PathBuf, Format)>> {
+    let formats = names
+        .iter()
+        .map(|name| Ok(name.parse::<Format>()?))
+        .collect::<Result<Vec<Format>>>()?;
+    if paths.is_empty() {
+        let mut chosen: Vec<Format> = Vec::new();
+        for f in formats.iter().copied() {
+            if !chosen.contains(&f) {
+                chosen.push(f);
+            }
+        }
+        if chosen.is_empty() {
+            chosen.push(Format::Flamegraph);
+        }
+        return Ok(chosen.into_iter().map(|f| (default(f), f)).collect());
+    }
+    let outputs: Vec<(PathBuf, Format)> = match formats.len() {
+        n if n == paths.len() => paths.iter().cloned().zip(formats).collect(),
+        0 | 1 => {
+            let shared = formats.first().copied();
+            if shared.is_some() && paths.iter().all(|p| Format::from_extension(p).is_some()) {
+                bail!(
+                    "-f {} applies to no output: every -o's extension names its format (give one -f per -o to pair them in order)",
+                    names[0]
+                );
+            }
+            paths
+                .iter()
+                .map(|p| {
+                    let format = Format::from_extension(p).or(shared);
+                    (p.clone(), format.unwrap_or(Format::Flamegraph))
+                })
+                .collect()
+        }
+        n => bail!(
+            "{n} formats (-f) for {} outputs (-o): give one -f per -o, or one -f for the outputs whose extension names no format",
+            paths.len()
+        ),
+    };
+    for (i, (path, _)) in outputs.iter().enumerate() {
+        if outputs[..i].iter().any(|(seen, _)| seen == path) {
+            bail!("{} is given twice as -o", path.display());
+        }
+    }
+    Ok(outputs)
 }
 
 /// Exactly one of `--pid` and a command.
@@ -239,20 +308,15 @@ fn status_line(profile: &Profile, elapsed: Duration) {
     );
 }
 
-fn summary(
-    profile: &Profile,
-    stats: &SamplerStats,
-    path: &Path,
-    written: bool,
-    subprocesses: bool,
-) {
+fn summary(profile: &Profile, stats: &SamplerStats, written: &[&Path], subprocesses: bool) {
     let mut line = stats.summary_line(
         profile.total_samples(),
         profile.threads().len(),
         profile.meta().requested_rate,
     );
-    if written {
-        line.push_str(&format!("; wrote {}", path.display()));
+    if !written.is_empty() {
+        let paths: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        line.push_str(&format!("; wrote {}", paths.join(", ")));
     }
     eprintln!("{line}");
     if !stats.root_attached {
@@ -348,5 +412,56 @@ mod tests {
         );
         assert_eq!(program_name(&cmd("python -m http.server")), "http_server");
         assert_eq!(program_name(&cmd("./bench")), "bench");
+    }
+
+    /// `choose_outputs` for `-o` paths and `-f` names, as `path:format` words, or the error.
+    fn chosen(paths: &str, names: &str) -> String {
+        let paths: Vec<PathBuf> = paths.split_whitespace().map(PathBuf::from).collect();
+        let default = |f: Format| PathBuf::from(format!("app-T.{}", f.default_extension()));
+        match choose_outputs(&paths, &cmd(names), default) {
+            Ok(outputs) => outputs
+                .iter()
+                .map(|(p, f)| format!("{}:{f}", p.display()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn outputs_and_formats() {
+        // Without -o: one default name per distinct -f.
+        assert_eq!(chosen("", ""), "app-T.svg:flamegraph");
+        assert_eq!(
+            chosen("", "raw speedscope raw"),
+            "app-T.txt:raw app-T.json:speedscope"
+        );
+        // One -o: the -f decides, else the extension, else flamegraph.
+        assert_eq!(chosen("p.txt", "speedscope"), "p.txt:speedscope");
+        assert_eq!(chosen("p.pb.gz", ""), "p.pb.gz:pprof");
+        assert_eq!(chosen("p", ""), "p:flamegraph");
+        // Several -o: extensions, and one -f for those whose extension says nothing.
+        assert_eq!(
+            chosen("a.svg b.pb.gz c.txt", ""),
+            "a.svg:flamegraph b.pb.gz:pprof c.txt:raw"
+        );
+        assert_eq!(
+            chosen("a.svg /dev/null prof.out", "raw"),
+            "a.svg:flamegraph /dev/null:raw prof.out:raw"
+        );
+        // As many -f as -o: paired in order.
+        assert_eq!(
+            chosen("a.json b", "chrometrace pprof"),
+            "a.json:chrometrace b:pprof"
+        );
+        for (paths, names, error) in [
+            ("a.svg b.txt", "raw", "-f raw applies to no output"),
+            ("a b c", "raw pprof", "2 formats (-f) for 3 outputs (-o)"),
+            ("a.svg b.txt a.svg", "", "a.svg is given twice as -o"),
+            ("a.svg", "bogus", "unknown format \"bogus\""),
+        ] {
+            let got = chosen(paths, names);
+            assert!(got.starts_with(&format!("error: {error}")), "{got}");
+        }
     }
 }
