@@ -597,9 +597,10 @@ impl Memory for ImageMemory {
     }
 }
 
-/// For tests of reading a live process (their own): prints a notice and returns true when
-/// `process_vm_readv` is not there, as under qemu-user (which runs a cross build's tests
-/// and implements neither it nor ptrace), so that the test can return early.
+/// For tests of a live process (their own, or a child): prints a notice and returns true
+/// when `process_vm_readv` is not there, as under qemu-user (which runs a cross build's
+/// tests and implements neither it, nor ptrace, nor a `clone` that shares memory without
+/// being a thread), so that the test can return early.
 #[cfg(test)]
 pub(crate) fn skip_without_live_reads(test: &str) -> bool {
     // SAFETY: an empty read of this process's memory; nothing is written.
@@ -609,7 +610,7 @@ pub(crate) fn skip_without_live_reads(test: &str) -> bool {
     let missing = r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS);
     if missing {
         // Straight to stderr, past libtest's capture: a skip must show in every run.
-        let msg = format!("skipped: {test} needs process_vm_readv, not available under qemu\n");
+        let msg = format!("skipped: {test} needs live-process system calls that qemu-user lacks\n");
         let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
     }
     missing
