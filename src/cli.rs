@@ -76,6 +76,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Show a live, top-like view of the functions taking the most time.
     Top(TopArgs),
+    /// Print the top functions of a profile file (pprof, speedscope or raw).
+    Report(ReportArgs),
 }
 
 /// What to sample: a running process or a command to launch, and how often.
@@ -167,6 +169,10 @@ pub struct RecordArgs {
     #[arg(long)]
     pub nolineno: bool,
 
+    /// At the end, print the top functions to stderr (the table of `prof report`).
+    #[arg(long)]
+    pub summary: bool,
+
     /// py-spy's switch for its progress bar: hide prof's live status line.
     #[arg(long, hide = true)]
     pub hideprogress: bool,
@@ -232,6 +238,44 @@ pub struct TopArgs {
         allow_negative_numbers = true
     )]
     pub delay: f64,
+}
+
+/// Options of `prof report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The profile: a pprof, speedscope or raw (collapsed) file, told apart by content.
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Print a GitHub Markdown table (for `$GITHUB_STEP_SUMMARY`).
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
+
+    /// Print JSON: `{"samples", "functions": [{"name", "file", "line", "own", "total",
+    /// "own_samples", "total_samples"}]}`, shares as fractions.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Most functions shown, the most own samples first; 0 shows all.
+    #[arg(long, default_value_t = crate::commands::report::DEFAULT_TOP, value_name = "N")]
+    pub top: usize,
+
+    /// One row per function, or per line of a function.
+    #[arg(long, value_enum, default_value_t = By::Function)]
+    pub by: By,
+
+    /// Only the samples of the threads of this name (or label, as `MainThread (tid 12)`).
+    #[arg(long, value_name = "NAME")]
+    pub thread: Option<String>,
+}
+
+/// How `prof report` groups samples into rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// One row per function.
+    Function,
+    /// One row per line of a function.
+    Line,
 }
 
 #[cfg(test)]

@@ -71,6 +71,9 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     });
     let written = output.write(format, &profile);
     summary(&profile, &stats, &path, written.is_ok(), t.subprocesses);
+    if args.summary {
+        super::report::print_summary(&profile);
+    }
     let code = match launched {
         Some(child) => child.wait(),
         None => 0,

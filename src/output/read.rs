@@ -139,8 +139,14 @@ fn read_unpacked(bytes: &[u8], title: &str) -> Result<ReadProfile> {
             // text-like, which is why pprof is tried when folded stacks fail.
             Ok(text) => match folded(text, title) {
                 Ok(p) => (Format::Raw, Ok(p)),
-                Err(raw_err) => match pprof(bytes, title) {
+                Err((line, raw_err)) => match pprof(bytes, title) {
                     Ok(p) => (Format::Pprof, Ok(p)),
+                    // Text whose first line is no folded stack is some other text.
+                    Err(_) if line == 1 => {
+                        return Err(ReadError::Unknown(format!(
+                            "text that is not folded stacks ({raw_err}); prof reads pprof, speedscope and raw files"
+                        )));
+                    }
                     Err(_) => (Format::Raw, Err(raw_err)),
                 },
             },
@@ -273,17 +279,21 @@ fn is_thread_label(frame: &str) -> bool {
 
 // ---- raw (folded stacks) ----
 
-/// Folded stacks: `root;...;leaf count` lines (see [`super::raw`]).
-fn folded(text: &str, title: &str) -> std::result::Result<Profile, String> {
+/// Folded stacks: `root;...;leaf count` lines (see [`super::raw`]). An error says which
+/// of the non-blank lines (counting from 1) was wrong, and how.
+fn folded(text: &str, title: &str) -> std::result::Result<Profile, (usize, String)> {
     let mut b = Builder::new(ProfileMeta::new(title, 0.0, SystemTime::UNIX_EPOCH));
+    let mut seen = 0;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() {
             continue;
         }
+        seen += 1;
         let bad = || {
             let shown: String = line.chars().take(60).collect();
-            format!("line {} is not `frame;frame;... count`: {shown:?}", n + 1)
+            let msg = format!("line {} is not `frame;frame;... count`: {shown:?}", n + 1);
+            (seen, msg)
         };
         let (stack, count) = line.rsplit_once(' ').ok_or_else(bad)?;
         let count: u64 = count.parse().map_err(|_| bad())?;
@@ -1123,6 +1133,12 @@ mod tests {
         assert!(svg.contains("SVG"), "{svg}");
         let raw = err(b"main;f 3\nmain;g three\n");
         assert!(raw.starts_with("malformed raw profile: line 2"), "{raw}");
+        let text = err(b"\nimport time\n");
+        assert!(
+            text.starts_with("not a profile prof can read: text"),
+            "{text}"
+        );
+        assert!(text.contains("line 2"), "{text}");
         let json = err(br#"{"shared":{"frames":[]},"profiles":[{"type":"sampled","samples":[[0]],"weights":[1]}]}"#);
         assert!(json.contains("frame 0, of 0"), "{json}");
         let binary = err(&[0x0a, 0xff, 0xff, 0x00, 0x80]);
