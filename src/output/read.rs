@@ -129,7 +129,8 @@ fn read_unpacked(bytes: &[u8], title: &str) -> Result<ReadProfile> {
         }
         Some(b'{') => (Format::Speedscope, speedscope(bytes, title)),
         Some(b'[') => return Err(chrome()),
-        Some(b'<') => {
+        // Folded stacks may start with `<module>`: only XML is an SVG.
+        Some(b'<') if is_xml(bytes) => {
             return Err(ReadError::Unknown(
                 "an SVG flame graph (it holds no samples to read back; record with -f pprof, speedscope or raw)".into(),
             ));
@@ -473,6 +474,14 @@ fn speedscope(bytes: &[u8], title: &str) -> std::result::Result<Profile, String>
         set_rates(&mut b.profile, 0.0, count_sum as f64 / seconds, 0.0);
     }
     Ok(b.profile)
+}
+
+/// Does the content start like an XML document (an SVG)?
+fn is_xml(bytes: &[u8]) -> bool {
+    let start = bytes.trim_ascii_start();
+    [&b"<?xml"[..], b"<svg", b"<!DOCTYPE", b"<!--"]
+        .iter()
+        .any(|p| start.len() >= p.len() && start[..p.len()].eq_ignore_ascii_case(p))
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -1006,6 +1015,12 @@ mod tests {
     #[test]
     fn other_tools_folded_stacks() {
         let text = "main;parse;lex 3\r\n\nmain;parse 1\nmain;[unknown] 2\n";
+        // Python's folded stacks start with `<module>`: not to be taken for XML.
+        let module = read_bytes(b"<module> (a.py:1);f (a.py:2) 5\n").unwrap();
+        assert_eq!(
+            (module.format, module.profile.total_samples()),
+            (Format::Raw, 5)
+        );
         let read = read_bytes(text.as_bytes()).unwrap();
         assert_eq!(read.format, Format::Raw);
         let p = &read.profile;
