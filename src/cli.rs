@@ -334,6 +334,31 @@ mod tests {
     }
 
     #[test]
+    fn report_options() {
+        let Command::Report(r) = parse("prof report --by line --top 5 --thread Main x.pb.gz")
+            .unwrap()
+            .command
+        else {
+            panic!("not report");
+        };
+        assert_eq!(
+            (r.by, r.top, r.thread.as_deref()),
+            (By::Line, 5, Some("Main"))
+        );
+        assert_eq!(r.file, std::path::Path::new("x.pb.gz"));
+        let Command::Report(r) = parse("prof report x").unwrap().command else {
+            panic!("not report");
+        };
+        assert_eq!(
+            (r.by, r.top, r.json, r.markdown),
+            (By::Function, 20, false, false)
+        );
+        assert!(parse("prof report --json --markdown x").is_err());
+        assert!(parse("prof report --by file x").is_err());
+        assert!(parse("prof report").is_err());
+    }
+
+    #[test]
     fn locals_repeat() {
         let Command::Dump(d) = parse("prof dump -p 1 -ll -s").unwrap().command else {
             panic!("not dump");
