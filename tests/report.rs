@@ -23,9 +23,9 @@ const TOLERANCE: f64 = 0.03;
 
 /// rec_split.py running in its own process group, killed on drop.
 struct Split {
-    group: Group,
+    // Dropped first: the target is killed before its directory goes.
+    _group: Group,
     pid: u32,
-    // Dropped after the group is killed.
     dir: tempfile::TempDir,
 }
 
@@ -69,7 +69,11 @@ impl Split {
             );
             thread::sleep(Duration::from_millis(10));
         }
-        Split { group, pid, dir }
+        Split {
+            _group: group,
+            pid,
+            dir,
+        }
     }
 
     /// The target's own accumulated times (rewritten atomically every 0.2 s).
@@ -234,7 +238,6 @@ fn report_names_the_hot_function_with_the_targets_share() {
                 .sum();
             assert_eq!(a_lines, own_samples, "{what}: split_a's lines add up");
         }
-        drop(target.group);
     });
 }
 

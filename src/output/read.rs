@@ -284,6 +284,8 @@ fn is_thread_label(frame: &str) -> bool {
 /// of the non-blank lines (counting from 1) was wrong, and how.
 fn folded(text: &str, title: &str) -> std::result::Result<Profile, (usize, String)> {
     let mut b = Builder::new(ProfileMeta::new(title, 0.0, SystemTime::UNIX_EPOCH));
+    // Lines repeat their outer frames: each label is parsed once.
+    let mut by_label: HashMap<&str, Frame> = HashMap::new();
     let mut seen = 0;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
@@ -320,8 +322,13 @@ fn folded(text: &str, title: &str) -> std::result::Result<Profile, (usize, Strin
             .iter()
             .rev()
             .map(|l| {
-                let (name, file, line) = parse_frame_label(l);
-                b.frame(name, file, line, 0)
+                by_label
+                    .entry(*l)
+                    .or_insert_with(|| {
+                        let (name, file, line) = parse_frame_label(l);
+                        b.frame(name, file, line, 0)
+                    })
+                    .clone()
             })
             .collect();
         b.add(title.as_deref(), frames, count);
