@@ -373,80 +373,32 @@ mod tests {
     use std::collections::BTreeMap;
     use std::io::Read;
 
-    /// A decoded field: a varint or a length-delimited payload.
-    #[derive(Debug, Clone)]
-    enum Field {
-        Varint(u64),
-        Bytes(Vec<u8>),
-    }
+    use crate::output::read::{self, Value, Wire};
 
-    fn read_varint(buf: &[u8], pos: &mut usize) -> u64 {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = buf[*pos];
-            *pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return v;
-            }
-        }
-        panic!("varint longer than ten bytes");
-    }
+    /// The fields of a message, decoded by the reader's decoder.
+    type Fields<'a> = Vec<(u32, Value<'a>)>;
 
-    /// Every field of a message, in order; fails on wire types profile.proto never uses.
-    fn fields(buf: &[u8]) -> Vec<(u32, Field)> {
-        let mut pos = 0;
-        let mut out = Vec::new();
-        while pos < buf.len() {
-            let key = read_varint(buf, &mut pos);
-            let (num, wire) = ((key >> 3) as u32, key & 7);
-            let f = match wire {
-                0 => Field::Varint(read_varint(buf, &mut pos)),
-                2 => {
-                    let len = read_varint(buf, &mut pos) as usize;
-                    let b = buf[pos..pos + len].to_vec();
-                    pos += len;
-                    Field::Bytes(b)
-                }
-                w => panic!("unexpected wire type {w} for field {num}"),
-            };
-            out.push((num, f));
-        }
-        out
+    /// Every field of a message, in order; fails on wire types the writer never uses.
+    fn fields(buf: &[u8]) -> Fields<'_> {
+        let fs = Wire::fields(buf).unwrap();
+        assert!(
+            fs.iter().all(|(_, v)| !matches!(v, Value::Fixed)),
+            "a fixed-width field: {fs:?}"
+        );
+        fs
     }
 
     /// A repeated scalar, packed or not.
-    fn repeated(fs: &[(u32, Field)], num: u32) -> Vec<u64> {
-        let mut v = Vec::new();
-        for (n, f) in fs {
-            if *n != num {
-                continue;
-            }
-            match f {
-                Field::Varint(x) => v.push(*x),
-                Field::Bytes(b) => {
-                    let mut pos = 0;
-                    while pos < b.len() {
-                        v.push(read_varint(b, &mut pos));
-                    }
-                }
-            }
-        }
-        v
+    fn repeated(fs: &[(u32, Value)], num: u32) -> Vec<u64> {
+        read::repeated(fs, num).unwrap()
     }
 
-    fn scalar(fs: &[(u32, Field)], num: u32) -> u64 {
-        repeated(fs, num).last().copied().unwrap_or(0)
+    fn scalar(fs: &[(u32, Value)], num: u32) -> u64 {
+        read::scalar(fs, num)
     }
 
-    fn messages(fs: &[(u32, Field)], num: u32) -> Vec<Vec<(u32, Field)>> {
-        fs.iter()
-            .filter(|(n, _)| *n == num)
-            .map(|(_, f)| match f {
-                Field::Bytes(b) => fields(b),
-                Field::Varint(_) => panic!("field {num} is not a message"),
-            })
-            .collect()
+    fn messages<'a>(fs: &[(u32, Value<'a>)], num: u32) -> Vec<Fields<'a>> {
+        read::messages(fs, num).unwrap()
     }
 
     /// What the tests check, read back from the bytes.
@@ -479,8 +431,8 @@ mod tests {
             .iter()
             .filter(|(n, _)| *n == 6)
             .map(|(_, f)| match f {
-                Field::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
-                Field::Varint(_) => panic!("string as varint"),
+                Value::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(),
+                _ => panic!("string as varint"),
             })
             .collect();
         let s = |i: u64| strings[i as usize].clone();
@@ -576,10 +528,10 @@ mod tests {
             put_varint(&mut b, v);
         }
         assert_eq!(&b[..6], [0, 1, 127, 0x80, 1, 0xac]);
-        let mut pos = 0;
-        let back: Vec<u64> = (0..6).map(|_| read_varint(&b, &mut pos)).collect();
+        let mut w = Wire::new(&b);
+        let back: Vec<u64> = (0..6).map(|_| w.varint().unwrap()).collect();
         assert_eq!(back, [0, 1, 127, 128, 300, u64::MAX]);
-        assert_eq!(pos, b.len());
+        assert!(w.varint().is_err(), "every byte was read");
     }
 
     #[test]

@@ -509,26 +509,26 @@ fn set_rates(profile: &mut Profile, requested: f64, achieved: f64, duration: f64
 // ---- pprof ----
 
 /// One field of a protobuf message.
-#[derive(Clone, Copy)]
-enum Value<'a> {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
     /// A fixed-width field; profile.proto has none, so it is skipped.
     Fixed,
 }
 
-/// The fields of a protobuf message, in order.
-struct Wire<'a> {
+/// The fields of a protobuf message, in order (also the pprof writer's tests' decoder).
+pub(crate) struct Wire<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Wire<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Wire { buf, pos: 0 }
     }
 
-    fn varint(&mut self) -> std::result::Result<u64, String> {
+    pub(crate) fn varint(&mut self) -> std::result::Result<u64, String> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
@@ -578,7 +578,7 @@ impl<'a> Wire<'a> {
     }
 
     /// Every field of `buf`.
-    fn fields(buf: &'a [u8]) -> std::result::Result<Vec<(u32, Value<'a>)>, String> {
+    pub(crate) fn fields(buf: &'a [u8]) -> std::result::Result<Vec<(u32, Value<'a>)>, String> {
         let mut w = Wire::new(buf);
         let mut v = Vec::new();
         while let Some(f) = w.next_field()? {
@@ -589,7 +589,7 @@ impl<'a> Wire<'a> {
 }
 
 /// The last value of scalar field `num` (protobuf's rule), 0 when absent.
-fn scalar(fields: &[(u32, Value)], num: u32) -> u64 {
+pub(crate) fn scalar(fields: &[(u32, Value)], num: u32) -> u64 {
     fields
         .iter()
         .rev()
@@ -601,7 +601,7 @@ fn scalar(fields: &[(u32, Value)], num: u32) -> u64 {
 }
 
 /// Repeated varint field `num`, packed or not.
-fn repeated(fields: &[(u32, Value)], num: u32) -> std::result::Result<Vec<u64>, String> {
+pub(crate) fn repeated(fields: &[(u32, Value)], num: u32) -> std::result::Result<Vec<u64>, String> {
     let mut out = Vec::new();
     for &(n, v) in fields {
         if n != num {
@@ -622,7 +622,7 @@ fn repeated(fields: &[(u32, Value)], num: u32) -> std::result::Result<Vec<u64>, 
 }
 
 /// Embedded messages of field `num`.
-fn messages<'a>(
+pub(crate) fn messages<'a>(
     fields: &[(u32, Value<'a>)],
     num: u32,
 ) -> std::result::Result<Vec<Vec<(u32, Value<'a>)>>, String> {
