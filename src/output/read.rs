@@ -110,12 +110,13 @@ fn read(bytes: &[u8], title: &str) -> Result<ReadProfile> {
                 "gzip data unpacking to more than 1 GiB".into(),
             ));
         }
-        return read_unpacked(&unpacked, title);
+        return read_unpacked(&unpacked, title, true);
     }
-    read_unpacked(bytes, title)
+    read_unpacked(bytes, title, false)
 }
 
-fn read_unpacked(bytes: &[u8], title: &str) -> Result<ReadProfile> {
+/// Read unpacked content; `gzipped` content that is binary can only be pprof.
+fn read_unpacked(bytes: &[u8], title: &str, gzipped: bool) -> Result<ReadProfile> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let chrome = || {
         ReadError::Unknown(
@@ -151,7 +152,14 @@ fn read_unpacked(bytes: &[u8], title: &str) -> Result<ReadProfile> {
                     Err(_) => (Format::Raw, Err(raw_err)),
                 },
             },
-            Err(_) => (Format::Pprof, pprof(bytes, title)),
+            Err(_) => match pprof(bytes, title) {
+                Err(e) if !gzipped => {
+                    return Err(ReadError::Unknown(format!(
+                        "binary data that is not a pprof profile ({e})"
+                    )));
+                }
+                parsed => (Format::Pprof, parsed),
+            },
         },
     };
     match parsed {
@@ -165,7 +173,7 @@ struct Builder {
     profile: Profile,
     /// Thread title → (pid, the thread's stack with no frames yet).
     threads: HashMap<String, (u32, ThreadStack)>,
-    /// Frames by (name, file, line, first line), so equal frames share their code and the
+    /// Code by (name, file, first line), so the frames of a function share it and the
     /// profile recognises them by pointer.
     codes: HashMap<(String, String, i32), Arc<FrameCode>>,
 }
@@ -1164,7 +1172,10 @@ mod tests {
         let json = err(br#"{"shared":{"frames":[]},"profiles":[{"type":"sampled","samples":[[0]],"weights":[1]}]}"#);
         assert!(json.contains("frame 0, of 0"), "{json}");
         let binary = err(&[0x0a, 0xff, 0xff, 0x00, 0x80]);
-        assert!(binary.starts_with("malformed pprof profile"), "{binary}");
+        assert!(
+            binary.starts_with("not a profile prof can read: binary data"),
+            "{binary}"
+        );
         // A truncated pprof fails; it does not read as a smaller profile.
         let pprof = written(Format::Pprof, &p);
         let mut unpacked = Vec::new();
@@ -1172,8 +1183,15 @@ mod tests {
             .read_to_end(&mut unpacked)
             .unwrap();
         assert!(read_bytes(&unpacked).is_ok(), "uncompressed pprof is read");
-        let cut = err(&unpacked[..unpacked.len() - 3]);
-        assert!(cut.contains("pprof"), "{cut}");
+        let cut = &unpacked[..unpacked.len() - 3];
+        assert!(err(cut).contains("pprof"), "{}", err(cut));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, cut).unwrap();
+        let cut_gz = err(&gz.finish().unwrap());
+        assert!(
+            cut_gz.starts_with("malformed pprof profile: field runs past"),
+            "{cut_gz}"
+        );
         assert!(
             read_file(Path::new("/nonexistent/prof.pb.gz"))
                 .unwrap_err()
