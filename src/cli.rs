@@ -76,6 +76,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Show a live, top-like view of the functions taking the most time.
     Top(TopArgs),
+    /// Print the top functions of a profile file (pprof, speedscope or raw).
+    Report(ReportArgs),
 }
 
 /// What to sample: a running process or a command to launch, and how often.
@@ -170,6 +172,10 @@ pub struct RecordArgs {
     #[arg(long)]
     pub nolineno: bool,
 
+    /// At the end, print the top functions to stderr (the table of `prof report`).
+    #[arg(long)]
+    pub summary: bool,
+
     /// py-spy's switch for its progress bar: hide prof's live status line.
     #[arg(long, hide = true)]
     pub hideprogress: bool,
@@ -237,6 +243,44 @@ pub struct TopArgs {
     pub delay: f64,
 }
 
+/// Options of `prof report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The profile: a pprof, speedscope or raw (collapsed) file, told apart by content.
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Print a GitHub Markdown table (for `$GITHUB_STEP_SUMMARY`).
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
+
+    /// Print JSON: `{"samples", "functions": [{"name", "file", "line", "own", "total",
+    /// "own_samples", "total_samples"}]}`, shares as fractions.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Most functions shown, the most own samples first; 0 shows all.
+    #[arg(long, default_value_t = crate::commands::report::DEFAULT_TOP, value_name = "N")]
+    pub top: usize,
+
+    /// One row per function, or per line of a function.
+    #[arg(long, value_enum, default_value_t = By::Function)]
+    pub by: By,
+
+    /// Only the samples of the threads of this name (or label, as `MainThread (tid 12)`).
+    #[arg(long, value_name = "NAME")]
+    pub thread: Option<String>,
+}
+
+/// How `prof report` groups samples into rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// One row per function.
+    Function,
+    /// One row per line of a function.
+    Line,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +334,31 @@ mod tests {
         };
         assert_eq!(t.delay, 2.0);
         assert_eq!(t.target.command, ["python", "app.py", "--delay", "5"]);
+    }
+
+    #[test]
+    fn report_options() {
+        let Command::Report(r) = parse("prof report --by line --top 5 --thread Main x.pb.gz")
+            .unwrap()
+            .command
+        else {
+            panic!("not report");
+        };
+        assert_eq!(
+            (r.by, r.top, r.thread.as_deref()),
+            (By::Line, 5, Some("Main"))
+        );
+        assert_eq!(r.file, std::path::Path::new("x.pb.gz"));
+        let Command::Report(r) = parse("prof report x").unwrap().command else {
+            panic!("not report");
+        };
+        assert_eq!(
+            (r.by, r.top, r.json, r.markdown),
+            (By::Function, 20, false, false)
+        );
+        assert!(parse("prof report --json --markdown x").is_err());
+        assert!(parse("prof report --by file x").is_err());
+        assert!(parse("prof report").is_err());
     }
 
     #[test]

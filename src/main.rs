@@ -18,6 +18,7 @@ fn main() {
         Command::Dump(args) => commands::dump::run(args).map(|()| 0),
         Command::Record(args) => commands::record::run(args),
         Command::Top(args) => commands::top::run(args),
+        Command::Report(args) => commands::report::run(args).map(|()| 0),
     };
     if let Err(e) = result {
         // A closed pipe (`prof dump | head`) is the reader's choice, not an error.

@@ -380,6 +380,12 @@ impl Profile {
         &self.meta
     }
 
+    /// Replace what is known of the run: a profile read back from a file learns its
+    /// rates once every sample is in.
+    pub fn set_meta(&mut self, meta: ProfileMeta) {
+        self.meta = meta;
+    }
+
     /// Record the end-of-run figures (duration, achieved rate, drops, errors).
     pub fn finish(&mut self, stats: RunStats) {
         self.meta.duration = stats.duration;
@@ -407,6 +413,15 @@ impl Profile {
 
     /// Add one thread's stack at one tick.
     pub fn add(&mut self, sample: &Sample) {
+        self.add_repeated(sample, 1);
+    }
+
+    /// Add `count` samples of one thread's stack at once: a profile read back from a file
+    /// holds counts, not ticks. The timeline, if kept, gets `count` entries.
+    pub fn add_repeated(&mut self, sample: &Sample, count: u64) {
+        if count == 0 {
+            return;
+        }
         // A non-finite time would poison every time computation downstream.
         let time = if sample.time.is_finite() {
             sample.time
@@ -421,12 +436,12 @@ impl Profile {
                 t.name = st.thread_name.as_deref().map(str::to_owned);
             }
             if st.frames.is_empty() {
-                t.empty_samples += 1;
+                t.empty_samples += count;
             } else {
-                t.samples += 1;
+                t.samples += count;
             }
-            t.active_samples += u64::from(st.active);
-            t.gil_samples += u64::from(st.owns_gil);
+            t.active_samples += count * u64::from(st.active);
+            t.gil_samples += count * u64::from(st.owns_gil);
             t.first_time = t.first_time.min(time);
             t.last_time = t.last_time.max(time);
         }
@@ -469,15 +484,16 @@ impl Profile {
         }
         self.last_stacks[thread as usize] = last;
         if node != NONE {
-            *self.counts.entry((node, thread)).or_insert(0) += 1;
-            self.total += 1;
+            *self.counts.entry((node, thread)).or_insert(0) += count;
+            self.total += count;
         }
         if let Some(tl) = &mut self.timeline {
-            tl.push(TimelineEntry {
+            let entry = TimelineEntry {
                 time,
                 thread,
                 stack: node,
-            });
+            };
+            tl.extend(std::iter::repeat_n(entry, count as usize));
         }
     }
 
@@ -1589,6 +1605,25 @@ mod tests {
         assert_eq!(times, [0.0, 0.5, 0.5]);
         assert_eq!(p.ticks().len(), 2);
         assert_eq!(p.threads()[0].last_time, 0.5);
+    }
+
+    #[test]
+    fn repeated_samples_count_as_many() {
+        let opts = ProfileOptions {
+            keep_timeline: true,
+            ..Default::default()
+        };
+        let (mut once, mut many) = (Profile::new(meta(), opts), Profile::new(meta(), opts));
+        let s = sample(0.0, 1, "m", &[("main", 1), ("f", 2)]);
+        for _ in 0..3 {
+            once.add(&s);
+        }
+        many.add_repeated(&s, 3);
+        many.add_repeated(&s, 0);
+        assert_eq!(many.stack_counts(), once.stack_counts());
+        assert_eq!(many.threads(), once.threads());
+        assert_eq!(many.timeline().unwrap().len(), 3);
+        assert_eq!(many.total_samples(), 3);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod dump;
 pub mod record;
+pub mod report;
 pub mod top;
 
 /// `--depth` must be a number of frames prof can follow.

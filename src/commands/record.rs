@@ -79,6 +79,9 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
         }
     }
     summary(&profile, &stats, &written, t.subprocesses);
+    if args.summary {
+        super::report::print_summary(&profile);
+    }
     let code = match launched {
         Some(child) => child.wait(),
         None => 0,

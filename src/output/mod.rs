@@ -10,12 +10,15 @@
 //!
 //! A bare `.json` means speedscope because py-spy writes speedscope files as
 //! `.json`; Chrome traces are told apart by a second extension.
+//!
+//! [`read`] reads pprof, speedscope and raw files back into a [`Profile`].
 
 pub mod chrometrace;
 pub mod file;
 pub mod flamegraph;
 pub mod pprof;
 pub mod raw;
+pub mod read;
 pub mod speedscope;
 
 use std::fmt;

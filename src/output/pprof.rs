@@ -41,9 +41,9 @@ struct Message {
 }
 
 /// Wire type of varint fields.
-const VARINT: u8 = 0;
+pub(crate) const VARINT: u8 = 0;
 /// Wire type of length-delimited fields (strings, bytes, messages, packed arrays).
-const LEN: u8 = 2;
+pub(crate) const LEN: u8 = 2;
 
 fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -121,8 +121,8 @@ impl Strings {
     }
 }
 
-/// profile.proto field numbers used here.
-mod field {
+/// profile.proto field numbers, shared by the writer and the reader ([`super::read`]).
+pub(crate) mod field {
     pub const SAMPLE_TYPE: u32 = 1;
     pub const SAMPLE: u32 = 2;
     pub const MAPPING: u32 = 3;
@@ -135,12 +135,61 @@ mod field {
     pub const PERIOD: u32 = 12;
     pub const COMMENT: u32 = 13;
     pub const DEFAULT_SAMPLE_TYPE: u32 = 14;
+
+    /// `ValueType`.
+    pub mod value_type {
+        pub const TYPE: u32 = 1;
+        pub const UNIT: u32 = 2;
+    }
+    /// `Sample`.
+    pub mod sample {
+        pub const LOCATION_ID: u32 = 1;
+        pub const VALUE: u32 = 2;
+        pub const LABEL: u32 = 3;
+    }
+    /// `Label`.
+    pub mod label {
+        pub const KEY: u32 = 1;
+        pub const STR: u32 = 2;
+    }
+    /// `Mapping`.
+    pub mod mapping {
+        pub const ID: u32 = 1;
+        pub const FILENAME: u32 = 5;
+        pub const HAS_FUNCTIONS: u32 = 7;
+        pub const HAS_FILENAMES: u32 = 8;
+        pub const HAS_LINE_NUMBERS: u32 = 9;
+    }
+    /// `Location`.
+    pub mod location {
+        pub const ID: u32 = 1;
+        pub const MAPPING_ID: u32 = 2;
+        pub const ADDRESS: u32 = 3;
+        pub const LINE: u32 = 4;
+    }
+    /// `Line`.
+    pub mod line {
+        pub const FUNCTION_ID: u32 = 1;
+        pub const LINE: u32 = 2;
+    }
+    /// `Function`.
+    pub mod function {
+        pub const ID: u32 = 1;
+        pub const NAME: u32 = 2;
+        pub const SYSTEM_NAME: u32 = 3;
+        pub const FILENAME: u32 = 4;
+        pub const START_LINE: u32 = 5;
+    }
 }
+
+/// The `system_name` prefix of the functions standing for synthetic root frames (thread
+/// labels, `process N`): the reader leaves those frames out.
+pub(crate) const ROOT_SYSTEM_PREFIX: &str = "prof:";
 
 fn value_type(strings: &mut Strings, kind: &str, unit: &str) -> Message {
     let mut m = Message::default();
-    m.int(1, strings.get(kind));
-    m.int(2, strings.get(unit));
+    m.int(field::value_type::TYPE, strings.get(kind));
+    m.int(field::value_type::UNIT, strings.get(unit));
     m
 }
 
@@ -193,12 +242,15 @@ fn encode(profile: &Profile) -> Vec<u8> {
             .stack_frames(stack)
             .map(|f| f as u64 + 1)
             .chain(thread_roots[thread].iter().map(|r| first_root_location + r));
-        s.packed(1, ids);
-        s.packed(2, [count, (count as f64 * interval_ns).round() as u64]);
+        s.packed(field::sample::LOCATION_ID, ids);
+        s.packed(
+            field::sample::VALUE,
+            [count, (count as f64 * interval_ns).round() as u64],
+        );
         let mut label = Message::default();
-        label.int(1, thread_key);
-        label.int(2, thread_labels[thread]);
-        s.message(3, &label);
+        label.int(field::label::KEY, thread_key);
+        label.int(field::label::STR, thread_labels[thread]);
+        s.message(field::sample::LABEL, &label);
         p.message(field::SAMPLE, &s);
     }
 
@@ -206,30 +258,33 @@ fn encode(profile: &Profile) -> Vec<u8> {
     const MAPPING_ID: u64 = 1;
     let program = meta.title.split_whitespace().next().unwrap_or("python");
     let mut mapping = Message::default();
-    mapping.uint(1, MAPPING_ID);
-    mapping.int(5, strings.get(program));
-    mapping.uint(7, 1); // has_functions
-    mapping.uint(8, 1); // has_filenames
-    mapping.uint(9, 1); // has_line_numbers
+    mapping.uint(field::mapping::ID, MAPPING_ID);
+    mapping.int(field::mapping::FILENAME, strings.get(program));
+    mapping.uint(field::mapping::HAS_FUNCTIONS, 1);
+    mapping.uint(field::mapping::HAS_FILENAMES, 1);
+    mapping.uint(field::mapping::HAS_LINE_NUMBERS, 1);
     p.message(field::MAPPING, &mapping);
 
     for (i, fr) in frames.iter().enumerate() {
         let mut line = Message::default();
-        line.uint(1, fr.function as u64 + 1);
-        line.int(2, i64::from(profile.frame_line(i).unwrap_or(0)));
+        line.uint(field::line::FUNCTION_ID, fr.function as u64 + 1);
+        line.int(
+            field::line::LINE,
+            i64::from(profile.frame_line(i).unwrap_or(0)),
+        );
         let mut loc = Message::default();
-        loc.uint(1, i as u64 + 1);
-        loc.uint(2, MAPPING_ID);
-        loc.message(4, &line);
+        loc.uint(field::location::ID, i as u64 + 1);
+        loc.uint(field::location::MAPPING_ID, MAPPING_ID);
+        loc.message(field::location::LINE, &line);
         p.message(field::LOCATION, &loc);
     }
     for r in 1..=root_names.len() as u64 {
         let mut line = Message::default();
-        line.uint(1, first_root_function + r);
+        line.uint(field::line::FUNCTION_ID, first_root_function + r);
         let mut loc = Message::default();
-        loc.uint(1, first_root_location + r);
-        loc.uint(2, MAPPING_ID);
-        loc.message(4, &line);
+        loc.uint(field::location::ID, first_root_location + r);
+        loc.uint(field::location::MAPPING_ID, MAPPING_ID);
+        loc.message(field::location::LINE, &line);
         p.message(field::LOCATION, &loc);
     }
 
@@ -240,24 +295,24 @@ fn encode(profile: &Profile) -> Vec<u8> {
         // pprof demangles `name` when it equals `system_name`, which turns Python's
         // `<module>` and `<listcomp>` into `<unknown>`; a distinct system name avoids that.
         let system_name = strings.get(&format!("{}:{}", f.filename, f.name));
-        m.uint(1, i as u64 + 1);
-        m.int(2, name);
-        m.int(3, system_name);
-        m.int(4, strings.get(&f.filename));
+        m.uint(field::function::ID, i as u64 + 1);
+        m.int(field::function::NAME, name);
+        m.int(field::function::SYSTEM_NAME, system_name);
+        m.int(field::function::FILENAME, strings.get(&f.filename));
         let start_line = match f.first_line {
             0 if by_function => f.lowest_line,
             line => line,
         };
-        m.int(5, i64::from(start_line));
+        m.int(field::function::START_LINE, i64::from(start_line));
         p.message(field::FUNCTION, &m);
     }
     for (r, label) in root_names.iter().enumerate() {
         let mut m = Message::default();
         let name = strings.get(label);
-        let system_name = strings.get(&format!("prof:{label}"));
-        m.uint(1, first_root_function + r as u64 + 1);
-        m.int(2, name);
-        m.int(3, system_name);
+        let system_name = strings.get(&format!("{ROOT_SYSTEM_PREFIX}{label}"));
+        m.uint(field::function::ID, first_root_function + r as u64 + 1);
+        m.int(field::function::NAME, name);
+        m.int(field::function::SYSTEM_NAME, system_name);
         p.message(field::FUNCTION, &m);
     }
 
@@ -318,80 +373,32 @@ mod tests {
     use std::collections::BTreeMap;
     use std::io::Read;
 
-    /// A decoded field: a varint or a length-delimited payload.
-    #[derive(Debug, Clone)]
-    enum Field {
-        Varint(u64),
-        Bytes(Vec<u8>),
-    }
+    use crate::output::read::{self, Value, Wire};
 
-    fn read_varint(buf: &[u8], pos: &mut usize) -> u64 {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = buf[*pos];
-            *pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return v;
-            }
-        }
-        panic!("varint longer than ten bytes");
-    }
+    /// The fields of a message, decoded by the reader's decoder.
+    type Fields<'a> = Vec<(u32, Value<'a>)>;
 
-    /// Every field of a message, in order; fails on wire types profile.proto never uses.
-    fn fields(buf: &[u8]) -> Vec<(u32, Field)> {
-        let mut pos = 0;
-        let mut out = Vec::new();
-        while pos < buf.len() {
-            let key = read_varint(buf, &mut pos);
-            let (num, wire) = ((key >> 3) as u32, key & 7);
-            let f = match wire {
-                0 => Field::Varint(read_varint(buf, &mut pos)),
-                2 => {
-                    let len = read_varint(buf, &mut pos) as usize;
-                    let b = buf[pos..pos + len].to_vec();
-                    pos += len;
-                    Field::Bytes(b)
-                }
-                w => panic!("unexpected wire type {w} for field {num}"),
-            };
-            out.push((num, f));
-        }
-        out
+    /// Every field of a message, in order; fails on wire types the writer never uses.
+    fn fields(buf: &[u8]) -> Fields<'_> {
+        let fs = Wire::fields(buf).unwrap();
+        assert!(
+            fs.iter().all(|(_, v)| !matches!(v, Value::Fixed)),
+            "a fixed-width field: {fs:?}"
+        );
+        fs
     }
 
     /// A repeated scalar, packed or not.
-    fn repeated(fs: &[(u32, Field)], num: u32) -> Vec<u64> {
-        let mut v = Vec::new();
-        for (n, f) in fs {
-            if *n != num {
-                continue;
-            }
-            match f {
-                Field::Varint(x) => v.push(*x),
-                Field::Bytes(b) => {
-                    let mut pos = 0;
-                    while pos < b.len() {
-                        v.push(read_varint(b, &mut pos));
-                    }
-                }
-            }
-        }
-        v
+    fn repeated(fs: &[(u32, Value)], num: u32) -> Vec<u64> {
+        read::repeated(fs, num).unwrap()
     }
 
-    fn scalar(fs: &[(u32, Field)], num: u32) -> u64 {
-        repeated(fs, num).last().copied().unwrap_or(0)
+    fn scalar(fs: &[(u32, Value)], num: u32) -> u64 {
+        read::scalar(fs, num)
     }
 
-    fn messages(fs: &[(u32, Field)], num: u32) -> Vec<Vec<(u32, Field)>> {
-        fs.iter()
-            .filter(|(n, _)| *n == num)
-            .map(|(_, f)| match f {
-                Field::Bytes(b) => fields(b),
-                Field::Varint(_) => panic!("field {num} is not a message"),
-            })
-            .collect()
+    fn messages<'a>(fs: &[(u32, Value<'a>)], num: u32) -> Vec<Fields<'a>> {
+        read::messages(fs, num).unwrap()
     }
 
     /// What the tests check, read back from the bytes.
@@ -424,8 +431,8 @@ mod tests {
             .iter()
             .filter(|(n, _)| *n == 6)
             .map(|(_, f)| match f {
-                Field::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
-                Field::Varint(_) => panic!("string as varint"),
+                Value::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(),
+                _ => panic!("string as varint"),
             })
             .collect();
         let s = |i: u64| strings[i as usize].clone();
@@ -521,10 +528,10 @@ mod tests {
             put_varint(&mut b, v);
         }
         assert_eq!(&b[..6], [0, 1, 127, 0x80, 1, 0xac]);
-        let mut pos = 0;
-        let back: Vec<u64> = (0..6).map(|_| read_varint(&b, &mut pos)).collect();
+        let mut w = Wire::new(&b);
+        let back: Vec<u64> = (0..6).map(|_| w.varint().unwrap()).collect();
         assert_eq!(back, [0, 1, 127, 128, 300, u64::MAX]);
-        assert_eq!(pos, b.len());
+        assert!(w.varint().is_err(), "every byte was read");
     }
 
     #[test]

@@ -529,8 +529,8 @@ fn fit_label(name: &str, filename: &str, line: Option<i32>, width: usize) -> Str
     s
 }
 
-/// Seconds for the time columns.
-fn fmt_secs(s: f64) -> String {
+/// Seconds for the time columns (also `prof report`'s).
+pub fn fmt_secs(s: f64) -> String {
     if s < 100.0 {
         format!("{s:.2}s")
     } else if s < 10_000.0 {
