@@ -78,6 +78,9 @@ pub enum Command {
     Top(TopArgs),
     /// Print the top functions of a profile file (pprof, speedscope or raw).
     Report(ReportArgs),
+    /// Compare two profiles: the functions whose share changed, and a differential flame
+    /// graph.
+    Diff(DiffArgs),
 }
 
 /// What to sample: a running process or a command to launch, and how often.
@@ -267,6 +270,51 @@ pub struct ReportArgs {
     /// Only the samples of the threads of this name (or label, as `MainThread (tid 12)`).
     #[arg(long, value_name = "NAME")]
     pub thread: Option<String>,
+}
+
+/// Options of `prof diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The profile compared against (pprof, speedscope or raw), e.g. the base branch's.
+    #[arg(value_name = "BASE")]
+    pub base: std::path::PathBuf,
+
+    /// The profile compared (pprof, speedscope or raw), e.g. this change's.
+    #[arg(value_name = "HEAD")]
+    pub head: std::path::PathBuf,
+
+    /// Also write a differential flame graph (SVG): HEAD's frames, red where their share
+    /// grew, blue where it shrank.
+    #[arg(short, long, value_name = "SVG")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Print a GitHub Markdown table (for `$GITHUB_STEP_SUMMARY`).
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
+
+    /// Print JSON: `{"base": {"samples"}, "head": {"samples"}, "functions": [{"name",
+    /// "file", "base_own", "head_own", "delta_pp", "p_value", "significant"}]}`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Most functions shown, the largest change first; 0 shows all.
+    #[arg(long, default_value_t = crate::commands::report::DEFAULT_TOP, value_name = "N")]
+    pub top: usize,
+
+    /// Exit 1 when a function's own share grew by more than PP percentage points,
+    /// significantly.
+    #[arg(long, value_name = "PP", value_parser = parse_points, allow_negative_numbers = true)]
+    pub fail_over: Option<f64>,
+}
+
+/// A non-negative number of percentage points.
+fn parse_points(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of percentage points (0 or more)"
+        )),
+    }
 }
 
 /// How `prof report` groups samples into rows.

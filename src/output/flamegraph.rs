@@ -1,5 +1,6 @@
 //! `flamegraph`: an interactive SVG flame graph drawn by inferno from the folded stacks.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 
 use inferno::flamegraph::{self, Options};
@@ -47,6 +48,57 @@ pub fn write_flamegraph(profile: &Profile, out: &mut dyn Write) -> Result<()> {
     opts.hash = true;
     let mut out = BufWriter::new(out);
     flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Total both profiles are scaled to before they are compared: shares in millionths.
+const DIFF_SCALE: f64 = 1_000_000.0;
+
+/// Write a differential flame graph of `head` against `base`: frames are as wide as in
+/// `head`, red where their share of the samples grew, blue where it shrank.
+///
+/// Each profile is scaled to the same total first, so the colours compare shares of each
+/// profile's own samples, not counts of runs of different lengths or rates.
+pub fn write_differential(
+    base: &Profile,
+    head: &Profile,
+    title: &str,
+    subtitle: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if base.total_samples() == 0 || head.total_samples() == 0 {
+        return Err(OutputError::NoSamples);
+    }
+    let scaled = |p: &Profile| -> HashMap<String, u64> {
+        let total = p.total_samples() as f64;
+        let mut m = HashMap::new();
+        for (stack, count) in p.folded() {
+            *m.entry(stack).or_insert(0) += (count as f64 * DIFF_SCALE / total).round() as u64;
+        }
+        m
+    };
+    let (b, h) = (scaled(base), scaled(head));
+    let mut stacks: Vec<&String> = b.keys().chain(h.keys()).collect();
+    stacks.sort();
+    stacks.dedup();
+    // inferno reads `stack before after`: the width is `after`, the colour `after - before`.
+    let lines: Vec<String> = stacks
+        .into_iter()
+        .map(|s| {
+            let before = b.get(s).copied().unwrap_or(0);
+            let after = h.get(s).copied().unwrap_or(0);
+            format!("{s} {before} {after}")
+        })
+        .collect();
+    let mut opts = Options::default();
+    opts.title = title.to_owned();
+    opts.subtitle = Some(subtitle.to_owned());
+    opts.count_name = "samples".to_owned();
+    // Tooltips count head's samples again, and their percentages are shares.
+    opts.factor = head.total_samples() as f64 / DIFF_SCALE;
+    let mut out = BufWriter::new(out);
+    flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut out)?;
     out.flush()?;
     Ok(())
 }
