@@ -52,14 +52,12 @@ pub fn write_flamegraph(profile: &Profile, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// Total both profiles are scaled to before they are compared: shares in millionths.
-const DIFF_SCALE: f64 = 1_000_000.0;
-
 /// Write a differential flame graph of `head` against `base`: frames are as wide as in
 /// `head`, red where their share of the samples grew, blue where it shrank.
 ///
-/// Each profile is scaled to the same total first, so the colours compare shares of each
-/// profile's own samples, not counts of runs of different lengths or rates.
+/// `base` is scaled to `head`'s total first, so the colours compare shares of each
+/// profile's own samples, not counts of runs of different lengths or rates, and tooltips
+/// count `head`'s samples with the change in points of its total.
 pub fn write_differential(
     base: &Profile,
     head: &Profile,
@@ -70,15 +68,16 @@ pub fn write_differential(
     if base.total_samples() == 0 || head.total_samples() == 0 {
         return Err(OutputError::NoSamples);
     }
-    let scaled = |p: &Profile| -> HashMap<String, u64> {
+    let scaled = |p: &Profile, to: f64| -> HashMap<String, u64> {
         let total = p.total_samples() as f64;
         let mut m = HashMap::new();
         for (stack, count) in p.folded() {
-            *m.entry(stack).or_insert(0) += (count as f64 * DIFF_SCALE / total).round() as u64;
+            *m.entry(stack).or_insert(0) += (count as f64 * to / total).round() as u64;
         }
         m
     };
-    let (b, h) = (scaled(base), scaled(head));
+    let to = head.total_samples() as f64;
+    let (b, h) = (scaled(base, to), scaled(head, to));
     let mut stacks: Vec<&String> = b.keys().chain(h.keys()).collect();
     stacks.sort();
     stacks.dedup();
@@ -95,8 +94,6 @@ pub fn write_differential(
     opts.title = title.to_owned();
     opts.subtitle = Some(subtitle.to_owned());
     opts.count_name = "samples".to_owned();
-    // Tooltips count head's samples again, and their percentages are shares.
-    opts.factor = head.total_samples() as f64 / DIFF_SCALE;
     let mut out = BufWriter::new(out);
     flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut out)?;
     out.flush()?;
