@@ -239,3 +239,107 @@ fn bad_input_is_one_line() {
         assert!(line.contains(says), "{line}");
     }
 }
+
+/// The `run:` lines of the README's GitHub Actions job, each with the name of its step.
+fn recipe_steps() -> Vec<(String, String)> {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let ci = &readme[readme.find("## In CI").expect("an In CI section")..];
+    let start = ci.find("```yaml\n").expect("a yaml block in In CI") + "```yaml\n".len();
+    let yaml = &ci[start..start + ci[start..].find("```").expect("the block's end")];
+    let mut steps = Vec::new();
+    let mut name = String::new();
+    for line in yaml.lines().map(str::trim) {
+        if line.starts_with("- ") {
+            name = line
+                .strip_prefix("- name:")
+                .map(|n| n.trim().to_owned())
+                .unwrap_or_default();
+        } else if let Some(run) = line.strip_prefix("run:") {
+            steps.push((name.clone(), run.trim().to_owned()));
+        }
+    }
+    steps
+}
+
+#[test]
+fn readme_ci_recipe_runs() {
+    skip_without_live_targets!();
+    let Some(py) = python() else { return };
+    let steps = recipe_steps();
+    let commands: Vec<&str> = steps
+        .iter()
+        // Installing is the CI's business: here prof is the binary under test.
+        .filter(|(name, _)| name != "Install prof")
+        .map(|(_, run)| run.as_str())
+        .collect();
+    for want in ["prof record ", "prof report ", "prof diff "] {
+        assert!(
+            commands.iter().any(|c| c.starts_with(want)),
+            "no `{want}` step in the README's job: {steps:?}"
+        );
+    }
+    assert!(
+        commands.iter().any(|c| c.contains("--fail-over")),
+        "the job does not gate: {steps:?}"
+    );
+
+    // A checkout: bench.py runs diff_target.py for 2 s; `python` and `prof` on PATH.
+    let dir = tempfile::Builder::new()
+        .prefix("prof-recipe-")
+        .tempdir()
+        .unwrap();
+    let work = dir.path().join("work");
+    let bin = dir.path().join("bin");
+    fs::create_dir_all(work.join("base")).unwrap();
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(common::prof_path(), bin.join("prof")).unwrap();
+    std::os::unix::fs::symlink(&py.path, bin.join("python")).unwrap();
+    fs::write(
+        work.join("bench.py"),
+        format!(
+            "import runpy, sys\nsys.argv = ['diff_target.py', '2']\nrunpy.run_path({:?}, run_name='__main__')\n",
+            common::testdata().join("diff_target.py").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let summary = dir.path().join("summary.md");
+    fs::write(&summary, "").unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |script: &str| -> Output {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-e", "-c", script])
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env("GITHUB_STEP_SUMMARY", &summary);
+        common::run_with_deadline(&mut cmd, &["sh", "-c", script])
+    };
+    // The base branch's artifact, as the download step would leave it.
+    let base = run("prof record -o base/perf.pb.gz -- python bench.py");
+    assert!(
+        base.status.success(),
+        "{}",
+        describe(&["base recording"], &base)
+    );
+    for command in &commands {
+        let out = run(command);
+        assert!(
+            out.status.success(),
+            "README step failed: {}",
+            describe(&[command], &out)
+        );
+    }
+    for file in ["perf.svg", "perf.pb.gz", "perf-diff.svg"] {
+        assert!(work.join(file).exists(), "the job made no {file}");
+    }
+    let summary = fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary.contains("### perf.pb.gz (pprof)") && summary.contains("against base/perf.pb.gz"),
+        "summary lacks the report or the diff:\n{summary}"
+    );
+    assert!(summary.contains("`grows ("), "{summary}");
+}
