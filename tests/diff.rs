@@ -177,7 +177,9 @@ fn check_svg(path: &Path, v: &Value) {
     ] {
         assert!(all.contains(&want), "{want} not in the SVG's text");
     }
-    let mut grows_fills = Vec::new();
+    // base is pprof (full file names), head raw (short ones): the frames must still meet,
+    // or every frame of head would look new, and red.
+    let mut seen = Vec::new();
     for g in doc.descendants().filter(|n| n.has_tag_name("g")) {
         let title = g
             .children()
@@ -191,22 +193,29 @@ fn check_svg(path: &Path, v: &Value) {
         else {
             continue;
         };
-        if title.starts_with("grows (") {
-            grows_fills.push(fill.to_owned());
-        }
-    }
-    assert!(!grows_fills.is_empty(), "no grows frame in the SVG");
-    for fill in &grows_fills {
+        let Some(name) = ["grows", "steady_a", "steady_b"]
+            .into_iter()
+            .find(|n| title.starts_with(&format!("{n} (")))
+        else {
+            continue;
+        };
         let rgb: Vec<u8> = fill
             .trim_start_matches("rgb(")
             .trim_end_matches(')')
             .split(',')
             .map(|c| c.trim().parse().unwrap())
             .collect();
-        assert!(
-            rgb[0] == 255 && rgb[1] == rgb[2] && rgb[1] < 250,
-            "grows is not red: {fill} ({grows_fills:?})"
-        );
+        let red = rgb[0] == 255 && rgb[1] == rgb[2] && rgb[1] < 250;
+        let blue = rgb[2] == 255 && rgb[0] == rgb[1] && rgb[0] < 250;
+        if name == "grows" {
+            assert!(red, "grows is not red: {title}: {fill}");
+        } else {
+            assert!(blue, "{name} is not blue: {title}: {fill}");
+        }
+        seen.push(name);
+    }
+    for name in ["grows", "steady_a", "steady_b"] {
+        assert!(seen.contains(&name), "no {name} frame in the SVG");
     }
 }
 

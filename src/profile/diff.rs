@@ -72,43 +72,63 @@ fn same_file(a: &str, b: &str) -> bool {
                 .is_some_and(|rest| rest.ends_with('/')))
 }
 
+/// The file names of `base` and `head` that name one file differently (a short name in
+/// one, the full path in the other, as formats keep them): each such name mapped to the
+/// longer one. A name pairs only with a name the other profile alone has, and only when
+/// that pairing is unique.
+pub fn shared_file_names(base: &Profile, head: &Profile) -> HashMap<String, String> {
+    let files = |p: &Profile| -> Vec<String> {
+        let mut v: Vec<String> = (0..p.function_table().len())
+            .map(|f| p.display_filename(f).to_owned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (b, h) = (files(base), files(head));
+    let only_b: Vec<&String> = b.iter().filter(|f| h.binary_search(f).is_err()).collect();
+    let only_h: Vec<&String> = h.iter().filter(|f| b.binary_search(f).is_err()).collect();
+    let mut map = HashMap::new();
+    for x in &only_b {
+        let matches: Vec<&&String> = only_h.iter().filter(|y| same_file(x, y)).collect();
+        let [y] = matches[..] else { continue };
+        // And x is the only match of y.
+        if only_b.iter().filter(|x2| same_file(x2, y)).count() != 1 {
+            continue;
+        }
+        let longer = if y.len() > x.len() { *y } else { *x };
+        map.insert((*x).clone(), longer.clone());
+        map.insert((*y).clone(), longer.clone());
+    }
+    map
+}
+
 /// Compare `head` against `base`.
 ///
-/// Functions are matched by name and file; a file name that is the trailing part of the
-/// other side's (one format keeps the short name, another the path) matches when it is the
-/// only such candidate. Rows take the longer file name.
+/// Functions are matched by name and file, file names through [`shared_file_names`];
+/// rows take the longer file name.
 pub fn compare(base: &Profile, head: &Profile) -> Diff {
     let base_samples = base.total_samples();
     let head_samples = head.total_samples();
-    let b = own_by_function(base);
-    let mut h = own_by_function(head);
+    let files = shared_file_names(base, head);
+    let own = |p: &Profile| -> HashMap<(String, String), u64> {
+        let mut m = HashMap::new();
+        for ((name, file), n) in own_by_function(p) {
+            let file = files.get(&file).cloned().unwrap_or(file);
+            *m.entry((name, file)).or_insert(0) += n;
+        }
+        m
+    };
+    let b = own(base);
+    let mut h = own(head);
     // (name, file, base own, head own)
-    let mut pairs: Vec<(String, String, u64, u64)> = Vec::new();
-    let mut unmatched = Vec::new();
-    for (key, x1) in b {
-        match h.remove(&key) {
-            Some(x2) => pairs.push((key.0, key.1, x1, x2)),
-            None => unmatched.push((key, x1)),
-        }
-    }
-    for ((name, file), x1) in unmatched {
-        let candidates: Vec<&(String, String)> = h
-            .keys()
-            .filter(|(n, f)| *n == name && same_file(f, &file))
-            .collect();
-        if let [only] = candidates[..] {
-            let only = only.clone();
-            let x2 = h.remove(&only).expect("a key of h");
-            let longer = if only.1.len() > file.len() {
-                only.1
-            } else {
-                file
-            };
-            pairs.push((name, longer, x1, x2));
-        } else {
-            pairs.push((name, file, x1, 0));
-        }
-    }
+    let mut pairs: Vec<(String, String, u64, u64)> = b
+        .into_iter()
+        .map(|(key, x1)| {
+            let x2 = h.remove(&key).unwrap_or(0);
+            (key.0, key.1, x1, x2)
+        })
+        .collect();
     pairs.extend(h.into_iter().map(|((name, file), x2)| (name, file, 0, x2)));
     let tests = pairs.len().max(1) as f64;
     let share = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
