@@ -407,6 +407,23 @@ mod tests {
     }
 
     #[test]
+    fn diff_options() {
+        let Command::Diff(d) = parse("prof diff -o d.svg --fail-over 2.5 --top 3 --json a b")
+            .unwrap()
+            .command
+        else {
+            panic!("not diff");
+        };
+        assert_eq!((d.base.to_str(), d.head.to_str()), (Some("a"), Some("b")));
+        assert_eq!(d.output.as_deref().and_then(|p| p.to_str()), Some("d.svg"));
+        assert_eq!((d.fail_over, d.top, d.json), (Some(2.5), 3, true));
+        assert!(parse("prof diff a").is_err());
+        assert!(parse("prof diff --json --markdown a b").is_err());
+        assert!(parse("prof diff --fail-over -1 a b").is_err());
+        assert!(parse("prof diff --fail-over nan a b").is_err());
+    }
+
+    #[test]
     fn locals_repeat() {
         let Command::Dump(d) = parse("prof dump -p 1 -ll -s").unwrap().command else {
             panic!("not dump");
