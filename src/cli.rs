@@ -78,6 +78,9 @@ pub enum Command {
     Top(TopArgs),
     /// Print the top functions of a profile file (pprof, speedscope or raw).
     Report(ReportArgs),
+    /// Compare two profiles: the functions whose share changed, and a differential flame
+    /// graph.
+    Diff(DiffArgs),
 }
 
 /// What to sample: a running process or a command to launch, and how often.
@@ -272,6 +275,51 @@ pub struct ReportArgs {
     pub thread: Option<String>,
 }
 
+/// Options of `prof diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The profile compared against (pprof, speedscope or raw), e.g. the base branch's.
+    #[arg(value_name = "BASE")]
+    pub base: std::path::PathBuf,
+
+    /// The profile compared (pprof, speedscope or raw), e.g. this change's.
+    #[arg(value_name = "HEAD")]
+    pub head: std::path::PathBuf,
+
+    /// Also write a differential flame graph (SVG): HEAD's frames, red where their share
+    /// grew, blue where it shrank.
+    #[arg(short, long, value_name = "SVG")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Print a GitHub Markdown table (for `$GITHUB_STEP_SUMMARY`).
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
+
+    /// Print JSON: `{"base": {"samples"}, "head": {"samples"}, "functions": [{"name",
+    /// "file", "base_own", "head_own", "delta_pp", "p_value", "significant"}]}`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Most functions shown, the largest change first; 0 shows all.
+    #[arg(long, default_value_t = crate::commands::report::DEFAULT_TOP, value_name = "N")]
+    pub top: usize,
+
+    /// Exit 1 when a function's own share grew by more than PP percentage points,
+    /// significantly.
+    #[arg(long, value_name = "PP", value_parser = parse_points, allow_negative_numbers = true)]
+    pub fail_over: Option<f64>,
+}
+
+/// A non-negative number of percentage points.
+fn parse_points(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of percentage points (0 or more)"
+        )),
+    }
+}
+
 /// How `prof report` groups samples into rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum By {
@@ -359,6 +407,23 @@ mod tests {
         assert!(parse("prof report --json --markdown x").is_err());
         assert!(parse("prof report --by file x").is_err());
         assert!(parse("prof report").is_err());
+    }
+
+    #[test]
+    fn diff_options() {
+        let Command::Diff(d) = parse("prof diff -o d.svg --fail-over 2.5 --top 3 --json a b")
+            .unwrap()
+            .command
+        else {
+            panic!("not diff");
+        };
+        assert_eq!((d.base.to_str(), d.head.to_str()), (Some("a"), Some("b")));
+        assert_eq!(d.output.as_deref().and_then(|p| p.to_str()), Some("d.svg"));
+        assert_eq!((d.fail_over, d.top, d.json), (Some(2.5), 3, true));
+        assert!(parse("prof diff a").is_err());
+        assert!(parse("prof diff --json --markdown a b").is_err());
+        assert!(parse("prof diff --fail-over -1 a b").is_err());
+        assert!(parse("prof diff --fail-over nan a b").is_err());
     }
 
     #[test]

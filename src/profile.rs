@@ -27,6 +27,8 @@ use foldhash::fast::RandomState;
 
 use crate::sample::{Frame, FrameCode, FrameKind, Sample};
 
+pub mod diff;
+
 /// How samples are aggregated and frames are shown; py-spy's `record` flags.
 ///
 /// `-F/--function` and `--nolineno` both aggregate the samples of a function

@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow};
 use serde::Serialize;
 
 use crate::cli::{By, ReportArgs};
-use crate::output::read::read_file;
+use crate::output::read::{ReadProfile, read_file};
 use crate::profile::{FunctionStats, Profile, ThreadInfo};
 use crate::tui::render::fmt_secs;
 use crate::tui::view::{label, thread_key, thread_names};
@@ -270,7 +270,7 @@ fn row(profile: &Profile, by_line: bool, f: &FunctionStats) -> Row {
 }
 
 /// Markdown-safe text outside code spans.
-fn md_escape(s: &str) -> String {
+pub(crate) fn md_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if "\\`*_[]<>|#".contains(c) {
@@ -283,7 +283,7 @@ fn md_escape(s: &str) -> String {
 
 /// `s` as a code span inside a table cell: `<module>` must not read as HTML, and a `|`
 /// would end the cell even inside the span.
-fn md_code(s: &str) -> String {
+pub(crate) fn md_code(s: &str) -> String {
     let s = s.replace('|', "\\|").replace(['\n', '\r'], " ");
     let mut longest = 0;
     let mut run = 0;
@@ -301,12 +301,7 @@ fn md_code(s: &str) -> String {
 
 /// Run `prof report`.
 pub fn run(args: &ReportArgs) -> Result<()> {
-    let read = read_file(&args.file).map_err(|e| match e {
-        crate::output::read::ReadError::Io(io) => {
-            anyhow!("cannot read {}: {io}", args.file.display())
-        }
-        e => anyhow!("{}: {e}", args.file.display()),
-    })?;
+    let read = read_profile(&args.file)?;
     let opts = TableOptions {
         top: args.top,
         by_line: args.by == By::Line,
@@ -330,6 +325,14 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// The profile in `path`; an error names the file.
+pub(crate) fn read_profile(path: &Path) -> Result<ReadProfile> {
+    read_file(path).map_err(|e| match e {
+        crate::output::read::ReadError::Io(io) => anyhow!("cannot read {}: {io}", path.display()),
+        e => anyhow!("{}: {e}", path.display()),
+    })
 }
 
 /// `FILE (pprof): N samples, S s, thread T`.

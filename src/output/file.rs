@@ -121,6 +121,12 @@ impl OutputPath {
     /// Write `profile` in `format`. A profile with no samples comes back as
     /// [`OutputError::NoSamples`] (inside the error), and a file is then left as it was.
     pub fn write(&self, format: Format, profile: &Profile) -> Result<()> {
+        self.write_with(&|out| super::write(format, profile, out))
+    }
+
+    /// Write what `draw` writes, as [`OutputPath::write`] writes a profile (for outputs
+    /// that are no single profile, as `prof diff`'s flame graph).
+    pub fn write_with(&self, draw: &dyn Fn(&mut dyn Write) -> super::Result<()>) -> Result<()> {
         let cannot = || format!("cannot write {}", self.path.display());
         match &self.dest {
             Dest::InPlace => {
@@ -128,7 +134,7 @@ impl OutputPath {
                     path: &self.path,
                     file: None,
                 };
-                render(format, profile, &mut out).with_context(cannot)?;
+                render(draw, &mut out).with_context(cannot)?;
                 let file = match out.file.take() {
                     Some(f) => f,
                     // An empty profile in a format that writes nothing still truncates.
@@ -147,7 +153,7 @@ impl OutputPath {
                 let result = (|| -> Result<()> {
                     let mut file = File::create(&tmp)
                         .with_context(|| format!("cannot write {}", tmp.display()))?;
-                    render(format, profile, &mut file).with_context(cannot)?;
+                    render(draw, &mut file).with_context(cannot)?;
                     // Complete on disk before it takes the old file's place.
                     file.sync_data()
                         .or_else(ignore_unsupported)
@@ -165,9 +171,9 @@ impl OutputPath {
 
 /// Write the profile through a buffer; I/O errors come back as themselves, so the cause
 /// is not said twice, and [`OutputError::NoSamples`] as itself for the caller to tell.
-fn render(format: Format, profile: &Profile, out: &mut dyn Write) -> Result<()> {
+fn render(draw: &dyn Fn(&mut dyn Write) -> super::Result<()>, out: &mut dyn Write) -> Result<()> {
     let mut out = BufWriter::new(out);
-    match super::write(format, profile, &mut out) {
+    match draw(&mut out) {
         Ok(()) => {}
         Err(OutputError::Io(e)) => return Err(e.into()),
         Err(OutputError::Json(e)) if e.io_error_kind().is_some() => {

@@ -1,5 +1,6 @@
 //! `flamegraph`: an interactive SVG flame graph drawn by inferno from the folded stacks.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 
 use inferno::flamegraph::{self, Options};
@@ -49,6 +50,85 @@ pub fn write_flamegraph(profile: &Profile, out: &mut dyn Write) -> Result<()> {
     flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), &mut out)?;
     out.flush()?;
     Ok(())
+}
+
+/// Write a differential flame graph of `head` against `base`: frames are as wide as in
+/// `head`, red where their share of the samples grew, blue where it shrank.
+///
+/// `base` is scaled to `head`'s total first, so the colours compare shares of each
+/// profile's own samples, not counts of runs of different lengths or rates, and tooltips
+/// count `head`'s samples with the change in points of its total.
+pub fn write_differential(
+    base: &Profile,
+    head: &Profile,
+    title: &str,
+    subtitle: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if base.total_samples() == 0 || head.total_samples() == 0 {
+        return Err(OutputError::NoSamples);
+    }
+    // One file named differently by the two formats must be one frame in both.
+    let files = crate::profile::diff::shared_file_names(base, head);
+    let scaled = |p: &Profile, to: f64| -> HashMap<String, u64> {
+        let total = p.total_samples() as f64;
+        let mut m = HashMap::new();
+        for (stack, count) in p.folded() {
+            let stack = if files.is_empty() {
+                stack
+            } else {
+                stack
+                    .split(';')
+                    .map(|label| renamed(label, &files))
+                    .collect::<Vec<_>>()
+                    .join(";")
+            };
+            *m.entry(stack).or_insert(0) += (count as f64 * to / total).round() as u64;
+        }
+        m
+    };
+    let to = head.total_samples() as f64;
+    let (b, h) = (scaled(base, to), scaled(head, to));
+    let mut stacks: Vec<&String> = b.keys().chain(h.keys()).collect();
+    stacks.sort();
+    stacks.dedup();
+    // inferno reads `stack before after`: the width is `after`, the colour `after - before`.
+    let lines: Vec<String> = stacks
+        .into_iter()
+        .map(|s| {
+            let before = b.get(s).copied().unwrap_or(0);
+            let after = h.get(s).copied().unwrap_or(0);
+            format!("{s} {before} {after}")
+        })
+        .collect();
+    let mut opts = Options::default();
+    opts.title = title.to_owned();
+    opts.subtitle = Some(subtitle.to_owned());
+    opts.count_name = "samples".to_owned();
+    let mut out = BufWriter::new(out);
+    flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// A folded frame label, `name (file:line)` or `name (file)`, with its file renamed per
+/// `files`.
+fn renamed(label: &str, files: &HashMap<String, String>) -> String {
+    let Some(open) = label.rfind(" (") else {
+        return label.to_owned();
+    };
+    let Some(inner) = label[open + 2..].strip_suffix(')') else {
+        return label.to_owned();
+    };
+    let (file, line) = match inner.rsplit_once(':') {
+        Some((f, l)) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => (f, Some(l)),
+        _ => (inner, None),
+    };
+    match (files.get(file), line) {
+        (Some(to), Some(l)) => format!("{} ({to}:{l})", &label[..open]),
+        (Some(to), None) => format!("{} ({to})", &label[..open]),
+        (None, _) => label.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +216,16 @@ mod tests {
                 .any(|t| t.starts_with("worker (tid 1002) (4 samples, 40.00%)")),
             "{titles:?}"
         );
+    }
+
+    #[test]
+    fn renamed_labels() {
+        let files = HashMap::from([("a.py".to_owned(), "/src/a.py".to_owned())]);
+        assert_eq!(renamed("f (a.py:3)", &files), "f (/src/a.py:3)");
+        assert_eq!(renamed("f (a.py)", &files), "f (/src/a.py)");
+        assert_eq!(renamed("g (x (a.py):3)", &files), "g (x (a.py):3)");
+        assert_eq!(renamed("f (b.py:3)", &files), "f (b.py:3)");
+        assert_eq!(renamed("process 12", &files), "process 12");
     }
 
     #[test]
