@@ -648,6 +648,11 @@ mod tests {
 
     #[test]
     fn an_exec_is_seen_by_the_image() {
+        // Under qemu-user a spawn can return before the child's exec, so the first image
+        // taken is already the one about to be replaced.
+        if crate::process::memory::skip_without_live_reads("an_exec_is_seen_by_the_image") {
+            return;
+        }
         // The test binary's own child: sh, which execs sleep.
         let mut child = std::process::Command::new("sh")
             .args(["-c", "read x; exec sleep 5"])
