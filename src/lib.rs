@@ -5,6 +5,7 @@
 //! the two for live threads) → `sample` (the shared data model) → `sampler` → `profile` →
 //! `output` and `tui` → commands.
 
+pub mod arch;
 pub mod attach;
 pub mod cli;
 pub mod commands;

@@ -8,7 +8,9 @@
 //! [`stack::NativeStacks`] bundles that per-thread pipeline (one bounded copy of the
 //! stack, unwind, symbolize); [`merge`] lines a native stack up with the Python stack.
 
-pub mod arch;
+/// The architectures, kept at the bottom floor (`crate::arch`); re-exported for the
+/// unwinder's paths.
+pub use crate::arch;
 pub mod merge;
 pub mod modules;
 pub mod stack;

@@ -31,7 +31,7 @@ use thiserror::Error;
 
 use super::maps::MapRange;
 use super::memory::{MemResult, Memory, MemoryError, MemoryExt, le_u64};
-use crate::native::arch::{Arch, ArchKind, Registers, x86_64};
+use crate::arch::{Arch, Registers};
 
 /// Why a core file cannot be used.
 #[derive(Debug, Error)]
@@ -137,41 +137,6 @@ const PRSTATUS_REGS: usize = 112;
 const PRSTATUS_PID: usize = 32;
 /// `pr_cursig` in `elf_prstatus`.
 const PRSTATUS_CURSIG: usize = 12;
-/// DWARF numbers of x86_64's `user_regs_struct` fields, in order (None: not a DWARF
-/// general register); rip (index 16) is the pc.
-const X86_64_USER_REGS: [Option<u16>; 27] = [
-    Some(15),
-    Some(14),
-    Some(13),
-    Some(12),
-    Some(x86_64::RBP),
-    Some(x86_64::RBX),
-    Some(11),
-    Some(10),
-    Some(9),
-    Some(8),
-    Some(x86_64::RAX),
-    Some(x86_64::RCX),
-    Some(x86_64::RDX),
-    Some(x86_64::RSI),
-    Some(x86_64::RDI),
-    None, // orig_rax
-    None, // rip
-    None, // cs
-    None, // eflags
-    Some(x86_64::RSP),
-    None, // ss
-    None, // fs_base
-    None, // gs_base
-    None, // ds
-    None, // es
-    None, // fs
-    None, // gs
-];
-const X86_64_RIP: usize = 16;
-/// aarch64 `user_pt_regs`: x0..x30, sp, pc, pstate.
-const AARCH64_USER_REGS: usize = 34;
-
 /// Longest path or string read from the core's memory.
 const MAX_STRING: usize = 4096;
 /// Most objects followed in the dynamic linker's list (a cycle guard, not a real limit).
@@ -558,29 +523,13 @@ impl Memory for CoreMemory {
 
 /// A thread from an `NT_PRSTATUS` note; None if it is too short for the architecture.
 fn prstatus(arch: &'static Arch, desc: &[u8]) -> Option<CoreThread> {
-    let nregs = match arch.kind {
-        ArchKind::X86_64 => X86_64_USER_REGS.len(),
-        ArchKind::Aarch64 => AARCH64_USER_REGS,
-    };
-    if desc.len() < PRSTATUS_REGS + 8 * nregs {
-        return None;
-    }
-    let reg = |i: usize| le_u64(desc, PRSTATUS_REGS + 8 * i);
-    let regs = match arch.kind {
-        ArchKind::X86_64 => {
-            let dwarf: Vec<(u16, u64)> = X86_64_USER_REGS
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| d.map(|d| (d, reg(i))))
-                .collect();
-            Registers::from_dwarf(arch, reg(X86_64_RIP), &dwarf)
-        }
-        ArchKind::Aarch64 => {
-            // x0..x30 are DWARF 0..30, sp is 31; pc (index 32) is passed apart.
-            let dwarf: Vec<(u16, u64)> = (0..32u16).map(|i| (i, reg(i as usize))).collect();
-            Registers::from_dwarf(arch, reg(32), &dwarf)
-        }
-    };
+    let words: Vec<u64> = desc
+        .get(PRSTATUS_REGS..)?
+        .chunks_exact(8)
+        .take(arch.user_regs.len())
+        .map(|w| le_u64(w, 0))
+        .collect();
+    let regs = Registers::from_user_regs(arch, &words)?;
     let pid = i32::from_le_bytes(desc[PRSTATUS_PID..PRSTATUS_PID + 4].try_into().ok()?);
     let signal = u16::from_le_bytes(desc[PRSTATUS_CURSIG..PRSTATUS_CURSIG + 2].try_into().ok()?);
     Some(CoreThread {
@@ -741,6 +690,7 @@ impl ElfLoads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::{ArchKind, x86_64};
 
     /// A hand-built core: header, program headers, notes, then the segments' bytes.
     struct Builder {

@@ -1,4 +1,5 @@
-//! Target architectures as data, so one build unwinds x86_64 and aarch64 stacks alike
+//! Target architectures as data (the bottom floor: everything above may use it, it uses
+//! nothing of prof's), so one build unwinds x86_64 and aarch64 stacks alike
 //! (an x86_64 host can analyse an aarch64 core file): DWARF register numbers, the
 //! return-address column, frame-record and signal-frame layouts, return-address masking.
 //!
@@ -71,6 +72,12 @@ pub struct Arch {
     pub page_size: u64,
     /// CFI uses the AArch64 vendor extension (`DW_CFA_AARCH64_negate_ra_state`).
     pub aarch64_cfi: bool,
+    /// The kernel's general-register struct (`user_regs_struct`, `user_pt_regs`), as both
+    /// `PTRACE_GETREGSET(NT_PRSTATUS)` and a core's `NT_PRSTATUS` give it: the DWARF number
+    /// of each 64-bit word (None for words that are no DWARF general register).
+    pub user_regs: &'static [Option<u16>],
+    /// Index of the pc in [`Arch::user_regs`].
+    pub user_regs_pc: usize,
 }
 
 /// DWARF register numbers are at most this (exclusive) in [`Registers`]: x86_64 uses
@@ -113,6 +120,49 @@ pub mod aarch64 {
     /// pc (only meaningful in DWARF expressions).
     pub const PC: u16 = 32;
 }
+
+/// x86_64 `user_regs_struct`: r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx,
+/// rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs.
+const X86_64_USER_REGS: &[Option<u16>] = &[
+    Some(15),
+    Some(14),
+    Some(13),
+    Some(12),
+    Some(x86_64::RBP),
+    Some(x86_64::RBX),
+    Some(11),
+    Some(10),
+    Some(9),
+    Some(x86_64::R8),
+    Some(x86_64::RAX),
+    Some(x86_64::RCX),
+    Some(x86_64::RDX),
+    Some(x86_64::RSI),
+    Some(x86_64::RDI),
+    None, // orig_rax
+    None, // rip: the pc, index 16
+    None, // cs
+    None, // eflags
+    Some(x86_64::RSP),
+    None, // ss
+    None, // fs_base
+    None, // gs_base
+    None, // ds
+    None, // es
+    None, // fs
+    None, // gs
+];
+
+/// aarch64 `user_pt_regs`: x0..x30 (DWARF 0..30), sp (31), pc, pstate.
+const AARCH64_USER_REGS: &[Option<u16>] = &{
+    let mut regs = [None; 34];
+    let mut i = 0;
+    while i < 32 {
+        regs[i] = Some(i as u16);
+        i += 1;
+    }
+    regs
+};
 
 /// `mov $15, %rax; syscall`: glibc's `__restore_rt` (rt_sigreturn is syscall 15).
 const X86_64_SIGRETURN: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
@@ -184,6 +234,8 @@ impl Arch {
         },
         page_size: 4096,
         aarch64_cfi: false,
+        user_regs: X86_64_USER_REGS,
+        user_regs_pc: 16,
     };
 
     /// AArch64, little-endian.
@@ -216,6 +268,8 @@ impl Arch {
         // Kernels may use 4K, 16K or 64K pages; load biases use the live system's value.
         page_size: 4096,
         aarch64_cfi: true,
+        user_regs: AARCH64_USER_REGS,
+        user_regs_pc: 32,
     };
 
     /// The architecture with ELF machine number `e_machine`, if supported.
@@ -305,6 +359,19 @@ impl Registers {
         r
     }
 
+    /// From the kernel's register struct of `arch` ([`Arch::user_regs`]), as ptrace and a
+    /// core's `NT_PRSTATUS` give it; None when `words` is too short to hold it.
+    pub fn from_user_regs(arch: &'static Arch, words: &[u64]) -> Option<Registers> {
+        let words = words.get(..arch.user_regs.len())?;
+        let mut r = Registers::empty(arch, words[arch.user_regs_pc]);
+        for (reg, &v) in arch.user_regs.iter().zip(words) {
+            if let Some(reg) = reg {
+                r.set(*reg, v);
+            }
+        }
+        Some(r)
+    }
+
     /// The architecture these registers belong to.
     pub fn arch(&self) -> &'static Arch {
         self.arch
@@ -374,6 +441,25 @@ mod tests {
         assert!(Arch::from_elf_header(&h).is_none());
         h[4] = 1; // 32-bit
         assert!(Arch::from_elf_header(&h).is_none());
+    }
+
+    #[test]
+    fn kernel_register_structs_decode_by_dwarf_number() {
+        // Word i holds 1000 + i.
+        let words: Vec<u64> = (0..34).map(|i| 1000 + i).collect();
+        let x = Registers::from_user_regs(&Arch::X86_64, &words[..27]).unwrap();
+        assert_eq!((x.pc, x.sp(), x.fp()), (1016, Some(1019), Some(1004)));
+        assert_eq!(x.get(x86_64::RBX), Some(1005));
+        assert_eq!(x.get(x86_64::RAX), Some(1010));
+        assert_eq!((x.get(15), x.get(8)), (Some(1000), Some(1009)));
+        assert!(Registers::from_user_regs(&Arch::X86_64, &words[..26]).is_none());
+        let a = Registers::from_user_regs(&Arch::AARCH64, &words).unwrap();
+        assert_eq!(
+            (a.pc, a.sp(), a.fp(), a.lr()),
+            (1032, Some(1031), Some(1029), Some(1030))
+        );
+        assert_eq!(a.get(0), Some(1000));
+        assert!(Registers::from_user_regs(&Arch::AARCH64, &words[..33]).is_none());
     }
 
     #[test]
