@@ -192,8 +192,24 @@ pub struct RecordArgs {
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// PID of the running Python process (decimal, or hex with 0x).
-    #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
-    pub pid: u32,
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true,
+          required_unless_present = "core", conflicts_with = "core")]
+    pub pid: Option<u32>,
+
+    /// Read a core file instead of a running process (written by the kernel, by gdb's
+    /// `gcore`, or by qemu-user, of x86_64 or aarch64).
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["subprocesses", "nonblocking"])]
+    pub core: Option<std::path::PathBuf>,
+
+    /// With --core: the program the core is of, for a core that does not name its files
+    /// (or when the file at the named path is not the one that ran).
+    #[arg(long, value_name = "PATH", requires = "core")]
+    pub executable: Option<std::path::PathBuf>,
+
+    /// With --core: a directory holding the files of the machine the core was written on
+    /// (its libraries are looked for under it first).
+    #[arg(long, value_name = "DIR", requires = "core")]
+    pub sysroot: Option<std::path::PathBuf>,
 
     /// Print the stacks as JSON (py-spy's schema).
     #[arg(short, long)]

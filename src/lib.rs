@@ -1,15 +1,14 @@
 //! prof: a sampling profiler for Python processes.
 //!
-//! Data flows one way: `process` (the target's memory, threads, stops) → `python`
-//! (interpreter discovery, frames, names) and `native` (unwinding, symbols; `mixed` merges
-//! the two for live threads) → `sample` (the shared data model) → `sampler` → `profile` →
-//! `output` and `tui` → commands.
+//! Data flows one way: `arch` (architectures as data) → `process` (memory, /proc, ptrace,
+//! core files) → `target` (a live process or a core behind one trait) → `python` (frames,
+//! names) and `native` (unwinding, symbols) → `target::Snapshot` (one capture of every
+//! thread, merged) → `sample` → `sampler` → `profile` → `output` and `tui` → commands.
 
 pub mod arch;
 pub mod attach;
 pub mod cli;
 pub mod commands;
-pub mod mixed;
 pub mod native;
 pub mod output;
 pub mod process;
@@ -17,4 +16,5 @@ pub mod profile;
 pub mod python;
 pub mod sample;
 pub mod sampler;
+pub mod target;
 pub mod tui;

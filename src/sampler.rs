@@ -6,20 +6,17 @@
 //! and `--duration` is wall-clock time.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::attach::{LiveTarget, attach, is_not_python};
-use crate::mixed::{NativeTarget, PythonSide};
+use crate::attach::{LiveTarget, attach};
 use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
-use crate::process::threads;
-use crate::python::{FrameOptions, PyError};
+use crate::python::FrameOptions;
 use crate::sample::Sample;
+use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target};
 
 /// What to sample and how.
 #[derive(Debug, Clone)]
@@ -132,14 +129,12 @@ impl LiveStats {
         self.errors.store(stats.errors, Ordering::Relaxed);
         self.lost.store(stats.lost, Ordering::Relaxed);
         if self.python.get().is_none()
-            && let Some(t) = procs.iter().find_map(|p| match &p.state {
-                ProcState::Attached(t) => Some(t),
+            && let Some(i) = procs.iter().find_map(|p| match &p.state {
+                ProcState::Ready(t) => t.interpreter(),
                 _ => None,
             })
         {
-            let _ = self
-                .python
-                .set(t.reader.interpreter().version().to_string());
+            let _ = self.python.set(i.version().to_string());
         }
     }
 }
@@ -152,8 +147,6 @@ const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
 const EXEC_SETTLE: Duration = Duration::from_secs(1);
 /// How often a process is checked for having exited (failed reads check at once).
 const ALIVE_CHECK: Duration = Duration::from_millis(50);
-/// How often a process's kernel threads are listed again.
-const THREAD_LISTING: Duration = Duration::from_millis(100);
 /// Most threads whose names [`SamplerStats::thread_names`] keeps.
 const MAX_NAMED_THREADS: usize = 1 << 16;
 
@@ -166,9 +159,8 @@ enum ProcState {
         exe: Option<std::path::PathBuf>,
         exe_since: Instant,
     },
-    Attached(Box<LiveTarget>),
-    /// Not Python, sampled as a native program (`--native`).
-    Native,
+    /// Read as Python, or (with `--native`, when it has no Python) as a native program.
+    Ready(Box<LiveTarget>),
     /// Not Python, or given up on.
     Ignored,
 }
@@ -176,19 +168,12 @@ enum ProcState {
 struct Proc {
     pid: u32,
     state: ProcState,
-    /// Open `/proc/PID/task/TID/stat` files, re-read with pread instead of reopened.
-    stat_files: HashMap<u32, File>,
-    /// Kernel threads at the last listing, and when to list again.
-    tids: Vec<u32>,
-    next_listing: Instant,
     /// The program image the process runs, to tell an exec or an exit from a failed read.
     image: Option<Image>,
     /// When liveness is checked again; a failed read checks it at once.
     next_alive_check: Instant,
     /// Seen gone (exited or a zombie).
     gone: bool,
-    /// The native side, with `--native` (made at the first sample).
-    natives: Option<Box<NativeTarget>>,
 }
 
 impl Proc {
@@ -196,64 +181,14 @@ impl Proc {
         Proc {
             pid,
             state,
-            stat_files: HashMap::new(),
-            tids: Vec::new(),
-            next_listing: now,
             image: None,
             next_alive_check: now,
             gone: false,
-            natives: None,
         }
     }
 
     fn pending(pid: u32, now: Instant) -> Proc {
         Proc::new(pid, pending_state(now), now)
-    }
-
-    /// Kernel threads and their states, read before the stacks; with `read_state` false,
-    /// the threads only, with the state `'?'`.
-    fn thread_states(&mut self, now: Instant, read_state: bool) -> Vec<(u32, char)> {
-        // Listing /proc/PID/task costs several syscalls; new threads are rare, so the list is
-        // refreshed on a timer and each known thread's stat file is re-read in place.
-        if now >= self.next_listing || self.tids.is_empty() {
-            let Ok(tids) = threads::list_threads(self.pid) else {
-                return Vec::new();
-            };
-            self.stat_files.retain(|tid, _| tids.contains(tid));
-            self.tids = tids;
-            self.next_listing = now + THREAD_LISTING;
-        }
-        if !read_state {
-            self.stat_files.clear();
-            return self.tids.iter().map(|&tid| (tid, '?')).collect();
-        }
-        let mut out = Vec::with_capacity(self.tids.len());
-        let mut buf = [0u8; 512];
-        let pid = self.pid;
-        self.tids.retain(|&tid| {
-            let file = match self.stat_files.entry(tid) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    match File::open(format!("/proc/{pid}/task/{tid}/stat")) {
-                        Ok(f) => v.insert(f),
-                        Err(_) => return false,
-                    }
-                }
-            };
-            match file.read_at(&mut buf, 0) {
-                Ok(n) if n > 0 => {
-                    if let Some(state) = threads::parse_stat_state(&buf[..n]) {
-                        out.push((tid, state));
-                    }
-                    true
-                }
-                // The thread exited.
-                _ => false,
-            }
-        });
-        self.stat_files
-            .retain(|tid, _| out.iter().any(|o| o.0 == *tid));
-        out
     }
 
     /// A read of the process failed: `errors` more samples lost, unless the process just
@@ -282,9 +217,6 @@ impl Proc {
     /// The process exec'd: whatever was known of its program no longer holds.
     fn replaced(&mut self, now: Instant) {
         self.state = pending_state(now);
-        self.natives = None;
-        self.tids.clear();
-        self.stat_files.clear();
         self.image = Image::open(self.pid);
         self.gone = self.image.is_none();
     }
@@ -352,26 +284,28 @@ pub fn run_live(
     stop: &AtomicBool,
     live: Option<&LiveStats>,
 ) -> SamplerStats {
+    let mut root = root;
     // An attached target's native side is made ready before the clock starts: on the first
-    // tick it took ~0.1 s, and every tick due meanwhile was dropped.
-    let warm = match (&root, opts.native) {
-        (Ok(t), true) => warm_native(t.pid),
-        _ => None,
-    };
+    // tick it took ~0.1 s, and every tick due meanwhile was dropped. (If it cannot be read
+    // now, the first tick tries again.)
+    if let (Ok(t), true) = (&mut root, opts.native)
+        && t.enable_native().is_ok()
+    {
+        t.warm_native();
+    }
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     let mut stats = SamplerStats::default();
     let root_pid = match &root {
-        Ok(t) => t.pid,
+        Ok(t) => t.target().pid(),
         Err(pid) => *pid,
     };
     stats.root = root_pid;
     stats.root_attached = root.is_ok();
     let mut procs = vec![match root {
-        Ok(t) => Proc::new(t.pid, ProcState::Attached(Box::new(t)), start),
+        Ok(t) => Proc::new(root_pid, ProcState::Ready(Box::new(t)), start),
         Err(pid) => Proc::pending(pid, start),
     }];
-    procs[0].natives = warm.map(Box::new);
     let frame_opts = FrameOptions {
         locals: false,
         validate: !opts.nonblocking,
@@ -450,7 +384,7 @@ pub fn run_live(
     };
     stats.processes = procs
         .iter()
-        .filter(|p| matches!(p.state, ProcState::Attached(_)))
+        .filter(|p| matches!(&p.state, ProcState::Ready(t) if t.interpreter().is_some()))
         .map(|p| p.pid)
         .collect();
     stats
@@ -495,16 +429,17 @@ fn sample_process(
                 if p.pid == stats.root {
                     stats.root_attached = true;
                 }
-                p.state = ProcState::Attached(Box::new(t));
+                p.state = ProcState::Ready(Box::new(t));
             }
             // No Python will appear in a process that has none mapped: with --native it is
             // a native program, sampled from now on.
-            Err(e) if opts.native && is_not_python(&e) && (settled || !python_mapped(p.pid)) => {
+            Err(e) if opts.native && e.is_not_python() && (settled || !python_mapped(p.pid)) => {
                 if exe.as_deref() != std::env::current_exe().ok().as_deref() {
                     if p.pid == stats.root {
                         stats.root_attached = true;
                     }
-                    p.state = ProcState::Native;
+                    p.state =
+                        ProcState::Ready(Box::new(Snapshot::native_only(LivePid::new(p.pid))));
                 } else {
                     // Still prof's own fork, before its exec.
                     *next_try = now + Duration::from_millis(10);
@@ -516,75 +451,35 @@ fn sample_process(
             Err(_) => p.state = ProcState::Ignored,
         }
     }
-    if matches!(p.state, ProcState::Pending { .. } | ProcState::Ignored) {
+    let ProcState::Ready(snap) = &mut p.state else {
         return;
-    }
-    let states = p.thread_states(now, opts.activity || !opts.include_idle);
-    if opts.native && p.natives.is_none() {
-        match NativeTarget::new(p.pid) {
-            Ok(n) => p.natives = Some(Box::new(n)),
-            Err(_) => return p.read_failed(1, now, stats),
-        }
-    }
-    // With --native, the threads to sample are stopped while their stacks are read.
-    let stop: Vec<u32> = match &p.natives {
-        Some(_) => states
-            .iter()
-            .filter(|s| opts.include_idle || s.1 == 'R')
-            .map(|s| s.0)
-            .collect(),
-        None => Vec::new(),
     };
-    let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
-    let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
+    if opts.native && !snap.has_native() && snap.enable_native().is_err() {
+        return p.read_failed(1, now, stats);
+    }
+    // Kernel threads and their states, read before the stacks (a failed listing leaves
+    // the Python threads, whose kernel ids are then unknown).
+    let threads = snap
+        .target_mut()
+        .threads(opts.activity || !opts.include_idle)
+        .unwrap_or_default();
+    let capture_opts = CaptureOptions {
+        frames: *frame_opts,
+        // With --native, the threads to sample are stopped while their stacks are read.
+        pause: Pause::Sampled {
+            include_idle: opts.include_idle,
+        },
+    };
+    let capture = match snap.capture(&threads, &capture_opts) {
+        Ok(c) => c,
+        Err(_) => return p.read_failed(1, now, stats),
+    };
     // Threads whose stacks could not be read: counted once the process is known to be
     // neither exiting nor exec'ing.
-    let mut unread = 0;
-    let stacks = match (&mut p.state, p.natives.as_deref_mut()) {
-        (ProcState::Attached(target), natives) => {
-            let before = target.reader.errors();
-            let read = |target: &mut LiveTarget| target.reader.stacks(&tids, *frame_opts);
-            let (stacks, pcs) = match natives {
-                Some(n) if !stop.is_empty() => match n.capture(&stop, || read(target)) {
-                    Ok((stacks, pcs)) => (stacks, pcs),
-                    Err(_) => (
-                        Err(PyError::Corrupt("threads could not be stopped")),
-                        vec![],
-                    ),
-                },
-                _ => (read(target), Vec::new()),
-            };
-            let mut stacks = match stacks {
-                Ok(s) => s,
-                Err(_) => return p.read_failed(1, now, stats),
-            };
-            unread = target.reader.errors() - before;
-            if let Some(n) = p.natives.as_deref_mut()
-                && !stop.is_empty()
-            {
-                let py = PythonSide {
-                    version: target.reader.interpreter().version(),
-                    entries: target.reader.entry_flags(),
-                    entry_addrs: target.reader.entry_frame_addresses(),
-                };
-                n.merge_all(&mut stacks, &stop, &pcs, Some(&py), state);
-            }
-            stacks
-        }
-        (ProcState::Native, _) if stop.is_empty() => Vec::new(),
-        (ProcState::Native, Some(n)) => match n.capture(&stop, || ()) {
-            Ok(((), pcs)) => {
-                let mut stacks = Vec::new();
-                n.merge_all(&mut stacks, &stop, &pcs, None, state);
-                stacks
-            }
-            Err(_) => return p.read_failed(1, now, stats),
-        },
-        _ => return,
-    };
-    if unread > 0 {
-        p.read_failed(unread, now, stats);
+    if capture.unread > 0 {
+        p.read_failed(capture.unread, now, stats);
     }
+    let stacks = capture.stacks;
     for s in &stacks {
         if let Some(name) = &s.thread_name {
             let key = (p.pid, s.thread_id, s.os_thread_id);
@@ -603,11 +498,7 @@ fn sample_process(
             }
         }
     }
-    for mut stack in stacks {
-        let state = stack
-            .os_thread_id
-            .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
-        stack.active = state == Some('R');
+    for stack in stacks {
         if stack.frames.is_empty()
             || (!opts.include_idle && !stack.active)
             || (opts.gil_only && !stack.owns_gil)
@@ -620,20 +511,6 @@ fn sample_process(
             stack,
         });
     }
-}
-
-/// The native side of `pid` after one unwind and symbolization of every thread, whose
-/// result is dropped: it loads the modules' unwind tables and the symbols of the code on
-/// the stacks. None when the process cannot be read (the first tick then tries again).
-fn warm_native(pid: u32) -> Option<NativeTarget> {
-    let mut n = NativeTarget::new(pid).ok()?;
-    let tids = crate::process::threads::list_threads(pid).ok()?;
-    if let Ok(((), pcs)) = n.capture(&tids, || ()) {
-        for stack in &pcs {
-            n.native_frames(stack);
-        }
-    }
-    Some(n)
 }
 
 /// Sleep until `when`, waking early if a stop is requested.

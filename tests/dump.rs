@@ -125,16 +125,6 @@ fn locals() {
     crate::skip_without_live_targets!();
     for_each_python(|py| {
         let target = Target::start(py, "mixed", &[]);
-        let (ident, truth) = target
-            .truth
-            .threads
-            .iter()
-            .find(|(_, t)| t.locals.is_some())
-            .expect("mixed.py has a thread with known locals");
-        let ident: u64 = ident.parse().unwrap();
-        let want = truth.locals.as_ref().unwrap();
-        let caller = truth.frames.last().expect("frames").clone();
-
         let plain = target.dump_json(&[]);
         for t in &plain {
             for f in &t.frames {
@@ -150,50 +140,7 @@ fn locals() {
 
         let dump = target.dump_json(&["--locals"]);
         target.assert_stacks(&dump);
-        let thread = dump
-            .iter()
-            .find(|t| t.thread_id == ident)
-            .expect("checked by assert_stacks");
-        let frame = thread
-            .frames
-            .iter()
-            .find(|f| f.name == caller.1 && f.line == caller.2)
-            .expect("checked by assert_stacks");
-        let locals = frame.locals.as_ref().unwrap_or_else(|| {
-            panic!(
-                "{}: no locals for {} with --locals",
-                target.what(),
-                frame.name
-            )
-        });
-        let by_name: BTreeMap<&str, &Local> = locals.iter().map(|l| (l.name.as_str(), l)).collect();
-        let mut problems = Vec::new();
-        for (name, repr) in want {
-            match by_name.get(name.as_str()) {
-                None => problems.push(format!("local {name:?} missing")),
-                Some(local) => {
-                    if let (Some(want), Some(have)) = (repr, &local.repr)
-                        && want != have
-                    {
-                        problems.push(format!("local {name}: repr {have:?}, expected {want:?}"));
-                    }
-                    let is_arg = truth.args.contains(name);
-                    if local.arg.is_some_and(|a| a != is_arg) {
-                        problems.push(format!(
-                            "local {name}: arg={:?}, expected {is_arg}",
-                            local.arg
-                        ));
-                    }
-                }
-            }
-        }
-        assert!(
-            problems.is_empty(),
-            "{}: frame {}:\n  {}\nprof's locals: {locals:#?}",
-            target.what(),
-            frame.name,
-            problems.join("\n  ")
-        );
+        target.assert_locals(&dump);
     });
 }
 

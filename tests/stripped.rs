@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::{Group, for_each_python};
 use prof::process::{LiveMemory, read_maps};
 use prof::python::discover::{find_interpreter, scan_for_runtime, writable_data};
+use prof::target::{LivePid, Target};
 
 #[test]
 fn data_scan_finds_the_runtime_the_symbol_names() {
@@ -21,20 +22,21 @@ fn data_scan_finds_the_runtime_the_symbol_names() {
         ]);
         let group = Group::spawn(&mut cmd);
         let pid = group.pid();
-        let mem = LiveMemory::new(pid);
+        let target = LivePid::new(pid);
+        let mem = target.memory();
         // The interpreter is up once its main thread state exists; poll until it is found.
         let deadline = Instant::now() + Duration::from_secs(30);
         let interp = loop {
             let maps = read_maps(pid).expect("maps");
-            match find_interpreter(&mem, pid, &maps, None) {
-                Ok(i) if has_thread(&mem, &i) => break i,
+            match find_interpreter(&target, &maps) {
+                Ok(i) if has_thread(mem, &i) => break i,
                 _ if Instant::now() > deadline => panic!("[{}] interpreter never found", py.name),
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         };
         let maps = read_maps(pid).expect("maps");
         let data = writable_data(&maps, &interp.path);
-        let scanned = scan_for_runtime(&mem, &maps, &data, Some(interp.version()), false);
+        let scanned = scan_for_runtime(mem, &maps, &data, Some(interp.version()), false);
         assert_eq!(
             scanned,
             Some(interp.runtime),

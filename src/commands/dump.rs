@@ -5,13 +5,14 @@ use std::io::Write;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::attach::{LiveTarget, attach, explain, is_not_python, thread_states, unless_exited};
+use crate::attach::attach;
 use crate::cli::DumpArgs;
-use crate::mixed::{NATIVE_NONBLOCKING, NativeTarget, PythonSide};
-use crate::process::ptrace::PauseGuard;
-use crate::process::{self, ProcessError};
 use crate::python::{FrameOptions, module_name};
 use crate::sample::{FrameKind, LocalVar, ThreadStack};
+use crate::target::{
+    CaptureOptions, CoreFile, CoreOptions, LivePid, NATIVE_NONBLOCKING, Pause, Snapshot, Target,
+    TargetError,
+};
 
 /// A frame in py-spy's JSON schema (plus `native`).
 #[derive(Serialize)]
@@ -54,30 +55,20 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         bail!(NATIVE_NONBLOCKING);
     }
     super::check_depth(args.depth)?;
-    let mut dumps = Vec::new();
-    // With -s a root without Python (a shell, a launcher) may still have Python children.
-    let root_error = match capture(args.pid, args) {
-        Ok(d) => {
-            dumps.push(d);
-            None
+    let dumps = match (&args.core, args.pid) {
+        (Some(core), _) => {
+            let opts = CoreOptions {
+                executable: args.executable.clone(),
+                sysroot: args.sysroot.clone(),
+            };
+            vec![dumped(
+                Snapshot::attach_or_native(CoreFile::open(core, opts)?, args.native)?,
+                args,
+            )?]
         }
-        Err(e) if args.subprocesses && is_not_python(&e) => Some(e),
-        Err(e) => return Err(e),
+        (None, Some(pid)) => dump_live(pid, args)?,
+        (None, None) => bail!("nothing to dump: give a PID with -p, or a core file with --core"),
     };
-    if args.subprocesses {
-        for pid in crate::process::events::descendants(args.pid) {
-            match attach(pid) {
-                Ok(target) => match capture_python(target, args) {
-                    Ok(d) => dumps.push(d),
-                    Err(e) => skip_or_warn(pid, e),
-                },
-                Err(e) => skip_or_warn(pid, e),
-            }
-        }
-    }
-    if let (Some(e), true) = (root_error, dumps.is_empty()) {
-        bail!("{e:#}, nor is any process it started");
-    }
     let out = std::io::stdout();
     let mut out = out.lock();
     if args.json {
@@ -107,102 +98,70 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The live process `pid`, and with `-s` its Python descendants.
+fn dump_live(pid: u32, args: &DumpArgs) -> Result<Vec<Dumped>> {
+    let mut dumps = Vec::new();
+    // With -s a root without Python (a shell, a launcher) may still have Python children.
+    let root = LivePid::open(pid).and_then(|t| Snapshot::attach_or_native(t, args.native));
+    let root_error = match root.and_then(|s| dumped(s, args)) {
+        Ok(d) => {
+            dumps.push(d);
+            None
+        }
+        Err(e) if args.subprocesses && e.is_not_python() => Some(e),
+        Err(e) => return Err(e.into()),
+    };
+    if args.subprocesses {
+        for pid in crate::process::events::descendants(pid) {
+            match attach(pid).and_then(|s| dumped(s, args)) {
+                Ok(d) => dumps.push(d),
+                Err(e) => skip_or_warn(pid, e),
+            }
+        }
+    }
+    if let (Some(e), true) = (root_error, dumps.is_empty()) {
+        bail!("{e:#}, nor is any process it started");
+    }
+    Ok(dumps)
+}
+
 /// A descendant that is not Python, or that exited, is left out quietly (`-s` dumps the
 /// Python ones); any other failure is reported and the others are still dumped.
-fn skip_or_warn(pid: u32, e: anyhow::Error) {
-    let exited = matches!(
-        e.downcast_ref(),
-        Some(ProcessError::Exited(_) | ProcessError::NotFound(_))
-    );
-    if !(exited || is_not_python(&e)) {
+fn skip_or_warn(pid: u32, e: TargetError) {
+    if !(e.is_gone() || e.is_not_python()) {
         eprintln!("prof: skipped child process {pid}: {e:#}");
     }
 }
 
-/// The stacks of `pid`: Python, or with `--native` native only for a non-Python process.
-fn capture(pid: u32, args: &DumpArgs) -> Result<Dumped> {
-    match attach(pid) {
-        Ok(target) => capture_python(target, args),
-        Err(e) if args.native && is_not_python(&e) => native_only(pid),
-        Err(e) => Err(e),
+/// Every thread's stack of a target, once: paused for the read unless `--nonblocking`
+/// (a paused process cannot tear a stack; a running one is re-checked instead).
+fn dumped<T: Target>(mut snap: Snapshot<T>, args: &DumpArgs) -> Result<Dumped, TargetError> {
+    if args.native {
+        snap.enable_native()?;
     }
-}
-
-/// Every thread's stack of an attached Python process.
-fn capture_python(mut target: LiveTarget, args: &DumpArgs) -> Result<Dumped> {
-    let pid = target.pid;
-    let states = thread_states(pid)?;
-    let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
-    // A paused process cannot tear a stack; a running one is re-checked instead.
-    let opts = FrameOptions {
-        locals: args.locals > 0,
-        validate: args.nonblocking,
-        function_lines: false,
-        depth: args.depth,
+    let threads = snap.target_mut().threads(true)?;
+    let opts = CaptureOptions {
+        frames: FrameOptions {
+            locals: args.locals > 0,
+            validate: args.nonblocking,
+            function_lines: false,
+            depth: args.depth,
+        },
+        pause: if args.nonblocking {
+            Pause::Never
+        } else {
+            Pause::All
+        },
     };
-    let mut natives = if args.native {
-        Some(NativeTarget::new(pid).map_err(|e| unless_exited(pid, e.into()))?)
-    } else {
-        None
-    };
-    let read = |target: &mut LiveTarget| target.reader.stacks(&tids, opts);
-    let mut stacks = match &mut natives {
-        // Only the unwinds need the stop; symbolizing (which may load DWARF) comes after.
-        Some(natives) => {
-            let (stacks, pcs) = natives
-                .capture(&tids, || read(&mut target))
-                .map_err(|e| unless_exited(pid, e.into()))?;
-            let mut stacks = stacks.map_err(|e| explain(pid, e))?;
-            let py = PythonSide {
-                version: target.reader.interpreter().version(),
-                entries: target.reader.entry_flags(),
-                entry_addrs: target.reader.entry_frame_addresses(),
-            };
-            let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
-            natives.merge_all(&mut stacks, &tids, &pcs, Some(&py), state);
-            stacks
-        }
-        None => {
-            // A paused process cannot tear a stack; a running one is re-checked instead.
-            let _pause = if args.nonblocking {
-                None
-            } else {
-                Some(PauseGuard::pause(pid, &tids).map_err(|e| unless_exited(pid, e.into()))?)
-            };
-            read(&mut target).map_err(|e| explain(pid, e))?
-        }
-    };
-    for s in &mut stacks {
-        let state = s
-            .os_thread_id
-            .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
-        s.active = state == Some('R');
-    }
-    let v = target.reader.interpreter();
+    let capture = snap.capture(&threads, &opts)?;
+    let t = snap.target();
     Ok(Dumped {
-        pid,
-        python: Some(format!("Python v{} ({})", v.version(), v.path)),
-        cmdline: target.cmdline,
-        stacks,
-    })
-}
-
-/// `dump --native` of a process without Python: every thread's native stack.
-fn native_only(pid: u32) -> Result<Dumped> {
-    let states = thread_states(pid)?;
-    let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
-    let mut natives = NativeTarget::new(pid).map_err(|e| unless_exited(pid, e.into()))?;
-    let ((), pcs) = natives
-        .capture(&tids, || ())
-        .map_err(|e| unless_exited(pid, e.into()))?;
-    let mut stacks = Vec::new();
-    let state = |tid| states.iter().find(|x| x.0 == tid).map_or('?', |x| x.1);
-    natives.merge_all(&mut stacks, &tids, &pcs, None, state);
-    Ok(Dumped {
-        pid,
-        cmdline: process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}")),
-        python: None,
-        stacks,
+        pid: t.pid(),
+        cmdline: t.command_line(),
+        python: snap
+            .interpreter()
+            .map(|v| format!("Python v{} ({})", v.version(), v.path)),
+        stacks: capture.stacks,
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Result, bail};
 use crossbeam_channel::{TryRecvError, bounded};
 
-use crate::attach::{attach, is_not_python};
+use crate::attach::attach;
 use crate::cli::{MAX_RATE, RecordArgs, TargetArgs};
 use crate::output::file::OutputPath;
 use crate::output::{Format, OutputError};
@@ -17,6 +17,7 @@ use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions, RunStats};
 use crate::sample::Sample;
 use crate::sampler::{self, SamplerOptions, SamplerStats};
+use crate::target::Target;
 
 /// Run `prof record`; returns the exit code (the launched command's, in launch mode).
 pub fn run(args: &RecordArgs) -> Result<i32> {
@@ -172,7 +173,7 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
         );
     }
     if t.native && t.nonblocking {
-        bail!(crate::mixed::NATIVE_NONBLOCKING);
+        bail!(crate::target::NATIVE_NONBLOCKING);
     }
     // The sampler would count every refused stop as an empty tick and end with a
     // misleading summary: say it now.
@@ -239,15 +240,15 @@ pub fn start_target_logged(
     if let Some(pid) = t.pid {
         return match attach(pid) {
             Ok(target) => {
-                let title = format!("{} (pid {pid})", target.cmdline);
+                let title = format!("{} (pid {pid})", target.target().command_line());
                 Ok((Ok(target), None, title))
             }
             // With --native a process without Python is profiled as a native program.
-            Err(e) if t.native && is_not_python(&e) => {
+            Err(e) if t.native && e.is_not_python() => {
                 let cmdline = process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}"));
                 Ok((Err(pid), None, format!("{cmdline} (pid {pid})")))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     }
     let child = match log {

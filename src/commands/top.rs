@@ -28,6 +28,7 @@ use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions};
 use crate::sample::Sample;
 use crate::sampler::{self, LiveStats, SamplerOptions, SamplerStats};
+use crate::target::Target;
 use crate::tui::app::{Action, App};
 use crate::tui::input::KeyParser;
 use crate::tui::render;
@@ -63,7 +64,7 @@ pub fn run(args: &TopArgs) -> Result<i32> {
         .then(|| std::env::temp_dir().join(format!("prof-top-{}.log", std::process::id())));
     let (root, launched, title) = start_target_logged(t, log.as_deref())?;
     let pid = match &root {
-        Ok(target) => target.pid,
+        Ok(target) => target.target().pid(),
         Err(pid) => *pid,
     };
     let mut launched = launched;

@@ -3,6 +3,7 @@
 //! The rule: walk the native frames innermost → outermost. A native frame running the
 //! interpreter's eval loop (`_PyEval_EvalFrameDefault` on every version, see
 //! [`is_eval_function`]) is replaced by the Python frames that C call ran:
+//! The rule for an interpreter comes from its layout (`Layout::eval_runs_entry_chain`):
 //! - 3.11+ ([`EntryRule::EntryFlag`]): Python calls no longer nest C calls; one eval
 //!   call runs Python frames up to and including the first one marked `is_entry` (the
 //!   frame the C call started with), so that many Python frames are consumed;
@@ -34,17 +35,6 @@ pub enum EntryRule {
     PerFrame,
     /// 3.11+: up to and including the next frame whose `is_entry` is set.
     EntryFlag,
-}
-
-impl EntryRule {
-    /// The rule for Python `major.minor`.
-    pub fn for_version(major: u32, minor: u32) -> EntryRule {
-        if (major, minor) >= (3, 11) {
-            EntryRule::EntryFlag
-        } else {
-            EntryRule::PerFrame
-        }
-    }
 }
 
 /// Is `function` (a symbol or DWARF name) the interpreter's eval loop? GCC's split-off
@@ -283,13 +273,5 @@ mod tests {
         assert_eq!(names(&got), ["f", UNCERTAIN]);
         let got = merge(&[nat("main")], &[], &[], EntryRule::EntryFlag);
         assert_eq!(names(&got), ["main"]);
-    }
-
-    #[test]
-    fn versions() {
-        assert_eq!(EntryRule::for_version(3, 10), EntryRule::PerFrame);
-        assert_eq!(EntryRule::for_version(3, 7), EntryRule::PerFrame);
-        assert_eq!(EntryRule::for_version(3, 11), EntryRule::EntryFlag);
-        assert_eq!(EntryRule::for_version(3, 15), EntryRule::EntryFlag);
     }
 }

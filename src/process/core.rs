@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use libc::{AT_BASE, AT_EXECFN, AT_PHDR, AT_SYSINFO_EHDR};
 use object::elf::{
-    DT_DEBUG, DT_NULL, ET_CORE, ET_EXEC, NT_AUXV, NT_FILE, NT_PRSTATUS, PF_R, PF_W, PF_X,
-    PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_NOTE, PT_PHDR,
+    DT_DEBUG, DT_NULL, ET_CORE, ET_EXEC, NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS, PF_R, PF_W,
+    PF_X, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_NOTE, PT_PHDR,
 };
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::{Endianness, elf::FileHeader64};
@@ -56,6 +56,9 @@ pub enum CoreError {
     /// The dynamic linker's list of loaded objects could not be followed.
     #[error("cannot list the core's loaded objects: {0}")]
     Linker(String),
+    /// The file ends before what its headers say it holds.
+    #[error("the core file is truncated: {0}")]
+    Truncated(String),
 }
 
 /// One `PT_LOAD` of the core: a mapping of the process.
@@ -69,6 +72,9 @@ pub struct Segment {
     pub file_offset: u64,
     /// Bytes of it present in the file (`p_filesz`, cut at the end of a truncated file).
     pub file_len: u64,
+    /// Bytes of `p_filesz` past the end of a truncated file: lost, not left out, so the
+    /// files behind the mapping (which hold what it held at load time) must not stand in.
+    pub lost: u64,
     /// Readable in the process.
     pub read: bool,
     /// Writable in the process.
@@ -124,6 +130,8 @@ pub struct CoreMemory {
     /// From `NT_FILE`; empty when the writer gave none.
     files: Vec<FileRange>,
     auxv: Vec<(u64, u64)>,
+    /// `NT_PRPSINFO`: the process id and its arguments (the first 80 bytes).
+    psinfo: Option<(u32, String)>,
     /// Files behind mappings, for the bytes the core left out (see
     /// [`CoreMemory::add_files`]).
     images: Vec<memmap2::Mmap>,
@@ -178,6 +186,15 @@ impl CoreMemory {
         }
         let machine = header.e_machine(endian).0;
         let arch = Arch::from_e_machine(machine).ok_or(CoreError::Machine(machine))?;
+        let table_end = header.e_phoff(endian).saturating_add(
+            u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian)),
+        );
+        if table_end > bytes.len() as u64 {
+            return Err(CoreError::Truncated(format!(
+                "its program headers end at byte {table_end}, past its end at {}",
+                bytes.len()
+            )));
+        }
         let phdrs = header
             .program_headers(endian, bytes)
             .map_err(|e| CoreError::Malformed(e.to_string()))?;
@@ -187,6 +204,7 @@ impl CoreMemory {
             threads: Vec::new(),
             files: Vec::new(),
             auxv: Vec::new(),
+            psinfo: None,
             data: Bytes::Owned(Vec::new()),
             images: Vec::new(),
             backed: Vec::new(),
@@ -201,22 +219,27 @@ impl CoreMemory {
                     })?;
                     let file_offset = ph.p_offset(endian);
                     // Whatever a truncated core lost is unreadable, like a dropped mapping.
-                    let file_len = ph
-                        .p_filesz(endian)
-                        .min(end - start)
-                        .min(file_len.saturating_sub(file_offset));
+                    let promised = ph.p_filesz(endian).min(end - start);
+                    let file_len = promised.min(file_len.saturating_sub(file_offset));
                     let flags = ph.p_flags(endian).0;
                     core.segments.push(Segment {
                         start,
                         end,
                         file_offset,
                         file_len,
+                        lost: promised - file_len,
                         read: flags & PF_R.0 != 0,
                         write: flags & PF_W.0 != 0,
                         exec: flags & PF_X.0 != 0,
                     });
                 }
                 PT_NOTE => {
+                    let end = ph.p_offset(endian).saturating_add(ph.p_filesz(endian));
+                    if end > file_len {
+                        return Err(CoreError::Truncated(format!(
+                            "its notes (threads, registers, mapped files) end at byte {end}, past its end at {file_len}"
+                        )));
+                    }
                     let notes = ph
                         .notes(endian, bytes)
                         .map_err(|e| CoreError::Malformed(e.to_string()))?;
@@ -262,6 +285,7 @@ impl CoreMemory {
                     .collect();
             }
             t if t == NT_FILE.0 => self.files = nt_file(desc)?,
+            t if t == NT_PRPSINFO.0 => self.psinfo = prpsinfo(desc),
             _ => {}
         }
         Ok(())
@@ -280,6 +304,20 @@ impl CoreMemory {
     /// The threads, in the core's order (the kernel puts the one that died first).
     pub fn threads(&self) -> &[CoreThread] {
         &self.threads
+    }
+
+    /// The process id and its arguments (at most 80 bytes, as the writer cut them), from
+    /// `NT_PRPSINFO`.
+    pub fn process_info(&self) -> Option<(u32, &str)> {
+        self.psinfo
+            .as_ref()
+            .map(|(pid, args)| (*pid, args.as_str()))
+    }
+
+    /// Bytes the program headers promise that a truncated file does not hold (0 for a
+    /// whole core).
+    pub fn missing_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.lost).sum()
     }
 
     /// The thread ids.
@@ -318,8 +356,12 @@ impl CoreMemory {
 
     /// The memory map, like `/proc/PID/maps`: one range per segment, with permissions
     /// from its `p_flags` and file, offset and path from `NT_FILE` (anonymous without).
-    pub fn maps(&self) -> Vec<MapRange> {
-        assemble(&self.segments, &self.files)
+    /// Files `NT_FILE` names where the core has no segment at all (gdb's `gcore` writes
+    /// none for the mappings it leaves out, where the kernel writes an empty one) are
+    /// mapped too, with the permissions of the file's `PT_LOAD` there when `open` finds
+    /// the file (else read-only).
+    pub fn maps(&self, open: impl Fn(&str) -> Option<PathBuf>) -> Vec<MapRange> {
+        assemble(&self.segments, &self.files, open)
     }
 
     /// The memory map with the files found through the dynamic linker's list of loaded
@@ -411,7 +453,7 @@ impl CoreMemory {
             }
         }
         files.sort_by_key(|f| f.start);
-        Ok(assemble(&self.segments, &files))
+        Ok(assemble(&self.segments, &files, open))
     }
 
     /// Serve reads the core cannot (text and read-only data that cores leave out because
@@ -453,6 +495,9 @@ impl CoreMemory {
             let off = s.file_offset + (addr - s.start);
             return Some((None, off as usize, s.start + s.file_len - addr));
         }
+        if self.lost(addr) {
+            return None;
+        }
         let i = self
             .backed
             .partition_point(|b| b.0 <= addr)
@@ -478,6 +523,16 @@ impl CoreMemory {
         let bytes = self.bytes(addr, avail).ok()?;
         let end = bytes.iter().position(|&b| b == 0)?;
         Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    }
+
+    /// Were the bytes at `addr` cut off a truncated core?
+    fn lost(&self, addr: u64) -> bool {
+        let i = self.segments.partition_point(|s| s.start <= addr);
+        i.checked_sub(1).is_some_and(|i| {
+            let s = &self.segments[i];
+            let at = addr - s.start;
+            s.lost > 0 && at >= s.file_len && at < s.file_len + s.lost
+        })
     }
 
     /// The segment whose file-backed part holds `addr`.
@@ -539,6 +594,16 @@ fn prstatus(arch: &'static Arch, desc: &[u8]) -> Option<CoreThread> {
     })
 }
 
+/// The `NT_PRPSINFO` note (64-bit `elf_prpsinfo`): `pr_pid` at 24, `pr_psargs` (80
+/// bytes, NUL-padded) at 56.
+fn prpsinfo(desc: &[u8]) -> Option<(u32, String)> {
+    let pid = u32::from_le_bytes(desc.get(24..28)?.try_into().ok()?);
+    let args = desc.get(56..136)?;
+    let end = args.iter().position(|&b| b == 0).unwrap_or(args.len());
+    let args = String::from_utf8_lossy(&args[..end]).trim_end().to_string();
+    Some((pid, args))
+}
+
 /// The `NT_FILE` note: count, page size, `count` × (start, end, offset in pages), then
 /// `count` NUL-terminated paths.
 fn nt_file(desc: &[u8]) -> Result<Vec<FileRange>, CoreError> {
@@ -581,8 +646,13 @@ fn nt_file(desc: &[u8]) -> Result<Vec<FileRange>, CoreError> {
 }
 
 /// One range per segment, split where the files mapped over it begin and end; each piece
-/// takes the file that covers it (sorted `files`), or none.
-fn assemble(segments: &[Segment], files: &[FileRange]) -> Vec<MapRange> {
+/// takes the file that covers it (sorted `files`), or none. Then the parts of files no
+/// segment covers, with permissions from the file opened through `open`.
+fn assemble(
+    segments: &[Segment],
+    files: &[FileRange],
+    open: impl Fn(&str) -> Option<PathBuf>,
+) -> Vec<MapRange> {
     let mut out = Vec::new();
     for s in segments {
         let mut cuts: Vec<u64> = vec![s.start, s.end];
@@ -606,6 +676,62 @@ fn assemble(segments: &[Segment], files: &[FileRange]) -> Vec<MapRange> {
             });
         }
     }
+    let mut images: Vec<(&str, Option<ElfLoads>)> = Vec::new();
+    for f in files {
+        // The pieces of `f` between the segments over it.
+        let over = segments
+            .iter()
+            .filter(|s| s.start < f.end && f.start < s.end);
+        let mut gaps = Vec::new();
+        let mut at = f.start;
+        for s in over {
+            if s.start > at {
+                gaps.push((at, s.start));
+            }
+            at = at.max(s.end);
+        }
+        if at < f.end {
+            gaps.push((at, f.end));
+        }
+        if gaps.is_empty() {
+            continue;
+        }
+        let loads = match images.iter().position(|i| i.0 == f.path) {
+            Some(i) => i,
+            None => {
+                let loads = (!f.deleted)
+                    .then(|| open(&f.path))
+                    .flatten()
+                    .and_then(|p| ElfLoads::read(&p).ok());
+                images.push((&f.path, loads));
+                images.len() - 1
+            }
+        };
+        for (start, end) in gaps {
+            let offset = f.offset.wrapping_add(start - f.start);
+            let flags = images[loads].1.as_ref().and_then(|e| {
+                e.loads
+                    .iter()
+                    .find(|l| {
+                        let first = align_down(l.offset, 4096);
+                        first <= offset && offset < l.offset.saturating_add(l.filesz.max(1))
+                    })
+                    .map(|l| l.flags)
+            });
+            let flags = flags.unwrap_or(PF_R.0);
+            out.push(MapRange {
+                start,
+                end,
+                offset,
+                read: flags & PF_R.0 != 0,
+                write: flags & PF_W.0 != 0,
+                exec: flags & PF_X.0 != 0,
+                path: Some(f.path.clone()),
+                deleted: f.deleted,
+            });
+        }
+    }
+    out.sort_by_key(|m| m.start);
     out
 }
 
@@ -623,6 +749,8 @@ struct Load {
     offset: u64,
     vaddr: u64,
     filesz: u64,
+    /// `p_flags`.
+    flags: u32,
 }
 
 /// What [`CoreMemory::linker_maps`] needs from an image file.
@@ -660,6 +788,7 @@ impl ElfLoads {
                     offset: ph.p_offset(endian),
                     vaddr: ph.p_vaddr(endian),
                     filesz: ph.p_filesz(endian),
+                    flags: ph.p_flags(endian).0,
                 }),
                 PT_PHDR => phdr = Some(ph.p_vaddr(endian)),
                 PT_DYNAMIC => out.dynamic = Some((ph.p_vaddr(endian), ph.p_memsz(endian))),
@@ -868,7 +997,7 @@ mod tests {
     #[test]
     fn maps_take_files_from_nt_file_and_permissions_from_segments() {
         let core = CoreMemory::from_bytes(aarch64_core()).unwrap();
-        let maps = core.maps();
+        let maps = core.maps(|_| None);
         let brief: Vec<_> = maps
             .iter()
             .map(|m| {
@@ -909,7 +1038,7 @@ mod tests {
         for len in 0..good.len().min(2048) {
             let _ = CoreMemory::from_bytes(good[..len].to_vec()).map(|c| {
                 let _ = c.u64(0x2000);
-                let _ = c.maps();
+                let _ = c.maps(|_| None);
                 let _ = c.exec_path();
             });
         }
@@ -920,7 +1049,7 @@ mod tests {
                 bad[i] = v;
                 if let Ok(c) = CoreMemory::from_bytes(bad) {
                     let _ = c.u64(0x2ff8);
-                    let _ = c.maps();
+                    let _ = c.maps(|_| None);
                     let _ = c.exec_path();
                     let _ = c.linker_maps(|_| None);
                 }
@@ -946,7 +1075,7 @@ mod tests {
         bytes.extend(vec![0x22u8; 0x1000]);
         bytes.extend(vec![0x33u8; 0x800]);
         std::fs::write(&lib, bytes).unwrap();
-        let maps = core.maps();
+        let maps = core.maps(|_| None);
         assert_eq!(core.add_files(&maps, |_| Some(lib.clone())), 1);
         assert_eq!(core.u8(0x1000).unwrap(), 0x11);
         // Text, then the core's copy of the next page: one read across both.
@@ -968,6 +1097,31 @@ mod tests {
         assert_eq!(core.u8(0x5fff).unwrap(), 0xcc);
         assert!(core.u8(0x7000).is_ok());
         assert!(core.u8(0x77ff).is_ok());
+        assert!(core.u8(0x7800).is_err());
+        assert_eq!(core.missing_bytes(), 0x800);
+    }
+
+    #[test]
+    fn files_do_not_stand_in_for_what_truncation_lost() {
+        let good = aarch64_core();
+        // The last segment (0x7000, the stack, 0x1000 bytes) half cut off; a file is
+        // mapped there in this test's map, with other bytes than the process had.
+        let mut core = CoreMemory::from_bytes(good[..good.len() - 0x800].to_vec()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stale");
+        std::fs::write(&file, vec![0x55u8; 0x1000]).unwrap();
+        let maps = vec![MapRange {
+            start: 0x7000,
+            end: 0x8000,
+            offset: 0,
+            read: true,
+            write: true,
+            exec: false,
+            path: Some("/stale".into()),
+            deleted: false,
+        }];
+        assert_eq!(core.add_files(&maps, |_| Some(file.clone())), 1);
+        assert!(core.u8(0x77ff).is_ok_and(|b| b != 0x55));
         assert!(core.u8(0x7800).is_err());
     }
 }

@@ -127,6 +127,25 @@ impl<M: Memory + ?Sized> Memory for &M {
     }
 }
 
+/// A shared memory (a core file read by several readers) reads as the memory itself.
+impl<M: Memory + ?Sized> Memory for std::sync::Arc<M> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
+        (**self).read(addr, buf)
+    }
+    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
+        (**self).read_many(reqs)
+    }
+    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
+        (**self).read_many_then(reqs, cuts)
+    }
+    fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        (**self).peek(addr, len)
+    }
+    fn reads(&self) -> u64 {
+        (**self).reads()
+    }
+}
+
 /// Little-endian field access in a buffer copied from the target; out of range reads give 0,
 /// which the callers' validation then rejects like any other garbage.
 pub fn le_u64(buf: &[u8], off: usize) -> u64 {

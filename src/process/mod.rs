@@ -41,6 +41,14 @@ pub enum ProcessError {
         "pid {0} is prof itself: a process cannot ptrace (stop) its own threads, so it cannot read its own native stacks"
     )]
     Itself(u32),
+    /// A ptrace stop or register read failed for another reason than the ones above.
+    #[error("cannot stop or read the registers of pid {pid}: {msg}")]
+    Ptrace {
+        /// The target.
+        pid: u32,
+        /// What the kernel said.
+        msg: String,
+    },
     /// Anything else the kernel said.
     #[error("cannot read /proc for pid {pid}: {msg}")]
     Other {

@@ -118,7 +118,7 @@ impl PauseGuard {
                 }
                 Err(e) => {
                     ATTACHED[slot].store(0, Ordering::SeqCst);
-                    return Err(ProcessError::Other {
+                    return Err(ProcessError::Ptrace {
                         pid,
                         msg: format!("cannot attach to thread {tid}: {e}"),
                     });

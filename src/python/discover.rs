@@ -11,9 +11,10 @@ use regex::Regex;
 
 use super::PyError;
 use super::layout::{DEBUG_OFFSETS_READ, DebugOffsets, Layout, Version};
-use crate::process::maps::{load_bias, page_size};
+use crate::process::maps::load_bias;
 use crate::process::memory::le_u64;
 use crate::process::{MapRange, Memory, MemoryExt};
+use crate::target::Target;
 
 /// Where the interpreter lives in the target and how it is laid out.
 #[derive(Debug, Clone)]
@@ -101,13 +102,15 @@ fn version_from_path(path: &str) -> Option<Version> {
     Some(Version::new(c[1].parse().ok()?, c[2].parse().ok()?, 0))
 }
 
-/// Find the interpreter of process `pid` from its memory map.
-pub fn find_interpreter<M: Memory + ?Sized>(
-    mem: &M,
-    pid: u32,
+/// Find the interpreter of `target` (a live process or a core file) from its memory map
+/// `maps`: the image files are opened where the target says they are.
+pub fn find_interpreter<T: Target + ?Sized>(
+    target: &T,
     maps: &[MapRange],
-    exe: Option<&str>,
 ) -> Result<Interpreter, PyError> {
+    let mem = target.memory();
+    let exe = target.executable();
+    let exe = exe.as_deref();
     let libpython = Regex::new(r"/libpython3\.\d+[a-z]*\.so").unwrap();
     let python = Regex::new(r"/python3?(\.\d+)?[a-z]*$").unwrap();
     let mut candidates: Vec<&str> = Vec::new();
@@ -122,14 +125,14 @@ pub fn find_interpreter<M: Memory + ?Sized>(
     }
     // A shared build keeps the runtime in libpython even though the executable also matches.
     candidates.sort_by_key(|p| !libpython.is_match(p));
-    let page = page_size();
+    let page = target.page_size();
     let mut seen = Vec::new();
     for path in candidates {
         let ranges: Vec<&MapRange> = maps
             .iter()
             .filter(|m| m.path.as_deref() == Some(path))
             .collect();
-        let Some(file) = ranges[0].open_path(pid) else {
+        let Some(file) = target.open_image(ranges[0]) else {
             continue;
         };
         let info = match read_image(&file) {
@@ -200,7 +203,7 @@ pub fn find_interpreter<M: Memory + ?Sized>(
             layout,
         });
     }
-    Err(PyError::NotPython(describe(pid, exe, &seen)))
+    Err(PyError::NotPython(describe(&target.describe(), exe, &seen)))
 }
 
 /// The image's writable mappings and the anonymous mapping right after them (its `.bss`).
@@ -308,10 +311,10 @@ pub fn scan_for_runtime<M: Memory + ?Sized>(
     None
 }
 
-fn describe(pid: u32, exe: Option<&str>, seen: &[String]) -> String {
+fn describe(target: &str, exe: Option<&str>, seen: &[String]) -> String {
     let what = match exe {
-        Some(e) => format!("pid {pid} ({e})"),
-        None => format!("pid {pid}"),
+        Some(e) => format!("{target} ({e})"),
+        None => target.to_string(),
     };
     if seen.is_empty() {
         format!("{what} is not a Python process: no libpython or python executable is mapped")

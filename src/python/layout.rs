@@ -232,6 +232,13 @@ fn tstate_current(minor: u8, aarch64: bool) -> u64 {
 }
 
 impl Layout {
+    /// Does one call of the eval loop run a chain of Python frames, up to and including
+    /// the one marked `is_entry` (3.11+)? Before 3.11 each Python call is its own call of
+    /// the eval function. The native merge counts eval-loop frames by this.
+    pub fn eval_runs_entry_chain(&self) -> bool {
+        (self.version.major, self.version.minor) >= (3, 11)
+    }
+
     /// The built-in table for 3.7–3.12 (`aarch64` selects the few offsets that differ).
     pub fn from_table(version: Version, aarch64: bool) -> Result<Layout, LayoutError> {
         let minor = version.minor;
@@ -1005,5 +1012,13 @@ mod tests {
             DebugOffsets::decode(&raw),
             Err(LayoutError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn eval_loop_runs_entry_chains_from_3_11() {
+        for (minor, chain) in [(7, false), (10, false), (11, true), (12, true)] {
+            let l = Layout::from_table(Version::new(3, minor, 0), false).unwrap();
+            assert_eq!(l.eval_runs_entry_chain(), chain, "3.{minor}");
+        }
     }
 }

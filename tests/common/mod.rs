@@ -419,6 +419,9 @@ pub struct Frame {
     pub short_filename: String,
     pub line: i64,
     pub locals: Option<Vec<Local>>,
+    /// Only with `--native`.
+    #[serde(default)]
+    pub native: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -937,6 +940,64 @@ impl Target {
             }
         }
         self.fail_on(problems);
+    }
+
+    /// The thread with known locals (mixed.py) shows them, with the reprs the target
+    /// recorded and the right argument flags, in the frame that called park.
+    pub fn assert_locals(&self, dump: &[Thread]) {
+        let (ident, truth) = self
+            .truth
+            .threads
+            .iter()
+            .find(|(_, t)| t.locals.is_some())
+            .expect("the target has a thread with known locals");
+        let ident: u64 = ident.parse().expect("ident");
+        let want = truth.locals.as_ref().expect("locals");
+        let caller = truth.frames.last().expect("frames").clone();
+        let thread = dump
+            .iter()
+            .find(|t| t.thread_id == ident)
+            .unwrap_or_else(|| panic!("{}: thread {ident} not dumped", self.what()));
+        let frame = thread
+            .frames
+            .iter()
+            .find(|f| f.name == caller.1 && f.line == caller.2)
+            .unwrap_or_else(|| panic!("{}: no frame {caller:?}", self.what()));
+        let locals = frame.locals.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{}: no locals for {} with --locals",
+                self.what(),
+                frame.name
+            )
+        });
+        let by_name: BTreeMap<&str, &Local> = locals.iter().map(|l| (l.name.as_str(), l)).collect();
+        let mut problems = Vec::new();
+        for (name, repr) in want {
+            match by_name.get(name.as_str()) {
+                None => problems.push(format!("local {name:?} missing")),
+                Some(local) => {
+                    if let (Some(want), Some(have)) = (repr, &local.repr)
+                        && want != have
+                    {
+                        problems.push(format!("local {name}: repr {have:?}, expected {want:?}"));
+                    }
+                    let is_arg = truth.args.contains(name);
+                    if local.arg.is_some_and(|a| a != is_arg) {
+                        problems.push(format!(
+                            "local {name}: arg={:?}, expected {is_arg}",
+                            local.arg
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "{}: frame {}:\n  {}\nprof's locals: {locals:#?}",
+            self.what(),
+            frame.name,
+            problems.join("\n  ")
+        );
     }
 
     fn fail_on(&self, problems: Vec<String>) {

@@ -1,0 +1,138 @@
+//! Why a target cannot be read: one error type, classified where the failure happens, so
+//! commands match on it instead of downcasting or re-checking `/proc` after the fact.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::process::{CoreError, MemoryError, ProcessError};
+use crate::python::{LayoutError, PyError};
+
+/// Why a target (a live process or a core file) cannot be read.
+#[derive(Debug, Error)]
+pub enum TargetError {
+    /// No such process.
+    #[error("no process with pid {0}")]
+    NotFound(u32),
+    /// The process exited while prof looked at it.
+    #[error("process {0} exited")]
+    Exited(u32),
+    /// The kernel refuses access; the advice says which setting to change.
+    #[error("permission denied for pid {pid}: {advice}")]
+    Permission {
+        /// The target.
+        pid: u32,
+        /// What the user can do about it (see `process::permission_advice`).
+        advice: String,
+    },
+    /// A kernel thread: it runs no program, so it has no memory or stack to read.
+    #[error("pid {0} is a kernel thread, not a program: it has no user-space stack to read")]
+    KernelThread(u32),
+    /// prof's own pid, where a stop is needed.
+    #[error(
+        "pid {0} is prof itself: a process cannot ptrace (stop) its own threads, so it cannot read its own native stacks"
+    )]
+    Itself(u32),
+    /// Stopping a thread or reading its registers failed for a reason other than the
+    /// above (never reported as corrupt memory: the memory was not the problem).
+    #[error("cannot stop or read the registers of pid {pid}: {msg}")]
+    Ptrace {
+        /// The target.
+        pid: u32,
+        /// What the kernel said.
+        msg: String,
+    },
+    /// No Python interpreter in the target (the text names what was looked at).
+    #[error("{0}")]
+    NotPython(String),
+    /// An interpreter prof cannot read: its version is unsupported or unknown.
+    #[error("{0}")]
+    UnsupportedVersion(String),
+    /// The core file cannot be opened or parsed.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// A core file shorter than its own headers say, missing what prof needed.
+    #[error("core file {path} is truncated ({missing} bytes of its memory are missing): {cause}")]
+    TruncatedCore {
+        /// The core file.
+        path: PathBuf,
+        /// Bytes the segments' headers promise that the file does not hold.
+        missing: u64,
+        /// The read that failed.
+        cause: String,
+    },
+    /// A core file that does not hold what prof needed (the text says what).
+    #[error("core file {path}: {cause}")]
+    CoreMissing {
+        /// The core file.
+        path: PathBuf,
+        /// What could not be read.
+        cause: String,
+    },
+    /// The interpreter's data could not be read or made sense of.
+    #[error(transparent)]
+    Python(PyError),
+    /// Anything else the kernel said about the process.
+    #[error("cannot read /proc for pid {pid}: {msg}")]
+    Other {
+        /// The target.
+        pid: u32,
+        /// The error.
+        msg: String,
+    },
+}
+
+impl TargetError {
+    /// Has the target no Python interpreter?
+    pub fn is_not_python(&self) -> bool {
+        matches!(self, TargetError::NotPython(_))
+    }
+
+    /// Did the process exit, or never exist?
+    pub fn is_gone(&self) -> bool {
+        matches!(self, TargetError::Exited(_) | TargetError::NotFound(_))
+    }
+
+    /// Is this a fact about the pid rather than a symptom of an exit (a failed read of an
+    /// exiting process looks like a refusal or garbage)?
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self,
+            TargetError::NotFound(_) | TargetError::KernelThread(_) | TargetError::Itself(_)
+        )
+    }
+}
+
+impl From<ProcessError> for TargetError {
+    fn from(e: ProcessError) -> TargetError {
+        match e {
+            ProcessError::NotFound(pid) => TargetError::NotFound(pid),
+            ProcessError::Exited(pid) => TargetError::Exited(pid),
+            ProcessError::Permission { pid, advice } => TargetError::Permission { pid, advice },
+            ProcessError::KernelThread(pid) => TargetError::KernelThread(pid),
+            ProcessError::Itself(pid) => TargetError::Itself(pid),
+            ProcessError::Ptrace { pid, msg } => TargetError::Ptrace { pid, msg },
+            ProcessError::Other { pid, msg } => TargetError::Other { pid, msg },
+        }
+    }
+}
+
+/// The reader's errors that say what the target is, whatever kind of target it is; None
+/// for the others (memory reads, inconsistent data), which each target classifies.
+pub(crate) fn python_fact(e: &PyError) -> Option<TargetError> {
+    match e {
+        PyError::NotPython(what) => Some(TargetError::NotPython(what.clone())),
+        PyError::UnknownVersion(_) | PyError::Layout(LayoutError::Unsupported(_)) => {
+            Some(TargetError::UnsupportedVersion(e.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Is this a failed read (rather than data that made no sense)?
+pub(crate) fn is_read_failure(e: &PyError) -> Option<&MemoryError> {
+    match e {
+        PyError::Memory(m) => Some(m),
+        _ => None,
+    }
+}

@@ -1,0 +1,223 @@
+//! A live process as a [`Target`]: `/proc`, `process_vm_readv` and ptrace.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::error::{is_read_failure, python_fact};
+use super::{Paused, Target, TargetError, ThreadInfo, ThreadState};
+use crate::arch::{Arch, Registers};
+use crate::process::ptrace::PauseGuard;
+use crate::process::{self, LiveMemory, MapRange, MemoryError, threads};
+use crate::python::PyError;
+
+/// How often a process's kernel threads are listed again (new threads are rare; each
+/// known thread's state is re-read in place in between).
+const THREAD_LISTING: Duration = Duration::from_millis(100);
+
+/// A running process.
+pub struct LivePid {
+    pid: u32,
+    mem: LiveMemory,
+    /// Open `/proc/PID/task/TID/stat` files, re-read with pread instead of reopened.
+    stat_files: HashMap<u32, File>,
+    /// Kernel threads at the last listing, and when to list again.
+    tids: Vec<u32>,
+    next_listing: Instant,
+}
+
+impl LivePid {
+    /// Process `pid`, checked to be a program (not a kernel thread) that still has an
+    /// address space.
+    pub fn open(pid: u32) -> Result<LivePid, TargetError> {
+        let target = LivePid::new(pid);
+        (|| {
+            if process::is_kernel_thread(pid) {
+                return Err(TargetError::KernelThread(pid));
+            }
+            if process::read_maps(pid)?.is_empty() {
+                // Not a kernel thread, so its address space is being torn down.
+                return Err(TargetError::Exited(pid));
+            }
+            Ok(())
+        })()
+        .map_err(|e| target.settle(e))?;
+        Ok(target)
+    }
+
+    /// Process `pid`, unchecked.
+    pub fn new(pid: u32) -> LivePid {
+        LivePid {
+            pid,
+            mem: LiveMemory::new(pid),
+            stat_files: HashMap::new(),
+            tids: Vec::new(),
+            next_listing: Instant::now(),
+        }
+    }
+
+    /// Has the process exited, or is it tearing down its address space? Reads of an
+    /// exiting process fail in misleading ways (permission denied, files gone), so every
+    /// failure is checked against this before it is reported. A map that cannot be read is
+    /// no evidence: that is what a refusal looks like too.
+    pub fn exiting(&self) -> bool {
+        let pid = self.pid;
+        process::is_exiting(pid)
+            || (process::read_maps(pid).is_ok_and(|m| m.is_empty())
+                && !process::is_kernel_thread(pid))
+    }
+}
+
+impl Target for LivePid {
+    type Mem = LiveMemory;
+
+    fn memory(&self) -> &LiveMemory {
+        &self.mem
+    }
+
+    fn reader_memory(&self) -> LiveMemory {
+        LiveMemory::new(self.pid)
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn describe(&self) -> String {
+        format!("pid {}", self.pid)
+    }
+
+    fn command_line(&self) -> String {
+        process::cmdline(self.pid).unwrap_or_else(|| format!("pid {}", self.pid))
+    }
+
+    fn executable(&self) -> Option<String> {
+        std::fs::read_link(format!("/proc/{}/exe", self.pid))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    fn arch(&self) -> &'static Arch {
+        Arch::host()
+    }
+
+    fn page_size(&self) -> u64 {
+        process::maps::page_size()
+    }
+
+    fn maps(&self) -> Result<Vec<MapRange>, TargetError> {
+        process::read_maps(self.pid).map_err(|e| self.settle(e.into()))
+    }
+
+    fn maps_changed(&self) -> Option<Vec<MapRange>> {
+        process::read_maps(self.pid).ok()
+    }
+
+    fn vdso_address(&self) -> Option<u64> {
+        crate::native::modules::vdso_address(self.pid)
+    }
+
+    fn open_image(&self, map: &MapRange) -> Option<PathBuf> {
+        map.open_path(self.pid)
+    }
+
+    fn threads(&mut self, states: bool) -> Result<Vec<ThreadInfo>, TargetError> {
+        let pid = self.pid;
+        let now = Instant::now();
+        // Listing /proc/PID/task costs several syscalls: done on a timer.
+        if now >= self.next_listing || self.tids.is_empty() {
+            let tids = threads::list_threads(pid).map_err(|_| {
+                if process::is_alive(pid) {
+                    TargetError::from(process::permission_error(pid))
+                } else {
+                    TargetError::Exited(pid)
+                }
+            })?;
+            self.stat_files.retain(|tid, _| tids.contains(tid));
+            self.tids = tids;
+            self.next_listing = now + THREAD_LISTING;
+        }
+        if !states {
+            self.stat_files.clear();
+            return Ok(self
+                .tids
+                .iter()
+                .map(|&tid| ThreadInfo {
+                    tid,
+                    state: ThreadState::Unknown,
+                })
+                .collect());
+        }
+        let mut out = Vec::with_capacity(self.tids.len());
+        let mut buf = [0u8; 512];
+        let files = &mut self.stat_files;
+        self.tids.retain(|&tid| {
+            let file = match files.entry(tid) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => match File::open(format!("/proc/{pid}/task/{tid}/stat")) {
+                    Ok(f) => v.insert(f),
+                    Err(_) => return false,
+                },
+            };
+            match file.read_at(&mut buf, 0) {
+                Ok(n) if n > 0 => {
+                    if let Some(c) = threads::parse_stat_state(&buf[..n]) {
+                        out.push(ThreadInfo {
+                            tid,
+                            state: ThreadState::from_letter(c),
+                        });
+                    }
+                    true
+                }
+                // The thread exited.
+                _ => false,
+            }
+        });
+        self.stat_files
+            .retain(|tid, _| out.iter().any(|o| o.tid == *tid));
+        Ok(out)
+    }
+
+    fn thread_name(&self, tid: u32) -> Option<String> {
+        threads::thread_comm(self.pid, tid)
+    }
+
+    fn registers(&self, tid: u32) -> Result<Registers, TargetError> {
+        process::regs::thread_registers(tid).map_err(|e| TargetError::Ptrace {
+            pid: self.pid,
+            msg: format!("registers of thread {tid}: {e}"),
+        })
+    }
+
+    fn pause(&self, tids: &[u32]) -> Result<Paused, TargetError> {
+        PauseGuard::pause(self.pid, tids)
+            .map(Paused::Live)
+            .map_err(|e| self.settle(e.into()))
+    }
+
+    fn classify(&self, e: PyError) -> TargetError {
+        let pid = self.pid;
+        let e = match python_fact(&e) {
+            Some(fact) => fact,
+            None => match is_read_failure(&e) {
+                Some(MemoryError::Permission) => process::permission_error(pid).into(),
+                Some(MemoryError::Gone) => TargetError::Exited(pid),
+                _ if !process::is_alive(pid) => TargetError::Exited(pid),
+                _ => TargetError::Python(e),
+            },
+        };
+        self.settle(e)
+    }
+
+    /// `e`, unless the real cause is that the process exited meanwhile.
+    fn settle(&self, e: TargetError) -> TargetError {
+        if !e.is_settled() && self.exiting() {
+            TargetError::Exited(self.pid)
+        } else {
+            e
+        }
+    }
+}

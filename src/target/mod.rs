@@ -1,0 +1,161 @@
+//! The target: a live process or a core file behind one seam, and the one capture of its
+//! stacks that every command shares.
+//!
+//! [`Target`] answers the questions the readers ask (memory, maps, threads with their
+//! kernel state, a thread's registers, where an image file is, pausing threads); [`LivePid`]
+//! and [`CoreFile`] answer them for a running process and for an ELF core.
+//! [`Snapshot`] puts the Python reader and the native unwinder on a target and captures
+//! every thread's stack (`dump`, the sampler and `top` all call it). Failures are
+//! [`TargetError`]s, classified where they happen.
+
+pub mod core;
+pub mod error;
+pub mod live;
+pub mod snapshot;
+
+use std::path::PathBuf;
+
+pub use self::core::{CoreFile, CoreOptions};
+pub use error::TargetError;
+pub use live::LivePid;
+pub use snapshot::{Capture, CaptureOptions, NATIVE_NONBLOCKING, Pause, Snapshot};
+
+use crate::arch::{Arch, Registers};
+use crate::process::ptrace::PauseGuard;
+use crate::process::{MapRange, Memory};
+use crate::python::PyError;
+
+/// A thread's scheduler state, as the kernel reports it (`/proc/PID/task/TID/stat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadState {
+    /// On a CPU or ready to run (`R`).
+    Running,
+    /// Waiting, interruptibly (`S`).
+    Sleeping,
+    /// Waiting, uninterruptibly: usually disk I/O (`D`).
+    DiskSleep,
+    /// Stopped by a signal (`T`).
+    Stopped,
+    /// Stopped by a tracer (`t`).
+    TracingStop,
+    /// Exited, not yet reaped (`Z`).
+    Zombie,
+    /// Being torn down (`X`).
+    Dead,
+    /// An idle kernel thread (`I`).
+    Idle,
+    /// Parked (`P`).
+    Parked,
+    /// Not known: not read (to save a read), not a letter prof knows, or a core file,
+    /// which does not record it.
+    Unknown,
+}
+
+impl ThreadState {
+    /// From the state letter of a `stat` line.
+    pub fn from_letter(c: char) -> ThreadState {
+        match c {
+            'R' => ThreadState::Running,
+            'S' => ThreadState::Sleeping,
+            'D' => ThreadState::DiskSleep,
+            'T' => ThreadState::Stopped,
+            't' => ThreadState::TracingStop,
+            'Z' => ThreadState::Zombie,
+            'X' | 'x' => ThreadState::Dead,
+            'I' => ThreadState::Idle,
+            'P' => ThreadState::Parked,
+            _ => ThreadState::Unknown,
+        }
+    }
+
+    /// On a CPU (or about to be): what `active` means in every output.
+    pub fn is_running(self) -> bool {
+        self == ThreadState::Running
+    }
+}
+
+/// One kernel thread of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// Kernel thread id.
+    pub tid: u32,
+    /// Its scheduler state when listed (before prof stopped anything).
+    pub state: ThreadState,
+}
+
+/// Threads kept paused while this lives; dropping it lets them go.
+pub enum Paused {
+    /// Live threads in ptrace-stop.
+    Live(PauseGuard),
+    /// Nothing to pause (a core file, or no stop asked for).
+    Nothing,
+}
+
+/// What the readers need to know about a target, live or not.
+pub trait Target {
+    /// Its memory, as the Python reader and the unwinder read it.
+    type Mem: Memory;
+
+    /// The memory.
+    fn memory(&self) -> &Self::Mem;
+
+    /// A handle on the memory for a reader that keeps its own (cheap: a pid or a shared
+    /// core).
+    fn reader_memory(&self) -> Self::Mem;
+
+    /// The process id (a core's, from its notes).
+    fn pid(&self) -> u32;
+
+    /// What to call the target in messages: `pid 1234`, `core file core.1234`.
+    fn describe(&self) -> String;
+
+    /// The command line, for titles.
+    fn command_line(&self) -> String;
+
+    /// The program's path as the target sees it, if known.
+    fn executable(&self) -> Option<String>;
+
+    /// The architecture of the process.
+    fn arch(&self) -> &'static Arch;
+
+    /// The page size of the process's machine.
+    fn page_size(&self) -> u64;
+
+    /// The memory map, by address.
+    fn maps(&self) -> Result<Vec<MapRange>, TargetError>;
+
+    /// The memory map again if it may have changed (a live process's dlopen); None when it
+    /// cannot change or cannot be read now.
+    fn maps_changed(&self) -> Option<Vec<MapRange>> {
+        None
+    }
+
+    /// Where the vdso is mapped, for maps that do not name it.
+    fn vdso_address(&self) -> Option<u64>;
+
+    /// Where the file behind `map` can be opened here (through the process's root, a
+    /// sysroot, or `--executable`); None when it cannot.
+    fn open_image(&self, map: &MapRange) -> Option<PathBuf>;
+
+    /// The kernel threads with their states; with `states` false the states may be left
+    /// [`ThreadState::Unknown`] when reading them costs something.
+    fn threads(&mut self, states: bool) -> Result<Vec<ThreadInfo>, TargetError>;
+
+    /// The kernel's name of a thread (`comm`), if known.
+    fn thread_name(&self, tid: u32) -> Option<String>;
+
+    /// The registers of thread `tid`, which must be paused (see [`Target::pause`]).
+    fn registers(&self, tid: u32) -> Result<Registers, TargetError>;
+
+    /// Pause the threads `tids` until the result is dropped (a no-op for a core).
+    fn pause(&self, tids: &[u32]) -> Result<Paused, TargetError>;
+
+    /// A failure of the Python reader as the user should see it (a live process may have
+    /// exited meanwhile; a core may be truncated).
+    fn classify(&self, e: PyError) -> TargetError;
+
+    /// A failure while stopping or unwinding, as the user should see it.
+    fn settle(&self, e: TargetError) -> TargetError {
+        e
+    }
+}

@@ -1,0 +1,354 @@
+//! One capture of a target's stacks, shared by `dump`, the sampler and `top`: the Python
+//! stacks, and with `--native` the registers, C stacks and their merge, read while the
+//! threads are paused; each thread then marked active or idle from its kernel state.
+
+use std::time::{Duration, Instant};
+
+use super::{Target, TargetError, ThreadInfo, ThreadState};
+use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
+use crate::native::stack::NativeStacks;
+use crate::native::{Frame as UnwoundFrame, Modules};
+use crate::python::{FrameOptions, Interpreter, StackReader, find_interpreter};
+use crate::sample::{Frame, ThreadStack};
+
+/// Why `--native` and `--nonblocking` cannot go together.
+pub const NATIVE_NONBLOCKING: &str = "--native reads each thread's registers, which needs a brief stop: it cannot be used with --nonblocking";
+
+/// How often the memory map may be re-read when an unwind meets code outside every known
+/// module (a library loaded after prof started).
+const MAPS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Which threads a capture pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// None: stacks are re-checked instead (`--nonblocking`, or the sampler without
+    /// `--native`).
+    Never,
+    /// Every thread, for the moment of the read (`dump`).
+    All,
+    /// With native stacks, the threads to sample: the running ones, and the idle ones too
+    /// with `include_idle`; without native stacks, none (the sampler).
+    Sampled {
+        /// Idle threads are sampled too (`--idle`).
+        include_idle: bool,
+    },
+}
+
+/// How to capture.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureOptions {
+    /// How to read Python frames.
+    pub frames: FrameOptions,
+    /// Which threads to pause.
+    pub pause: Pause,
+}
+
+/// What one capture found.
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// Every thread's stack, innermost frame first, with `active` set from its state.
+    pub stacks: Vec<ThreadStack>,
+    /// Python threads whose stacks could not be read consistently (they are in `stacks`
+    /// with no frames).
+    pub unread: u64,
+}
+
+/// The native side: modules, unwinder and symbolizer of one target.
+struct NativeSide {
+    stacks: NativeStacks,
+    next_refresh: Instant,
+}
+
+/// A target with its readers: the Python reader (None for a program without Python) and,
+/// once [`Snapshot::enable_native`] is called, the native unwinder.
+pub struct Snapshot<T: Target> {
+    target: T,
+    python: Option<StackReader<T::Mem>>,
+    native: Option<NativeSide>,
+}
+
+impl<T: Target> Snapshot<T> {
+    /// Find the Python interpreter of `target`.
+    pub fn attach(target: T) -> Result<Snapshot<T>, TargetError> {
+        Snapshot::try_attach(target).map_err(|(e, _)| e)
+    }
+
+    /// Find the Python interpreter of `target`; with `native`, a target without one is
+    /// taken as a native program.
+    pub fn attach_or_native(target: T, native: bool) -> Result<Snapshot<T>, TargetError> {
+        match Snapshot::try_attach(target) {
+            Ok(s) => Ok(s),
+            Err((e, target)) if native && e.is_not_python() => Ok(Snapshot::native_only(target)),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    fn try_attach(target: T) -> Result<Snapshot<T>, (TargetError, T)> {
+        let found = target
+            .maps()
+            .and_then(|maps| find_interpreter(&target, &maps).map_err(|e| target.classify(e)));
+        match found {
+            Ok(interp) => Ok(Snapshot {
+                python: Some(StackReader::new(target.reader_memory(), interp)),
+                target,
+                native: None,
+            }),
+            Err(e) => Err((e, target)),
+        }
+    }
+
+    /// `target` as a program without Python (native stacks only).
+    pub fn native_only(target: T) -> Snapshot<T> {
+        Snapshot {
+            target,
+            python: None,
+            native: None,
+        }
+    }
+
+    /// The target.
+    pub fn target(&self) -> &T {
+        &self.target
+    }
+
+    /// The target, to list its threads.
+    pub fn target_mut(&mut self) -> &mut T {
+        &mut self.target
+    }
+
+    /// The interpreter, if the target runs Python.
+    pub fn interpreter(&self) -> Option<&Interpreter> {
+        self.python.as_ref().map(|r| r.interpreter())
+    }
+
+    /// Are native stacks taken?
+    pub fn has_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// Load the modules of the target's memory map, to take native stacks from now on.
+    pub fn enable_native(&mut self) -> Result<(), TargetError> {
+        if self.native.is_some() {
+            return Ok(());
+        }
+        let t = &self.target;
+        let maps = t.maps()?;
+        let mut modules = Modules::new();
+        modules.set_vdso_address(t.vdso_address());
+        modules.update(&maps, |m| t.open_image(m), t.memory(), t.page_size());
+        self.native = Some(NativeSide {
+            stacks: NativeStacks::new(modules, maps),
+            next_refresh: Instant::now() + MAPS_REFRESH,
+        });
+        Ok(())
+    }
+
+    /// Unwind and symbolize every thread once, dropping the result: this loads the
+    /// modules' unwind tables and the symbols of the code on the stacks, so that a
+    /// sampler's first ticks are not late.
+    pub fn warm_native(&mut self) {
+        let Ok(threads) = self.target.threads(false) else {
+            return;
+        };
+        let opts = CaptureOptions {
+            frames: FrameOptions::default(),
+            pause: Pause::Sampled { include_idle: true },
+        };
+        let python = self.python.take();
+        let _ = self.capture(&threads, &opts);
+        self.python = python;
+    }
+
+    /// Every thread's stack: Python stacks read (and with native stacks enabled, the
+    /// paused threads unwound) while the threads `opts.pause` selects are paused, then
+    /// merged; `active` from `threads`' states (read before anything was paused, so
+    /// prof's own stop is never taken for the thread's state).
+    pub fn capture(
+        &mut self,
+        threads: &[ThreadInfo],
+        opts: &CaptureOptions,
+    ) -> Result<Capture, TargetError> {
+        let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
+        let state = |tid: u32| {
+            threads
+                .iter()
+                .find(|t| t.tid == tid)
+                .map_or(ThreadState::Unknown, |t| t.state)
+        };
+        let stop: Vec<u32> = match opts.pause {
+            Pause::Never => Vec::new(),
+            Pause::All => tids.clone(),
+            Pause::Sampled { include_idle } if self.native.is_some() => threads
+                .iter()
+                .filter(|t| include_idle || t.state.is_running())
+                .map(|t| t.tid)
+                .collect(),
+            Pause::Sampled { .. } => Vec::new(),
+        };
+        let before = self.python.as_ref().map_or(0, |r| r.errors());
+        let (python, pcs) = {
+            let _paused = if stop.is_empty() {
+                None
+            } else {
+                Some(self.target.pause(&stop)?)
+            };
+            let python = self.python.as_mut().map(|r| r.stacks(&tids, opts.frames));
+            // Only the unwinds need the stop; symbolizing (which may load DWARF) comes
+            // after.
+            let pcs: Vec<Vec<UnwoundFrame>> = match &mut self.native {
+                Some(n) => stop
+                    .iter()
+                    .map(|&tid| match self.target.registers(tid) {
+                        Ok(regs) => n.stacks.unwind(self.target.memory(), &regs).0,
+                        Err(_) => Vec::new(),
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            (python, pcs)
+        };
+        if let Some(n) = &mut self.native {
+            // After the threads run again: re-reading the maps is slow.
+            let unknown = pcs.iter().flatten().any(|f| !n.stacks.knows(f.pc));
+            if unknown
+                && Instant::now() >= n.next_refresh
+                && let Some(maps) = self.target.maps_changed()
+            {
+                n.next_refresh = Instant::now() + MAPS_REFRESH;
+                n.stacks
+                    .update_maps(self.target.pid(), maps, self.target.memory());
+            }
+        }
+        let mut stacks = match python {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return Err(self.target.classify(e)),
+            None => Vec::new(),
+        };
+        let unread = self.python.as_ref().map_or(0, |r| r.errors()) - before;
+        if let Some(n) = &mut self.native
+            && !stop.is_empty()
+        {
+            let py = self.python.as_ref().map(|r| PythonSide {
+                rule: if r.interpreter().layout.eval_runs_entry_chain() {
+                    EntryRule::EntryFlag
+                } else {
+                    EntryRule::PerFrame
+                },
+                entries: r.entry_flags(),
+                entry_addrs: r.entry_frame_addresses(),
+            });
+            let target = &self.target;
+            merge_all(
+                &mut n.stacks,
+                &mut stacks,
+                &stop,
+                &pcs,
+                py.as_ref(),
+                |tid| native_thread(tid, state(tid), target.thread_name(tid)),
+            );
+        }
+        for s in &mut stacks {
+            s.active = s.os_thread_id.is_some_and(|t| state(t).is_running());
+        }
+        Ok(Capture { stacks, unread })
+    }
+}
+
+/// What the Python reader says about the stacks it returned, for the merge.
+struct PythonSide<'a> {
+    /// How eval-loop frames map to Python frames.
+    rule: EntryRule,
+    /// Per stack: the `is_entry` flag of each Python frame.
+    entries: &'a [Vec<bool>],
+    /// Per stack: addresses of its interpreter entry frames (3.12+), which sit on the C
+    /// stack of the eval-loop call that runs them.
+    entry_addrs: &'a [Vec<u64>],
+}
+
+/// Merge the Python stacks of the threads `stopped` (whose unwound frames are `pcs`, in
+/// the same order) with their native frames, and add the stopped threads the interpreter
+/// does not know (every thread of a native program, threads started from C), made by
+/// `thread`, with native frames only. A Python thread that was not stopped (idle, not
+/// sampled) keeps its Python frames; one whose kernel id is unknown is kept and marked
+/// uncertain.
+fn merge_all(
+    natives: &mut NativeStacks,
+    stacks: &mut Vec<ThreadStack>,
+    stopped: &[u32],
+    pcs: &[Vec<UnwoundFrame>],
+    py: Option<&PythonSide>,
+    thread: impl Fn(u32) -> ThreadStack,
+) {
+    if let Some(py) = py {
+        for (i, s) in stacks.iter_mut().enumerate() {
+            match s.os_thread_id {
+                Some(tid) => {
+                    if let Some(k) = stopped.iter().position(|&x| x == tid) {
+                        merge_into(natives, s, i, Some(&pcs[k]), py);
+                    }
+                }
+                None => merge_into(natives, s, i, None, py),
+            }
+        }
+    }
+    for (k, &tid) in stopped.iter().enumerate() {
+        if !stacks.iter().any(|s| s.os_thread_id == Some(tid)) {
+            let mut t = thread(tid);
+            t.frames = natives
+                .symbolize(&pcs[k])
+                .into_iter()
+                .flat_map(|n| n.frames)
+                .collect();
+            stacks.push(t);
+        }
+    }
+}
+
+/// Replace `stack`'s Python frames by their merge with the thread's native frames `pcs`;
+/// `i` is the stack's index in the Python reader's result. `pcs` is None for a thread
+/// whose kernel id is unknown: its stack is kept and marked uncertain.
+fn merge_into(
+    natives: &mut NativeStacks,
+    stack: &mut ThreadStack,
+    i: usize,
+    pcs: Option<&[UnwoundFrame]>,
+    py: &PythonSide,
+) {
+    let Some(pcs) = pcs else {
+        if !stack.frames.is_empty() {
+            stack.frames.push(uncertain_frame());
+        }
+        return;
+    };
+    let flags = py.entries.get(i).map(Vec::as_slice).unwrap_or(&[]);
+    let mut native = natives.symbolize(pcs);
+    if let Some(addrs) = py.entry_addrs.get(i) {
+        mark_eval_frames(&mut native, pcs, addrs);
+    }
+    stack.frames = merge(&native, &stack.frames, flags, py.rule);
+}
+
+/// Mark as eval-loop frames the native frames whose stack holds an interpreter entry
+/// frame (3.12+ push one on the C stack of each `_PyEval_EvalFrameDefault` call): this
+/// finds the eval loop in stripped binaries, where its code has no symbol.
+fn mark_eval_frames(native: &mut [NativeFrame], pcs: &[UnwoundFrame], entry_addrs: &[u64]) {
+    for (i, nf) in native.iter_mut().enumerate() {
+        let lo = pcs[i].sp;
+        let hi = pcs.get(i + 1).map(|f| f.sp).unwrap_or(u64::MAX);
+        if entry_addrs.iter().any(|a| lo <= *a && *a < hi) {
+            nf.eval = true;
+        }
+    }
+}
+
+/// A thread with native frames only (not a Python thread, or not a Python process).
+fn native_thread(tid: u32, state: ThreadState, name: Option<String>) -> ThreadStack {
+    ThreadStack {
+        thread_id: tid as u64,
+        os_thread_id: Some(tid),
+        thread_name: name.map(Into::into),
+        active: state.is_running(),
+        owns_gil: false,
+        frames: Vec::<Frame>::new(),
+    }
+}
