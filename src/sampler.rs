@@ -121,21 +121,13 @@ pub struct LiveStats {
 }
 
 impl LiveStats {
-    fn publish(&self, stats: &SamplerStats, procs: &[Proc]) {
+    fn publish(&self, stats: &SamplerStats) {
         // Relaxed: each figure is read on its own, for display.
         self.ticks.store(stats.ticks, Ordering::Relaxed);
         self.dropped_ticks
             .store(stats.dropped_ticks, Ordering::Relaxed);
         self.errors.store(stats.errors, Ordering::Relaxed);
         self.lost.store(stats.lost, Ordering::Relaxed);
-        if self.python.get().is_none()
-            && let Some(i) = procs.iter().find_map(|p| match &p.state {
-                ProcState::Ready(t) => t.interpreter(),
-                _ => None,
-            })
-        {
-            let _ = self.python.set(i.version().to_string());
-        }
     }
 }
 
@@ -293,8 +285,7 @@ pub fn run_live(
     {
         t.warm_native();
     }
-    let start = Instant::now();
-    let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    let clock = SystemClock;
     let mut stats = SamplerStats::default();
     let root_pid = match &root {
         Ok(t) => t.target().pid(),
@@ -302,56 +293,126 @@ pub fn run_live(
     };
     stats.root = root_pid;
     stats.root_attached = root.is_ok();
-    let mut procs = vec![match root {
-        Ok(t) => Proc::new(root_pid, ProcState::Ready(Box::new(t)), start),
-        Err(pid) => Proc::pending(pid, start),
-    }];
-    let frame_opts = FrameOptions {
-        locals: false,
-        validate: !opts.nonblocking,
-        function_lines: opts.function_lines,
-        depth: opts.depth,
+    let now = clock.now();
+    let mut procs = LiveProcs {
+        procs: vec![match root {
+            Ok(t) => Proc::new(root_pid, ProcState::Ready(Box::new(t)), now),
+            Err(pid) => Proc::pending(pid, now),
+        }],
+        watch: Watch::new(opts.subprocesses),
+        events: Vec::new(),
+        frame_opts: FrameOptions {
+            locals: false,
+            validate: !opts.nonblocking,
+            function_lines: opts.function_lines,
+            depth: opts.depth,
+        },
+        opts: opts.clone(),
     };
-    let mut watch = Watch::new(opts.subprocesses);
-    let mut events = Vec::new();
+    timing_loop(&clock, &mut procs, opts, tx, stop, live, &mut stats);
+    stats.processes = procs
+        .procs
+        .iter()
+        .filter(|p| matches!(&p.state, ProcState::Ready(t) if t.interpreter().is_some()))
+        .map(|p| p.pid)
+        .collect();
+    stats
+}
+
+/// Where the sampler's time comes from: the system's clock, or a fake one in tests.
+pub trait Clock {
+    /// The time now.
+    fn now(&self) -> Instant;
+    /// Sleep until `when`, waking early if a stop is requested.
+    fn sleep_until(&self, when: Instant, stop: &AtomicBool);
+}
+
+/// The system's monotonic clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, when: Instant, stop: &AtomicBool) {
+        loop {
+            let now = Instant::now();
+            if now >= when || stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep((when - now).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// How a tick ended, for the timing loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// Sampled; go on.
+    Sampled,
+    /// Nothing is left to sample: every target exited (before this tick was taken).
+    Exited,
+    /// Nothing will ever be sampled (a launched command that never became Python): the
+    /// tick's samples are sent, but it is not counted.
+    GaveUp,
+}
+
+/// What the timing loop samples on each tick: the live processes, or a fake in tests.
+pub trait Source {
+    /// Take one tick at `now`, `time` seconds into the run: samples into `out`, failures
+    /// into `stats`.
+    fn tick(
+        &mut self,
+        now: Instant,
+        time: f64,
+        out: &mut Vec<Sample>,
+        stats: &mut SamplerStats,
+    ) -> Tick;
+
+    /// Publish what only the source knows to a live display.
+    fn publish(&self, _live: &LiveStats) {}
+}
+
+/// The timing loop: ticks on a fixed grid from the start, each tick's samples sent to `tx`
+/// as one message; ticks whose time has passed are dropped and counted, never caught up in
+/// a burst; `opts.duration` is wall-clock time from the start.
+pub fn timing_loop(
+    clock: &impl Clock,
+    source: &mut impl Source,
+    opts: &SamplerOptions,
+    tx: &Sender<Vec<Sample>>,
+    stop: &AtomicBool,
+    live: Option<&LiveStats>,
+    stats: &mut SamplerStats,
+) {
+    let start = clock.now();
+    let rate = opts.rate.max(0.001);
     let mut tick: u64 = 0;
     // Whether the run went the whole of -d: its window is then exactly -d long (each tick
     // stands for one period), however soon after the last tick the loop ends.
     let mut full_window = false;
     loop {
-        let due = start + period.mul_f64(tick as f64);
-        let end = opts.duration.map(|d| start + d);
-        if let Some(end) = end
-            && due >= end
+        // From the tick's number, not a sum of rounded periods: 3 Hz for 1 s is 3 ticks,
+        // not a 4th at 0.999999999 s.
+        let due = start + Duration::from_secs_f64(tick as f64 / rate);
+        if let Some(d) = opts.duration
+            && due >= start + d
         {
             full_window = true;
             break;
         }
-        sleep_until(due, stop);
+        clock.sleep_until(due, stop);
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let now = Instant::now();
-        events.clear();
-        watch.poll(now, &mut events);
-        follow(&mut procs, &events, opts.subprocesses, now);
-        // Liveness (and an exec) is a /proc read: done on a timer, and at once when a read
-        // fails.
-        procs.retain_mut(|p| {
-            if !p.gone && now >= p.next_alive_check {
-                p.next_alive_check = now + ALIVE_CHECK;
-                p.look(now);
-            }
-            !p.gone
-        });
-        if procs.is_empty() {
-            stats.target_exited = true;
-            break;
-        }
+        let now = clock.now();
         let time = now.duration_since(start).as_secs_f64();
         let mut batch = Vec::new();
-        for p in procs.iter_mut() {
-            sample_process(p, time, now, &frame_opts, opts, &mut batch, &mut stats);
+        let ended = source.tick(now, time, &mut batch, stats);
+        if ended == Tick::Exited {
+            stats.target_exited = true;
+            break;
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
@@ -360,34 +421,85 @@ pub fn run_live(
                 Err(_) => stats.lost += n,
             }
         }
-        if !opts.subprocesses && procs.len() == 1 && matches!(procs[0].state, ProcState::Ignored) {
-            // The launched command never became Python and nothing else is followed.
+        if ended == Tick::GaveUp {
             break;
         }
         stats.ticks += 1;
         tick += 1;
         // Ticks whose time has already passed are dropped, not caught up in a burst.
-        let behind = Instant::now().duration_since(start).as_secs_f64() / period.as_secs_f64();
+        let behind = clock.now().duration_since(start).as_secs_f64() * rate;
         let next = behind.ceil() as u64;
         if next > tick {
             stats.dropped_ticks += next - tick;
             tick = next;
         }
         if let Some(live) = live {
-            live.publish(&stats, &procs);
+            live.publish(stats);
+            source.publish(live);
         }
     }
     stats.elapsed = match opts.duration {
         Some(d) if full_window => d,
-        Some(d) => start.elapsed().min(d),
-        None => start.elapsed(),
+        Some(d) => clock.now().duration_since(start).min(d),
+        None => clock.now().duration_since(start),
     };
-    stats.processes = procs
-        .iter()
-        .filter(|p| matches!(&p.state, ProcState::Ready(t) if t.interpreter().is_some()))
-        .map(|p| p.pid)
-        .collect();
-    stats
+}
+
+/// The live processes the sampler follows: the root, and with `-s` its descendants.
+struct LiveProcs {
+    procs: Vec<Proc>,
+    watch: Watch,
+    events: Vec<Event>,
+    frame_opts: FrameOptions,
+    opts: SamplerOptions,
+}
+
+impl Source for LiveProcs {
+    fn tick(
+        &mut self,
+        now: Instant,
+        time: f64,
+        out: &mut Vec<Sample>,
+        stats: &mut SamplerStats,
+    ) -> Tick {
+        self.events.clear();
+        self.watch.poll(now, &mut self.events);
+        follow(&mut self.procs, &self.events, self.opts.subprocesses, now);
+        // Liveness (and an exec) is a /proc read: done on a timer, and at once when a read
+        // fails.
+        self.procs.retain_mut(|p| {
+            if !p.gone && now >= p.next_alive_check {
+                p.next_alive_check = now + ALIVE_CHECK;
+                p.look(now);
+            }
+            !p.gone
+        });
+        if self.procs.is_empty() {
+            return Tick::Exited;
+        }
+        for p in self.procs.iter_mut() {
+            sample_process(p, time, now, &self.frame_opts, &self.opts, out, stats);
+        }
+        if !self.opts.subprocesses
+            && self.procs.len() == 1
+            && matches!(self.procs[0].state, ProcState::Ignored)
+        {
+            // The launched command never became Python and nothing else is followed.
+            return Tick::GaveUp;
+        }
+        Tick::Sampled
+    }
+
+    fn publish(&self, live: &LiveStats) {
+        if live.python.get().is_none()
+            && let Some(i) = self.procs.iter().find_map(|p| match &p.state {
+                ProcState::Ready(t) => t.interpreter(),
+                _ => None,
+            })
+        {
+            let _ = live.python.set(i.version().to_string());
+        }
+    }
 }
 
 fn sample_process(
@@ -513,17 +625,6 @@ fn sample_process(
     }
 }
 
-/// Sleep until `when`, waking early if a stop is requested.
-fn sleep_until(when: Instant, stop: &AtomicBool) {
-    loop {
-        let now = Instant::now();
-        if now >= when || stop.load(Ordering::SeqCst) {
-            return;
-        }
-        std::thread::sleep((when - now).min(Duration::from_millis(100)));
-    }
-}
-
 /// Is a Python interpreter (an executable or library named like one) mapped in `pid`?
 fn python_mapped(pid: u32) -> bool {
     crate::process::read_maps(pid).is_ok_and(|maps| {
@@ -534,4 +635,228 @@ fn python_mapped(pid: u32) -> bool {
                 .is_some_and(|name| name.contains("python"))
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use crossbeam_channel::bounded;
+
+    use super::*;
+    use crate::sample::{Frame, FrameKind, ThreadStack};
+
+    /// A clock that moves only when slept on, or when a fake tick says it worked.
+    struct FakeClock {
+        t: Cell<Instant>,
+    }
+
+    impl FakeClock {
+        fn new() -> FakeClock {
+            FakeClock {
+                t: Cell::new(Instant::now()),
+            }
+        }
+
+        fn advance(&self, d: Duration) {
+            self.t.set(self.t.get() + d);
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Instant {
+            self.t.get()
+        }
+
+        fn sleep_until(&self, when: Instant, _stop: &AtomicBool) {
+            if when > self.t.get() {
+                self.t.set(when);
+            }
+        }
+    }
+
+    /// A target in memory: each tick costs `cost` of the fake clock, gives one sample per
+    /// thread, or fails every `fail_every`-th tick; it exits after `exit_after` ticks, or
+    /// asks the sampler to stop after `stop_after`.
+    struct FakeTarget<'a> {
+        clock: &'a FakeClock,
+        cost: Duration,
+        threads: usize,
+        fail_every: Option<u64>,
+        exit_after: Option<u64>,
+        stop_after: Option<(u64, &'a AtomicBool)>,
+        /// When each tick was taken, seconds into the run.
+        times: Vec<f64>,
+    }
+
+    impl<'a> FakeTarget<'a> {
+        fn new(clock: &'a FakeClock, cost_ms: u64) -> FakeTarget<'a> {
+            FakeTarget {
+                clock,
+                cost: Duration::from_millis(cost_ms),
+                threads: 2,
+                fail_every: None,
+                exit_after: None,
+                stop_after: None,
+                times: Vec::new(),
+            }
+        }
+    }
+
+    impl Source for FakeTarget<'_> {
+        fn tick(
+            &mut self,
+            _now: Instant,
+            time: f64,
+            out: &mut Vec<Sample>,
+            stats: &mut SamplerStats,
+        ) -> Tick {
+            let n = self.times.len() as u64;
+            if Some(n) == self.exit_after {
+                return Tick::Exited;
+            }
+            if let Some((after, stop)) = self.stop_after
+                && n + 1 == after
+            {
+                stop.store(true, Ordering::SeqCst);
+            }
+            self.times.push(time);
+            self.clock.advance(self.cost);
+            if self.fail_every.is_some_and(|k| (n + 1).is_multiple_of(k)) {
+                stats.errors += 1;
+                return Tick::Sampled;
+            }
+            for t in 0..self.threads {
+                out.push(Sample {
+                    time,
+                    pid: 1,
+                    stack: ThreadStack {
+                        thread_id: t as u64,
+                        os_thread_id: Some(t as u32),
+                        thread_name: None,
+                        active: true,
+                        owns_gil: false,
+                        frames: vec![Frame::new("f", "f.py", "f.py", 1, FrameKind::Python)],
+                    },
+                });
+            }
+            Tick::Sampled
+        }
+    }
+
+    fn opts(rate: f64, duration_ms: Option<u64>) -> SamplerOptions {
+        SamplerOptions {
+            rate,
+            duration: duration_ms.map(Duration::from_millis),
+            nonblocking: false,
+            include_idle: true,
+            gil_only: false,
+            subprocesses: false,
+            function_lines: false,
+            activity: false,
+            native: false,
+            depth: 4096,
+        }
+    }
+
+    fn run_fake(target: &mut FakeTarget, o: &SamplerOptions, cap: usize) -> SamplerStats {
+        let (tx, _rx) = bounded(cap);
+        let stop = AtomicBool::new(false);
+        let mut stats = SamplerStats::default();
+        timing_loop(target.clock, target, o, &tx, &stop, None, &mut stats);
+        stats
+    }
+
+    #[test]
+    fn ticks_on_a_fixed_grid_when_sampling_keeps_up() {
+        let clock = FakeClock::new();
+        let mut target = FakeTarget::new(&clock, 1);
+        let stats = run_fake(&mut target, &opts(100.0, Some(1000)), 1000);
+        assert_eq!((stats.ticks, stats.dropped_ticks), (100, 0));
+        assert_eq!(stats.samples, 200);
+        assert_eq!(stats.elapsed, Duration::from_secs(1));
+        assert!((stats.achieved_rate() - 100.0).abs() < 1e-9);
+        for (k, t) in target.times.iter().enumerate() {
+            assert!((t - k as f64 * 0.01).abs() < 1e-9, "tick {k} at {t}");
+        }
+    }
+
+    #[test]
+    fn late_ticks_are_dropped_and_counted_never_caught_up() {
+        // 100 Hz, but each tick takes 25 ms: a tick lands every third slot of the grid.
+        let clock = FakeClock::new();
+        let mut target = FakeTarget::new(&clock, 25);
+        let stats = run_fake(&mut target, &opts(100.0, Some(1000)), 1000);
+        assert_eq!(stats.ticks, 34, "{stats:?}");
+        // The two slots each tick overran, the last one's overrun past the end included.
+        assert_eq!(stats.dropped_ticks, 68, "{stats:?}");
+        assert_eq!(stats.elapsed, Duration::from_secs(1));
+        assert!((stats.achieved_rate() - 34.0).abs() < 1e-9);
+        // No burst: ticks stay a whole number of periods apart, never closer than one.
+        for w in target.times.windows(2) {
+            assert!((w[1] - w[0] - 0.03).abs() < 1e-9, "{:?}", target.times);
+        }
+    }
+
+    #[test]
+    fn duration_is_wall_clock_time() {
+        // 3 Hz for 1 s: ticks at 0, 1/3 and 2/3 s, and the window is the whole second.
+        let clock = FakeClock::new();
+        let start = clock.now();
+        let mut target = FakeTarget::new(&clock, 0);
+        let stats = run_fake(&mut target, &opts(3.0, Some(1000)), 1000);
+        assert_eq!(stats.ticks, 3);
+        assert_eq!(stats.elapsed, Duration::from_secs(1));
+        // The loop ends when the next tick would fall past the end, without waiting for it.
+        assert!(clock.now() - start < Duration::from_secs(1));
+        // Slow ticks do not stretch it: 10 Hz for 1 s with 400 ms ticks ends at 1.2 s of
+        // clock time, yet reports the 1 s asked for.
+        let clock = FakeClock::new();
+        let mut target = FakeTarget::new(&clock, 400);
+        let stats = run_fake(&mut target, &opts(10.0, Some(1000)), 1000);
+        assert_eq!(stats.ticks, 3, "{:?}", target.times);
+        assert_eq!(stats.elapsed, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stop_ends_the_window_where_it_came() {
+        let clock = FakeClock::new();
+        let stop = AtomicBool::new(false);
+        let mut target = FakeTarget::new(&clock, 0);
+        target.stop_after = Some((5, &stop));
+        let (tx, _rx) = bounded(100);
+        let mut stats = SamplerStats::default();
+        timing_loop(
+            &clock,
+            &mut target,
+            &opts(10.0, Some(10_000)),
+            &tx,
+            &stop,
+            None,
+            &mut stats,
+        );
+        assert_eq!(stats.ticks, 5);
+        assert_eq!(stats.elapsed, Duration::from_millis(500));
+        assert!(!stats.target_exited);
+    }
+
+    #[test]
+    fn errors_lost_samples_and_exit_are_counted() {
+        let clock = FakeClock::new();
+        let mut target = FakeTarget::new(&clock, 0);
+        target.fail_every = Some(4);
+        target.exit_after = Some(12);
+        // A consumer that takes nothing: after 3 ticks' batches, every batch is lost.
+        let stats = run_fake(&mut target, &opts(100.0, None), 3);
+        assert_eq!(stats.ticks, 12);
+        assert!(stats.target_exited);
+        assert_eq!(stats.errors, 3);
+        assert_eq!(stats.samples, 6);
+        assert_eq!(stats.lost, 12);
+        // The window ends at the tick that found the target gone.
+        assert_eq!(stats.elapsed, Duration::from_millis(120));
+        let published = LiveStats::default();
+        published.publish(&stats);
+        assert_eq!(published.errors.load(Ordering::Relaxed), 3);
+    }
 }
