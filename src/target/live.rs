@@ -30,22 +30,13 @@ pub struct LivePid {
 }
 
 impl LivePid {
-    /// Process `pid`, checked to be a program (not a kernel thread) that still has an
-    /// address space.
+    /// Process `pid`, checked to be a program (not a kernel thread); whether it still has
+    /// an address space is checked by the first [`Target::maps`].
     pub fn open(pid: u32) -> Result<LivePid, TargetError> {
-        let target = LivePid::new(pid);
-        (|| {
-            if process::is_kernel_thread(pid) {
-                return Err(TargetError::KernelThread(pid));
-            }
-            if process::read_maps(pid)?.is_empty() {
-                // Not a kernel thread, so its address space is being torn down.
-                return Err(TargetError::Exited(pid));
-            }
-            Ok(())
-        })()
-        .map_err(|e| target.settle(e))?;
-        Ok(target)
+        if process::is_kernel_thread(pid) {
+            return Err(TargetError::KernelThread(pid));
+        }
+        Ok(LivePid::new(pid))
     }
 
     /// Process `pid`, unchecked.
@@ -109,7 +100,12 @@ impl Target for LivePid {
     }
 
     fn maps(&self) -> Result<Vec<MapRange>, TargetError> {
-        process::read_maps(self.pid).map_err(|e| self.settle(e.into()))
+        let maps = process::read_maps(self.pid).map_err(|e| self.settle(e.into()))?;
+        if maps.is_empty() && !process::is_kernel_thread(self.pid) {
+            // Not a kernel thread, so its address space is being torn down.
+            return Err(TargetError::Exited(self.pid));
+        }
+        Ok(maps)
     }
 
     fn maps_changed(&self) -> Option<Vec<MapRange>> {
