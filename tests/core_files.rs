@@ -516,3 +516,40 @@ fn first_load_offset(elf: &[u8]) -> u64 {
         .min()
         .expect("a PT_LOAD with bytes")
 }
+
+/// A core that names no files (qemu-user's), of a program no longer where it ran: prof
+/// says to give it with --executable, and reads the core once it is.
+#[test]
+fn aarch64_core_of_a_moved_program() {
+    crate::skip_without_live_targets!();
+    let qemu = "qemu-aarch64-static";
+    let sysroot = aarch64_prefix().join("sysroot-bookworm");
+    let exe = sysroot.join("usr/bin/python3.11");
+    if Command::new(qemu).arg("--version").output().is_err() || !exe.exists() {
+        notice(&format!(
+            "skipped: {qemu} or {} missing; --executable not tested",
+            exe.display()
+        ));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(SCRIPT_NAME), SCRIPT).unwrap();
+    std::fs::create_dir(dir.path().join("core")).unwrap();
+    let moved = dir.path().join("python-moved");
+    std::fs::copy(&exe, &moved).unwrap();
+    let mut cmd = Command::new(qemu);
+    cmd.arg("-L").arg(&sysroot).arg(&moved).arg(SCRIPT_NAME);
+    let core = run_to_core(cmd, dir.path(), |n| {
+        n.starts_with("qemu_") && n.ends_with(".core")
+    })
+    .expect("python3.11 under qemu left no core");
+    std::fs::remove_file(&moved).unwrap();
+    let root = sysroot.display().to_string();
+    let line = dump_core_error(&core, &["--sysroot", &root]);
+    assert!(
+        line.contains("python-moved") && line.contains("--executable"),
+        "{line}"
+    );
+    let exe = exe.display().to_string();
+    check_abort_core(&core, &["--sysroot", &root, "--executable", &exe], 11);
+}

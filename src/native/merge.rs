@@ -1,9 +1,9 @@
 //! Merging a thread's native stack with its Python stack.
 //!
 //! The rule: walk the native frames innermost → outermost. A native frame running the
-//! interpreter's eval loop (`_PyEval_EvalFrameDefault` on every version, see
-//! [`is_eval_function`]) is replaced by the Python frames that C call ran:
-//! The rule for an interpreter comes from its layout (`Layout::eval_runs_entry_chain`):
+//! interpreter's eval loop ([`NativeFrame::eval`], which the caller sets: the interpreter's
+//! layout names the loop, `Layout::is_eval_function`) is replaced by the Python frames
+//! that C call ran, by the rule the layout gives (`Layout::eval_runs_entry_chain`):
 //! - 3.11+ ([`EntryRule::EntryFlag`]): Python calls no longer nest C calls; one eval
 //!   call runs Python frames up to and including the first one marked `is_entry` (the
 //!   frame the C call started with), so that many Python frames are consumed;
@@ -37,20 +37,15 @@ pub enum EntryRule {
     EntryFlag,
 }
 
-/// Is `function` (a symbol or DWARF name) the interpreter's eval loop? GCC's split-off
-/// cold part (`_PyEval_EvalFrameDefault.cold`) counts too.
-pub fn is_eval_function(function: &str) -> bool {
-    let base = function.split('.').next().unwrap_or(function);
-    base == "_PyEval_EvalFrameDefault"
-}
-
 /// One native pc: its symbolized levels (inlined ones first, innermost first) and
 /// whether it runs the eval loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NativeFrame {
     /// Frames to show for this pc, innermost first (kind [`crate::sample::FrameKind::Native`]).
     pub frames: Vec<Frame>,
-    /// The pc is in the eval loop (see [`is_eval_function`]).
+    /// The pc is in the interpreter's eval loop: set by the caller, which knows the
+    /// interpreter (by name from its layout, or by where its entry frames are); false as
+    /// symbolized.
     pub eval: bool,
 }
 
@@ -133,7 +128,7 @@ mod tests {
     fn nat(name: &str) -> NativeFrame {
         NativeFrame {
             frames: vec![Frame::new(name, "", "", 0, FrameKind::Native)],
-            eval: is_eval_function(name),
+            eval: name == EVAL,
         }
     }
 
@@ -142,15 +137,6 @@ mod tests {
     }
 
     const EVAL: &str = "_PyEval_EvalFrameDefault";
-
-    #[test]
-    fn eval_names() {
-        assert!(is_eval_function(EVAL));
-        assert!(is_eval_function("_PyEval_EvalFrameDefault.cold"));
-        assert!(!is_eval_function("PyEval_EvalFrameEx"));
-        assert!(!is_eval_function("_PyEval_EvalFrame"));
-        assert!(!is_eval_function("_PyEval_Vector"));
-    }
 
     #[test]
     fn one_python_frame_per_eval_frame_up_to_310() {

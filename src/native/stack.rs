@@ -6,7 +6,7 @@ use foldhash::HashMap;
 use crate::process::{MapRange, Memory, Overlay};
 use crate::sample::{Frame, FrameKind};
 
-use super::merge::{NativeFrame, is_eval_function};
+use super::merge::NativeFrame;
 use super::{Modules, Registers, Symbolized, Symbolizer, UnwindError, Unwinder};
 
 /// Most bytes of a thread's stack copied (in one read) before unwinding it.
@@ -185,9 +185,8 @@ pub fn native_frame(s: &Symbolized) -> NativeFrame {
             FrameKind::Native,
         ));
     }
-    let eval = s
-        .frames
-        .iter()
-        .any(|l| l.function.as_deref().is_some_and(is_eval_function));
-    NativeFrame { frames, eval }
+    NativeFrame {
+        frames,
+        eval: false,
+    }
 }

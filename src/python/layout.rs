@@ -239,6 +239,13 @@ impl Layout {
         (self.version.major, self.version.minor) >= (3, 11)
     }
 
+    /// Is `function` (a symbol or DWARF name of native code) the interpreter's eval loop?
+    /// GCC's split-off cold part (`_PyEval_EvalFrameDefault.cold`) counts too; the
+    /// wrappers that call it (`PyEval_EvalFrameEx`, `_PyEval_Vector`...) do not.
+    pub fn is_eval_function(&self, function: &str) -> bool {
+        function.split('.').next() == Some("_PyEval_EvalFrameDefault")
+    }
+
     /// The built-in table for 3.7–3.12 (`aarch64` selects the few offsets that differ).
     pub fn from_table(version: Version, aarch64: bool) -> Result<Layout, LayoutError> {
         let minor = version.minor;
@@ -1020,5 +1027,15 @@ mod tests {
             let l = Layout::from_table(Version::new(3, minor, 0), false).unwrap();
             assert_eq!(l.eval_runs_entry_chain(), chain, "3.{minor}");
         }
+    }
+
+    #[test]
+    fn eval_function_names() {
+        let l = Layout::from_table(Version::new(3, 12, 0), false).unwrap();
+        assert!(l.is_eval_function("_PyEval_EvalFrameDefault"));
+        assert!(l.is_eval_function("_PyEval_EvalFrameDefault.cold"));
+        assert!(!l.is_eval_function("PyEval_EvalFrameEx"));
+        assert!(!l.is_eval_function("_PyEval_EvalFrame"));
+        assert!(!l.is_eval_function("_PyEval_Vector"));
     }
 }

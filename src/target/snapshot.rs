@@ -8,7 +8,7 @@ use super::{Target, TargetError, ThreadInfo, ThreadState};
 use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
 use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
-use crate::python::{FrameOptions, Interpreter, StackReader, find_interpreter};
+use crate::python::{FrameOptions, Interpreter, Layout, StackReader, find_interpreter};
 use crate::sample::{Frame, ThreadStack};
 
 /// Why `--native` and `--nonblocking` cannot go together.
@@ -229,6 +229,7 @@ impl<T: Target> Snapshot<T> {
             && !stop.is_empty()
         {
             let py = self.python.as_ref().map(|r| PythonSide {
+                layout: &r.interpreter().layout,
                 rule: if r.interpreter().layout.eval_runs_entry_chain() {
                     EntryRule::EntryFlag
                 } else {
@@ -256,6 +257,8 @@ impl<T: Target> Snapshot<T> {
 
 /// What the Python reader says about the stacks it returned, for the merge.
 struct PythonSide<'a> {
+    /// The interpreter's layout: it names the eval loop.
+    layout: &'a Layout,
     /// How eval-loop frames map to Python frames.
     rule: EntryRule,
     /// Per stack: the `is_entry` flag of each Python frame.
@@ -322,6 +325,12 @@ fn merge_into(
     };
     let flags = py.entries.get(i).map(Vec::as_slice).unwrap_or(&[]);
     let mut native = natives.symbolize(pcs);
+    for nf in native.iter_mut() {
+        nf.eval = nf
+            .frames
+            .iter()
+            .any(|f| py.layout.is_eval_function(f.name()));
+    }
     if let Some(addrs) = py.entry_addrs.get(i) {
         mark_eval_frames(&mut native, pcs, addrs);
     }
