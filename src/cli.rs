@@ -193,7 +193,10 @@ pub struct RecordArgs {
 pub struct DumpArgs {
     /// PID of the running Python process (decimal, or hex with 0x).
     #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true,
-          required_unless_present = "core", conflicts_with = "core")]
+          required_unless_present = "core",
+          // `requires = "core"` on the core-only flags is not checked by clap when the
+          // argument they require conflicts with one given: say it here.
+          conflicts_with_all = ["core", "executable", "sysroot"])]
     pub pid: Option<u32>,
 
     /// Read a core file instead of a running process (written by the kernel, by gdb's
