@@ -276,7 +276,10 @@ fn usage_errors_are_one_line() {
         (vec!["dump"], "--pid"),
         (vec!["dump", "-p", "12", "13"], "13"),
         (vec!["dump", "-p", "12", "--sysroot", "/"], "--sysroot"),
-        (vec!["dump", "-p", "12", "--executable", "/bin/ls"], "--executable"),
+        (
+            vec!["dump", "-p", "12", "--executable", "/bin/ls"],
+            "--executable",
+        ),
         (vec!["dump", "--core", "x", "-s"], "--subprocesses"),
         (vec!["record", "-r", "fast", "-p", "1"], "fast"),
         (vec!["nosuchcommand"], "nosuchcommand"),
