@@ -132,6 +132,11 @@ pub struct TargetArgs {
     #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
     pub depth: usize,
 
+    /// Show asyncio tasks as stacks of their own, rooted at `task: NAME` frames along the
+    /// chain of tasks awaiting them; waiting tasks count as idle (shown with --idle).
+    #[arg(long = "async")]
+    pub async_tasks: bool,
+
     /// Command to launch and profile (e.g. `python app.py --port 1`), after prof's own
     /// options; everything from its first word on is the command's. A `--` before it is
     /// optional.
@@ -227,6 +232,11 @@ pub struct DumpArgs {
     /// a `[N frames not shown]` line.
     #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
     pub depth: usize,
+
+    /// Also show every asyncio task: the tree of tasks awaiting each other, what each one
+    /// waits on and its coroutine stack (with --json: `{"threads": [...], "tasks": [...]}`).
+    #[arg(long = "async")]
+    pub async_tasks: bool,
 }
 
 /// Options of `prof top`.

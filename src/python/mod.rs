@@ -1,5 +1,6 @@
 //! The Python reader: from a process's memory to its Python threads and stacks.
 
+pub mod asyncio;
 pub mod batch;
 pub mod code;
 pub mod discover;
@@ -89,6 +90,8 @@ pub struct StackReader<M: Memory> {
     regions: Vec<(u64, u64)>,
     /// Per thread: its previous sample's frames (see [`frames::resolve_remembering`]).
     memo: Vec<Vec<Option<frames::Remembered>>>,
+    /// What the asyncio task reader keeps between samples (`--async`).
+    asyncio: asyncio::TaskCache,
 }
 
 impl<M: Memory> StackReader<M> {
@@ -119,6 +122,7 @@ impl<M: Memory> StackReader<M> {
             spans: Vec::new(),
             regions: Vec::new(),
             memo: Vec::new(),
+            asyncio: asyncio::TaskCache::default(),
         }
     }
 
