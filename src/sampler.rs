@@ -18,6 +18,7 @@ use crate::attach::{LiveTarget, attach, is_not_python};
 use crate::mixed::{NativeTarget, PythonSide};
 use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
 use crate::process::threads;
+use crate::python::asyncio::{live_debug_section, task_stacks};
 use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
 
@@ -47,6 +48,8 @@ pub struct SamplerOptions {
     pub native: bool,
     /// Most Python frames kept per stack (`--depth`).
     pub depth: usize,
+    /// asyncio tasks as stacks of their own (`--async`).
+    pub async_tasks: bool,
 }
 
 /// What happened during a run, for the summary line.
@@ -540,10 +543,22 @@ fn sample_process(
     // Threads whose stacks could not be read: counted once the process is known to be
     // neither exiting nor exec'ing.
     let mut unread = 0;
-    let stacks = match (&mut p.state, p.natives.as_deref_mut()) {
+    let mut stacks = match (&mut p.state, p.natives.as_deref_mut()) {
         (ProcState::Attached(target), natives) => {
             let before = target.reader.errors();
-            let read = |target: &mut LiveTarget| target.reader.stacks(&tids, *frame_opts);
+            // With --async, the tasks are read with the stacks (in the same stop).
+            let mut tasks = None;
+            let pid = p.pid;
+            let mut read = |target: &mut LiveTarget| {
+                let stacks = target.reader.stacks(&tids, *frame_opts);
+                if opts.async_tasks && stacks.is_ok() {
+                    tasks = target
+                        .reader
+                        .async_tasks(*frame_opts, || live_debug_section(pid))
+                        .ok();
+                }
+                stacks
+            };
             let (stacks, pcs) = match natives {
                 Some(n) if !stop.is_empty() => match n.capture(&stop, || read(target)) {
                     Ok((stacks, pcs)) => (stacks, pcs),
@@ -568,6 +583,13 @@ fn sample_process(
                     entry_addrs: target.reader.entry_frame_addresses(),
                 };
                 n.merge_all(&mut stacks, &stop, &pcs, Some(&py), state);
+            }
+            if opts.async_tasks {
+                mark_active(&mut stacks, &states);
+                match tasks {
+                    Some(mut tasks) => stacks = task_stacks(&mut tasks, stacks),
+                    None => unread += 1,
+                }
             }
             stacks
         }
@@ -603,11 +625,10 @@ fn sample_process(
             }
         }
     }
-    for mut stack in stacks {
-        let state = stack
-            .os_thread_id
-            .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
-        stack.active = state == Some('R');
+    if !opts.async_tasks {
+        mark_active(&mut stacks, &states);
+    }
+    for stack in stacks {
         if stack.frames.is_empty()
             || (!opts.include_idle && !stack.active)
             || (opts.gil_only && !stack.owns_gil)
@@ -619,6 +640,18 @@ fn sample_process(
             pid: p.pid,
             stack,
         });
+    }
+}
+
+/// Each stack is active when its thread was on CPU (state `R`). With `--async` this is done
+/// before the tasks' stacks are made: a waiting task's stack carries its loop's thread but
+/// is idle whatever that thread does.
+fn mark_active(stacks: &mut [crate::sample::ThreadStack], states: &[(u32, char)]) {
+    for stack in stacks {
+        let state = stack
+            .os_thread_id
+            .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
+        stack.active = state == Some('R');
     }
 }
 
