@@ -2,9 +2,10 @@
 
 usage: async_split.py OUTDIR
 
-One event loop runs the tasks heavy and light, which take turns: each spins for a slice
-of random length (0.3-1.5 ms, three times that for heavy, so no slice pattern can beat
-against prof's sampling period), then yields with `await asyncio.sleep(0)`. A third task
+One event loop runs the tasks heavy and light, which take turns: each spins for a slice,
+then yields with `await asyncio.sleep(0)`: light for a random length (0.3-1.5 ms, so no
+slice pattern can beat against prof's sampling period), heavy until its total is three
+times light's. A third task
 writes OUTDIR/totals.json about every 0.2 s: each task's accumulated wall-clock time in
 its slices (perf_counter, as prof's samples are wall-clock). OUTDIR/ready.json is written
 after a warm-up.
@@ -31,11 +32,21 @@ def spin(until):
         pass
 
 
-async def worker(kind, factor):
+async def light():
     while True:
         start = perf_counter()
-        spin(start + factor * random.uniform(0.0003, 0.0015))
-        acc[kind] += perf_counter() - start
+        spin(start + random.uniform(0.0003, 0.0015))
+        acc["light"] += perf_counter() - start
+        await asyncio.sleep(0)
+
+
+async def heavy():
+    # Catches up to three times light's time at each turn: the split stays 75/25 to
+    # within a slice at any moment, whatever the machine's load does to the slices.
+    while True:
+        start = perf_counter()
+        spin(start + min(0.006, 3 * acc["light"] - acc["heavy"]))
+        acc["heavy"] += perf_counter() - start
         await asyncio.sleep(0)
 
 
@@ -48,6 +59,7 @@ def dump(outdir, name, data):
 
 async def reporter(outdir):
     await asyncio.sleep(0.3)
+    dump(outdir, "totals.json", dict(acc))
     dump(
         outdir,
         "ready.json",
@@ -67,8 +79,8 @@ async def reporter(outdir):
 
 async def amain(outdir):
     tasks = [
-        asyncio.ensure_future(worker("heavy", 3)),
-        asyncio.ensure_future(worker("light", 1)),
+        asyncio.ensure_future(heavy()),
+        asyncio.ensure_future(light()),
         asyncio.ensure_future(reporter(outdir)),
     ]
     for t, name in zip(tasks, ("heavy", "light", "reporter")):

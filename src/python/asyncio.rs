@@ -41,8 +41,7 @@ const LOOP_REFRESH: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Registry {
     /// ≤3.13: globals of the `asyncio.tasks` module: weak sets of tasks (`_all_tasks`, or
-    /// `_scheduled_tasks` from 3.12), a plain set of eagerly running ones (3.12+), and the
-    /// `{loop: task}` dict of running tasks (`_current_tasks`).
+    /// `_scheduled_tasks` from 3.12) and a plain set of eagerly running ones (3.12+).
     Module {
         /// Names of `WeakSet`s of tasks.
         weak_sets: &'static [&'static str],
@@ -56,8 +55,6 @@ pub enum Registry {
         interp_head: u64,
         /// `_PyThreadStateImpl.asyncio_tasks_head`.
         thread_head: u64,
-        /// `_PyThreadStateImpl.asyncio_running_task`.
-        running_task: u64,
         /// `TaskObj.task_node` (`next` first).
         task_node: u64,
     },
@@ -288,7 +285,7 @@ impl AsyncLayout {
         let [task, name, awaited_by, _is_task, is_set, coro, node] =
             [0, 1, 2, 3, 4, 5, 6].map(|i| words[i]);
         let [interp_size, interp_head] = [words[7], words[8]];
-        let [ts_size, _loop, running, ts_head] = [9, 10, 11, 12].map(|i| words[i]);
+        let [ts_size, _loop, _running, ts_head] = [9, 10, 11, 12].map(|i| words[i]);
         if !(64..=1024).contains(&task) {
             return Err(format!("task size {task}"));
         }
@@ -310,10 +307,8 @@ impl AsyncLayout {
         if interp_head + 8 > interp_size.min(1 << 22) || interp_size > 1 << 22 {
             return Err(format!("interpreter asyncio_tasks_head = {interp_head}"));
         }
-        for v in [running, ts_head] {
-            if v + 8 > ts_size || ts_size > 1 << 16 {
-                return Err(format!("thread-state offset {v} (size {ts_size})"));
-            }
+        if ts_head + 8 > ts_size || ts_size > 1 << 16 {
+            return Err(format!("thread-state asyncio_tasks_head = {ts_head}"));
         }
         let minor = l.version.minor;
         // The Future fields before the task's own are not in the section; they sit where
@@ -331,7 +326,6 @@ impl AsyncLayout {
             registry: Registry::ThreadLists {
                 interp_head,
                 thread_head: ts_head,
-                running_task: running,
                 task_node: node,
             },
             coro: coro_layout(l).ok_or_else(|| format!("Python {}", l.version))?,
@@ -472,8 +466,8 @@ pub struct TaskCache {
     layout: Option<AsyncLayout>,
     /// When the layout (3.14+: its section) was last looked for in vain.
     layout_tried: Option<Instant>,
-    /// ≤3.13: addresses of the registries: (weak sets, sets, current-tasks dict).
-    registries: Option<(Vec<u64>, Vec<u64>, Option<u64>)>,
+    /// ≤3.13: addresses of the registries: (weak sets, sets).
+    registries: Option<(Vec<u64>, Vec<u64>)>,
     registries_read: Option<Instant>,
     /// Type pointer -> its `tp_name`.
     types: HashMap<u64, Arc<str>>,
@@ -555,7 +549,7 @@ impl<M: Memory> StackReader<M> {
         let Some(al) = self.asyncio.layout.clone() else {
             return Ok(Vec::new());
         };
-        let (addrs, running) = self.task_addresses(l, &al)?;
+        let addrs = self.task_addresses(l, &al)?;
         let mut raws = Vec::new();
         let mut seen = HashSet::new();
         let mut buf = vec![0u8; al.task_size as usize];
@@ -602,17 +596,25 @@ impl<M: Memory> StackReader<M> {
         let mut chains: Vec<Vec<super::frames::RawFrame>> = Vec::with_capacity(raws.len());
         for r in &raws {
             let name = self.task_name(l, r.name).unwrap_or_else(|_| "?".into());
-            let thread_id = self.loop_thread(l, r.fut_loop);
-            let is_running = running.contains(&r.addr);
-            let (chain, awaiting) = if is_running {
-                let chain = self.coro_chain(l, &al, r.coro, true).unwrap_or_default();
-                (chain.0, Awaiting::Unknown)
+            let mut thread_id = self.loop_thread(l, r.fut_loop);
+            let (chain, yf) = self.coro_chain(l, &al, r.coro).unwrap_or_default();
+            // A task runs when its outermost coroutine's frame is on a thread's stack, as
+            // read in the same sample as those stacks: the interpreter's own record of
+            // the current task, read a moment later, may already name the next one.
+            let on = chain.first().and_then(|f| {
+                self.frame_addrs
+                    .iter()
+                    .find(|(_, addrs)| addrs.contains(&f.addr))
+            });
+            let is_running = on.is_some();
+            if let Some((tid, _)) = on {
+                thread_id = Some(*tid);
+            }
+            let awaiting = if is_running {
+                Awaiting::Unknown
             } else {
-                let (chain, yf) = self.coro_chain(l, &al, r.coro, false).unwrap_or_default();
-                let awaiting = self
-                    .awaited(l, &al, yf, r.waiter)
-                    .unwrap_or(Awaiting::Unknown);
-                (chain, awaiting)
+                self.awaited(l, &al, yf, r.waiter)
+                    .unwrap_or(Awaiting::Unknown)
             };
             if let Awaiting::Tasks(children) = &awaiting {
                 for c in children {
@@ -667,19 +669,13 @@ impl<M: Memory> StackReader<M> {
         Ok(tasks)
     }
 
-    /// Addresses of the registered tasks, and of the running ones.
-    fn task_addresses(
-        &mut self,
-        l: &Layout,
-        al: &AsyncLayout,
-    ) -> Result<(Vec<u64>, Vec<u64>), PyError> {
+    /// Addresses of the registered tasks.
+    fn task_addresses(&mut self, l: &Layout, al: &AsyncLayout) -> Result<Vec<u64>, PyError> {
         let mut tasks = Vec::new();
-        let mut running = Vec::new();
         match al.registry {
             Registry::ThreadLists {
                 interp_head,
                 thread_head,
-                running_task,
                 task_node,
             } => {
                 let threads = thread_states(&self.mem, l, self.interp.runtime)?;
@@ -690,15 +686,6 @@ impl<M: Memory> StackReader<M> {
                         heads.push(interp);
                     }
                     heads.push(t.tstate + thread_head);
-                    let r = le_u64(&t.raw, running_task as usize);
-                    let r = if (running_task as usize) + 8 <= t.raw.len() {
-                        r
-                    } else {
-                        self.mem.u64(t.tstate + running_task)?
-                    };
-                    if r != 0 {
-                        running.push(r);
-                    }
                 }
                 for head in heads {
                     let mut node = self.mem.u64(head)?;
@@ -727,8 +714,8 @@ impl<M: Memory> StackReader<M> {
                     self.asyncio.registries_read = Some(Instant::now());
                     self.asyncio.registries = self.find_registries(l, weak_sets, sets).ok();
                 }
-                let Some((weak, plain, current)) = self.asyncio.registries.clone() else {
-                    return Ok((tasks, running));
+                let Some((weak, plain)) = self.asyncio.registries.clone() else {
+                    return Ok(tasks);
                 };
                 let read = (|| -> Result<(), PyError> {
                     for w in weak {
@@ -743,9 +730,6 @@ impl<M: Memory> StackReader<M> {
                     for s in plain {
                         tasks.extend(self.set_items(al, s)?);
                     }
-                    if let Some(d) = current {
-                        running.extend(dict_items(&self.mem, l, d)?.into_iter().map(|kv| kv.1));
-                    }
                     Ok(())
                 })();
                 if let Err(e) = read {
@@ -755,7 +739,7 @@ impl<M: Memory> StackReader<M> {
                 }
             }
         }
-        Ok((tasks, running))
+        Ok(tasks)
     }
 
     /// ≤3.13: the registries in `asyncio.tasks`'s globals (none until asyncio is imported).
@@ -765,7 +749,7 @@ impl<M: Memory> StackReader<M> {
         l: &Layout,
         weak_sets: &[&str],
         sets: &[&str],
-    ) -> Result<(Vec<u64>, Vec<u64>, Option<u64>), PyError> {
+    ) -> Result<(Vec<u64>, Vec<u64>), PyError> {
         let threads = thread_states(&self.mem, l, self.interp.runtime)?;
         let interp = threads
             .first()
@@ -781,7 +765,6 @@ impl<M: Memory> StackReader<M> {
         Ok((
             weak_sets.iter().filter_map(|n| get(n)).collect(),
             sets.iter().filter_map(|n| get(n)).collect(),
-            get("_current_tasks"),
         ))
     }
 
@@ -836,14 +819,12 @@ impl<M: Memory> StackReader<M> {
     }
 
     /// The frames of the await chain from coroutine `coro`, outermost first, and the object
-    /// the innermost one awaits (0: none). With `running`, only the outermost coroutine's
-    /// frame (its step is executing: it awaits nothing yet).
+    /// the innermost one awaits (0: none; a running coroutine awaits nothing yet).
     fn coro_chain(
         &mut self,
         l: &Layout,
         al: &AsyncLayout,
         mut coro: u64,
-        running: bool,
     ) -> Result<(Vec<super::frames::RawFrame>, u64), PyError> {
         let c = &al.coro;
         let mut out = Vec::new();
@@ -873,9 +854,6 @@ impl<M: Memory> StackReader<M> {
             };
             let rf = python_frame(&self.mem, l, frame, fbuf)?;
             out.push(rf);
-            if running {
-                return Ok((out, 0));
-            }
             let state = c.state.map(|s| buf[s as usize] as i8);
             let yf = match c.yield_from {
                 YieldFrom::Stacktop { stacktop } => {
@@ -1269,7 +1247,6 @@ mod tests {
             Registry::ThreadLists {
                 interp_head: 10880,
                 thread_head: 880,
-                running_task: 872,
                 task_node: 152
             }
         );
