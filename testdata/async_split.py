@@ -45,7 +45,7 @@ async def heavy():
     # within a slice at any moment, whatever the machine's load does to the slices.
     while True:
         start = perf_counter()
-        spin(start + min(0.006, 3 * acc["light"] - acc["heavy"]))
+        spin(start + min(0.02, 3 * acc["light"] - acc["heavy"]))
         acc["heavy"] += perf_counter() - start
         await asyncio.sleep(0)
 

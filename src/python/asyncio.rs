@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::code::CodeCache;
 use super::frames::{FrameOptions, python_frame, resolve_with_entries};
 use super::layout::{Layout, Version};
 use super::objects::{read_cstr, read_long, read_str};
@@ -473,6 +474,10 @@ pub struct TaskCache {
     types: HashMap<u64, Arc<str>>,
     /// Loop -> (thread id, when read).
     loops: HashMap<u64, (Option<u64>, Instant)>,
+    /// The tasks of the last sample, read first in the next one.
+    prev: Vec<u64>,
+    /// Every region the last sample's walk read, copied first in the next one.
+    plan: Vec<(u64, usize)>,
 }
 
 /// Bound on cached types and loops; cleared wholesale when exceeded.
@@ -505,6 +510,76 @@ impl TaskCache {
         }
         self.types.insert(tp, Arc::clone(&name));
         Ok(name)
+    }
+}
+
+/// Most regions a plan keeps (about 20 per task for the largest registry).
+const MAX_PLAN: usize = 1 << 21;
+
+/// Copies of target memory, by address: what an [`crate::process::Overlay`] serves.
+#[derive(Default)]
+struct Snapshots {
+    copies: Vec<(u64, Vec<u8>)>,
+}
+
+/// Regions closer than this are copied as one: they share pages (so the bytes between
+/// are readable too), and fewer, larger copies are faster to make and to look up.
+const MERGE_GAP: u64 = 512;
+
+impl Snapshots {
+    /// Copy `regions` in one batched read (region by region when one of them fails).
+    fn fetch<M: Memory + ?Sized>(&mut self, mem: &M, regions: impl Iterator<Item = (u64, usize)>) {
+        let mut want: Vec<(u64, u64)> = regions
+            .filter(|r| r.1 > 0 && r.1 <= 1 << 20)
+            .map(|(a, n)| (a, a.saturating_add(n as u64)))
+            .collect();
+        want.sort_unstable();
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(want.len());
+        for (start, end) in want {
+            match spans.last_mut() {
+                Some(last) if start <= last.1.saturating_add(MERGE_GAP) => last.1 = last.1.max(end),
+                _ => spans.push((start, end)),
+            }
+        }
+        let mut bufs: Vec<(u64, Vec<u8>)> = spans
+            .iter()
+            .map(|&(a, e)| (a, vec![0u8; (e - a) as usize]))
+            .collect();
+        let ok = {
+            let mut reqs: Vec<(u64, &mut [u8])> = bufs
+                .iter_mut()
+                .map(|(a, b)| (*a, b.as_mut_slice()))
+                .collect();
+            mem.read_many(&mut reqs).is_ok()
+        };
+        if ok {
+            self.copies.extend(bufs);
+        } else {
+            for (a, mut b) in bufs {
+                if mem.read(a, &mut b).is_ok() {
+                    self.copies.push((a, b));
+                }
+            }
+        }
+        self.copies.sort_unstable_by_key(|c| c.0);
+    }
+}
+
+/// Memory that notes every region read through it: the plan of the next sample.
+struct Logged<'a, M: Memory + ?Sized> {
+    inner: &'a M,
+    log: std::cell::RefCell<Vec<(u64, usize)>>,
+}
+
+impl<M: Memory + ?Sized> Memory for Logged<'_, M> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::MemResult<()> {
+        self.log.borrow_mut().push((addr, buf.len()));
+        self.inner.read(addr, buf)
+    }
+
+    fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.log.borrow_mut().push((addr, len));
+        self.inner.peek(addr, len)
     }
 }
 
@@ -550,123 +625,39 @@ impl<M: Memory> StackReader<M> {
             return Ok(Vec::new());
         };
         let addrs = self.task_addresses(l, &al)?;
-        let mut raws = Vec::new();
         let mut seen = HashSet::new();
-        let mut buf = vec![0u8; al.task_size as usize];
-        for addr in addrs {
-            if raws.len() >= MAX_TASKS {
-                return Err(PyError::Corrupt("too many asyncio tasks"));
-            }
-            if !seen.insert(addr) || self.mem.read(addr, &mut buf).is_err() {
-                continue;
-            }
-            let tp = le_u64(&buf, l.ob_type as usize);
-            if self.asyncio.name_of_type(&self.mem, l, tp).ok().as_deref() != Some("_asyncio.Task")
-            {
-                continue;
-            }
-            // Finished tasks stay in the weak set until they are collected.
-            if le_u32(&buf, al.fut_state as usize) != 0 {
-                continue;
-            }
-            raws.push(RawTask {
-                addr,
-                name: le_u64(&buf, al.task_name as usize),
-                fut_loop: le_u64(&buf, al.fut_loop as usize),
-                waiter: le_u64(&buf, al.task_fut_waiter as usize),
-                coro: le_u64(&buf, al.task_coro as usize),
-                callback0: le_u64(&buf, al.fut_callback0 as usize),
-                awaited_by: al
-                    .task_awaited_by
-                    .map(|(p, set)| (le_u64(&buf, p as usize), le_u8(&buf, set as usize) != 0)),
-            });
+        let addrs: Vec<u64> = addrs.into_iter().filter(|a| seen.insert(*a)).collect();
+        if addrs.len() > MAX_TASKS {
+            return Err(PyError::Corrupt("too many asyncio tasks"));
         }
-        let ids: HashSet<u64> = raws.iter().map(|r| r.addr).collect();
-        let mut tasks = Vec::with_capacity(raws.len());
-        // Edges child -> parents, gathered from both ends.
-        let mut parents: HashMap<u64, Vec<u64>> = HashMap::new();
-        let link = |child: u64, parent: u64, parents: &mut HashMap<u64, Vec<u64>>| {
-            if child != parent && ids.contains(&child) && ids.contains(&parent) {
-                let p = parents.entry(child).or_default();
-                if !p.contains(&parent) {
-                    p.push(parent);
-                }
-            }
+        // Everything the last sample read of the tasks is copied first, in one batched
+        // read: tasks that sleep on are then read locally, and only what changed costs reads
+        // of its own (a plan learnt from the last sample, as the thread reader's).
+        let mut snaps = Snapshots::default();
+        let plan = std::mem::take(&mut self.asyncio.plan);
+        let tasks = addrs.iter().map(|a| (*a, al.task_size as usize));
+        snaps.fetch(&self.mem, plan.into_iter().chain(tasks));
+        let local = crate::process::Overlay::new(&snaps.copies, &self.mem);
+        let logged = Logged {
+            inner: &local,
+            log: Default::default(),
         };
-        let mut chains: Vec<Vec<super::frames::RawFrame>> = Vec::with_capacity(raws.len());
-        for r in &raws {
-            let name = self.task_name(l, r.name).unwrap_or_else(|_| "?".into());
-            let mut thread_id = self.loop_thread(l, r.fut_loop);
-            let (chain, yf) = self.coro_chain(l, &al, r.coro).unwrap_or_default();
-            // A task runs when its outermost coroutine's frame is on a thread's stack, as
-            // read in the same sample as those stacks: the interpreter's own record of
-            // the current task, read a moment later, may already name the next one.
-            let on = chain.first().and_then(|f| {
-                self.frame_addrs
-                    .iter()
-                    .find(|(_, addrs)| addrs.contains(&f.addr))
-            });
-            let is_running = on.is_some();
-            if let Some((tid, _)) = on {
-                thread_id = Some(*tid);
-            }
-            let awaiting = if is_running {
-                Awaiting::Unknown
-            } else {
-                self.awaited(l, &al, yf, r.waiter)
-                    .unwrap_or(Awaiting::Unknown)
-            };
-            if let Awaiting::Tasks(children) = &awaiting {
-                for c in children {
-                    link(*c, r.addr, &mut parents);
-                }
-            }
-            if let Some(parent) = self.task_group_parent(l, &al, r.callback0) {
-                link(r.addr, parent, &mut parents);
-            }
-            for p in self.awaited_by_field(l, &al, r.awaited_by) {
-                link(r.addr, p, &mut parents);
-            }
-            chains.push(chain);
-            tasks.push(AsyncTask {
-                id: r.addr,
-                name,
-                thread_id,
-                running: is_running,
-                awaited_by: Vec::new(),
-                awaiting,
-                frames: Vec::new(),
-                code: None,
-            });
-        }
-        for (t, chain) in tasks.iter_mut().zip(&chains) {
-            t.awaited_by = parents.remove(&t.id).unwrap_or_default();
-            // The chain is outermost first; frames are shown innermost first.
-            let raw: Vec<_> = chain.iter().rev().copied().collect();
-            let mut entries = Vec::new();
-            let frames = resolve_with_entries(
-                &self.mem,
-                l,
-                &mut self.codes,
-                &raw,
-                false,
-                opts,
-                &mut entries,
-            )
-            .unwrap_or_default();
-            if !t.running {
-                t.frames = frames;
-                continue;
-            }
-            t.code = chain.first().and_then(|f| {
-                self.codes
-                    .get(&self.mem, l, f.code)
-                    .ok()
-                    .flatten()
-                    .map(|e| Arc::clone(&e.info.code))
-            });
-        }
-        Ok(tasks)
+        let tasks = read_tasks(
+            &mut self.asyncio,
+            &mut self.codes,
+            &self.frame_addrs,
+            &logged,
+            (l, &al),
+            &addrs,
+            opts,
+        );
+        let mut plan = logged.log.into_inner();
+        plan.sort_unstable();
+        plan.dedup();
+        plan.truncate(MAX_PLAN);
+        self.asyncio.plan = plan;
+        self.asyncio.prev = addrs;
+        tasks
     }
 
     /// Addresses of the registered tasks.
@@ -687,16 +678,22 @@ impl<M: Memory> StackReader<M> {
                     }
                     heads.push(t.tstate + thread_head);
                 }
+                // Last sample's tasks, copied in one read: the walk of an unchanged list
+                // is then served locally; a new task costs a read of its own.
+                let mut prev = Snapshots::default();
+                let node_of = |a: &u64| (a.wrapping_add(task_node), 8usize);
+                prev.fetch(&self.mem, self.asyncio.prev.iter().map(node_of));
+                let mem = crate::process::Overlay::new(&prev.copies, &self.mem);
                 for head in heads {
-                    let mut node = self.mem.u64(head)?;
-                    let mut steps = 0;
+                    let mut node = mem.u64(head)?;
+                    let mut seen = HashSet::new();
                     while node != head && node != 0 {
-                        steps += 1;
-                        if steps > MAX_TASKS {
+                        // A list that loops short of its head, or never ends, costs the sample.
+                        if !seen.insert(node) || tasks.len() >= MAX_TASKS {
                             return Err(PyError::Corrupt("asyncio task list does not end"));
                         }
                         tasks.push(node.wrapping_sub(task_node));
-                        node = self.mem.u64(node)?;
+                        node = mem.u64(node)?;
                     }
                 }
             }
@@ -722,13 +719,16 @@ impl<M: Memory> StackReader<M> {
                         let attrs = instance_attrs(&self.mem, l, w)?;
                         let data = find_key(&self.mem, l, &attrs, "data")
                             .ok_or(PyError::Corrupt("WeakSet without data"))?;
-                        for r in self.set_items(al, data)? {
-                            let obj = self.mem.u64(r + al.weakref_object)?;
-                            tasks.push(obj);
+                        let refs = TaskCache::set_items(&self.mem, al, data)?;
+                        let mut copies = Snapshots::default();
+                        copies.fetch(&self.mem, refs.iter().map(|r| (*r, 24usize)));
+                        let mem = crate::process::Overlay::new(&copies.copies, &self.mem);
+                        for r in refs {
+                            tasks.push(mem.u64(r + al.weakref_object)?);
                         }
                     }
                     for s in plain {
-                        tasks.extend(self.set_items(al, s)?);
+                        tasks.extend(TaskCache::set_items(&self.mem, al, s)?);
                     }
                     Ok(())
                 })();
@@ -767,15 +767,21 @@ impl<M: Memory> StackReader<M> {
             sets.iter().filter_map(|n| get(n)).collect(),
         ))
     }
+}
 
+impl TaskCache {
     /// The keys of a `set` (bounded).
-    fn set_items(&self, al: &AsyncLayout, set: u64) -> Result<Vec<u64>, PyError> {
-        let mask = self.mem.u64(set + al.set_mask)?;
+    fn set_items<M: Memory + ?Sized>(
+        mem: &M,
+        al: &AsyncLayout,
+        set: u64,
+    ) -> Result<Vec<u64>, PyError> {
+        let mask = mem.u64(set + al.set_mask)?;
         if mask > MAX_SET_MASK {
             return Err(PyError::Corrupt("set size"));
         }
-        let table = self.mem.u64(set + al.set_table)?;
-        let raw = self.mem.bytes(table, ((mask + 1) * 16) as usize)?;
+        let table = mem.u64(set + al.set_table)?;
+        let raw = mem.bytes(table, ((mask + 1) * 16) as usize)?;
         Ok(raw
             .chunks_exact(16)
             // Empty slots hold NULL; deleted ones a dummy key with hash -1.
@@ -786,11 +792,16 @@ impl<M: Memory> StackReader<M> {
 
     /// A task's name: its str, or `Task-N` for an auto-named task whose name nobody asked
     /// for yet (3.12+ keep the counter as an int until then).
-    fn task_name(&mut self, l: &Layout, name: u64) -> Result<Arc<str>, PyError> {
-        let kind = self.asyncio.type_name(&self.mem, l, name)?;
+    fn task_name<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        name: u64,
+    ) -> Result<Arc<str>, PyError> {
+        let kind = self.type_name(mem, l, name)?;
         match &*kind {
-            "str" => Ok(read_str(&self.mem, l, name)?.into()),
-            "int" => match read_long(&self.mem, l, name)? {
+            "str" => Ok(read_str(mem, l, name)?.into()),
+            "int" => match read_long(mem, l, name)? {
                 Some(n) => Ok(format!("Task-{n}").into()),
                 None => Err(PyError::Corrupt("task name")),
             },
@@ -800,28 +811,38 @@ impl<M: Memory> StackReader<M> {
 
     /// The Python thread id of the thread running `event_loop` (its `_thread_id`, None
     /// while the loop is not running).
-    fn loop_thread(&mut self, l: &Layout, event_loop: u64) -> Option<u64> {
-        if let Some((tid, at)) = self.asyncio.loops.get(&event_loop)
+    fn loop_thread<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        event_loop: u64,
+    ) -> Option<u64> {
+        if let Some((tid, at)) = self.loops.get(&event_loop)
             && at.elapsed() < LOOP_REFRESH
         {
             return *tid;
         }
         let tid = (|| {
-            let attrs = instance_attrs(&self.mem, l, event_loop).ok()?;
-            let v = find_key(&self.mem, l, &attrs, "_thread_id")?;
-            read_long(&self.mem, l, v).ok().flatten().map(|t| t as u64)
+            let attrs = instance_attrs(mem, l, event_loop).ok()?;
+            let v = find_key(mem, l, &attrs, "_thread_id")?;
+            read_long(mem, l, v).ok().flatten().map(|t| t as u64)
         })();
-        if self.asyncio.loops.len() >= MAX_CACHED {
-            self.asyncio.loops.clear();
+        // Only a thread found is kept: a failed read (or a loop not running yet) is tried
+        // again next time.
+        if let Some(t) = tid {
+            if self.loops.len() >= MAX_CACHED {
+                self.loops.clear();
+            }
+            self.loops.insert(event_loop, (Some(t), Instant::now()));
         }
-        self.asyncio.loops.insert(event_loop, (tid, Instant::now()));
         tid
     }
 
     /// The frames of the await chain from coroutine `coro`, outermost first, and the object
     /// the innermost one awaits (0: none; a running coroutine awaits nothing yet).
-    fn coro_chain(
+    fn coro_chain<M: Memory + ?Sized>(
         &mut self,
+        mem: &M,
         l: &Layout,
         al: &AsyncLayout,
         mut coro: u64,
@@ -836,32 +857,32 @@ impl<M: Memory> StackReader<M> {
                 return Err(PyError::Corrupt("await chain does not end"));
             }
             seen.push(coro);
-            let kind = self.asyncio.type_name(&self.mem, l, coro)?;
+            let kind = self.type_name(mem, l, coro)?;
             if !matches!(&*kind, "coroutine" | "generator") {
                 // Something awaited that is not a coroutine: the caller looks at it.
                 return Ok((out, coro));
             }
             let (frame, fbuf): (u64, &[u8]) = if c.embedded {
-                self.mem.read(coro, &mut buf)?;
+                mem.read(coro, &mut buf)?;
                 (coro + c.frame, &buf[c.frame as usize..])
             } else {
-                let f = self.mem.u64(coro + c.frame)?;
+                let f = mem.u64(coro + c.frame)?;
                 if f == 0 {
                     return Ok((out, 0));
                 }
-                self.mem.read(f, &mut buf[..size])?;
+                mem.read(f, &mut buf[..size])?;
                 (f, &buf[..size])
             };
-            let rf = python_frame(&self.mem, l, frame, fbuf)?;
+            let rf = python_frame(mem, l, frame, fbuf)?;
             out.push(rf);
             let state = c.state.map(|s| buf[s as usize] as i8);
             let yf = match c.yield_from {
                 YieldFrom::Stacktop { stacktop } => {
                     let top = le_u64(fbuf, stacktop as usize);
-                    if top == 0 || !self.next_is_yield_from(l, c, rf.code, rf.offset + 2)? {
+                    if top == 0 || !Self::next_is_yield_from(mem, l, c, rf.code, rf.offset + 2)? {
                         0
                     } else {
-                        self.mem.u64(top - 8)?
+                        mem.u64(top - 8)?
                     }
                 }
                 YieldFrom::Stackdepth {
@@ -872,12 +893,12 @@ impl<M: Memory> StackReader<M> {
                     let depth = le_u32(fbuf, depth as usize) as i32;
                     if fbuf[state as usize] as i8 != c.suspended_yield_from
                         || depth < 1
-                        || !self.next_is_yield_from(l, c, rf.code, rf.offset + 2)?
+                        || !Self::next_is_yield_from(mem, l, c, rf.code, rf.offset + 2)?
                     {
                         0
                     } else {
                         let stack = le_u64(fbuf, valuestack as usize);
-                        self.mem.u64(stack + 8 * (depth as u64 - 1))?
+                        mem.u64(stack + 8 * (depth as u64 - 1))?
                     }
                 }
                 YieldFrom::Resume { opcodes, stacktop } => {
@@ -889,7 +910,7 @@ impl<M: Memory> StackReader<M> {
                         },
                     );
                     let mut next = [0u8; 2];
-                    self.mem.read(prev + 2, &mut next)?;
+                    mem.read(prev + 2, &mut next)?;
                     let top = le_u32(fbuf, stacktop as usize) as i32;
                     if state != Some(c.suspended_yield_from)
                         || !opcodes.contains(&next[0])
@@ -898,8 +919,7 @@ impl<M: Memory> StackReader<M> {
                     {
                         0
                     } else {
-                        self.mem
-                            .u64(frame + l.f_localsplus + 8 * (top as u64 - 1))?
+                        mem.u64(frame + l.f_localsplus + 8 * (top as u64 - 1))?
                     }
                 }
                 YieldFrom::Stacktop313 { stacktop } => {
@@ -907,8 +927,7 @@ impl<M: Memory> StackReader<M> {
                     if state != Some(c.suspended_yield_from) || top < 1 {
                         0
                     } else {
-                        self.mem
-                            .u64(frame + l.f_localsplus + 8 * (top as u64 - 1))?
+                        mem.u64(frame + l.f_localsplus + 8 * (top as u64 - 1))?
                     }
                 }
                 YieldFrom::StackPointer { stackpointer, slot } => {
@@ -916,7 +935,7 @@ impl<M: Memory> StackReader<M> {
                     if state != Some(c.suspended_yield_from) || sp < 8 * slot {
                         0
                     } else {
-                        self.mem.u64(sp - 8 * slot)? & !3
+                        mem.u64(sp - 8 * slot)? & !3
                     }
                 }
             };
@@ -928,8 +947,8 @@ impl<M: Memory> StackReader<M> {
     }
 
     /// ≤3.10: is the instruction at byte `at` of the code object `YIELD_FROM`?
-    fn next_is_yield_from(
-        &self,
+    fn next_is_yield_from<M: Memory + ?Sized>(
+        mem: &M,
         l: &Layout,
         c: &CoroLayout,
         code: u64,
@@ -939,27 +958,28 @@ impl<M: Memory> StackReader<M> {
         if at < 0 {
             return Ok(false);
         }
-        let bytes = self.mem.u64(code + c.co_code)?;
-        let len = self.mem.u64(bytes + 16)?;
+        let bytes = mem.u64(code + c.co_code)?;
+        let len = mem.u64(bytes + 16)?;
         if at as u64 >= len {
             return Ok(false);
         }
-        Ok(self.mem.u8(bytes + 32 + at as u64)? == c.yield_from_op)
+        Ok(mem.u8(bytes + 32 + at as u64)? == c.yield_from_op)
     }
 
     /// What a waiting task waits on, from the object its innermost coroutine awaits (`yf`)
     /// and its `fut_waiter`.
-    fn awaited(
+    fn awaited<M: Memory + ?Sized>(
         &mut self,
+        mem: &M,
         l: &Layout,
         al: &AsyncLayout,
         yf: u64,
         waiter: u64,
     ) -> Result<Awaiting, PyError> {
         let fut = if yf != 0 {
-            let kind = self.asyncio.type_name(&self.mem, l, yf)?;
+            let kind = self.type_name(mem, l, yf)?;
             if kind.ends_with("FutureIter") {
-                self.mem.u64(yf + al.future_iter_future)?
+                mem.u64(yf + al.future_iter_future)?
             } else {
                 // A future that is its own iterator (a pure-Python one) or something else.
                 yf
@@ -969,19 +989,19 @@ impl<M: Memory> StackReader<M> {
         } else {
             return Ok(Awaiting::Yield);
         };
-        let kind = self.asyncio.type_name(&self.mem, l, fut)?;
+        let kind = self.type_name(mem, l, fut)?;
         Ok(match &*kind {
             "_asyncio.Task" => Awaiting::Tasks(vec![fut]),
             "_GatheringFuture" => {
-                let attrs = instance_attrs(&self.mem, l, fut)?;
-                let list = find_key(&self.mem, l, &attrs, "_children")
+                let attrs = instance_attrs(mem, l, fut)?;
+                let list = find_key(mem, l, &attrs, "_children")
                     .ok_or(PyError::Corrupt("gather without children"))?;
-                let n = self.mem.u64(list + l.var_size)?;
+                let n = mem.u64(list + l.var_size)?;
                 if n > MAX_CHILDREN {
                     return Err(PyError::Corrupt("gather children"));
                 }
-                let items = self.mem.u64(list + al.list_items)?;
-                let raw = self.mem.bytes(items, 8 * n as usize)?;
+                let items = mem.u64(list + al.list_items)?;
+                let raw = mem.bytes(items, 8 * n as usize)?;
                 Awaiting::Tasks(raw.chunks_exact(8).map(|c| le_u64(c, 0)).collect())
             }
             _ => Awaiting::Future {
@@ -992,31 +1012,156 @@ impl<M: Memory> StackReader<M> {
 
     /// The parent task of a `TaskGroup` child: its first done callback is the bound method
     /// `TaskGroup._on_task_done`, whose group knows its `_parent_task`.
-    fn task_group_parent(&mut self, l: &Layout, al: &AsyncLayout, callback: u64) -> Option<u64> {
-        if callback == 0 || &*self.asyncio.type_name(&self.mem, l, callback).ok()? != "method" {
+    fn task_group_parent<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        al: &AsyncLayout,
+        callback: u64,
+    ) -> Option<u64> {
+        if callback == 0 || &*self.type_name(mem, l, callback).ok()? != "method" {
             return None;
         }
-        let group = self.mem.u64(callback + al.method_self).ok()?;
-        if &*self.asyncio.type_name(&self.mem, l, group).ok()? != "TaskGroup" {
+        let group = mem.u64(callback + al.method_self).ok()?;
+        if &*self.type_name(mem, l, group).ok()? != "TaskGroup" {
             return None;
         }
-        let attrs = instance_attrs(&self.mem, l, group).ok()?;
-        find_key(&self.mem, l, &attrs, "_parent_task")
+        let attrs = instance_attrs(mem, l, group).ok()?;
+        find_key(mem, l, &attrs, "_parent_task")
     }
 
     /// 3.14+: the tasks in a task's `task_awaited_by` (one task, or a set of them).
-    fn awaited_by_field(
-        &mut self,
-        _l: &Layout,
+    fn awaited_by_field<M: Memory + ?Sized>(
+        mem: &M,
         al: &AsyncLayout,
         field: Option<(u64, bool)>,
     ) -> Vec<u64> {
         match field {
             Some((0, _)) | None => Vec::new(),
             Some((one, false)) => vec![one],
-            Some((set, true)) => self.set_items(al, set).unwrap_or_default(),
+            Some((set, true)) => Self::set_items(mem, al, set).unwrap_or_default(),
         }
     }
+}
+
+/// The tasks at `addrs` (pending `_asyncio.Task`s only) with their chains and links,
+/// read from `mem`.
+#[allow(clippy::too_many_arguments)]
+fn read_tasks<R: Memory + ?Sized>(
+    cache: &mut TaskCache,
+    codes: &mut CodeCache,
+    frame_addrs: &[(u64, Vec<u64>)],
+    mem: &R,
+    (l, al): (&Layout, &AsyncLayout),
+    addrs: &[u64],
+    opts: FrameOptions,
+) -> Result<Vec<AsyncTask>, PyError> {
+    let mut raws = Vec::new();
+    let mut buf = vec![0u8; al.task_size as usize];
+    for &addr in addrs {
+        if mem.read(addr, &mut buf).is_err() {
+            continue;
+        }
+        let tp = le_u64(&buf, l.ob_type as usize);
+        if cache.name_of_type(mem, l, tp).ok().as_deref() != Some("_asyncio.Task") {
+            continue;
+        }
+        // Finished tasks stay in the weak set until they are collected.
+        if le_u32(&buf, al.fut_state as usize) != 0 {
+            continue;
+        }
+        raws.push(RawTask {
+            addr,
+            name: le_u64(&buf, al.task_name as usize),
+            fut_loop: le_u64(&buf, al.fut_loop as usize),
+            waiter: le_u64(&buf, al.task_fut_waiter as usize),
+            coro: le_u64(&buf, al.task_coro as usize),
+            callback0: le_u64(&buf, al.fut_callback0 as usize),
+            awaited_by: al
+                .task_awaited_by
+                .map(|(p, set)| (le_u64(&buf, p as usize), le_u8(&buf, set as usize) != 0)),
+        });
+    }
+    let ids: HashSet<u64> = raws.iter().map(|r| r.addr).collect();
+    let mut tasks = Vec::with_capacity(raws.len());
+    // Edges child -> parents, gathered from both ends.
+    let mut parents: HashMap<u64, Vec<u64>> = HashMap::new();
+    let link = |child: u64, parent: u64, parents: &mut HashMap<u64, Vec<u64>>| {
+        if child != parent && ids.contains(&child) && ids.contains(&parent) {
+            let p = parents.entry(child).or_default();
+            if !p.contains(&parent) {
+                p.push(parent);
+            }
+        }
+    };
+    let mut chains: Vec<Vec<super::frames::RawFrame>> = Vec::with_capacity(raws.len());
+    for r in &raws {
+        let name = cache
+            .task_name(mem, l, r.name)
+            .unwrap_or_else(|_| "?".into());
+        let mut thread_id = cache.loop_thread(mem, l, r.fut_loop);
+        let (chain, yf) = cache.coro_chain(mem, l, al, r.coro).unwrap_or_default();
+        // A task runs when its outermost coroutine's frame is on a thread's stack, as
+        // read in the same sample as those stacks: the interpreter's own record of
+        // the current task, read a moment later, may already name the next one.
+        let on = chain.first().and_then(|f| {
+            frame_addrs
+                .iter()
+                .find(|(_, addrs)| addrs.contains(&f.addr))
+        });
+        let is_running = on.is_some();
+        if let Some((tid, _)) = on {
+            thread_id = Some(*tid);
+        }
+        let awaiting = if is_running {
+            Awaiting::Unknown
+        } else {
+            cache
+                .awaited(mem, l, al, yf, r.waiter)
+                .unwrap_or(Awaiting::Unknown)
+        };
+        if let Awaiting::Tasks(children) = &awaiting {
+            for c in children {
+                link(*c, r.addr, &mut parents);
+            }
+        }
+        if let Some(parent) = cache.task_group_parent(mem, l, al, r.callback0) {
+            link(r.addr, parent, &mut parents);
+        }
+        for p in TaskCache::awaited_by_field(mem, al, r.awaited_by) {
+            link(r.addr, p, &mut parents);
+        }
+        chains.push(chain);
+        tasks.push(AsyncTask {
+            id: r.addr,
+            name,
+            thread_id,
+            running: is_running,
+            awaited_by: Vec::new(),
+            awaiting,
+            frames: Vec::new(),
+            code: None,
+        });
+    }
+    for (t, chain) in tasks.iter_mut().zip(&chains) {
+        t.awaited_by = parents.remove(&t.id).unwrap_or_default();
+        if !t.running {
+            // The chain is outermost first; frames are shown innermost first.
+            let raw: Vec<_> = chain.iter().rev().copied().collect();
+            let mut entries = Vec::new();
+            t.frames = resolve_with_entries(mem, l, codes, &raw, false, opts, &mut entries)
+                .unwrap_or_default();
+            continue;
+        }
+        t.code = chain.first().and_then(|f| {
+            codes
+                .get(mem, l, f.code)
+                .ok()
+                .flatten()
+                .map(|e| Arc::clone(&e.info.code))
+        });
+    }
+    Ok(tasks)
 }
 
 /// `task: NAME`, the pseudo-frame a task's frames hang from.
