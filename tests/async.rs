@@ -178,6 +178,12 @@ fn tasks_names_links_and_frames_match_the_targets_own() {
                 "{what}: {child} is not drawn under {parent}:\n{text}"
             );
         }
+        // gather's children are read from the gathering future's instance attributes
+        // (inline values after the C struct on 3.14+).
+        assert!(
+            text.contains("task: outer (waiting on tasks left, right)"),
+            "{what}: outer waits on gather(left, right):\n{text}"
+        );
         assert!(
             text.contains("(running)") && text.contains("sock_recv"),
             "{what}: the spinner runs, sock_reader waits in sock_recv:\n{text}"
@@ -212,14 +218,53 @@ fn check_record(target: &Target, truth: &TruthTasks) {
     assert!(!lines.is_empty(), "{what}: no samples");
     for line in &lines {
         let n = names(line);
+        // The side loop's thread runs no task: its own stack, when it is seen on a CPU
+        // (briefly, as it restarts its wait after a dump's pause).
+        if n.iter().any(|f| f.ends_with("side_thread")) {
+            assert!(
+                !line.contains("task: "),
+                "{what}: the side loop runs no task, and waiting tasks are idle: {line}"
+            );
+            continue;
+        }
         let at = n.iter().position(|f| f == "task: spinner");
         let ok = at.is_some_and(|i| {
             i > 0 && n[i - 1].ends_with("_run") && n.get(i + 1) == Some(spin_name)
         });
         assert!(
             ok,
-            "{what}: without --idle every sample is the running spinner, joined below the loop's \
-             Handle._run: {line}"
+            "{what}: without --idle every sample of the main thread is the running spinner, \
+             joined below the loop's Handle._run: {line}"
+        );
+    }
+
+    // With --native the C frames of the task step stay between the loop and the task.
+    let args = [
+        "record", "-p", &pid, "--async", "--native", "-d", "1", "-r", "20", "-f", "raw", "-o", path,
+    ];
+    prof_ok(&what, &args);
+    assert_not_stopped(target.pid, &what);
+    let folded = fs::read_to_string(path).unwrap();
+    let joined: Vec<&str> = folded
+        .lines()
+        .filter(|l| l.contains(";task: spinner ("))
+        .collect();
+    assert!(
+        !joined.is_empty(),
+        "{what}: no --native sample of the spinner\n{folded}"
+    );
+    for line in joined {
+        let frames: Vec<&str> = line.split(';').collect();
+        let task = frames
+            .iter()
+            .position(|f| f.starts_with("task: spinner"))
+            .unwrap();
+        let run = frames[..task].iter().rposition(|f| f.contains("_run ("));
+        let between = run.map(|r| &frames[r + 1..task]);
+        assert!(
+            between.is_some_and(|b| !b.is_empty() && b.iter().all(|f| !f.contains(".py:"))),
+            "{what}: with --native, native frames (the C task step) belong between \
+             Handle._run and task: spinner: {line}"
         );
     }
 
