@@ -1373,6 +1373,72 @@ mod tests {
         assert_eq!(chain_frames(&tasks, &index, 0).len(), 2);
     }
 
+    /// A 3.12 address space with coroutines at `coros`, each suspended in an await of the
+    /// object at `awaits[i]`, and an `_asyncio.FutureIter` at 0x9000.
+    fn coroutines(coros: &[u64], awaits: &[u64]) -> (crate::process::ImageMemory, Layout) {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let mut m = crate::process::ImageMemory::new();
+        let type_named = |m: &mut crate::process::ImageMemory, at: u64, name: &str| {
+            let mut tp = vec![0u8; 64];
+            tp[l.tp_name as usize..l.tp_name as usize + 8]
+                .copy_from_slice(&(at + 0x100).to_le_bytes());
+            let mut text = name.as_bytes().to_vec();
+            text.resize(64, 0);
+            m.add(at, tp).add(at + 0x100, text);
+        };
+        type_named(&mut m, 0x1000, "coroutine");
+        type_named(&mut m, 0x2000, "_asyncio.FutureIter");
+        // RESUME with oparg 3: suspended after the yield of an await.
+        m.add(0x3000, vec![0, 0, 151, 3]);
+        m.add(0x9000, {
+            let mut f = vec![0u8; 64];
+            f[8..16].copy_from_slice(&0x2000u64.to_le_bytes());
+            f
+        });
+        for (&at, &awaited) in coros.iter().zip(awaits) {
+            let mut c = vec![0u8; 256];
+            let mut put = |off: u64, v: u64| {
+                c[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes())
+            };
+            put(8, 0x1000);
+            put(72 + l.f_code, 0x5000);
+            put(72 + 56, 0x3000);
+            put(72 + 64, 1);
+            put(72 + l.f_localsplus, awaited);
+            c[67] = 0xff;
+            m.add(at, c);
+        }
+        (m, l)
+    }
+
+    #[test]
+    fn await_chains_end_at_what_is_not_a_coroutine_and_a_loop_is_an_error() {
+        let (m, l) = coroutines(&[0x10000, 0x20000], &[0x20000, 0x9000]);
+        let al = AsyncLayout::from_table(&l).unwrap();
+        let mut cache = TaskCache::default();
+        let (chain, yf) = cache.coro_chain(&m, &l, &al, 0x10000).unwrap();
+        assert_eq!(
+            chain.iter().map(|f| f.addr).collect::<Vec<_>>(),
+            [0x10000 + 72, 0x20000 + 72]
+        );
+        assert_eq!(yf, 0x9000);
+        // Each awaits the other: the walk stops at the first coroutine seen twice.
+        let (m, l) = coroutines(&[0x10000, 0x20000], &[0x20000, 0x10000]);
+        assert!(matches!(
+            cache.coro_chain(&m, &l, &al, 0x10000),
+            Err(PyError::Corrupt(_))
+        ));
+        // A chain longer than MAX_CHAIN is cut with an error, not followed on.
+        let addrs: Vec<u64> = (0..MAX_CHAIN as u64 + 5)
+            .map(|i| 0x100000 + 0x200 * i)
+            .collect();
+        let next: Vec<u64> = addrs[1..].iter().copied().chain([0x9000]).collect();
+        let (m, l) = coroutines(&addrs, &next);
+        assert!(cache.coro_chain(&m, &l, &al, addrs[0]).is_err());
+        let (chain, _) = cache.coro_chain(&m, &l, &al, addrs[10]).unwrap();
+        assert_eq!(chain.len(), addrs.len() - 10);
+    }
+
     #[test]
     fn debug_section_is_validated() {
         let l = Layout::from_debug_offsets(&crate::python::layout::tests::encode(
