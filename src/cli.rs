@@ -437,6 +437,26 @@ mod tests {
     }
 
     #[test]
+    fn async_for_dump_record_and_top() {
+        let Command::Dump(d) = parse("prof dump -p 1 --async --json").unwrap().command else {
+            panic!("not dump");
+        };
+        assert!(d.async_tasks && d.json);
+        for line in ["prof record -p 1 --async", "prof top --async -p 1"] {
+            let t = match parse(line).unwrap().command {
+                Command::Record(r) => r.target,
+                Command::Top(t) => t.target,
+                _ => panic!("{line}"),
+            };
+            assert!(t.async_tasks, "{line}");
+        }
+        let Command::Record(r) = parse("prof record -p 1").unwrap().command else {
+            panic!("not record");
+        };
+        assert!(!r.target.async_tasks);
+    }
+
+    #[test]
     fn locals_repeat() {
         let Command::Dump(d) = parse("prof dump -p 1 -ll -s").unwrap().command else {
             panic!("not dump");
