@@ -303,7 +303,9 @@ struct Totals {
 #[test]
 fn record_measures_the_cpu_split_between_two_tasks() {
     crate::skip_without_live_targets!();
-    run_each_parallel("", &async_pythons(), WORKERS, |py| {
+    // Two at a time: each target keeps a core busy, and on an oversubscribed machine the
+    // scheduler, not prof, decides when a tick lands.
+    run_each_parallel("", &async_pythons(), 2, |py| {
         let target = Target::start(py, "async_split", &[]);
         let what = target.what();
         let pid = target.pid.to_string();

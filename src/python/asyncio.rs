@@ -571,14 +571,29 @@ struct Logged<'a, M: Memory + ?Sized> {
     log: std::cell::RefCell<Vec<(u64, usize)>>,
 }
 
+impl<M: Memory + ?Sized> Logged<'_, M> {
+    /// Note a region, unless it lies within the one noted last (a walk reads one object
+    /// field by field).
+    fn note(&self, addr: u64, len: usize) {
+        let mut log = self.log.borrow_mut();
+        if let Some(&(a, n)) = log.last()
+            && a <= addr
+            && addr.saturating_add(len as u64) <= a + n as u64
+        {
+            return;
+        }
+        log.push((addr, len));
+    }
+}
+
 impl<M: Memory + ?Sized> Memory for Logged<'_, M> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::MemResult<()> {
-        self.log.borrow_mut().push((addr, buf.len()));
+        self.note(addr, buf.len());
         self.inner.read(addr, buf)
     }
 
     fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        self.log.borrow_mut().push((addr, len));
+        self.note(addr, len);
         self.inner.peek(addr, len)
     }
 }
@@ -651,9 +666,20 @@ impl<M: Memory> StackReader<M> {
             &addrs,
             opts,
         );
-        let mut plan = logged.log.into_inner();
-        plan.sort_unstable();
-        plan.dedup();
+        let mut log = logged.log.into_inner();
+        log.sort_unstable();
+        // Kept as the spans the next fetch copies: a few hundred instead of tens of
+        // thousands of reads to sort again.
+        let mut plan: Vec<(u64, usize)> = Vec::new();
+        for (addr, len) in log {
+            let end = addr.saturating_add(len as u64);
+            match plan.last_mut() {
+                Some((a, n)) if addr <= (*a + *n as u64).saturating_add(MERGE_GAP) => {
+                    *n = (end.max(*a + *n as u64) - *a) as usize;
+                }
+                _ => plan.push((addr, len)),
+            }
+        }
         plan.truncate(MAX_PLAN);
         self.asyncio.plan = plan;
         self.asyncio.prev = addrs;
