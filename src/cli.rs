@@ -132,6 +132,11 @@ pub struct TargetArgs {
     #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
     pub depth: usize,
 
+    /// Show asyncio tasks as stacks of their own, rooted at `task: NAME` frames along the
+    /// chain of tasks awaiting them; waiting tasks count as idle (shown with --idle).
+    #[arg(long = "async")]
+    pub async_tasks: bool,
+
     /// Command to launch and profile (e.g. `python app.py --port 1`), after prof's own
     /// options; everything from its first word on is the command's. A `--` before it is
     /// optional.
@@ -246,6 +251,11 @@ pub struct DumpArgs {
     /// a `[N frames not shown]` line.
     #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
     pub depth: usize,
+
+    /// Also show every asyncio task: the tree of tasks awaiting each other, what each one
+    /// waits on and its coroutine stack (with --json: `{"threads": [...], "tasks": [...]}`).
+    #[arg(long = "async")]
+    pub async_tasks: bool,
 }
 
 /// Options of `prof top`.
@@ -443,6 +453,26 @@ mod tests {
         assert!(parse("prof diff --json --markdown a b").is_err());
         assert!(parse("prof diff --fail-over -1 a b").is_err());
         assert!(parse("prof diff --fail-over nan a b").is_err());
+    }
+
+    #[test]
+    fn async_for_dump_record_and_top() {
+        let Command::Dump(d) = parse("prof dump -p 1 --async --json").unwrap().command else {
+            panic!("not dump");
+        };
+        assert!(d.async_tasks && d.json);
+        for line in ["prof record -p 1 --async", "prof top --async -p 1"] {
+            let t = match parse(line).unwrap().command {
+                Command::Record(r) => r.target,
+                Command::Top(t) => t.target,
+                _ => panic!("{line}"),
+            };
+            assert!(t.async_tasks, "{line}");
+        }
+        let Command::Record(r) = parse("prof record -p 1").unwrap().command else {
+            panic!("not record");
+        };
+        assert!(!r.target.async_tasks);
     }
 
     #[test]

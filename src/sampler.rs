@@ -15,6 +15,7 @@ use crossbeam_channel::Sender;
 use crate::attach::{LiveTarget, attach};
 use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
 use crate::python::FrameOptions;
+use crate::python::asyncio::task_stacks;
 use crate::sample::Sample;
 use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target};
 
@@ -44,6 +45,8 @@ pub struct SamplerOptions {
     pub native: bool,
     /// Most Python frames kept per stack (`--depth`).
     pub depth: usize,
+    /// asyncio tasks as stacks of their own (`--async`).
+    pub async_tasks: bool,
 }
 
 /// What happened during a run, for the summary line.
@@ -581,6 +584,7 @@ fn sample_process(
         pause: Pause::Sampled {
             include_idle: opts.include_idle,
         },
+        async_tasks: opts.async_tasks,
     };
     let capture = match snap.capture(&threads, &capture_opts) {
         Ok(c) => c,
@@ -591,7 +595,14 @@ fn sample_process(
     if capture.unread > 0 {
         p.read_failed(capture.unread, now, stats);
     }
-    let stacks = capture.stacks;
+    let mut stacks = capture.stacks;
+    // Each task becomes a stack of its own, through the tasks awaiting it; the running one
+    // joined to its thread's stack.
+    match capture.tasks {
+        Some(Ok(mut tasks)) => stacks = task_stacks(&mut tasks, stacks),
+        Some(Err(_)) => p.read_failed(1, now, stats),
+        None => {}
+    }
     for s in &stacks {
         if let Some(name) = &s.thread_name {
             let key = (p.pid, s.thread_id, s.os_thread_id);
@@ -756,6 +767,7 @@ mod tests {
             activity: false,
             native: false,
             depth: 4096,
+            async_tasks: false,
         }
     }
 

@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use crate::attach::attach;
 use crate::cli::DumpArgs;
+use crate::python::asyncio::{AsyncTask, Awaiting, join_running};
 use crate::python::{FrameOptions, module_name};
-use crate::sample::{FrameKind, LocalVar, ThreadStack};
+use crate::sample::{Frame, FrameKind, LocalVar, ThreadStack};
 use crate::target::{
     CaptureOptions, CoreFile, CoreOptions, LivePid, NATIVE_NONBLOCKING, Pause, Snapshot, Target,
     TargetError,
@@ -40,6 +41,20 @@ struct JsonThread<'a> {
     frames: Vec<JsonFrame<'a>>,
 }
 
+/// An asyncio task (`--async --json`).
+#[derive(Serialize)]
+struct JsonTask<'a> {
+    pid: u32,
+    name: &'a str,
+    id: u64,
+    thread_id: Option<u64>,
+    state: &'static str,
+    awaited_by: &'a [u64],
+    /// What a waiting task waits on, in words (see [`awaiting_text`]).
+    awaiting: Option<String>,
+    frames: Vec<JsonFrame<'a>>,
+}
+
 /// One process's stacks, ready to print.
 struct Dumped {
     pid: u32,
@@ -47,6 +62,8 @@ struct Dumped {
     /// `Python v3.12.1 (/usr/lib/libpython3.12.so.1.0)`, or None for native stacks only.
     python: Option<String>,
     stacks: Vec<ThreadStack>,
+    /// With `--async`: its asyncio tasks.
+    tasks: Vec<AsyncTask>,
 }
 
 /// Run `prof dump`.
@@ -77,6 +94,16 @@ pub fn run(args: &DumpArgs) -> Result<()> {
             .iter()
             .flat_map(|d| d.stacks.iter().map(|s| json_thread(d.pid, s, args.native)))
             .collect();
+        if args.async_tasks {
+            let tasks: Vec<JsonTask> = dumps
+                .iter()
+                .flat_map(|d| d.tasks.iter().map(|t| json_task(d.pid, t, args.native)))
+                .collect();
+            let both = serde_json::json!({ "threads": threads, "tasks": tasks });
+            serde_json::to_writer_pretty(&mut out, &both)?;
+            writeln!(out)?;
+            return Ok(());
+        }
         serde_json::to_writer_pretty(&mut out, &threads)?;
         writeln!(out)?;
         return Ok(());
@@ -93,6 +120,9 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         for s in &d.stacks {
             writeln!(out)?;
             write_thread(&mut out, s, args.full_filenames)?;
+        }
+        if args.async_tasks {
+            write_tasks(&mut out, &d.stacks, &d.tasks, args.full_filenames)?;
         }
     }
     Ok(())
@@ -152,9 +182,22 @@ fn dumped<T: Target>(mut snap: Snapshot<T>, args: &DumpArgs) -> Result<Dumped, T
         } else {
             Pause::All
         },
+        async_tasks: args.async_tasks,
     };
     let capture = snap.capture(&threads, &opts)?;
     let t = snap.target();
+    let mut tasks = match capture.tasks {
+        Some(Ok(tasks)) => tasks,
+        Some(Err(e)) => {
+            eprintln!(
+                "prof: could not read the asyncio tasks of process {}: {e}",
+                t.pid()
+            );
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    join_running(&mut tasks, &capture.stacks);
     Ok(Dumped {
         pid: t.pid(),
         cmdline: t.command_line(),
@@ -162,6 +205,7 @@ fn dumped<T: Target>(mut snap: Snapshot<T>, args: &DumpArgs) -> Result<Dumped, T
             .interpreter()
             .map(|v| format!("Python v{} ({})", v.version(), v.path)),
         stacks: capture.stacks,
+        tasks,
     })
 }
 
@@ -173,27 +217,153 @@ fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
         os_thread_id: s.os_thread_id,
         active: s.active,
         owns_gil: s.owns_gil,
-        frames: s
-            .frames
-            .iter()
-            .map(|f| {
-                let is_native = f.kind == FrameKind::Native;
-                JsonFrame {
-                    name: f.name(),
-                    filename: f.filename(),
-                    module: if is_native {
-                        None
-                    } else {
-                        module_name(f.short_filename())
-                    },
-                    short_filename: f.short_filename(),
-                    line: f.line,
-                    locals: f.locals.as_deref(),
-                    native: native.then_some(is_native),
-                }
-            })
-            .collect(),
+        frames: json_frames(&s.frames, native),
     }
+}
+
+fn json_frames(frames: &[Frame], native: bool) -> Vec<JsonFrame<'_>> {
+    frames
+        .iter()
+        .map(|f| {
+            let is_native = f.kind == FrameKind::Native;
+            JsonFrame {
+                name: f.name(),
+                filename: f.filename(),
+                module: if is_native {
+                    None
+                } else {
+                    module_name(f.short_filename())
+                },
+                short_filename: f.short_filename(),
+                line: f.line,
+                locals: f.locals.as_deref(),
+                native: native.then_some(is_native),
+            }
+        })
+        .collect()
+}
+
+fn json_task(pid: u32, t: &AsyncTask, native: bool) -> JsonTask<'_> {
+    JsonTask {
+        pid,
+        name: &t.name,
+        id: t.id,
+        thread_id: t.thread_id,
+        state: if t.running { "running" } else { "waiting" },
+        awaited_by: &t.awaited_by,
+        awaiting: awaiting_text(t, &[]),
+        frames: json_frames(&t.frames, native),
+    }
+}
+
+/// What a waiting task waits on, in words: the tasks by name (from `tasks`, else by id), a
+/// future with the coroutine that awaits it (`asyncio.sleep`, `sock_recv`), or a yield.
+fn awaiting_text(t: &AsyncTask, tasks: &[AsyncTask]) -> Option<String> {
+    if t.running {
+        return None;
+    }
+    Some(match &t.awaiting {
+        Awaiting::Unknown => return None,
+        Awaiting::Tasks(ids) => {
+            let names: Vec<String> = ids
+                .iter()
+                .map(|id| match tasks.iter().find(|x| x.id == *id) {
+                    Some(x) => x.name.to_string(),
+                    None => format!("{id:#x}"),
+                })
+                .collect();
+            format!("tasks {}", names.join(", "))
+        }
+        Awaiting::Future { kind } => match t.frames.first() {
+            Some(f) => format!("{kind} in {}", f.name()),
+            None => kind.clone(),
+        },
+        Awaiting::Yield => "a yield (ready to run)".to_string(),
+    })
+}
+
+/// The await tree of each thread's tasks, as `python -m asyncio pstree` draws it: each
+/// task under the task awaiting it, with what it waits on and its frames.
+fn write_tasks(
+    out: &mut impl Write,
+    stacks: &[ThreadStack],
+    tasks: &[AsyncTask],
+    full: bool,
+) -> std::io::Result<()> {
+    let mut threads: Vec<Option<u64>> = Vec::new();
+    for t in tasks {
+        if !threads.contains(&t.thread_id) {
+            threads.push(t.thread_id);
+        }
+    }
+    for tid in threads {
+        let on: Vec<&AsyncTask> = tasks.iter().filter(|t| t.thread_id == tid).collect();
+        writeln!(out)?;
+        let thread = stacks.iter().find(|s| Some(s.thread_id) == tid);
+        match (tid, thread) {
+            (Some(_), Some(s)) => {
+                let id = match s.os_thread_id {
+                    Some(t) => t.to_string(),
+                    None => format!("{:#x}", s.thread_id),
+                };
+                let name = s.thread_name.as_deref().unwrap_or("");
+                writeln!(out, "Tasks of thread {id} \"{name}\" ({}):", on.len())?;
+            }
+            (Some(t), None) => writeln!(out, "Tasks of thread {t:#x} ({}):", on.len())?,
+            (None, _) => writeln!(out, "Tasks of no running loop ({}):", on.len())?,
+        }
+        let ids: Vec<u64> = on.iter().map(|t| t.id).collect();
+        let mut shown = Vec::new();
+        // Roots first: tasks nobody (on this thread) awaits; then any left in a cycle.
+        let roots = on
+            .iter()
+            .filter(|t| !t.awaited_by.iter().any(|p| ids.contains(p)))
+            .chain(on.iter());
+        for root in roots {
+            if !shown.contains(&root.id) {
+                write_task_tree(out, root, &on, tasks, 1, &mut shown, full)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_task_tree(
+    out: &mut impl Write,
+    t: &AsyncTask,
+    on: &[&AsyncTask],
+    tasks: &[AsyncTask],
+    depth: usize,
+    shown: &mut Vec<u64>,
+    full: bool,
+) -> std::io::Result<()> {
+    let pad = "  ".repeat(depth);
+    let state = match awaiting_text(t, tasks) {
+        _ if t.running => "running".to_string(),
+        Some(what) => format!("waiting on {what}"),
+        None => "waiting".to_string(),
+    };
+    writeln!(out, "{pad}task: {} ({state}) [id {:#x}]", t.name, t.id)?;
+    shown.push(t.id);
+    for f in &t.frames {
+        let file = if full {
+            f.filename()
+        } else {
+            f.short_filename()
+        };
+        if f.kind == FrameKind::Python {
+            writeln!(out, "{pad}    {} ({file}:{})", f.name(), f.line)?;
+        } else {
+            writeln!(out, "{pad}    {} [native]", f.name())?;
+        }
+    }
+    for child in on.iter().filter(|c| c.awaited_by.contains(&t.id)) {
+        if !shown.contains(&child.id) && depth < crate::python::asyncio::MAX_CHAIN {
+            write_task_tree(out, child, on, tasks, depth + 1, shown, full)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_thread(out: &mut impl Write, s: &ThreadStack, full: bool) -> std::io::Result<()> {

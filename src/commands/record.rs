@@ -212,6 +212,7 @@ pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOpt
         activity: false,
         native: t.native,
         depth: t.depth,
+        async_tasks: t.async_tasks,
     }
 }
 

@@ -329,7 +329,6 @@ pub fn walk<M: Memory + ?Sized>(
                 &local[..size]
             }
         };
-        let code = le_u64(buf, l.f_code as usize) & !l.f_code_tag_mask;
         let back = le_u64(buf, l.f_back as usize);
         let owner = l.f_owner.map(|o| le_u8(buf, o as usize));
         // Frames owned by the C stack / interpreter are entry shims, not Python code.
@@ -349,31 +348,43 @@ pub fn walk<M: Memory + ?Sized>(
             frame = back;
             continue;
         }
-        let offset = match l.f_instr {
-            InstrSource::LastiBytes(off) => le_u32(buf, off as usize) as i32 as i64,
-            InstrSource::LastiUnits(off) => {
-                let u = le_u32(buf, off as usize) as i32 as i64;
-                if u < 0 { -1 } else { u * 2 }
-            }
-            InstrSource::Pointer(off) => {
-                let ip = le_u64(buf, off as usize);
-                let base = bytecode_base(mem, l, buf, code)?;
-                ip.wrapping_sub(base) as i64
-            }
-        };
-        let is_entry = l
-            .f_is_entry
-            .is_some_and(|off| le_u8(buf, off as usize) != 0);
-        out.push(RawFrame {
-            addr: frame,
-            code,
-            offset,
-            is_entry,
-            shim: false,
-        });
+        out.push(python_frame(mem, l, frame, buf)?);
         frame = back;
     }
     Ok(false)
+}
+
+/// The Python frame at `addr` whose first bytes (at least [`Layout::f_size`]) are `buf`:
+/// a frame of a thread's chain, or the frame of a suspended coroutine.
+pub fn python_frame<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    addr: u64,
+    buf: &[u8],
+) -> Result<RawFrame, PyError> {
+    let code = le_u64(buf, l.f_code as usize) & !l.f_code_tag_mask;
+    let offset = match l.f_instr {
+        InstrSource::LastiBytes(off) => le_u32(buf, off as usize) as i32 as i64,
+        InstrSource::LastiUnits(off) => {
+            let u = le_u32(buf, off as usize) as i32 as i64;
+            if u < 0 { -1 } else { u * 2 }
+        }
+        InstrSource::Pointer(off) => {
+            let ip = le_u64(buf, off as usize);
+            let base = bytecode_base(mem, l, buf, code)?;
+            ip.wrapping_sub(base) as i64
+        }
+    };
+    let is_entry = l
+        .f_is_entry
+        .is_some_and(|off| le_u8(buf, off as usize) != 0);
+    Ok(RawFrame {
+        addr,
+        code,
+        offset,
+        is_entry,
+        shim: false,
+    })
 }
 
 /// Where the instruction pointer's bytecode starts: inline in the code object, or in the

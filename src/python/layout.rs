@@ -920,7 +920,7 @@ impl DebugOffsets {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Encode a table in the real format from (field, value) pairs; unlisted fields get `fill`.

@@ -1,5 +1,6 @@
 //! The Python reader: from a process's memory to its Python threads and stacks.
 
+pub mod asyncio;
 pub mod batch;
 pub mod code;
 pub mod discover;
@@ -74,6 +75,9 @@ pub struct StackReader<M: Memory> {
     entries: Vec<Vec<bool>>,
     /// Per thread of the last sample: addresses of its interpreter entry frames (3.12+).
     entry_addrs: Vec<Vec<u64>>,
+    /// Per thread of the last sample: its Python thread id and the addresses of its Python
+    /// frames, which tell which asyncio task runs on it (see `asyncio`).
+    frame_addrs: Vec<(u64, Vec<u64>)>,
     /// Per thread: the frames walked this sample, kept to reuse their allocations.
     walked: Vec<Vec<frames::RawFrame>>,
     /// Per thread: the second copy of [`frames::second_look`], reused between samples.
@@ -89,6 +93,8 @@ pub struct StackReader<M: Memory> {
     regions: Vec<(u64, u64)>,
     /// Per thread: its previous sample's frames (see [`frames::resolve_remembering`]).
     memo: Vec<Vec<Option<frames::Remembered>>>,
+    /// What the asyncio task reader keeps between samples (`--async`).
+    asyncio: asyncio::TaskCache,
 }
 
 impl<M: Memory> StackReader<M> {
@@ -111,6 +117,7 @@ impl<M: Memory> StackReader<M> {
             errors: 0,
             entries: Vec::new(),
             entry_addrs: Vec::new(),
+            frame_addrs: Vec::new(),
             walked: Vec::new(),
             second: Vec::new(),
             second_raw: Vec::new(),
@@ -119,6 +126,7 @@ impl<M: Memory> StackReader<M> {
             spans: Vec::new(),
             regions: Vec::new(),
             memo: Vec::new(),
+            asyncio: asyncio::TaskCache::default(),
         }
     }
 
@@ -193,6 +201,7 @@ impl<M: Memory> StackReader<M> {
         // Reused between samples: no allocation once warmed up.
         self.entries.resize_with(n, Vec::new);
         self.entry_addrs.resize_with(n, Vec::new);
+        self.frame_addrs.resize_with(n, Default::default);
         for (i, t) in threads.iter().enumerate() {
             let mut entries = std::mem::take(&mut self.entries[i]);
             let consistent = self.firsts[i].is_some() && (vouched[i] || looked[i]);
@@ -227,6 +236,10 @@ impl<M: Memory> StackReader<M> {
             let addrs = &mut self.entry_addrs[i];
             addrs.clear();
             addrs.extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
+            let (id, addrs) = &mut self.frame_addrs[i];
+            *id = t.thread_id;
+            addrs.clear();
+            addrs.extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
             let os_thread_id = t
                 .native_id
                 .or_else(|| self.tid_from_pthread(t.thread_id, tids));

@@ -136,7 +136,7 @@ pub fn pthread_tid_offset<M: Memory + ?Sized>(mem: &M, pthread: u64, tids: &[u32
 }
 
 /// Iterate a dict's (key, value) pointer pairs (bounded).
-fn dict_items<M: Memory + ?Sized>(
+pub(crate) fn dict_items<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     dict: u64,
@@ -203,7 +203,7 @@ fn keys_items<M: Memory + ?Sized>(
     Ok(out)
 }
 
-fn find_key<M: Memory + ?Sized>(
+pub(crate) fn find_key<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     items: &[(u64, u64)],
@@ -220,7 +220,7 @@ const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
 const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
 
 /// (key, value) pairs of an object's instance attributes.
-fn instance_attrs<M: Memory + ?Sized>(
+pub(crate) fn instance_attrs<M: Memory + ?Sized>(
     mem: &M,
     l: &Layout,
     obj: u64,
@@ -232,7 +232,14 @@ fn instance_attrs<M: Memory + ?Sized>(
     // The managed dict pointer precedes the object (after the GC header on GIL builds).
     let managed_dict = if l.free_threaded { obj - 8 } else { obj - 24 };
     if minor >= 13 && flags & TPFLAGS_INLINE_VALUES != 0 {
-        let values = obj + ob;
+        // Inline values follow the instance's own fields: right after the header for a
+        // class deriving from object, after the C struct for one deriving from a C type
+        // (asyncio's `_GatheringFuture` from `Future`).
+        let basicsize = mem.u64(tp + l.tp_name + 8)?;
+        if !(ob..=4096).contains(&basicsize) {
+            return Err(PyError::Corrupt("tp_basicsize"));
+        }
+        let values = obj + basicsize;
         if mem.u8(values + 3)? != 0 {
             let keys = mem.u64(tp + l.ht_cached_keys)?;
             return keys_items(mem, l, keys, values, 8);

@@ -8,7 +8,8 @@ use super::{Target, TargetError, ThreadInfo, ThreadState};
 use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
 use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
-use crate::python::{FrameOptions, Interpreter, Layout, StackReader, find_interpreter};
+use crate::python::asyncio::{AsyncTask, find_debug_section};
+use crate::python::{FrameOptions, Interpreter, Layout, PyError, StackReader, find_interpreter};
 use crate::sample::{Frame, ThreadStack};
 
 /// Why `--native` and `--nonblocking` cannot go together.
@@ -41,6 +42,9 @@ pub struct CaptureOptions {
     pub frames: FrameOptions,
     /// Which threads to pause.
     pub pause: Pause,
+    /// Also read the asyncio tasks (`--async`), in the same pause as the stacks, so the
+    /// running task is found on its thread's stack.
+    pub async_tasks: bool,
 }
 
 /// What one capture found.
@@ -51,6 +55,9 @@ pub struct Capture {
     /// Python threads whose stacks could not be read consistently (they are in `stacks`
     /// with no frames).
     pub unread: u64,
+    /// With [`CaptureOptions::async_tasks`] on a Python target: its asyncio tasks, or why
+    /// they could not be read.
+    pub tasks: Option<Result<Vec<AsyncTask>, PyError>>,
 }
 
 /// The native side: modules, unwinder and symbolizer of one target.
@@ -153,6 +160,7 @@ impl<T: Target> Snapshot<T> {
         let opts = CaptureOptions {
             frames: FrameOptions::default(),
             pause: Pause::Sampled { include_idle: true },
+            async_tasks: false,
         };
         let python = self.python.take();
         let _ = self.capture(&threads, &opts);
@@ -186,13 +194,22 @@ impl<T: Target> Snapshot<T> {
             Pause::Sampled { .. } => Vec::new(),
         };
         let before = self.python.as_ref().map_or(0, |r| r.errors());
-        let (python, pcs) = {
+        let (python, pcs, tasks) = {
             let _paused = if stop.is_empty() {
                 None
             } else {
                 Some(self.target.pause(&stop)?)
             };
             let python = self.python.as_mut().map(|r| r.stacks(&tids, opts.frames));
+            let target = &self.target;
+            let tasks = match (&mut self.python, &python) {
+                (Some(r), Some(Ok(_))) if opts.async_tasks => {
+                    Some(r.async_tasks(opts.frames, || {
+                        find_debug_section(&target.maps().ok()?, |m| target.open_image(m))
+                    }))
+                }
+                _ => None,
+            };
             // Only the unwinds need the stop; symbolizing (which may load DWARF) comes
             // after.
             let pcs: Vec<Vec<UnwoundFrame>> = match &mut self.native {
@@ -205,7 +222,7 @@ impl<T: Target> Snapshot<T> {
                     .collect(),
                 None => Vec::new(),
             };
-            (python, pcs)
+            (python, pcs, tasks)
         };
         if let Some(n) = &mut self.native {
             // After the threads run again: re-reading the maps is slow.
@@ -251,7 +268,11 @@ impl<T: Target> Snapshot<T> {
         for s in &mut stacks {
             s.active = s.os_thread_id.is_some_and(|t| state(t).is_running());
         }
-        Ok(Capture { stacks, unread })
+        Ok(Capture {
+            stacks,
+            unread,
+            tasks,
+        })
     }
 }
 

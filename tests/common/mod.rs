@@ -292,6 +292,48 @@ pub fn run_each(label: &str, pythons: &[Python], check: impl Fn(&Python)) {
     );
 }
 
+/// [`run_each`] with up to `workers` interpreters at a time, each on its own thread: for
+/// checks that mostly wait on targets and prof. Results are reported as they finish.
+pub fn run_each_parallel(
+    label: &str,
+    pythons: &[Python],
+    workers: usize,
+    check: impl Fn(&Python) + Sync,
+) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(py) = pythons.get(i) else { return };
+                    let start = Instant::now();
+                    let result = panic::catch_unwind(AssertUnwindSafe(|| check(py)));
+                    let secs = start.elapsed().as_secs_f64();
+                    match result {
+                        Ok(()) => eprintln!("{label}ok: {} ({secs:.1}s)", py.name),
+                        Err(payload) => {
+                            let msg = panic_text(payload.as_ref());
+                            let first = msg.lines().next().unwrap_or("").to_string();
+                            eprintln!("{label}FAILED: {} ({secs:.1}s): {msg}", py.name);
+                            failed.lock().unwrap().push(format!("{}: {first}", py.name));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{label}{} of {} interpreters failed:\n  {}",
+        failed.len(),
+        pythons.len(),
+        failed.join("\n  ")
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Process groups
 
