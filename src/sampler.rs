@@ -603,14 +603,21 @@ fn sample_process(
             }
         }
     }
+    let layout = match &p.state {
+        ProcState::Attached(t) => Some(&t.reader.interpreter().layout),
+        _ => None,
+    };
     for mut stack in stacks {
         let state = stack
             .os_thread_id
             .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
         stack.active = state == Some('R');
+        let gil_ok = layout.as_ref().map_or(stack.owns_gil, |l| {
+            l.passes_gil_filter(stack.owns_gil, stack.active)
+        });
         if stack.frames.is_empty()
             || (!opts.include_idle && !stack.active)
-            || (opts.gil_only && !stack.owns_gil)
+            || (opts.gil_only && !gil_ok)
         {
             continue;
         }
