@@ -9,6 +9,7 @@
 //! stack, unwind, symbolize); [`merge`] lines a native stack up with the Python stack.
 
 pub mod arch;
+pub mod dwarf;
 pub mod merge;
 pub mod modules;
 pub mod stack;

@@ -128,7 +128,7 @@ impl NativeStacks {
         let new = pcs
             .iter()
             .filter(|f| !self.frames.contains_key(&(f.pc, f.exact)))
-            .map(|f| f.pc);
+            .map(|f| (f.pc, f.exact));
         self.symbolizer.prepare(&self.modules, new);
         pcs.iter()
             .map(|f| {

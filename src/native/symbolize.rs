@@ -1,8 +1,9 @@
 //! Turning native pcs into function names and source lines.
 //!
-//! For each module, on first use: DWARF (through addr2line, with inlined frames) from
-//! the module itself or its separate debug file (by build-id or `.gnu_debuglink`, see
-//! [`DebugSearch`]), with a dwz supplementary file (`.gnu_debugaltlink`) when there is one;
+//! For each module, on first use: DWARF (read on demand, with inlined frames: see
+//! [`LazyDwarf`]) from the module itself or its separate debug file (by build-id or
+//! `.gnu_debuglink`, see [`DebugSearch`]), with a dwz supplementary file
+//! (`.gnu_debugaltlink`) when there is one;
 //! a sorted symbol table from `.symtab`, `.dynsym`, the debug file's `.symtab` and, when
 //! the module has no `.symtab`, MiniDebugInfo (`.gnu_debugdata`, an xz-compressed ELF
 //! holding one). Names are demangled (Rust legacy and v0, C++ Itanium). Without any of
@@ -18,10 +19,9 @@ use gimli::{EndianReader, LittleEndian};
 use object::read::elf::ElfFile64;
 use object::{Object, ObjectSymbol, SymbolKind};
 
+use super::dwarf::{DwarfFrame, LazyDwarf, Reader};
 use super::modules::{DebugSearch, ElfBytes, ElfImage, Module, Modules, SharedBytes};
 use super::unwind::Frame;
-
-type Reader = EndianReader<LittleEndian, SharedBytes>;
 
 /// One function level at an address (several when calls were inlined).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +154,7 @@ impl SymbolTable {
 }
 
 struct ModuleSymbols {
-    dwarf: Option<addr2line::Context<Reader>>,
+    dwarf: Option<LazyDwarf>,
     symbols: SymbolTable,
     sources: SymbolSources,
 }
@@ -162,8 +162,12 @@ struct ModuleSymbols {
 /// Largest MiniDebugInfo image decompressed (a target's file could be hostile).
 const MAX_MINIDEBUGINFO: usize = 256 << 20;
 
-/// Default bound on cached addresses; the cache is dropped when it fills.
-pub const DEFAULT_MAX_CACHED: usize = 1 << 16;
+/// Default bound on cached addresses; the cache is dropped when it fills. A profile's hot
+/// native pcs number in the hundreds, and a miss costs one pass over one unit's DWARF.
+pub const DEFAULT_MAX_CACHED: usize = 1 << 12;
+
+/// Bound on inlined levels reported for one address.
+const MAX_LEVELS: usize = 64;
 
 /// Symbolizes pcs of any module, caching per module and per address.
 pub struct Symbolizer {
@@ -217,17 +221,27 @@ impl Symbolizer {
         }
         let rel = module.rel(pc);
         let probe = if exact { rel } else { rel.wrapping_sub(1) };
-        let frames = self.lookup(module, probe);
+        let frames = self.lookup(module, &[probe]).pop().unwrap_or_default();
+        self.remember(module, pc, exact, frames)
+    }
+
+    fn remember(
+        &mut self,
+        module: &Module,
+        pc: u64,
+        exact: bool,
+        frames: Vec<SymbolFrame>,
+    ) -> Arc<Symbolized> {
         let s = Arc::new(Symbolized {
             pc,
             module: Some(module.name.as_str().into()),
-            module_offset: rel,
+            module_offset: module.rel(pc),
             frames,
         });
         if self.cache.len() >= self.max_cached {
             self.cache.clear();
         }
-        self.cache.insert(key, s.clone());
+        self.cache.insert((module.id(), pc, exact), s.clone());
         s
     }
 
@@ -236,20 +250,46 @@ impl Symbolizer {
         self.module_symbols(module).sources.clone()
     }
 
-    /// Load the symbols of the modules behind `pcs` that are not loaded yet, several at a
-    /// time: the first sample of a process needs the interpreter's, libc's and the
-    /// program's at once, and loading one (decompressing and indexing its DWARF) takes
-    /// tens of milliseconds that are better spent side by side on several cores.
-    pub fn prepare(&mut self, modules: &Modules, pcs: impl IntoIterator<Item = u64>) {
-        let mut todo: Vec<&Arc<Module>> = Vec::new();
-        for pc in pcs {
-            if let Some(m) = modules.find(pc)
-                && !self.modules.contains_key(&m.id())
-                && !todo.iter().any(|t| t.id() == m.id())
-            {
-                todo.push(m);
+    /// Symbolize the `(pc, exact)` pairs not cached yet, in one pass per module and DWARF
+    /// unit (a stack's pcs share units), leaving the answers in the cache for
+    /// [`Symbolizer::symbolize`]. Modules not loaded yet are loaded several at a time: the
+    /// first sample of a process needs the interpreter's, libc's and the program's at once.
+    pub fn prepare(&mut self, modules: &Modules, pcs: impl IntoIterator<Item = (u64, bool)>) {
+        let mut per_module: Vec<(&Arc<Module>, Vec<(u64, bool)>)> = Vec::new();
+        for (pc, exact) in pcs {
+            let Some(m) = modules.find(pc) else { continue };
+            if self.cache.contains_key(&(m.id(), pc, exact)) {
+                continue;
+            }
+            match per_module.iter_mut().find(|(x, _)| x.id() == m.id()) {
+                Some((_, v)) if !v.contains(&(pc, exact)) => v.push((pc, exact)),
+                Some(_) => {}
+                None => per_module.push((m, vec![(pc, exact)])),
             }
         }
+        let todo: Vec<&Arc<Module>> = per_module
+            .iter()
+            .map(|(m, _)| *m)
+            .filter(|m| !self.modules.contains_key(&m.id()))
+            .collect();
+        self.load_modules(&todo);
+        for (module, pcs) in per_module {
+            let probes: Vec<u64> = pcs
+                .iter()
+                .map(|&(pc, exact)| {
+                    let rel = module.rel(pc);
+                    if exact { rel } else { rel.wrapping_sub(1) }
+                })
+                .collect();
+            let found = self.lookup(module, &probes);
+            for ((pc, exact), frames) in pcs.into_iter().zip(found) {
+                self.remember(module, pc, exact, frames);
+            }
+        }
+    }
+
+    /// Load the symbols of `todo`, side by side when there are several.
+    fn load_modules(&mut self, todo: &[&Arc<Module>]) {
         if todo.len() < 2 {
             return;
         }
@@ -265,53 +305,51 @@ impl Symbolizer {
         self.modules.extend(loaded);
     }
 
-    fn module_symbols(&mut self, module: &Module) -> &ModuleSymbols {
+    fn module_symbols(&mut self, module: &Module) -> &mut ModuleSymbols {
         let search = &self.search;
         self.modules
             .entry(module.id())
             .or_insert_with(|| load_module(search, module))
     }
 
-    fn lookup(&mut self, module: &Module, probe: u64) -> Vec<SymbolFrame> {
+    /// What each of `probes` (link-time addresses in `module`) is: DWARF levels, with the
+    /// symbol table naming the real function where DWARF does not.
+    fn lookup(&mut self, module: &Module, probes: &[u64]) -> Vec<Vec<SymbolFrame>> {
         let syms = self.module_symbols(module);
-        let mut out = Vec::new();
-        if let Some(ctx) = &syms.dwarf
-            && let Ok(mut it) = ctx.find_frames(probe).skip_all_loads()
-        {
-            while let Ok(Some(f)) = it.next() {
-                let function = f.function.as_ref().and_then(|n| {
-                    let raw = n.raw_name().ok()?;
-                    Some(demangle(&raw, n.language))
-                });
-                let (file, line) = match &f.location {
-                    Some(l) => (l.file.map(str::to_string), l.line),
-                    None => (None, None),
-                };
-                out.push(SymbolFrame {
-                    function,
-                    file,
-                    line,
-                    inlined: true,
-                });
-                if out.len() >= 64 {
-                    break;
+        let dwarf = match &mut syms.dwarf {
+            Some(d) => d.find_frames(probes),
+            None => vec![Vec::new(); probes.len()],
+        };
+        probes
+            .iter()
+            .zip(dwarf)
+            .map(|(&probe, levels)| {
+                let mut out: Vec<SymbolFrame> = levels
+                    .into_iter()
+                    .take(MAX_LEVELS)
+                    .map(|f: DwarfFrame| SymbolFrame {
+                        function: f.name.map(|n| demangle(&n, f.language)),
+                        file: f.file,
+                        line: f.line,
+                        inlined: true,
+                    })
+                    .collect();
+                if let Some(last) = out.last_mut() {
+                    last.inlined = false;
+                    if last.function.is_none() {
+                        last.function = syms.symbols.lookup(probe).map(|n| demangle(n, None));
+                    }
+                } else if let Some(name) = syms.symbols.lookup(probe) {
+                    out.push(SymbolFrame {
+                        function: Some(demangle(name, None)),
+                        file: None,
+                        line: None,
+                        inlined: false,
+                    });
                 }
-            }
-        }
-        if let Some(last) = out.last_mut() {
-            last.inlined = false;
-            if last.function.is_none() {
-                last.function = syms.symbols.lookup(probe).map(|n| demangle(n, None));
-            }
-        } else if let Some(name) = syms.symbols.lookup(probe) {
-            out.push(SymbolFrame {
-                function: Some(demangle(name, None)),
-                file: None,
-                line: None,
-                inlined: false,
-            });
-        }
-        out
+                out
+            })
+            .collect()
     }
 }
 
@@ -373,10 +411,9 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
         ),
         None => (None, None),
     };
-    let dwarf = dwarf_image.and_then(|img| {
-        let d = load_dwarf(img, search, dwarf_path.as_deref())?;
-        addr2line::Context::from_dwarf(d).ok()
-    });
+    let dwarf = dwarf_image
+        .and_then(|img| load_dwarf(img, search, dwarf_path.as_deref()))
+        .map(LazyDwarf::new);
     if dwarf.is_some() {
         sources.dwarf = dwarf_path;
     }
@@ -401,9 +438,26 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
     }
 }
 
+/// The sections a lookup reads; the others (locations, macros, type units) are never
+/// touched, so a compressed one is not even decompressed.
+const NEEDED_SECTIONS: &[&str] = &[
+    ".debug_abbrev",
+    ".debug_addr",
+    ".debug_aranges",
+    ".debug_info",
+    ".debug_line",
+    ".debug_line_str",
+    ".debug_ranges",
+    ".debug_rnglists",
+    ".debug_str",
+    ".debug_str_offsets",
+];
+
 fn section_reader(image: &ElfImage, name: &str) -> Reader {
-    let bytes = image
-        .section(name)
+    let bytes = NEEDED_SECTIONS
+        .contains(&name)
+        .then(|| image.section(name))
+        .flatten()
         .map(|(b, _)| b)
         .unwrap_or_else(|| SharedBytes::whole(Arc::new(ElfBytes::Owned(Vec::new()))));
     EndianReader::new(bytes, LittleEndian)
