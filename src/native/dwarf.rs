@@ -95,6 +95,8 @@ pub struct LazyDwarf {
     sup_units: Vec<u64>,
     /// Recently parsed units, most recent last: (in the supplementary file, offset, unit).
     cache: Vec<(bool, u64, Arc<Unit>)>,
+    /// The section bytes behind `dwarf`, whose pages are released after each lookup.
+    sections: Vec<SharedBytes>,
 }
 
 fn unit_offsets(dwarf: &gimli::Dwarf<Reader>) -> Vec<u64> {
@@ -109,8 +111,9 @@ fn unit_offsets(dwarf: &gimli::Dwarf<Reader>) -> Vec<u64> {
 }
 
 impl LazyDwarf {
-    /// Index the units of `dwarf` (whose `sup` is already loaded, if any).
-    pub fn new(dwarf: gimli::Dwarf<Reader>) -> LazyDwarf {
+    /// Index the units of `dwarf` (whose `sup` is already loaded, if any); `sections` are
+    /// the bytes it reads.
+    pub fn new(dwarf: gimli::Dwarf<Reader>, sections: Vec<SharedBytes>) -> LazyDwarf {
         let mut ranges = Vec::new();
         let mut covered = Vec::new();
         let mut headers = dwarf.debug_aranges.headers();
@@ -139,6 +142,11 @@ impl LazyDwarf {
             };
             let off = off.0 as u64;
             units.push(off);
+            // Each header read faults in its pages (and the kernel maps more around them):
+            // let them go as the walk proceeds, so that it never holds more than a few.
+            if units.len() % 16 == 0 {
+                sections.iter().for_each(SharedBytes::release);
+            }
             let code = matches!(
                 h.type_(),
                 gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_)
@@ -165,14 +173,24 @@ impl LazyDwarf {
         ranges.shrink_to_fit();
         let max_len = ranges.iter().map(|r| r.end - r.begin).max().unwrap_or(0);
         let sup_units = dwarf.sup().map(unit_offsets).unwrap_or_default();
-        LazyDwarf {
+        let d = LazyDwarf {
             dwarf,
             ranges,
             max_len,
             units,
             sup_units,
             cache: Vec::new(),
-        }
+            sections,
+        };
+        d.release();
+        d
+    }
+
+    /// Let the pages the last lookup read go (see [`ElfBytes::release`]).
+    ///
+    /// [`ElfBytes::release`]: super::modules::ElfBytes::release
+    fn release(&self) {
+        self.sections.iter().for_each(SharedBytes::release);
     }
 
     /// Does any unit cover an address?
@@ -247,6 +265,7 @@ impl LazyDwarf {
                 }
             }
         }
+        self.release();
         out
     }
 

@@ -47,6 +47,30 @@ pub enum ElfBytes {
     Owned(Vec<u8>),
 }
 
+impl ElfBytes {
+    /// Let the kernel take back the pages of `range` that reading has made resident: a
+    /// no-op for bytes in memory. The pages of a file mapping come back from the page
+    /// cache on the next read, unchanged (prof never writes them), so one pass over a
+    /// large section (an index build, a DWARF lookup) leaves no resident trace; each fault
+    /// maps up to 64 KiB around it (the kernel's fault-around), which would otherwise
+    /// stay counted as prof's memory.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let ElfBytes::Mapped(m) = self else { return };
+        let page = page_size() as usize;
+        let base = m.as_ptr() as usize;
+        let start = (base + range.start.min(m.len())) & !(page - 1);
+        let end = (base + range.end.min(m.len())).next_multiple_of(page);
+        if end > start {
+            // SAFETY: the range lies within this read-only private file mapping (rounded
+            // out to pages of it); dropping pages that were never written only makes the
+            // next access read them again from the file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
 impl Deref for ElfBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -75,6 +99,25 @@ impl SharedBytes {
             start: 0,
             len,
         }
+    }
+}
+
+impl SharedBytes {
+    /// Release the resident pages of this view (see [`ElfBytes::release`]).
+    pub fn release(&self) {
+        self.release_range(0..self.len);
+    }
+
+    /// Release the resident pages of `range` within this view.
+    pub fn release_range(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.len);
+        self.data
+            .release(self.start + range.start.min(end)..self.start + end);
+    }
+
+    /// Are these bytes a copy (decompressed) rather than a view of a file mapping?
+    pub fn is_copy(&self) -> bool {
+        matches!(*self.data, ElfBytes::Owned(_))
     }
 }
 
@@ -206,6 +249,12 @@ impl ElfImage {
     /// The whole file.
     pub fn bytes(&self) -> &[u8] {
         &self.data
+    }
+
+    /// Release the pages of the file that reading it made resident (see
+    /// [`ElfBytes::release`]); a no-op for an image held in memory.
+    pub fn release(&self) {
+        self.data.release(0..self.data.len());
     }
 
     fn elf(&self) -> Option<ElfFile64<'_, object::LittleEndian>> {
@@ -580,7 +629,13 @@ impl Module {
 
     /// The unwind index, built on first use.
     pub(crate) fn cfi(&self) -> &CfiIndex {
-        self.cfi.get_or_init(|| CfiIndex::build(&self.image))
+        self.cfi.get_or_init(|| {
+            let index = CfiIndex::build(&self.image);
+            // The walk over every FDE touched all of .eh_frame; lookups need only the few
+            // FDEs of sampled code, and fault them in again.
+            self.image.release();
+            index
+        })
     }
 
     /// Number of FDEs indexed (`.eh_frame` plus `.debug_frame`).

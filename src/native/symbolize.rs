@@ -411,9 +411,10 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
         ),
         None => (None, None),
     };
+    let mut sections = Vec::new();
     let dwarf = dwarf_image
-        .and_then(|img| load_dwarf(img, search, dwarf_path.as_deref()))
-        .map(LazyDwarf::new);
+        .and_then(|img| load_dwarf(img, search, dwarf_path.as_deref(), &mut sections))
+        .map(|d| LazyDwarf::new(d, sections));
     if dwarf.is_some() {
         sources.dwarf = dwarf_path;
     }
@@ -431,6 +432,11 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
     }
     symbols.finish();
     sources.symbols = symbols.syms.len();
+    // The symbol tables were copied; their pages need not stay resident.
+    main.release();
+    if let Some((img, _)) = &debug {
+        img.release();
+    }
     ModuleSymbols {
         dwarf,
         symbols,
@@ -453,13 +459,18 @@ const NEEDED_SECTIONS: &[&str] = &[
     ".debug_str_offsets",
 ];
 
-fn section_reader(image: &ElfImage, name: &str) -> Reader {
+/// A reader of section `name` of `image` (empty if absent or not needed); the bytes are
+/// also added to `used`, so that their pages can be released after each lookup.
+fn section_reader(image: &ElfImage, name: &str, used: &mut Vec<SharedBytes>) -> Reader {
     let bytes = NEEDED_SECTIONS
         .contains(&name)
         .then(|| image.section(name))
         .flatten()
         .map(|(b, _)| b)
         .unwrap_or_else(|| SharedBytes::whole(Arc::new(ElfBytes::Owned(Vec::new()))));
+    if !bytes.is_empty() {
+        used.push(bytes.clone());
+    }
     EndianReader::new(bytes, LittleEndian)
 }
 
@@ -467,9 +478,12 @@ fn load_dwarf(
     image: &ElfImage,
     search: &DebugSearch,
     path: Option<&Path>,
+    used: &mut Vec<SharedBytes>,
 ) -> Option<gimli::Dwarf<Reader>> {
-    let mut dwarf =
-        gimli::Dwarf::load(|id| Ok::<_, gimli::Error>(section_reader(image, id.name()))).ok()?;
+    let mut dwarf = gimli::Dwarf::load(|id| {
+        Ok::<_, gimli::Error>(section_reader(image, id.name(), used))
+    })
+    .ok()?;
     // dwz moves shared DIEs into a supplementary file (Debian's -dbgsym packages).
     if let Some((name, id)) = &image.debugaltlink {
         let mut candidates: Vec<PathBuf> = Vec::new();
@@ -494,7 +508,7 @@ fn load_dwarf(
             .filter_map(|c| ElfImage::open(c).ok())
             .find(|s| s.build_id.as_deref() == Some(id.as_slice()));
         if let Some(sup) = sup {
-            let _ = dwarf.load_sup(|id| Ok::<_, gimli::Error>(section_reader(&sup, id.name())));
+            let _ = dwarf.load_sup(|id| Ok::<_, gimli::Error>(section_reader(&sup, id.name(), used)));
         }
     }
     Some(dwarf)
