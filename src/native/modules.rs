@@ -280,6 +280,17 @@ impl ElfImage {
         Some((bytes, addr))
     }
 
+    /// Is section `name` stored compressed (`SHF_COMPRESSED` or `.zdebug`)?
+    pub fn is_compressed(&self, name: &str) -> bool {
+        self.elf()
+            .and_then(|e| {
+                let sec = e.section_by_name(name)?;
+                let c = sec.compressed_data().ok()?;
+                Some(c.format != object::CompressionFormat::None)
+            })
+            .unwrap_or(false)
+    }
+
     /// Link-time address of section `name`.
     pub fn section_address(&self, name: &str) -> Option<u64> {
         Some(self.elf()?.section_by_name(name)?.address())

@@ -252,8 +252,9 @@ impl Symbolizer {
 
     /// Symbolize the `(pc, exact)` pairs not cached yet, in one pass per module and DWARF
     /// unit (a stack's pcs share units), leaving the answers in the cache for
-    /// [`Symbolizer::symbolize`]. Modules not loaded yet are loaded several at a time: the
-    /// first sample of a process needs the interpreter's, libc's and the program's at once.
+    /// [`Symbolizer::symbolize`]. Loading a module is cheap (its DWARF is only indexed), so
+    /// modules are loaded in turn: threads loading side by side would each leave a malloc
+    /// arena of their own behind.
     pub fn prepare(&mut self, modules: &Modules, pcs: impl IntoIterator<Item = (u64, bool)>) {
         let mut per_module: Vec<(&Arc<Module>, Vec<(u64, bool)>)> = Vec::new();
         for (pc, exact) in pcs {
@@ -267,12 +268,6 @@ impl Symbolizer {
                 None => per_module.push((m, vec![(pc, exact)])),
             }
         }
-        let todo: Vec<&Arc<Module>> = per_module
-            .iter()
-            .map(|(m, _)| *m)
-            .filter(|m| !self.modules.contains_key(&m.id()))
-            .collect();
-        self.load_modules(&todo);
         for (module, pcs) in per_module {
             let probes: Vec<u64> = pcs
                 .iter()
@@ -286,23 +281,6 @@ impl Symbolizer {
                 self.remember(module, pc, exact, frames);
             }
         }
-    }
-
-    /// Load the symbols of `todo`, side by side when there are several.
-    fn load_modules(&mut self, todo: &[&Arc<Module>]) {
-        if todo.len() < 2 {
-            return;
-        }
-        let search = &self.search;
-        let loaded: Vec<(u32, ModuleSymbols)> = std::thread::scope(|s| {
-            let handles: Vec<_> = todo
-                .iter()
-                .map(|m| s.spawn(move || (m.id(), load_module(search, m))))
-                .collect();
-            // A loader that panicked leaves its module to be loaded again on first use.
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
-        self.modules.extend(loaded);
     }
 
     fn module_symbols(&mut self, module: &Module) -> &mut ModuleSymbols {
@@ -412,7 +390,11 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
         None => (None, None),
     };
     let mut sections = Vec::new();
+    // DWARF stored compressed (Debian's -dbg and -dbgsym files) would have to be inflated
+    // whole to be read at all: libc's alone is 8.5 MiB and ~35 ms of CPU, paid by every
+    // first sample (each thread starts in libc). Such a file gives its symbol table only.
     let dwarf = dwarf_image
+        .filter(|img| !img.is_compressed(".debug_info"))
         .and_then(|img| load_dwarf(img, search, dwarf_path.as_deref(), &mut sections))
         .map(|d| LazyDwarf::new(d, sections));
     if dwarf.is_some() {
