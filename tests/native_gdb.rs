@@ -373,6 +373,7 @@ fn without_system_debug_files_matches_gdb() {
         let snap = snapshot("gdb", &bin, bp, args, &pre);
         let mut sym = Symbolizer::with_search(DebugSearch {
             roots: vec![none.clone()],
+            ..DebugSearch::default()
         });
         check(&snap, &mut sym, &bin);
     }
@@ -569,6 +570,7 @@ fn separate_debug_files() {
     std::fs::copy(&dbg, by_id.join(format!("{}.debug", &id[2..]))).unwrap();
     let mut sym = Symbolizer::with_search(DebugSearch {
         roots: vec![root.clone(), PathBuf::from("/usr/lib/debug")],
+        ..DebugSearch::default()
     });
     assert_eq!(symbolized_names(&snap, &mut sym), expected, "build-id");
     let modules = snap.modules();
@@ -594,6 +596,7 @@ fn separate_debug_files() {
     // 3. Without a matching debug file: the symbol table only, no lines or inlining.
     let mut sym = Symbolizer::with_search(DebugSearch {
         roots: vec![d.join("no-such-root")],
+        ..DebugSearch::default()
     });
     let names = symbolized_names(&snapshot("gdb", &stripped, "leaf", "", &[]), &mut sym);
     assert_eq!(names[..5], ["leaf", "c", "b", "a", "main"], "{names:?}");

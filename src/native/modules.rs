@@ -114,11 +114,6 @@ impl SharedBytes {
         self.data
             .release(self.start + range.start.min(end)..self.start + end);
     }
-
-    /// Are these bytes a copy (decompressed) rather than a view of a file mapping?
-    pub fn is_copy(&self) -> bool {
-        matches!(*self.data, ElfBytes::Owned(_))
-    }
 }
 
 impl Deref for SharedBytes {
@@ -280,6 +275,34 @@ impl ElfImage {
         Some((bytes, addr))
     }
 
+    /// Section `name` as a view of a file mapping: the image's own bytes, or for a section
+    /// stored zlib-compressed, a copy inflated once into `dir` (named by the image's
+    /// build-id) and mapped from there. Inflating streams through a small buffer, so the
+    /// whole section is never held in memory. None if absent, or compressed and it cannot
+    /// be inflated to `dir`.
+    pub fn section_mapped(&self, name: &str, dir: Option<&Path>) -> Option<SharedBytes> {
+        let elf = self.elf()?;
+        let sec = elf.section_by_name(name)?;
+        let c = sec.compressed_data().ok()?;
+        if c.format == object::CompressionFormat::None {
+            return self.section(name).map(|(b, _)| b);
+        }
+        if c.format != object::CompressionFormat::Zlib {
+            return None;
+        }
+        let id = self.build_id.as_deref().filter(|id| !id.is_empty())?;
+        let path = dir?.join(hex(id)).join(name.trim_start_matches('.'));
+        let fits = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() == c.uncompressed_size);
+        if !fits(&path) {
+            inflate_to(c.data, &path).ok()?;
+            if !fits(&path) {
+                return None;
+            }
+        }
+        let map = crate::process::maps::map_file(&path).ok()?;
+        Some(SharedBytes::whole(Arc::new(ElfBytes::Mapped(map))))
+    }
+
     /// Is section `name` stored compressed (`SHF_COMPRESSED` or `.zdebug`)?
     pub fn is_compressed(&self, name: &str) -> bool {
         self.elf()
@@ -325,14 +348,27 @@ pub struct DebugSearch {
     /// Global debug directories (`/usr/lib/debug`): `.build-id/xx/rest.debug` below them,
     /// and `<dir>/<path of the module's directory>/<debuglink>`.
     pub roots: Vec<PathBuf>,
+    /// Where DWARF sections stored compressed are kept inflated, to be mapped (and read
+    /// on demand) like uncompressed ones; None: such DWARF is not read.
+    pub inflated: Option<PathBuf>,
 }
 
 impl Default for DebugSearch {
     fn default() -> Self {
         DebugSearch {
             roots: vec![PathBuf::from("/usr/lib/debug")],
+            inflated: default_inflated_dir(),
         }
     }
+}
+
+/// `$XDG_CACHE_HOME/prof/inflated`, else `~/.cache/prof/inflated`.
+pub fn default_inflated_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|d| !d.is_empty())?).join(".cache"),
+    };
+    Some(base.join("prof").join("inflated"))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -397,6 +433,28 @@ impl DebugSearch {
         }
         None
     }
+}
+
+/// Inflate the zlib stream `data` into the file `path` (written beside it, then renamed:
+/// a concurrent prof sees a whole file or none).
+fn inflate_to(data: &[u8], path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("section"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        std::io::copy(&mut flate2::read::ZlibDecoder::new(data), &mut out)?;
+        std::io::Write::flush(&mut out)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Does debug file `dbg` belong to `image`? The same build-id when both have one, else the

@@ -65,6 +65,7 @@ impl NativeStacks {
         self.maps = maps;
         if changed {
             self.frames.clear();
+            self.symbolizer.retain(&self.modules);
         }
         changed
     }

@@ -245,6 +245,19 @@ impl Symbolizer {
         s
     }
 
+    /// Forget the symbols of modules no longer in `modules` (after a dlclose): over a long
+    /// run, a target that keeps loading and unloading libraries must not grow prof.
+    pub fn retain(&mut self, modules: &Modules) {
+        let live = |id: &u32| modules.iter().any(|m| m.id() == *id);
+        self.modules.retain(|id, _| live(id));
+        self.cache.retain(|(id, _, _), _| live(id));
+    }
+
+    /// Number of modules whose symbols are loaded.
+    pub fn loaded_modules(&self) -> usize {
+        self.modules.len()
+    }
+
     /// Where `module`'s symbols come from (loading them if needed).
     pub fn sources(&mut self, module: &Module) -> SymbolSources {
         self.module_symbols(module).sources.clone()
@@ -390,11 +403,11 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
         None => (None, None),
     };
     let mut sections = Vec::new();
-    // DWARF stored compressed (Debian's -dbg and -dbgsym files) would have to be inflated
-    // whole to be read at all: libc's alone is 8.5 MiB and ~35 ms of CPU, paid by every
-    // first sample (each thread starts in libc). Such a file gives its symbol table only.
+    // DWARF stored compressed (Debian's -dbg and -dbgsym files) is read from an inflated
+    // copy in `search.inflated`: inflating libc's in memory, at every start, would cost
+    // 8.5 MiB and ~35 ms. Without that directory such a file gives its symbol table only.
     let dwarf = dwarf_image
-        .filter(|img| !img.is_compressed(".debug_info"))
+        .filter(|img| search.inflated.is_some() || !img.is_compressed(".debug_info"))
         .and_then(|img| load_dwarf(img, search, dwarf_path.as_deref(), &mut sections))
         .map(|d| LazyDwarf::new(d, sections));
     if dwarf.is_some() {
@@ -441,14 +454,19 @@ const NEEDED_SECTIONS: &[&str] = &[
     ".debug_str_offsets",
 ];
 
-/// A reader of section `name` of `image` (empty if absent or not needed); the bytes are
-/// also added to `used`, so that their pages can be released after each lookup.
-fn section_reader(image: &ElfImage, name: &str, used: &mut Vec<SharedBytes>) -> Reader {
+/// A reader of section `name` of `image` (empty if absent or not needed), always a view of
+/// a file mapping (see [`ElfImage::section_mapped`]); the bytes are also added to `used`,
+/// so that their pages can be released after each lookup.
+fn section_reader(
+    image: &ElfImage,
+    name: &str,
+    search: &DebugSearch,
+    used: &mut Vec<SharedBytes>,
+) -> Reader {
     let bytes = NEEDED_SECTIONS
         .contains(&name)
-        .then(|| image.section(name))
+        .then(|| image.section_mapped(name, search.inflated.as_deref()))
         .flatten()
-        .map(|(b, _)| b)
         .unwrap_or_else(|| SharedBytes::whole(Arc::new(ElfBytes::Owned(Vec::new()))));
     if !bytes.is_empty() {
         used.push(bytes.clone());
@@ -463,7 +481,7 @@ fn load_dwarf(
     used: &mut Vec<SharedBytes>,
 ) -> Option<gimli::Dwarf<Reader>> {
     let mut dwarf = gimli::Dwarf::load(|id| {
-        Ok::<_, gimli::Error>(section_reader(image, id.name(), used))
+        Ok::<_, gimli::Error>(section_reader(image, id.name(), search, used))
     })
     .ok()?;
     // dwz moves shared DIEs into a supplementary file (Debian's -dbgsym packages).
@@ -490,7 +508,9 @@ fn load_dwarf(
             .filter_map(|c| ElfImage::open(c).ok())
             .find(|s| s.build_id.as_deref() == Some(id.as_slice()));
         if let Some(sup) = sup {
-            let _ = dwarf.load_sup(|id| Ok::<_, gimli::Error>(section_reader(&sup, id.name(), used)));
+            let _ = dwarf.load_sup(|id| {
+                Ok::<_, gimli::Error>(section_reader(&sup, id.name(), search, used))
+            });
         }
     }
     Some(dwarf)
@@ -548,6 +568,23 @@ mod tests {
             "PyEval_EvalFrameDefault"
         );
         assert_eq!(demangle("_Zgarbage", None), "_Zgarbage");
+    }
+
+    #[test]
+    fn modules_gone_are_forgotten() {
+        let path = std::path::PathBuf::from("/proc/self/exe");
+        let image = Arc::new(ElfImage::open(&path).unwrap());
+        let exe = Module::new("exe".into(), Some(path), image, 0, 0, u64::MAX / 2);
+        let mut modules = Modules::new();
+        modules.insert(exe);
+        let mut sym = Symbolizer::new();
+        // Any address in the module loads its symbols.
+        sym.symbolize(&modules, 0x1000, true);
+        assert_eq!(sym.loaded_modules(), 1);
+        sym.retain(&modules);
+        assert_eq!((sym.loaded_modules(), sym.cache.len()), (1, 1));
+        sym.retain(&Modules::new());
+        assert_eq!((sym.loaded_modules(), sym.cache.len()), (0, 0));
     }
 
     #[test]
