@@ -380,6 +380,56 @@ fn without_system_debug_files_matches_gdb() {
 }
 
 #[test]
+fn compressed_dwarf_matches_gdb() {
+    if !tools() {
+        return;
+    }
+    // DWARF stored zlib-compressed (as in Debian's -dbgsym files) is read from a copy
+    // inflated once into the cache directory, and gives what gdb gives.
+    let dir = tempdir();
+    let bin = build(
+        dir.path(),
+        "chain_gz",
+        &["-O2", "-g", "-gz=zlib", "-fomit-frame-pointer"],
+    );
+    let snap = snapshot("gdb", &bin, "leaf", "", &[]);
+    let modules = snap.modules();
+    let exe = modules.find(snap.regs.pc).unwrap();
+    assert!(
+        exe.image.is_compressed(".debug_info"),
+        "gcc -gz compressed nothing"
+    );
+    let cache = dir.path().join("inflated");
+    let search = |inflated: Option<PathBuf>| DebugSearch {
+        inflated,
+        ..DebugSearch::default()
+    };
+    let mut sym = Symbolizer::with_search(search(Some(cache.clone())));
+    check(&snap, &mut sym, &bin);
+    let id: String = exe
+        .image
+        .build_id
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let info = std::fs::metadata(cache.join(id).join("debug_info")).expect("inflated .debug_info");
+    assert!(info.len() > 0);
+    // A second symbolizer maps the copy already there, with the same answers.
+    check(
+        &snap,
+        &mut Symbolizer::with_search(search(Some(cache))),
+        &bin,
+    );
+    // Without the directory, that DWARF is not read: the symbol table names the functions.
+    let mut plain = Symbolizer::with_search(search(None));
+    assert_eq!(plain.sources(exe).dwarf, None);
+    let s = plain.symbolize(&modules, snap.regs.pc, true);
+    assert_eq!(s.name(), "leaf");
+}
+
+#[test]
 fn o0_matches_gdb() {
     if !tools() {
         return;

@@ -353,8 +353,8 @@ impl LazyDwarf {
         let i = list.partition_point(|&u| u <= at).checked_sub(1)?;
         let start = list[i];
         let unit = self.unit(sup, start)?;
-        let within = gimli::DebugInfoOffset(usize::try_from(at).ok()?)
-            .to_unit_offset(&unit.header)?;
+        let within =
+            gimli::DebugInfoOffset(usize::try_from(at).ok()?).to_unit_offset(&unit.header)?;
         Some((unit, within))
     }
 

@@ -438,11 +438,15 @@ impl DebugSearch {
 /// Inflate the zlib stream `data` into the file `path` (written beside it, then renamed:
 /// a concurrent prof sees a whole file or none).
 fn inflate_to(data: &[u8], path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("no directory"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no directory"))?;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("section"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("section"),
         std::process::id()
     ));
     let result = (|| {

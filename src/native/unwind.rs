@@ -1179,8 +1179,15 @@ mod tests {
         let mut u = Unwinder::with_cache_slots(1024);
         assert_eq!(u.slots.len(), FIRST_SLOTS);
         let pcs: Vec<u64> = (0..400u64).map(|i| here + i).collect();
-        let first: Vec<UnwindPlan> = pcs.iter().map(|&pc| u.plan(exe, pc, true).clone()).collect();
-        assert_eq!(u.slots.len(), 1024, "doubled while filling, up to the bound");
+        let first: Vec<UnwindPlan> = pcs
+            .iter()
+            .map(|&pc| u.plan(exe, pc, true).clone())
+            .collect();
+        assert_eq!(
+            u.slots.len(),
+            1024,
+            "doubled while filling, up to the bound"
+        );
         // Every kept plan sits where a lookup of its pc lands: growing moved them all.
         let n = u.slots.len();
         let found = pcs
@@ -1193,7 +1200,10 @@ mod tests {
         assert_eq!(found, u.filled);
         assert_eq!(u.filled, u.slots.iter().flatten().count());
         assert!(u.filled > 300, "{} of 400 kept", u.filled);
-        let again: Vec<UnwindPlan> = pcs.iter().map(|&pc| u.plan(exe, pc, true).clone()).collect();
+        let again: Vec<UnwindPlan> = pcs
+            .iter()
+            .map(|&pc| u.plan(exe, pc, true).clone())
+            .collect();
         assert_eq!(again, first);
     }
 }
