@@ -269,7 +269,9 @@ impl Symbolizer {
     /// modules are loaded in turn: threads loading side by side would each leave a malloc
     /// arena of their own behind.
     pub fn prepare(&mut self, modules: &Modules, pcs: impl IntoIterator<Item = (u64, bool)>) {
-        let mut per_module: Vec<(&Arc<Module>, Vec<(u64, bool)>)> = Vec::new();
+        // (module, its (pc, exact) pairs), in order of first appearance.
+        type PerModule<'m> = Vec<(&'m Arc<Module>, Vec<(u64, bool)>)>;
+        let mut per_module: PerModule = Vec::new();
         for (pc, exact) in pcs {
             let Some(m) = modules.find(pc) else { continue };
             if self.cache.contains_key(&(m.id(), pc, exact)) {
