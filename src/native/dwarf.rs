@@ -89,22 +89,29 @@ pub struct LazyDwarf {
     ranges: Vec<UnitRange>,
     /// The longest range: how far back a lookup scans.
     max_len: u64,
-    /// Header offsets of every unit, sorted (to resolve references into other units).
-    units: Vec<u64>,
+    /// Header offsets of every unit, sorted (to resolve references into other units);
+    /// listed on first need.
+    units: Option<Vec<u64>>,
     /// The same for the supplementary file.
-    sup_units: Vec<u64>,
+    sup_units: Option<Vec<u64>>,
     /// Recently parsed units, most recent last: (in the supplementary file, offset, unit).
     cache: Vec<(bool, u64, Arc<Unit>)>,
     /// The section bytes behind `dwarf`, whose pages are released after each lookup.
     sections: Vec<SharedBytes>,
 }
 
-fn unit_offsets(dwarf: &gimli::Dwarf<Reader>) -> Vec<u64> {
+/// Header offsets of the units of `dwarf`. Each header read faults in its page (and the
+/// kernel maps more around it): the pages of `sections` are let go as the walk proceeds,
+/// so that it never holds more than a few.
+fn unit_offsets(dwarf: &gimli::Dwarf<Reader>, sections: &[SharedBytes]) -> Vec<u64> {
     let mut out = Vec::new();
     let mut headers = dwarf.units();
     while let Ok(Some(h)) = headers.next() {
         if let Some(off) = h.debug_info_offset() {
             out.push(off.0 as u64);
+            if out.len() % 16 == 0 {
+                sections.iter().for_each(SharedBytes::release);
+            }
         }
     }
     out
@@ -115,7 +122,6 @@ impl LazyDwarf {
     /// the bytes it reads.
     pub fn new(dwarf: gimli::Dwarf<Reader>, sections: Vec<SharedBytes>) -> LazyDwarf {
         let mut ranges = Vec::new();
-        let mut covered = Vec::new();
         let mut headers = dwarf.debug_aranges.headers();
         while let Ok(Some(h)) = headers.next() {
             let unit = h.debug_info_offset().0 as u64;
@@ -128,57 +134,55 @@ impl LazyDwarf {
                         end: r.end,
                         unit,
                     });
-                    covered.push(unit);
                 }
             }
         }
-        covered.sort_unstable();
-        covered.dedup();
-        let mut units = Vec::new();
-        let mut headers = dwarf.units();
-        while let Ok(Some(h)) = headers.next() {
-            let Some(off) = h.debug_info_offset() else {
-                continue;
-            };
-            let off = off.0 as u64;
-            units.push(off);
-            // Each header read faults in its pages (and the kernel maps more around them):
-            // let them go as the walk proceeds, so that it never holds more than a few.
-            if units.len() % 16 == 0 {
-                sections.iter().for_each(SharedBytes::release);
-            }
-            let code = matches!(
-                h.type_(),
-                gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_)
-            );
-            if !code || covered.binary_search(&off).is_ok() {
-                continue;
-            }
-            // Left out of .debug_aranges (or there is none): the unit's own ranges, from a
-            // parse that is dropped right away.
-            let Ok(unit) = dwarf.unit(h) else { continue };
-            if let Ok(mut it) = dwarf.unit_ranges(&unit) {
-                while let Ok(Some(r)) = it.next() {
-                    if r.end > r.begin {
-                        ranges.push(UnitRange {
-                            begin: r.begin,
-                            end: r.end,
-                            unit: off,
-                        });
+        // .debug_aranges, when there is one, is taken as the index (compilers emit one set
+        // per unit); without it, every unit's own ranges, from parses dropped right away.
+        let mut units = None;
+        if ranges.is_empty() {
+            let mut headers = dwarf.units();
+            let mut list = Vec::new();
+            while let Ok(Some(h)) = headers.next() {
+                let Some(off) = h.debug_info_offset() else {
+                    continue;
+                };
+                let off = off.0 as u64;
+                list.push(off);
+                if list.len() % 16 == 0 {
+                    sections.iter().for_each(SharedBytes::release);
+                }
+                let code = matches!(
+                    h.type_(),
+                    gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_)
+                );
+                if !code {
+                    continue;
+                }
+                let Ok(unit) = dwarf.unit(h) else { continue };
+                if let Ok(mut it) = dwarf.unit_ranges(&unit) {
+                    while let Ok(Some(r)) = it.next() {
+                        if r.end > r.begin {
+                            ranges.push(UnitRange {
+                                begin: r.begin,
+                                end: r.end,
+                                unit: off,
+                            });
+                        }
                     }
                 }
             }
+            units = Some(list);
         }
         ranges.sort_unstable_by_key(|r| (r.begin, r.end));
         ranges.shrink_to_fit();
         let max_len = ranges.iter().map(|r| r.end - r.begin).max().unwrap_or(0);
-        let sup_units = dwarf.sup().map(unit_offsets).unwrap_or_default();
         let d = LazyDwarf {
             dwarf,
             ranges,
             max_len,
             units,
-            sup_units,
+            sup_units: None,
             cache: Vec::new(),
             sections,
         };
@@ -349,7 +353,18 @@ impl LazyDwarf {
 
     /// The unit holding `.debug_info` offset `at` and the offset within it.
     fn resolve(&mut self, sup: bool, at: u64) -> Option<(Arc<Unit>, UnitOffset<usize>)> {
-        let list = if sup { &self.sup_units } else { &self.units };
+        let (dwarf, sections) = (&self.dwarf, &self.sections);
+        let list = if sup {
+            self.sup_units.get_or_insert_with(|| {
+                dwarf
+                    .sup()
+                    .map(|d| unit_offsets(d, sections))
+                    .unwrap_or_default()
+            })
+        } else {
+            self.units
+                .get_or_insert_with(|| unit_offsets(dwarf, sections))
+        };
         let i = list.partition_point(|&u| u <= at).checked_sub(1)?;
         let start = list[i];
         let unit = self.unit(sup, start)?;

@@ -155,8 +155,42 @@ impl SymbolTable {
 
 struct ModuleSymbols {
     dwarf: Option<LazyDwarf>,
-    symbols: SymbolTable,
+    /// Built on first need: where DWARF names every sampled function, never.
+    symbols: Option<SymbolTable>,
+    /// The module's image and its separate debug file, the symbol tables' sources.
+    main: Arc<ElfImage>,
+    debug: Option<Arc<ElfImage>>,
     sources: SymbolSources,
+}
+
+impl ModuleSymbols {
+    /// The symbol table, built on first use (`.symtab`, `.dynsym`, the debug file's
+    /// `.symtab`, else MiniDebugInfo).
+    fn table(&mut self) -> &SymbolTable {
+        let (main, debug, sources) = (&self.main, &self.debug, &mut self.sources);
+        self.symbols.get_or_insert_with(|| {
+            let mut symbols = SymbolTable::default();
+            symbols.add(main);
+            if let Some(img) = debug {
+                symbols.add(img);
+            }
+            if debug.is_none()
+                && !main.has_section(".symtab")
+                && let Some(mini) = minidebuginfo(main)
+            {
+                symbols.add(&mini);
+                sources.minidebuginfo = true;
+            }
+            symbols.finish();
+            sources.symbols = symbols.syms.len();
+            // The symbol tables were copied; their pages need not stay resident.
+            main.release();
+            if let Some(img) = debug {
+                img.release();
+            }
+            symbols
+        })
+    }
 }
 
 /// Largest MiniDebugInfo image decompressed (a target's file could be hostile).
@@ -260,7 +294,9 @@ impl Symbolizer {
 
     /// Where `module`'s symbols come from (loading them if needed).
     pub fn sources(&mut self, module: &Module) -> SymbolSources {
-        self.module_symbols(module).sources.clone()
+        let syms = self.module_symbols(module);
+        syms.table();
+        syms.sources.clone()
     }
 
     /// Symbolize the `(pc, exact)` pairs not cached yet, in one pass per module and DWARF
@@ -330,9 +366,9 @@ impl Symbolizer {
                 if let Some(last) = out.last_mut() {
                     last.inlined = false;
                     if last.function.is_none() {
-                        last.function = syms.symbols.lookup(probe).map(|n| demangle(n, None));
+                        last.function = syms.table().lookup(probe).map(|n| demangle(n, None));
                     }
-                } else if let Some(name) = syms.symbols.lookup(probe) {
+                } else if let Some(name) = syms.table().lookup(probe) {
                     out.push(SymbolFrame {
                         function: Some(demangle(name, None)),
                         file: None,
@@ -415,28 +451,11 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
     if dwarf.is_some() {
         sources.dwarf = dwarf_path;
     }
-    let mut symbols = SymbolTable::default();
-    symbols.add(main);
-    if let Some((img, _)) = &debug {
-        symbols.add(img);
-    }
-    if debug.is_none()
-        && !main.has_section(".symtab")
-        && let Some(mini) = minidebuginfo(main)
-    {
-        symbols.add(&mini);
-        sources.minidebuginfo = true;
-    }
-    symbols.finish();
-    sources.symbols = symbols.syms.len();
-    // The symbol tables were copied; their pages need not stay resident.
-    main.release();
-    if let Some((img, _)) = &debug {
-        img.release();
-    }
     ModuleSymbols {
         dwarf,
-        symbols,
+        symbols: None,
+        main: main.clone(),
+        debug: debug.map(|(img, _)| Arc::new(img)),
         sources,
     }
 }
