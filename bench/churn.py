@@ -1,7 +1,7 @@
 """Soak target (bench/run.py measurement 9): for SECONDS, load a fresh copy of a small C
-library (dlopen through ctypes), run in it for 50 ms from a newly created Python function,
-unload it and delete the copy; so the process keeps mapping new modules and creating new
-code objects.
+library (dlopen through ctypes), run in it for 50 ms from a newly created Python function
+(a new code object each time, under one of 8 names), unload it and delete the copy; so the
+process keeps mapping new modules and creating new code.
 
     python churn.py LIBCHURN_SO SECONDS
 """
@@ -22,14 +22,16 @@ def main():
     print("ready", flush=True)
     try:
         while time.time() < end:
-            path = os.path.join(tmp, "libchurn%d.so" % i)
+            # A new file and mapping every time, under a few names: the profile itself
+            # stays the same size, so what grows is the profiler's own state.
+            path = os.path.join(tmp, "libchurn%d.so" % (i % 8))
             shutil.copy(lib_src, path)
             lib = ctypes.CDLL(path)
             lib.churn_spin.argtypes = [ctypes.c_double]
             lib.churn_spin.restype = ctypes.c_ulong
             ns = {}
-            exec("def work_%d(lib):\n    return lib.churn_spin(0.05)\n" % i, ns)
-            ns["work_%d" % i](lib)
+            exec("def work_%d(lib):\n    return lib.churn_spin(0.05)\n" % (i % 8), ns)
+            ns["work_%d" % (i % 8)](lib)
             handle = lib._handle
             del lib, ns
             _ctypes.dlclose(handle)

@@ -701,7 +701,8 @@ def bench_soak(P, a, res):
         log("   skipped: no C compiler (gcc or cc) to build bench/churn_lib.c")
         return
     lib = os.path.join(WORK, "libchurn.so")
-    subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", lib, CHURN_C], check=True)
+    # With DWARF: its frames are named by file and line, the same in every copy.
+    subprocess.run([gcc, "-O2", "-g", "-shared", "-fPIC", "-o", lib, CHURN_C], check=True)
     secs = minutes * 60
     t = start_target(CHURN, [lib, secs + 30], a.python, wait_ready=True)
     try:
