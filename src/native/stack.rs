@@ -66,6 +66,7 @@ impl NativeStacks {
         if changed {
             self.frames.clear();
             self.symbolizer.retain(&self.modules);
+            self.unwinder.retain(&self.modules);
         }
         changed
     }

@@ -372,6 +372,21 @@ impl Unwinder {
         &self.slots[slot].as_ref().expect("just filled").plan
     }
 
+    /// Drop the plans of modules no longer in `modules` (after a dlclose): a target that
+    /// keeps loading libraries at new addresses would otherwise fill the table with plans
+    /// no pc will ask for again.
+    pub fn retain(&mut self, modules: &Modules) {
+        for slot in self.slots.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|s| !modules.iter().any(|m| m.id() == s.module))
+            {
+                *slot = None;
+                self.filled -= 1;
+            }
+        }
+    }
+
     /// Double the plan table. Entries keep their place modulo the old size, so none of
     /// them collide in the new table.
     fn grow(&mut self) {
@@ -1205,5 +1220,11 @@ mod tests {
             .map(|&pc| u.plan(exe, pc, true).clone())
             .collect();
         assert_eq!(again, first);
+        // Plans of a module that is gone are dropped; those of live ones stay.
+        let kept = u.filled;
+        u.retain(&modules);
+        assert_eq!(u.filled, kept);
+        u.retain(&Modules::new());
+        assert_eq!((u.filled, u.slots.iter().flatten().count()), (0, 0));
     }
 }
