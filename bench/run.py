@@ -13,6 +13,13 @@ Measurements (see bench/README.md):
   4 rate      achieved thread-samples/s at -r 10000 --nonblocking on the deep target
   5 slowdown  target work rate alone / under record (100 and 1000 Hz, both modes;
               100 Hz on a target with 100 idle threads)
+  6 native    --native: CPU per thread-sample, first sample, slowdown
+  7 floor     CPU per tick of a sampler that only sleeps, beside prof's
+  8 native memory and start-up: peak RSS (VmHWM) of record --native -r 100 -d 10, and
+              dump --native wall time, on the --python target and on Debian's static,
+              stripped /usr/bin/python3.11
+  9 soak      (only with --soak MINUTES) RSS every minute of record --native -r 1000 on a
+              target that keeps dlopen'ing, running in and dlclose'ing fresh libraries
 
 prof and py-spy are always measured in the same loop, alternating which goes first, and
 figures are medians over the repetitions. The machine is shared: read ratios, not
@@ -38,6 +45,10 @@ REPO = os.path.dirname(HERE)
 DEEP = os.path.join(HERE, "deep.py")
 THREADS8 = os.path.join(HERE, "threads8.py")
 SPIN = os.path.join(HERE, "spin.py")
+CHURN = os.path.join(HERE, "churn.py")
+CHURN_C = os.path.join(HERE, "churn_lib.c")
+# Debian's static, stripped interpreter: no libpython, no symbols but .dynsym.
+DEBIAN_STATIC = "/usr/bin/python3.11"
 
 # Every process started, so that cleanup can end them (each leads its own process group).
 PROCS = []
@@ -599,6 +610,121 @@ def bench_native(P, a, res):
         res["native_stopped", who] = med([100 * r.get("stopped", 0) / r["window"] for r in runs[who]])
 
 
+# ----------------------------------------------------------------------------- 8. native memory
+
+
+def status_kb(pid, field):
+    """A `kB` field of /proc/PID/status (VmHWM, VmRSS), or None once the process is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_kb(cmd, timeout):
+    """Run a profiler to completion; its VmHWM (kB) as last read before it exited. The
+    kernel keeps the high-water mark itself, so polling every 50 ms misses no peak."""
+    p = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hwm = None
+    deadline = time.time() + timeout
+    while p.poll() is None and time.time() < deadline:
+        v = status_kb(p.pid, "VmHWM")
+        if v is not None:
+            hwm = v
+        time.sleep(0.05)
+    end(p)
+    return hwm if p.returncode == 0 else None
+
+
+def native_pythons(a):
+    """(label, interpreter) pairs for measurement 8: the --python target, and Debian's
+    static, stripped 3.11 when it is installed."""
+    out = [("python %s" % a.version, a.python)]
+    if os.path.exists(DEBIAN_STATIC) and os.path.realpath(a.python) != os.path.realpath(DEBIAN_STATIC):
+        out.append(("debian static 3.11", DEBIAN_STATIC))
+    else:
+        log("   (no %s: the static, stripped interpreter is skipped)" % DEBIAN_STATIC)
+    return out
+
+
+def bench_native_memory(P, a, res):
+    secs = 10 if not a.quick else 4
+    log("== 8. --native memory and start-up: VmHWM of record --native -r 100 -d %d, dump --native "
+        "wall ms (%d reps)" % (secs, a.reps))
+    for label, py in native_pythons(a):
+        hwm = {w: [] for w in WHO}
+        for rep in range(a.reps):
+            for who in order(rep, WHO):
+                t = start_target(DEEP, [secs + 5], py, settle=0.8)
+                try:
+                    out = os.path.join(WORK, "mem.txt")
+                    kb = peak_rss_kb(P.record(who, t.pid, 100, secs, out, native=True), secs + 30)
+                finally:
+                    end(t)
+                if kb:
+                    hwm[who].append(kb / 1024)
+                log("   %-20s %-6s VmHWM %s MiB" % (label, who, fmt(kb and kb / 1024, 1)))
+        t = start_target(DEEP, [60], py, settle=0.8)
+        try:
+            walls = {w: [] for w in WHO}
+            cpus = {w: [] for w in WHO}
+            for rep in range(max(a.reps, 5)):
+                for who in order(rep, WHO):
+                    rc, wall, cpu = run_timed(P.dump(who, t.pid, native=True), 60, stdout=subprocess.DEVNULL)
+                    if rc == 0:
+                        walls[who].append(wall * 1000)
+                        cpus[who].append(cpu * 1000)
+        finally:
+            end(t)
+        for who in WHO:
+            res["native_hwm_mib", label, who] = med(hwm[who])
+            res["native_dump_ms", label, who] = med(walls[who])
+            res["native_dump_cpu_ms", label, who] = med(cpus[who])
+            log("   %-20s %-6s dump --native %s ms wall (%s), %s ms CPU (%s)" % (
+                label, who, fmt(med(walls[who]), 1), " ".join("%.0f" % x for x in walls[who]),
+                fmt(med(cpus[who]), 1), " ".join("%.0f" % x for x in cpus[who])))
+
+
+# ----------------------------------------------------------------------------- 9. soak
+
+
+def bench_soak(P, a, res):
+    """prof alone (two tracers cannot stop the same threads): RSS every minute."""
+    minutes = a.soak
+    log("== 9. soak: record --native -r 1000 for %d min on a dlopen/dlclose churn target" % minutes)
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        log("   skipped: no C compiler (gcc or cc) to build bench/churn_lib.c")
+        return
+    lib = os.path.join(WORK, "libchurn.so")
+    # With DWARF: its frames are named by file and line, the same in every copy.
+    subprocess.run([gcc, "-O2", "-g", "-shared", "-fPIC", "-o", lib, CHURN_C], check=True)
+    secs = minutes * 60
+    t = start_target(CHURN, [lib, secs + 30], a.python, wait_ready=True)
+    try:
+        out = os.path.join(WORK, "soak.txt")
+        p = spawn(P.record("prof", t.pid, 1000, secs, out, native=True),
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        series = []
+        start = time.time()
+        for minute in range(1, minutes + 1):
+            while time.time() < start + 60 * minute and p.poll() is None:
+                time.sleep(1)
+            rss, hwm = status_kb(p.pid, "VmRSS"), status_kb(p.pid, "VmHWM")
+            if rss is None:
+                break
+            series.append((minute, rss / 1024, hwm / 1024))
+            log("   minute %3d: RSS %.1f MiB, VmHWM %.1f MiB" % series[-1])
+        end(p)
+    finally:
+        end(t)
+    res["soak"] = series
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -749,6 +875,19 @@ def table(res, a):
         if ("floor_us", kind) in res:
             rows.append(("7. CPU µs per tick at 1000 Hz: %s" % label, fmt(res["floor_us", kind], 2),
                          "", "", "", ""))
+    for key in sorted(k for k in res if isinstance(k, tuple) and k[0] == "native_hwm_mib" and k[2] == "prof"):
+        label = key[1]
+        row("8. --native peak RSS MiB (VmHWM, -r 100 -d 10), %s" % label, res[key],
+            res.get(("native_hwm_mib", label, "py-spy")), "≤ 10", 10, digits=1)
+        goal = 30 if label.startswith("python") else 10
+        row("8. dump --native wall ms, %s" % label, res["native_dump_ms", label, "prof"],
+            res.get(("native_dump_ms", label, "py-spy")), "≤ %d" % goal, goal, digits=1)
+        row("8. dump --native CPU ms, %s" % label, res["native_dump_cpu_ms", label, "prof"],
+            res.get(("native_dump_cpu_ms", label, "py-spy")), "", None, digits=1)
+    if res.get("soak"):
+        first, last = res["soak"][0], res["soak"][-1]
+        rows.append(("9. soak RSS MiB, minute %d → minute %d (VmHWM at the end)" % (first[0], last[0]),
+                     "%.1f → %.1f (%.1f)" % (first[1], last[1], last[2]), "", "", "flat", ""))
     lines = ["| measurement | prof | py-spy | prof/py-spy | goal | verdict |",
              "|---|---:|---:|---:|---|---|"]
     lines += ["| %s |" % " | ".join(r) for r in rows]
@@ -797,7 +936,7 @@ def main():
     ap.add_argument("--py-spy", dest="pyspy", default=None, help="py-spy binary")
     ap.add_argument("--quick", action="store_true", help="1 repetition, short runs (~2 min)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated measurements to run")
     ap.add_argument("--breakdown", action="store_true", help="also full strace -c breakdown and perf profile")
     ap.add_argument("--window", type=float, default=3.0,
                     help="slowdown: measured seconds per run (default 3: more, shorter runs beat fewer "
@@ -805,6 +944,8 @@ def main():
     ap.add_argument("--slow-reps", type=int, default=5, help="slowdown: repetitions (default 5)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write raw results as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--soak", type=int, default=0, metavar="MINUTES",
+                    help="also measurement 9: RSS of a MINUTES-long record --native (20 in the README, 60 for the hour)")
     a = ap.parse_args()
     a.python = a.python or default_python()
     a.prof = a.prof or default_prof()
@@ -831,6 +972,7 @@ def main():
         sys.exit("run.py: strace is needed for measurements 1 and 3")
     ver = subprocess.run([a.python, "-c", "import sys; print(sys.version.split()[0])"],
                          capture_output=True, text=True).stdout.strip()
+    a.version = ver
     pv = subprocess.run([a.pyspy, "--version"], capture_output=True, text=True).stdout.strip()
     log("prof: %s\npy-spy: %s (%s)\ntargets: %s (Python %s)\ncores: %d, load: %s" % (
         a.prof, a.pyspy, pv, a.python, ver, os.cpu_count(), " ".join("%.2f" % x for x in os.getloadavg())))
@@ -861,6 +1003,10 @@ def main():
             bench_native(P, a, res)
         if "7" in only:
             bench_floor(P, a, res)
+        if "8" in only:
+            bench_native_memory(P, a, res)
+        if a.soak:
+            bench_soak(P, a, res)
         if a.breakdown:
             bench_breakdown(P, a, res)
     except KeyboardInterrupt:

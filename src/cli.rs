@@ -108,7 +108,7 @@ pub struct TargetArgs {
     #[arg(short, long)]
     pub idle: bool,
 
-    /// Only include the thread holding the GIL.
+    /// Only include the thread holding the GIL (without a GIL, free-threaded: threads on CPU).
     #[arg(short, long)]
     pub gil: bool,
 

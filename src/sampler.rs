@@ -586,6 +586,8 @@ fn sample_process(
         },
         async_tasks: opts.async_tasks,
     };
+    // `--gil` on a free-threaded build keeps the threads on CPU (see Layout).
+    let layout = snap.interpreter().map(|i| Arc::clone(&i.layout));
     let capture = match snap.capture(&threads, &capture_opts) {
         Ok(c) => c,
         Err(_) => return p.read_failed(1, now, stats),
@@ -624,7 +626,10 @@ fn sample_process(
     for stack in stacks {
         if stack.frames.is_empty()
             || (!opts.include_idle && !stack.active)
-            || (opts.gil_only && !stack.owns_gil)
+            || (opts.gil_only
+                && !layout.as_ref().map_or(stack.owns_gil, |l| {
+                    l.passes_gil_filter(stack.owns_gil, stack.active)
+                }))
         {
             continue;
         }

@@ -373,9 +373,60 @@ fn without_system_debug_files_matches_gdb() {
         let snap = snapshot("gdb", &bin, bp, args, &pre);
         let mut sym = Symbolizer::with_search(DebugSearch {
             roots: vec![none.clone()],
+            ..DebugSearch::default()
         });
         check(&snap, &mut sym, &bin);
     }
+}
+
+#[test]
+fn compressed_dwarf_matches_gdb() {
+    if !tools() {
+        return;
+    }
+    // DWARF stored zlib-compressed (as in Debian's -dbgsym files) is read from a copy
+    // inflated once into the cache directory, and gives what gdb gives.
+    let dir = tempdir();
+    let bin = build(
+        dir.path(),
+        "chain_gz",
+        &["-O2", "-g", "-gz=zlib", "-fomit-frame-pointer"],
+    );
+    let snap = snapshot("gdb", &bin, "leaf", "", &[]);
+    let modules = snap.modules();
+    let exe = modules.find(snap.regs.pc).unwrap();
+    assert!(
+        exe.image.is_compressed(".debug_info"),
+        "gcc -gz compressed nothing"
+    );
+    let cache = dir.path().join("inflated");
+    let search = |inflated: Option<PathBuf>| DebugSearch {
+        inflated,
+        ..DebugSearch::default()
+    };
+    let mut sym = Symbolizer::with_search(search(Some(cache.clone())));
+    check(&snap, &mut sym, &bin);
+    let id: String = exe
+        .image
+        .build_id
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let info = std::fs::metadata(cache.join(id).join("debug_info")).expect("inflated .debug_info");
+    assert!(info.len() > 0);
+    // A second symbolizer maps the copy already there, with the same answers.
+    check(
+        &snap,
+        &mut Symbolizer::with_search(search(Some(cache))),
+        &bin,
+    );
+    // Without the directory, that DWARF is not read: the symbol table names the functions.
+    let mut plain = Symbolizer::with_search(search(None));
+    assert_eq!(plain.sources(exe).dwarf, None);
+    let s = plain.symbolize(&modules, snap.regs.pc, true);
+    assert_eq!(s.name(), "leaf");
 }
 
 #[test]
@@ -569,6 +620,7 @@ fn separate_debug_files() {
     std::fs::copy(&dbg, by_id.join(format!("{}.debug", &id[2..]))).unwrap();
     let mut sym = Symbolizer::with_search(DebugSearch {
         roots: vec![root.clone(), PathBuf::from("/usr/lib/debug")],
+        ..DebugSearch::default()
     });
     assert_eq!(symbolized_names(&snap, &mut sym), expected, "build-id");
     let modules = snap.modules();
@@ -594,6 +646,7 @@ fn separate_debug_files() {
     // 3. Without a matching debug file: the symbol table only, no lines or inlining.
     let mut sym = Symbolizer::with_search(DebugSearch {
         roots: vec![d.join("no-such-root")],
+        ..DebugSearch::default()
     });
     let names = symbolized_names(&snapshot("gdb", &stripped, "leaf", "", &[]), &mut sym);
     assert_eq!(names[..5], ["leaf", "c", "b", "a", "main"], "{names:?}");

@@ -11,6 +11,7 @@
 /// The architectures, kept at the bottom floor (`crate::arch`); re-exported for the
 /// unwinder's paths.
 pub use crate::arch;
+pub mod dwarf;
 pub mod merge;
 pub mod modules;
 pub mod stack;

@@ -47,6 +47,30 @@ pub enum ElfBytes {
     Owned(Vec<u8>),
 }
 
+impl ElfBytes {
+    /// Let the kernel take back the pages of `range` that reading has made resident: a
+    /// no-op for bytes in memory. The pages of a file mapping come back from the page
+    /// cache on the next read, unchanged (prof never writes them), so one pass over a
+    /// large section (an index build, a DWARF lookup) leaves no resident trace; each fault
+    /// maps up to 64 KiB around it (the kernel's fault-around), which would otherwise
+    /// stay counted as prof's memory.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let ElfBytes::Mapped(m) = self else { return };
+        let page = page_size() as usize;
+        let base = m.as_ptr() as usize;
+        let start = (base + range.start.min(m.len())) & !(page - 1);
+        let end = (base + range.end.min(m.len())).next_multiple_of(page);
+        if end > start {
+            // SAFETY: the range lies within this read-only private file mapping (rounded
+            // out to pages of it); dropping pages that were never written only makes the
+            // next access read them again from the file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
 impl Deref for ElfBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -75,6 +99,20 @@ impl SharedBytes {
             start: 0,
             len,
         }
+    }
+}
+
+impl SharedBytes {
+    /// Release the resident pages of this view (see [`ElfBytes::release`]).
+    pub fn release(&self) {
+        self.release_range(0..self.len);
+    }
+
+    /// Release the resident pages of `range` within this view.
+    pub fn release_range(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.len);
+        self.data
+            .release(self.start + range.start.min(end)..self.start + end);
     }
 }
 
@@ -208,6 +246,12 @@ impl ElfImage {
         &self.data
     }
 
+    /// Release the pages of the file that reading it made resident (see
+    /// [`ElfBytes::release`]); a no-op for an image held in memory.
+    pub fn release(&self) {
+        self.data.release(0..self.data.len());
+    }
+
     fn elf(&self) -> Option<ElfFile64<'_, object::LittleEndian>> {
         ElfFile64::parse(&**self.data).ok()
     }
@@ -229,6 +273,45 @@ impl ElfImage {
             std::borrow::Cow::Owned(v) => SharedBytes::whole(Arc::new(ElfBytes::Owned(v))),
         };
         Some((bytes, addr))
+    }
+
+    /// Section `name` as a view of a file mapping: the image's own bytes, or for a section
+    /// stored zlib-compressed, a copy inflated once into `dir` (named by the image's
+    /// build-id) and mapped from there. Inflating streams through a small buffer, so the
+    /// whole section is never held in memory. None if absent, or compressed and it cannot
+    /// be inflated to `dir`.
+    pub fn section_mapped(&self, name: &str, dir: Option<&Path>) -> Option<SharedBytes> {
+        let elf = self.elf()?;
+        let sec = elf.section_by_name(name)?;
+        let c = sec.compressed_data().ok()?;
+        if c.format == object::CompressionFormat::None {
+            return self.section(name).map(|(b, _)| b);
+        }
+        if c.format != object::CompressionFormat::Zlib {
+            return None;
+        }
+        let id = self.build_id.as_deref().filter(|id| !id.is_empty())?;
+        let path = dir?.join(hex(id)).join(name.trim_start_matches('.'));
+        let fits = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() == c.uncompressed_size);
+        if !fits(&path) {
+            inflate_to(c.data, &path).ok()?;
+            if !fits(&path) {
+                return None;
+            }
+        }
+        let map = crate::process::maps::map_file(&path).ok()?;
+        Some(SharedBytes::whole(Arc::new(ElfBytes::Mapped(map))))
+    }
+
+    /// Is section `name` stored compressed (`SHF_COMPRESSED` or `.zdebug`)?
+    pub fn is_compressed(&self, name: &str) -> bool {
+        self.elf()
+            .and_then(|e| {
+                let sec = e.section_by_name(name)?;
+                let c = sec.compressed_data().ok()?;
+                Some(c.format != object::CompressionFormat::None)
+            })
+            .unwrap_or(false)
     }
 
     /// Link-time address of section `name`.
@@ -265,14 +348,27 @@ pub struct DebugSearch {
     /// Global debug directories (`/usr/lib/debug`): `.build-id/xx/rest.debug` below them,
     /// and `<dir>/<path of the module's directory>/<debuglink>`.
     pub roots: Vec<PathBuf>,
+    /// Where DWARF sections stored compressed are kept inflated, to be mapped (and read
+    /// on demand) like uncompressed ones; None: such DWARF is not read.
+    pub inflated: Option<PathBuf>,
 }
 
 impl Default for DebugSearch {
     fn default() -> Self {
         DebugSearch {
             roots: vec![PathBuf::from("/usr/lib/debug")],
+            inflated: default_inflated_dir(),
         }
     }
+}
+
+/// `$XDG_CACHE_HOME/prof/inflated`, else `~/.cache/prof/inflated`.
+pub fn default_inflated_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|d| !d.is_empty())?).join(".cache"),
+    };
+    Some(base.join("prof").join("inflated"))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -337,6 +433,32 @@ impl DebugSearch {
         }
         None
     }
+}
+
+/// Inflate the zlib stream `data` into the file `path` (written beside it, then renamed:
+/// a concurrent prof sees a whole file or none).
+fn inflate_to(data: &[u8], path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("section"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        std::io::copy(&mut flate2::read::ZlibDecoder::new(data), &mut out)?;
+        std::io::Write::flush(&mut out)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Does debug file `dbg` belong to `image`? The same build-id when both have one, else the
@@ -580,7 +702,13 @@ impl Module {
 
     /// The unwind index, built on first use.
     pub(crate) fn cfi(&self) -> &CfiIndex {
-        self.cfi.get_or_init(|| CfiIndex::build(&self.image))
+        self.cfi.get_or_init(|| {
+            let index = CfiIndex::build(&self.image);
+            // The walk over every FDE touched all of .eh_frame; lookups need only the few
+            // FDEs of sampled code, and fault them in again.
+            self.image.release();
+            index
+        })
     }
 
     /// Number of FDEs indexed (`.eh_frame` plus `.debug_frame`).

@@ -65,6 +65,8 @@ impl NativeStacks {
         self.maps = maps;
         if changed {
             self.frames.clear();
+            self.symbolizer.retain(&self.modules);
+            self.unwinder.retain(&self.modules);
         }
         changed
     }
@@ -128,7 +130,7 @@ impl NativeStacks {
         let new = pcs
             .iter()
             .filter(|f| !self.frames.contains_key(&(f.pc, f.exact)))
-            .map(|f| f.pc);
+            .map(|f| (f.pc, f.exact));
         self.symbolizer.prepare(&self.modules, new);
         pcs.iter()
             .map(|f| {

@@ -1,8 +1,9 @@
 //! Turning native pcs into function names and source lines.
 //!
-//! For each module, on first use: DWARF (through addr2line, with inlined frames) from
-//! the module itself or its separate debug file (by build-id or `.gnu_debuglink`, see
-//! [`DebugSearch`]), with a dwz supplementary file (`.gnu_debugaltlink`) when there is one;
+//! For each module, on first use: DWARF (read on demand, with inlined frames: see
+//! [`LazyDwarf`]) from the module itself or its separate debug file (by build-id or
+//! `.gnu_debuglink`, see [`DebugSearch`]), with a dwz supplementary file
+//! (`.gnu_debugaltlink`) when there is one;
 //! a sorted symbol table from `.symtab`, `.dynsym`, the debug file's `.symtab` and, when
 //! the module has no `.symtab`, MiniDebugInfo (`.gnu_debugdata`, an xz-compressed ELF
 //! holding one). Names are demangled (Rust legacy and v0, C++ Itanium). Without any of
@@ -18,10 +19,9 @@ use gimli::{EndianReader, LittleEndian};
 use object::read::elf::ElfFile64;
 use object::{Object, ObjectSymbol, SymbolKind};
 
+use super::dwarf::{DwarfFrame, LazyDwarf, Reader};
 use super::modules::{DebugSearch, ElfBytes, ElfImage, Module, Modules, SharedBytes};
 use super::unwind::Frame;
-
-type Reader = EndianReader<LittleEndian, SharedBytes>;
 
 /// One function level at an address (several when calls were inlined).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,16 +154,54 @@ impl SymbolTable {
 }
 
 struct ModuleSymbols {
-    dwarf: Option<addr2line::Context<Reader>>,
-    symbols: SymbolTable,
+    dwarf: Option<LazyDwarf>,
+    /// Built on first need: where DWARF names every sampled function, never.
+    symbols: Option<SymbolTable>,
+    /// The module's image and its separate debug file, the symbol tables' sources.
+    main: Arc<ElfImage>,
+    debug: Option<Arc<ElfImage>>,
     sources: SymbolSources,
+}
+
+impl ModuleSymbols {
+    /// The symbol table, built on first use (`.symtab`, `.dynsym`, the debug file's
+    /// `.symtab`, else MiniDebugInfo).
+    fn table(&mut self) -> &SymbolTable {
+        let (main, debug, sources) = (&self.main, &self.debug, &mut self.sources);
+        self.symbols.get_or_insert_with(|| {
+            let mut symbols = SymbolTable::default();
+            symbols.add(main);
+            if let Some(img) = debug {
+                symbols.add(img);
+            }
+            if debug.is_none()
+                && !main.has_section(".symtab")
+                && let Some(mini) = minidebuginfo(main)
+            {
+                symbols.add(&mini);
+                sources.minidebuginfo = true;
+            }
+            symbols.finish();
+            sources.symbols = symbols.syms.len();
+            // The symbol tables were copied; their pages need not stay resident.
+            main.release();
+            if let Some(img) = debug {
+                img.release();
+            }
+            symbols
+        })
+    }
 }
 
 /// Largest MiniDebugInfo image decompressed (a target's file could be hostile).
 const MAX_MINIDEBUGINFO: usize = 256 << 20;
 
-/// Default bound on cached addresses; the cache is dropped when it fills.
-pub const DEFAULT_MAX_CACHED: usize = 1 << 16;
+/// Default bound on cached addresses; the cache is dropped when it fills. A profile's hot
+/// native pcs number in the hundreds, and a miss costs one pass over one unit's DWARF.
+pub const DEFAULT_MAX_CACHED: usize = 1 << 12;
+
+/// Bound on inlined levels reported for one address.
+const MAX_LEVELS: usize = 64;
 
 /// Symbolizes pcs of any module, caching per module and per address.
 pub struct Symbolizer {
@@ -217,101 +255,130 @@ impl Symbolizer {
         }
         let rel = module.rel(pc);
         let probe = if exact { rel } else { rel.wrapping_sub(1) };
-        let frames = self.lookup(module, probe);
+        let frames = self.lookup(module, &[probe]).pop().unwrap_or_default();
+        self.remember(module, pc, exact, frames)
+    }
+
+    fn remember(
+        &mut self,
+        module: &Module,
+        pc: u64,
+        exact: bool,
+        frames: Vec<SymbolFrame>,
+    ) -> Arc<Symbolized> {
         let s = Arc::new(Symbolized {
             pc,
             module: Some(module.name.as_str().into()),
-            module_offset: rel,
+            module_offset: module.rel(pc),
             frames,
         });
         if self.cache.len() >= self.max_cached {
             self.cache.clear();
         }
-        self.cache.insert(key, s.clone());
+        self.cache.insert((module.id(), pc, exact), s.clone());
         s
+    }
+
+    /// Forget the symbols of modules no longer in `modules` (after a dlclose): over a long
+    /// run, a target that keeps loading and unloading libraries must not grow prof.
+    pub fn retain(&mut self, modules: &Modules) {
+        let live = |id: &u32| modules.iter().any(|m| m.id() == *id);
+        self.modules.retain(|id, _| live(id));
+        self.cache.retain(|(id, _, _), _| live(id));
+    }
+
+    /// Number of modules whose symbols are loaded.
+    pub fn loaded_modules(&self) -> usize {
+        self.modules.len()
     }
 
     /// Where `module`'s symbols come from (loading them if needed).
     pub fn sources(&mut self, module: &Module) -> SymbolSources {
-        self.module_symbols(module).sources.clone()
+        let syms = self.module_symbols(module);
+        syms.table();
+        syms.sources.clone()
     }
 
-    /// Load the symbols of the modules behind `pcs` that are not loaded yet, several at a
-    /// time: the first sample of a process needs the interpreter's, libc's and the
-    /// program's at once, and loading one (decompressing and indexing its DWARF) takes
-    /// tens of milliseconds that are better spent side by side on several cores.
-    pub fn prepare(&mut self, modules: &Modules, pcs: impl IntoIterator<Item = u64>) {
-        let mut todo: Vec<&Arc<Module>> = Vec::new();
-        for pc in pcs {
-            if let Some(m) = modules.find(pc)
-                && !self.modules.contains_key(&m.id())
-                && !todo.iter().any(|t| t.id() == m.id())
-            {
-                todo.push(m);
+    /// Symbolize the `(pc, exact)` pairs not cached yet, in one pass per module and DWARF
+    /// unit (a stack's pcs share units), leaving the answers in the cache for
+    /// [`Symbolizer::symbolize`]. Loading a module is cheap (its DWARF is only indexed), so
+    /// modules are loaded in turn: threads loading side by side would each leave a malloc
+    /// arena of their own behind.
+    pub fn prepare(&mut self, modules: &Modules, pcs: impl IntoIterator<Item = (u64, bool)>) {
+        // (module, its (pc, exact) pairs), in order of first appearance.
+        type PerModule<'m> = Vec<(&'m Arc<Module>, Vec<(u64, bool)>)>;
+        let mut per_module: PerModule = Vec::new();
+        for (pc, exact) in pcs {
+            let Some(m) = modules.find(pc) else { continue };
+            if self.cache.contains_key(&(m.id(), pc, exact)) {
+                continue;
+            }
+            match per_module.iter_mut().find(|(x, _)| x.id() == m.id()) {
+                Some((_, v)) if !v.contains(&(pc, exact)) => v.push((pc, exact)),
+                Some(_) => {}
+                None => per_module.push((m, vec![(pc, exact)])),
             }
         }
-        if todo.len() < 2 {
-            return;
-        }
-        let search = &self.search;
-        let loaded: Vec<(u32, ModuleSymbols)> = std::thread::scope(|s| {
-            let handles: Vec<_> = todo
+        for (module, pcs) in per_module {
+            let probes: Vec<u64> = pcs
                 .iter()
-                .map(|m| s.spawn(move || (m.id(), load_module(search, m))))
+                .map(|&(pc, exact)| {
+                    let rel = module.rel(pc);
+                    if exact { rel } else { rel.wrapping_sub(1) }
+                })
                 .collect();
-            // A loader that panicked leaves its module to be loaded again on first use.
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
-        self.modules.extend(loaded);
+            let found = self.lookup(module, &probes);
+            for ((pc, exact), frames) in pcs.into_iter().zip(found) {
+                self.remember(module, pc, exact, frames);
+            }
+        }
     }
 
-    fn module_symbols(&mut self, module: &Module) -> &ModuleSymbols {
+    fn module_symbols(&mut self, module: &Module) -> &mut ModuleSymbols {
         let search = &self.search;
         self.modules
             .entry(module.id())
             .or_insert_with(|| load_module(search, module))
     }
 
-    fn lookup(&mut self, module: &Module, probe: u64) -> Vec<SymbolFrame> {
+    /// What each of `probes` (link-time addresses in `module`) is: DWARF levels, with the
+    /// symbol table naming the real function where DWARF does not.
+    fn lookup(&mut self, module: &Module, probes: &[u64]) -> Vec<Vec<SymbolFrame>> {
         let syms = self.module_symbols(module);
-        let mut out = Vec::new();
-        if let Some(ctx) = &syms.dwarf
-            && let Ok(mut it) = ctx.find_frames(probe).skip_all_loads()
-        {
-            while let Ok(Some(f)) = it.next() {
-                let function = f.function.as_ref().and_then(|n| {
-                    let raw = n.raw_name().ok()?;
-                    Some(demangle(&raw, n.language))
-                });
-                let (file, line) = match &f.location {
-                    Some(l) => (l.file.map(str::to_string), l.line),
-                    None => (None, None),
-                };
-                out.push(SymbolFrame {
-                    function,
-                    file,
-                    line,
-                    inlined: true,
-                });
-                if out.len() >= 64 {
-                    break;
+        let dwarf = match &mut syms.dwarf {
+            Some(d) => d.find_frames(probes),
+            None => vec![Vec::new(); probes.len()],
+        };
+        probes
+            .iter()
+            .zip(dwarf)
+            .map(|(&probe, levels)| {
+                let mut out: Vec<SymbolFrame> = levels
+                    .into_iter()
+                    .take(MAX_LEVELS)
+                    .map(|f: DwarfFrame| SymbolFrame {
+                        function: f.name.map(|n| demangle(&n, f.language)),
+                        file: f.file,
+                        line: f.line,
+                        inlined: true,
+                    })
+                    .collect();
+                if let Some(last) = out.last_mut() {
+                    last.inlined = false;
+                    if last.function.is_none() {
+                        last.function = syms.table().lookup(probe).map(|n| demangle(n, None));
+                    }
+                } else if let Some(name) = syms.table().lookup(probe) {
+                    out.push(SymbolFrame {
+                        function: Some(demangle(name, None)),
+                        file: None,
+                        line: None,
+                        inlined: false,
+                    });
                 }
-            }
-        }
-        if let Some(last) = out.last_mut() {
-            last.inlined = false;
-            if last.function.is_none() {
-                last.function = syms.symbols.lookup(probe).map(|n| demangle(n, None));
-            }
-        } else if let Some(name) = syms.symbols.lookup(probe) {
-            out.push(SymbolFrame {
-                function: Some(demangle(name, None)),
-                file: None,
-                line: None,
-                inlined: false,
-            });
-        }
-        out
+                out
+            })
+            .collect()
     }
 }
 
@@ -373,39 +440,58 @@ fn load_module(search: &DebugSearch, module: &Module) -> ModuleSymbols {
         ),
         None => (None, None),
     };
-    let dwarf = dwarf_image.and_then(|img| {
-        let d = load_dwarf(img, search, dwarf_path.as_deref())?;
-        addr2line::Context::from_dwarf(d).ok()
-    });
+    let mut sections = Vec::new();
+    // DWARF stored compressed (Debian's -dbg and -dbgsym files) is read from an inflated
+    // copy in `search.inflated`: inflating libc's in memory, at every start, would cost
+    // 8.5 MiB and ~35 ms. Without that directory such a file gives its symbol table only.
+    let dwarf = dwarf_image
+        .filter(|img| search.inflated.is_some() || !img.is_compressed(".debug_info"))
+        .and_then(|img| load_dwarf(img, search, dwarf_path.as_deref(), &mut sections))
+        .map(|d| LazyDwarf::new(d, sections));
     if dwarf.is_some() {
         sources.dwarf = dwarf_path;
     }
-    let mut symbols = SymbolTable::default();
-    symbols.add(main);
-    if let Some((img, _)) = &debug {
-        symbols.add(img);
-    }
-    if debug.is_none()
-        && !main.has_section(".symtab")
-        && let Some(mini) = minidebuginfo(main)
-    {
-        symbols.add(&mini);
-        sources.minidebuginfo = true;
-    }
-    symbols.finish();
-    sources.symbols = symbols.syms.len();
     ModuleSymbols {
         dwarf,
-        symbols,
+        symbols: None,
+        main: main.clone(),
+        debug: debug.map(|(img, _)| Arc::new(img)),
         sources,
     }
 }
 
-fn section_reader(image: &ElfImage, name: &str) -> Reader {
-    let bytes = image
-        .section(name)
-        .map(|(b, _)| b)
+/// The sections a lookup reads; the others (locations, macros, type units) are never
+/// touched, so a compressed one is not even decompressed.
+const NEEDED_SECTIONS: &[&str] = &[
+    ".debug_abbrev",
+    ".debug_addr",
+    ".debug_aranges",
+    ".debug_info",
+    ".debug_line",
+    ".debug_line_str",
+    ".debug_ranges",
+    ".debug_rnglists",
+    ".debug_str",
+    ".debug_str_offsets",
+];
+
+/// A reader of section `name` of `image` (empty if absent or not needed), always a view of
+/// a file mapping (see [`ElfImage::section_mapped`]); the bytes are also added to `used`,
+/// so that their pages can be released after each lookup.
+fn section_reader(
+    image: &ElfImage,
+    name: &str,
+    search: &DebugSearch,
+    used: &mut Vec<SharedBytes>,
+) -> Reader {
+    let bytes = NEEDED_SECTIONS
+        .contains(&name)
+        .then(|| image.section_mapped(name, search.inflated.as_deref()))
+        .flatten()
         .unwrap_or_else(|| SharedBytes::whole(Arc::new(ElfBytes::Owned(Vec::new()))));
+    if !bytes.is_empty() {
+        used.push(bytes.clone());
+    }
     EndianReader::new(bytes, LittleEndian)
 }
 
@@ -413,9 +499,12 @@ fn load_dwarf(
     image: &ElfImage,
     search: &DebugSearch,
     path: Option<&Path>,
+    used: &mut Vec<SharedBytes>,
 ) -> Option<gimli::Dwarf<Reader>> {
-    let mut dwarf =
-        gimli::Dwarf::load(|id| Ok::<_, gimli::Error>(section_reader(image, id.name()))).ok()?;
+    let mut dwarf = gimli::Dwarf::load(|id| {
+        Ok::<_, gimli::Error>(section_reader(image, id.name(), search, used))
+    })
+    .ok()?;
     // dwz moves shared DIEs into a supplementary file (Debian's -dbgsym packages).
     if let Some((name, id)) = &image.debugaltlink {
         let mut candidates: Vec<PathBuf> = Vec::new();
@@ -440,7 +529,9 @@ fn load_dwarf(
             .filter_map(|c| ElfImage::open(c).ok())
             .find(|s| s.build_id.as_deref() == Some(id.as_slice()));
         if let Some(sup) = sup {
-            let _ = dwarf.load_sup(|id| Ok::<_, gimli::Error>(section_reader(&sup, id.name())));
+            let _ = dwarf.load_sup(|id| {
+                Ok::<_, gimli::Error>(section_reader(&sup, id.name(), search, used))
+            });
         }
     }
     Some(dwarf)
@@ -498,6 +589,23 @@ mod tests {
             "PyEval_EvalFrameDefault"
         );
         assert_eq!(demangle("_Zgarbage", None), "_Zgarbage");
+    }
+
+    #[test]
+    fn modules_gone_are_forgotten() {
+        let path = std::path::PathBuf::from("/proc/self/exe");
+        let image = Arc::new(ElfImage::open(&path).unwrap());
+        let exe = Module::new("exe".into(), Some(path), image, 0, 0, u64::MAX / 2);
+        let mut modules = Modules::new();
+        modules.insert(exe);
+        let mut sym = Symbolizer::new();
+        // Any address in the module loads its symbols.
+        sym.symbolize(&modules, 0x1000, true);
+        assert_eq!(sym.loaded_modules(), 1);
+        sym.retain(&modules);
+        assert_eq!((sym.loaded_modules(), sym.cache.len()), (1, 1));
+        sym.retain(&Modules::new());
+        assert_eq!((sym.loaded_modules(), sym.cache.len()), (0, 0));
     }
 
     #[test]

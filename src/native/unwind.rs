@@ -206,6 +206,10 @@ struct Slot {
 /// Default number of cached plans (a direct-mapped table: a colliding pc replaces the old).
 pub const DEFAULT_CACHE_SLOTS: usize = 16384;
 
+/// Slots the table starts with: it doubles (up to its bound) as it fills, so that a
+/// profile with a few hundred hot pcs does not keep a table for sixteen thousand.
+const FIRST_SLOTS: usize = 256;
+
 /// Default bound on the number of frames.
 pub const DEFAULT_MAX_DEPTH: usize = 512;
 
@@ -219,6 +223,9 @@ const MAX_EXPR_STEPS: usize = 256;
 pub struct Unwinder {
     ctx: Box<UnwindContext<usize>>,
     slots: Vec<Option<Slot>>,
+    /// Slots in use, and the most the table may grow to.
+    filled: usize,
+    max_slots: usize,
     frames: Vec<Frame>,
     stats: UnwindStats,
     /// Bound on frames per walk.
@@ -242,7 +249,9 @@ impl Unwinder {
         let n = slots.max(1).next_power_of_two();
         Unwinder {
             ctx: Box::new(UnwindContext::new()),
-            slots: (0..n).map(|_| None).collect(),
+            slots: (0..n.min(FIRST_SLOTS)).map(|_| None).collect(),
+            filled: 0,
+            max_slots: n,
             frames: Vec::new(),
             stats: UnwindStats::default(),
             max_depth: DEFAULT_MAX_DEPTH,
@@ -335,7 +344,7 @@ impl Unwinder {
     /// The plan for the frame at `pc` in `module` (`exact`: pc is not a return address),
     /// computed once and cached.
     pub fn plan(&mut self, module: &Module, pc: u64, exact: bool) -> &UnwindPlan {
-        let slot = slot_index(module.id(), pc, exact, self.slots.len());
+        let mut slot = slot_index(module.id(), pc, exact, self.slots.len());
         let hit = matches!(&self.slots[slot],
             Some(s) if s.module == module.id() && s.pc == pc && s.exact == exact);
         if hit {
@@ -343,6 +352,16 @@ impl Unwinder {
         } else {
             self.stats.misses += 1;
             let plan = compute_plan(&mut self.ctx, module, pc, exact);
+            if self.slots[slot].is_none()
+                && (self.filled + 1) * 2 > self.slots.len()
+                && self.slots.len() < self.max_slots
+            {
+                self.grow();
+                slot = slot_index(module.id(), pc, exact, self.slots.len());
+            }
+            if self.slots[slot].is_none() {
+                self.filled += 1;
+            }
             self.slots[slot] = Some(Slot {
                 module: module.id(),
                 pc,
@@ -351,6 +370,33 @@ impl Unwinder {
             });
         }
         &self.slots[slot].as_ref().expect("just filled").plan
+    }
+
+    /// Drop the plans of modules no longer in `modules` (after a dlclose): a target that
+    /// keeps loading libraries at new addresses would otherwise fill the table with plans
+    /// no pc will ask for again.
+    pub fn retain(&mut self, modules: &Modules) {
+        for slot in self.slots.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|s| !modules.iter().any(|m| m.id() == s.module))
+            {
+                *slot = None;
+                self.filled -= 1;
+            }
+        }
+    }
+
+    /// Double the plan table. Entries keep their place modulo the old size, so none of
+    /// them collide in the new table.
+    fn grow(&mut self) {
+        let n = self.slots.len() * 2;
+        let mut next: Vec<Option<Slot>> = (0..n).map(|_| None).collect();
+        for s in self.slots.drain(..).flatten() {
+            let i = slot_index(s.module, s.pc, s.exact, n);
+            next[i] = Some(s);
+        }
+        self.slots = next;
     }
 
     /// One step to the caller; None at the end of the stack.
@@ -1132,5 +1178,53 @@ mod tests {
         u.unwind_frames(&modules, &regs, &mem, &mut again).unwrap();
         assert_eq!(again, frames);
         assert_eq!(u.stats().misses, misses);
+    }
+
+    #[test]
+    fn plan_table_grows_to_its_bound_and_keeps_its_plans() {
+        if crate::process::memory::skip_without_live_reads("plan_table_grows") {
+            return;
+        }
+        let pid = std::process::id();
+        let maps = crate::process::read_maps(pid).unwrap();
+        let live = crate::process::LiveMemory::new(pid);
+        let modules = Modules::for_pid(pid, &maps, &live);
+        let here = plan_table_grows_to_its_bound_and_keeps_its_plans as *const () as u64;
+        let exe = modules.find(here).unwrap();
+        let mut u = Unwinder::with_cache_slots(1024);
+        assert_eq!(u.slots.len(), FIRST_SLOTS);
+        let pcs: Vec<u64> = (0..400u64).map(|i| here + i).collect();
+        let first: Vec<UnwindPlan> = pcs
+            .iter()
+            .map(|&pc| u.plan(exe, pc, true).clone())
+            .collect();
+        assert_eq!(
+            u.slots.len(),
+            1024,
+            "doubled while filling, up to the bound"
+        );
+        // Every kept plan sits where a lookup of its pc lands: growing moved them all.
+        let n = u.slots.len();
+        let found = pcs
+            .iter()
+            .filter(|&&pc| {
+                matches!(&u.slots[slot_index(exe.id(), pc, true, n)],
+                    Some(s) if s.pc == pc && s.module == exe.id())
+            })
+            .count();
+        assert_eq!(found, u.filled);
+        assert_eq!(u.filled, u.slots.iter().flatten().count());
+        assert!(u.filled > 300, "{} of 400 kept", u.filled);
+        let again: Vec<UnwindPlan> = pcs
+            .iter()
+            .map(|&pc| u.plan(exe, pc, true).clone())
+            .collect();
+        assert_eq!(again, first);
+        // Plans of a module that is gone are dropped; those of live ones stay.
+        let kept = u.filled;
+        u.retain(&modules);
+        assert_eq!(u.filled, kept);
+        u.retain(&Modules::new());
+        assert_eq!((u.filled, u.slots.iter().flatten().count()), (0, 0));
     }
 }

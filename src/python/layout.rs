@@ -507,8 +507,16 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Does a thread pass `--gil`? A free-threaded build has no GIL: every thread on CPU runs
+    /// Python code at once, so there `--gil` keeps the threads that are on CPU.
+    pub fn passes_gil_filter(&self, owns_gil: bool, on_cpu: bool) -> bool {
+        if self.free_threaded { on_cpu } else { owns_gil }
+    }
+}
+
 /// Ordered sections and fields of `_Py_DebugOffsets` for one minor version; every field is a u64.
-type DebugSpec = &'static [(&'static str, &'static [&'static str])];
+pub type DebugSpec = &'static [(&'static str, &'static [&'static str])];
 
 const DEBUG_313: DebugSpec = &[
     (
@@ -840,7 +848,8 @@ pub struct DebugOffsets {
     fields: Vec<(String, u64)>,
 }
 
-fn spec_for(minor: u8) -> Option<DebugSpec> {
+/// The `_Py_DebugOffsets` fields prof decodes for 3.`minor`, in the table's order.
+pub fn spec_for(minor: u8) -> Option<DebugSpec> {
     match minor {
         13 => Some(DEBUG_313),
         14 => Some(DEBUG_314),
@@ -998,6 +1007,16 @@ pub(crate) mod tests {
         assert!(!gil.free_threaded);
         assert_eq!(gil.f_code_tag_mask, 3);
         assert_eq!(gil.f_tlbc_index, None);
+    }
+
+    #[test]
+    fn gil_filter_without_a_gil_keeps_threads_on_cpu() {
+        let ft = Layout::from_debug_offsets(&encode(0x030e_00f0, true, &[], 8)).unwrap();
+        let gil = Layout::from_debug_offsets(&encode(0x030e_00f0, false, &[], 8)).unwrap();
+        for (owns_gil, on_cpu) in [(false, false), (false, true), (true, false), (true, true)] {
+            assert_eq!(ft.passes_gil_filter(owns_gil, on_cpu), on_cpu);
+            assert_eq!(gil.passes_gil_filter(owns_gil, on_cpu), owns_gil);
+        }
     }
 
     #[test]
