@@ -65,71 +65,102 @@ pub enum Format {
     Pprof,
 }
 
+/// Everything about a format but its writer, written once: its `-f` name and the other
+/// names it answers to, the extension of the files written by default, and the file-name
+/// suffixes that imply it (see the module table).
+struct Spec {
+    format: Format,
+    name: &'static str,
+    aliases: &'static [&'static str],
+    extension: &'static str,
+    suffixes: &'static [&'static str],
+}
+
+/// One [`Spec`] per format, in the order of the enum (and of the lists shown to users).
+const SPECS: [Spec; 5] = [
+    Spec {
+        format: Format::Flamegraph,
+        name: "flamegraph",
+        aliases: &[],
+        extension: "svg",
+        suffixes: &[".svg"],
+    },
+    Spec {
+        format: Format::Raw,
+        name: "raw",
+        aliases: &["collapsed"],
+        extension: "txt",
+        suffixes: &[".txt", ".folded", ".collapsed"],
+    },
+    Spec {
+        format: Format::Speedscope,
+        name: "speedscope",
+        aliases: &[],
+        extension: "json",
+        suffixes: &[".json", ".speedscope.json"],
+    },
+    Spec {
+        format: Format::ChromeTrace,
+        name: "chrometrace",
+        aliases: &["chrome"],
+        extension: "trace.json",
+        suffixes: &[".trace.json", ".chrome.json"],
+    },
+    Spec {
+        format: Format::Pprof,
+        name: "pprof",
+        aliases: &[],
+        extension: "pb.gz",
+        suffixes: &[".pb.gz", ".pprof", ".pb"],
+    },
+];
+
 impl Format {
     /// Every format, in the order they are listed to users.
-    pub const ALL: [Format; 5] = [
-        Format::Flamegraph,
-        Format::Raw,
-        Format::Speedscope,
-        Format::ChromeTrace,
-        Format::Pprof,
-    ];
+    pub const ALL: [Format; 5] = {
+        let mut all = [Format::Flamegraph; 5];
+        let mut i = 0;
+        while i < SPECS.len() {
+            all[i] = SPECS[i].format;
+            i += 1;
+        }
+        all
+    };
+
+    fn spec(self) -> &'static Spec {
+        // SPECS is in the enum's order (checked by a test).
+        &SPECS[self as usize]
+    }
 
     /// The format's canonical `-f` name.
     pub fn name(self) -> &'static str {
-        match self {
-            Format::Flamegraph => "flamegraph",
-            Format::Raw => "raw",
-            Format::Speedscope => "speedscope",
-            Format::ChromeTrace => "chrometrace",
-            Format::Pprof => "pprof",
-        }
+        self.spec().name
     }
 
     /// The format named on the command line (case-insensitive; `collapsed` = `raw`).
     pub fn from_name(name: &str) -> Option<Format> {
-        match name.to_ascii_lowercase().as_str() {
-            "flamegraph" => Some(Format::Flamegraph),
-            "raw" | "collapsed" => Some(Format::Raw),
-            "speedscope" => Some(Format::Speedscope),
-            "chrometrace" | "chrome" => Some(Format::ChromeTrace),
-            "pprof" => Some(Format::Pprof),
-            _ => None,
-        }
+        let name = name.to_ascii_lowercase();
+        SPECS
+            .iter()
+            .find(|s| s.name == name || s.aliases.contains(&name.as_str()))
+            .map(|s| s.format)
     }
 
     /// The format an output file name implies, if any (see the module table).
     pub fn from_extension(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-        // Longest suffixes first: `.trace.json` must not be taken for speedscope.
-        const SUFFIXES: [(&str, Format); 11] = [
-            (".trace.json", Format::ChromeTrace),
-            (".chrome.json", Format::ChromeTrace),
-            (".speedscope.json", Format::Speedscope),
-            (".json", Format::Speedscope),
-            (".pb.gz", Format::Pprof),
-            (".pprof", Format::Pprof),
-            (".pb", Format::Pprof),
-            (".svg", Format::Flamegraph),
-            (".txt", Format::Raw),
-            (".folded", Format::Raw),
-            (".collapsed", Format::Raw),
-        ];
-        SUFFIXES
+        // The longest suffix that matches: `.trace.json` must not be taken for speedscope.
+        SPECS
             .iter()
-            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix))
-            .map(|&(_, f)| f)
+            .flat_map(|s| s.suffixes.iter().map(move |suffix| (*suffix, s.format)))
+            .filter(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix))
+            .max_by_key(|(suffix, _)| suffix.len())
+            .map(|(_, f)| f)
     }
 
     /// The extension (without the dot) of files written in this format by default.
     pub fn default_extension(self) -> &'static str {
-        match self {
-            Format::Flamegraph => "svg",
-            Format::Raw => "txt",
-            Format::Speedscope => "json",
-            Format::ChromeTrace => "trace.json",
-            Format::Pprof => "pb.gz",
-        }
+        self.spec().extension
     }
 
     /// True when the writer wants [`crate::profile::ProfileOptions::keep_timeline`]:
@@ -146,9 +177,23 @@ impl fmt::Display for Format {
 }
 
 /// The error for an unknown `-f` name, listing the known ones.
-#[derive(Debug, Clone, Error)]
-#[error("unknown format {0:?} (expected flamegraph, raw, speedscope, chrometrace or pprof)")]
+#[derive(Debug, Clone)]
 pub struct UnknownFormat(pub String);
+
+impl fmt::Display for UnknownFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = SPECS.iter().map(|s| s.name).collect();
+        let (last, rest) = names.split_last().expect("formats");
+        write!(
+            f,
+            "unknown format {:?} (expected {} or {last})",
+            self.0,
+            rest.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownFormat {}
 
 impl FromStr for Format {
     type Err = UnknownFormat;
@@ -172,6 +217,19 @@ pub fn write(format: Format, profile: &Profile, out: &mut dyn Write) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_follow_the_enum() {
+        for (i, s) in SPECS.iter().enumerate() {
+            assert_eq!(s.format as usize, i, "{}", s.name);
+            assert_eq!(Format::ALL[i], s.format);
+        }
+        let err = UnknownFormat("x".into()).to_string();
+        assert_eq!(
+            err,
+            "unknown format \"x\" (expected flamegraph, raw, speedscope, chrometrace or pprof)"
+        );
+    }
 
     #[test]
     fn names() {
