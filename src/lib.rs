@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod cli;
 pub mod commands;
+pub mod diagnose;
 pub mod mixed;
 pub mod native;
 pub mod output;

@@ -175,6 +175,8 @@ fn native_thread(pid: u32, tid: u32, state: char, frames: Vec<Frame>) -> ThreadS
         thread_name: process::threads::thread_comm(pid, tid).map(Into::into),
         active: state == 'R',
         owns_gil: false,
+        gil_requested: false,
+        state: None,
         frames,
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::attach::{LiveTarget, attach, is_not_python};
+use crate::diagnose::{Prober, PyFacts};
 use crate::mixed::{NativeTarget, PythonSide};
 use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
 use crate::process::threads;
@@ -47,6 +48,8 @@ pub struct SamplerOptions {
     pub native: bool,
     /// Most Python frames kept per stack (`--depth`).
     pub depth: usize,
+    /// Read each Python thread's state (`diagnose`, `record --states`, `top`).
+    pub states: bool,
 }
 
 /// What happened during a run, for the summary line.
@@ -189,6 +192,8 @@ struct Proc {
     gone: bool,
     /// The native side, with `--native` (made at the first sample).
     natives: Option<Box<NativeTarget>>,
+    /// The thread-state reader, with `states` (made at the first sample).
+    prober: Option<Prober>,
 }
 
 impl Proc {
@@ -203,6 +208,7 @@ impl Proc {
             next_alive_check: now,
             gone: false,
             natives: None,
+            prober: None,
         }
     }
 
@@ -283,6 +289,7 @@ impl Proc {
     fn replaced(&mut self, now: Instant) {
         self.state = pending_state(now);
         self.natives = None;
+        self.prober = None;
         self.tids.clear();
         self.stat_files.clear();
         self.image = Image::open(self.pid);
@@ -540,7 +547,7 @@ fn sample_process(
     // Threads whose stacks could not be read: counted once the process is known to be
     // neither exiting nor exec'ing.
     let mut unread = 0;
-    let stacks = match (&mut p.state, p.natives.as_deref_mut()) {
+    let mut stacks = match (&mut p.state, p.natives.as_deref_mut()) {
         (ProcState::Attached(target), natives) => {
             let before = target.reader.errors();
             let read = |target: &mut LiveTarget| target.reader.stacks(&tids, *frame_opts);
@@ -584,6 +591,37 @@ fn sample_process(
     };
     if unread > 0 {
         p.read_failed(unread, now, stats);
+    }
+    if opts.states
+        && let ProcState::Attached(target) = &p.state
+    {
+        let prober = p.prober.get_or_insert_with(|| Prober::new(p.pid));
+        prober.retain(&tids);
+        let interp = target.reader.interpreter();
+        let mem = target.reader.memory();
+        let gil = prober.gil(now, || {
+            crate::python::threads::gil_address(mem, &interp.layout, interp.runtime)
+        });
+        let calls: Vec<_> = stacks
+            .iter()
+            .map(|s| s.os_thread_id.map(|tid| prober.call(tid)))
+            .collect();
+        let layout = &interp.layout;
+        let holder = crate::python::threads::gil_holder_id(mem, layout, interp.runtime);
+        for (s, call) in stacks.iter_mut().zip(calls) {
+            let (Some(tid), Some(call)) = (s.os_thread_id, call) else {
+                continue;
+            };
+            let facts = PyFacts {
+                holds_gil: s.owns_gil || holder == Some(s.thread_id),
+                gil_requested: s.gil_requested,
+                free_threaded: layout.free_threaded,
+                gil,
+            };
+            let stat = Some(state(tid)).filter(|c| *c != '?');
+            s.state = Some(prober.state(call, stat, facts, mem));
+        }
+        prober.settle(&mut stacks);
     }
     for s in &stacks {
         if let Some(name) = &s.thread_name {

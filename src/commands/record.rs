@@ -211,6 +211,7 @@ pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOpt
         activity: false,
         native: t.native,
         depth: t.depth,
+        states: false,
     }
 }
 
@@ -270,6 +271,37 @@ fn collect(
     profile: &mut Profile,
     live: bool,
 ) -> SamplerStats {
+    let start = Instant::now();
+    let mut last_status = start;
+    let profile = std::cell::RefCell::new(profile);
+    let stats = drain(
+        root,
+        opts,
+        stop,
+        |s| profile.borrow_mut().add(&s),
+        || {
+            if live && last_status.elapsed() >= Duration::from_millis(250) {
+                last_status = Instant::now();
+                status_line(&profile.borrow(), start.elapsed());
+            }
+        },
+    );
+    if live {
+        eprint!("\r\x1b[K");
+    }
+    stats
+}
+
+/// Run the sampler on its own thread and hand each of its samples to `add` here, calling
+/// `every` after each drain; returns the sampler's figures once it ends. `record` and
+/// `diagnose` share it.
+pub fn drain(
+    root: Result<crate::attach::LiveTarget, u32>,
+    opts: &SamplerOptions,
+    stop: &'static AtomicBool,
+    mut add: impl FnMut(Sample),
+    mut every: impl FnMut(),
+) -> SamplerStats {
     // A few seconds of ticks: the channel only fills if this thread stalls.
     let (tx, rx) = bounded::<Vec<Sample>>(4096);
     let opts = opts.clone();
@@ -277,26 +309,18 @@ fn collect(
         .name("sampler".into())
         .spawn(move || sampler::run(root, &opts, &tx, stop))
         .expect("cannot start the sampler thread");
-    let start = Instant::now();
-    let mut last_status = start;
     // Drained on a timer rather than woken for every tick: a wake-up per tick cost more
     // CPU than aggregating the samples.
     'run: loop {
         std::thread::sleep(DRAIN_EVERY);
         loop {
             match rx.try_recv() {
-                Ok(batch) => batch.iter().for_each(|s| profile.add(s)),
+                Ok(batch) => batch.into_iter().for_each(&mut add),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => break 'run,
             }
         }
-        if live && last_status.elapsed() >= Duration::from_millis(250) {
-            last_status = Instant::now();
-            status_line(profile, start.elapsed());
-        }
-    }
-    if live {
-        eprint!("\r\x1b[K");
+        every();
     }
     sampler.join().unwrap_or_default()
 }

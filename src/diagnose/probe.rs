@@ -1,0 +1,286 @@
+//! Reading a live thread's state: `/proc/PID/task/TID/syscall`, the descriptor it waits on
+//! and that socket's peer. Nothing here stops the target: the kernel reads the blocked
+//! call of a sleeping thread without waking it, and says `running` for the others.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::procfs::{parse_inet, parse_unix, socket_inode};
+use super::state::{
+    Fds, IoWait, State, Syscall, ThreadState, Wait, classify_wait, fd_kind, is_pidfd,
+    lowest_in_fd_set, on_cpu, parse_syscall,
+};
+use crate::native::arch::{Arch, ArchKind};
+use crate::process::Memory;
+use crate::sample::ThreadStack;
+
+/// How often the socket tables are read again when a socket is not in them.
+const PEERS_REFRESH: Duration = Duration::from_millis(500);
+/// How long the GIL state's address is trusted before it is read again.
+const GIL_REFRESH: Duration = Duration::from_millis(200);
+/// Most poll entries or select words read to find a descriptor.
+const MAX_POLL: u64 = 64;
+const MAX_SELECT_WORDS: u64 = 16;
+/// Most sockets whose peers are kept.
+const MAX_PEERS: usize = 1 << 16;
+
+/// What the interpreter says of a thread at the same tick.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PyFacts {
+    /// It holds the GIL.
+    pub holds_gil: bool,
+    /// It asked for the GIL (3.15+ record this).
+    pub gil_requested: bool,
+    /// The build has no GIL.
+    pub free_threaded: bool,
+    /// Address of the GIL state in use, when known.
+    pub gil: Option<u64>,
+}
+
+/// The state reader of one process; keeps its `syscall` files open between ticks.
+pub struct Prober {
+    pid: u32,
+    arch: ArchKind,
+    files: HashMap<u32, File>,
+    peers: HashMap<u64, Arc<str>>,
+    peers_read: Option<Instant>,
+    /// Each thread's state at its last sample.
+    last: HashMap<u32, State>,
+    /// The GIL state's address, and when it was read.
+    gil: Option<(Instant, u64)>,
+}
+
+impl Prober {
+    /// A reader for `pid` (a live process of the host's architecture).
+    pub fn new(pid: u32) -> Prober {
+        Prober {
+            pid,
+            arch: Arch::host().kind,
+            files: HashMap::new(),
+            peers: HashMap::new(),
+            peers_read: None,
+            last: HashMap::new(),
+            gil: None,
+        }
+    }
+
+    /// The address of the GIL state in use, from `read` at most every [`GIL_REFRESH`]
+    /// (3.12+ keep it behind a pointer, which a subinterpreter may change, but not often).
+    /// Not found is not kept: a process just launched has no GIL state yet.
+    pub fn gil(&mut self, now: Instant, read: impl FnOnce() -> Option<u64>) -> Option<u64> {
+        match self.gil {
+            Some((at, gil)) if now.duration_since(at) < GIL_REFRESH => Some(gil),
+            _ => {
+                let gil = read();
+                self.gil = gil.map(|g| (now, g));
+                gil
+            }
+        }
+    }
+
+    /// Forget threads not in `tids` (they exited).
+    pub fn retain(&mut self, tids: &[u32]) {
+        self.files.retain(|t, _| tids.contains(t));
+        self.last.retain(|t, _| tids.contains(t));
+    }
+
+    /// What thread `tid` is doing now, as its `syscall` file says (None: unreadable).
+    /// Read every thread's before [`Prober::state`], then the GIL holder again: a thread
+    /// that took the GIL between the two reads is running Python, not native code.
+    pub fn call(&mut self, tid: u32) -> Option<Syscall> {
+        let mut buf = [0u8; 256];
+        let n = self.syscall(tid, &mut buf)?;
+        parse_syscall(&buf[..n])
+    }
+
+    /// The state of a thread from its `call`; `stat` is its scheduler state letter when
+    /// read this tick (the fallback when the call could not be read), `mem` the target's
+    /// memory (poll and select arrays).
+    pub fn state<M: Memory + ?Sized>(
+        &mut self,
+        call: Option<Syscall>,
+        stat: Option<char>,
+        py: PyFacts,
+        mem: &M,
+    ) -> ThreadState {
+        self.decide(call, stat, py, mem)
+    }
+
+    /// Settle one tick's states (each thread's from [`Prober::state`]) with what one
+    /// snapshot cannot see. Nothing marks a thread that is runnable without the GIL inside
+    /// the GIL's own hand-off: woken from its condition variable but not holding it yet
+    /// (3.15 flag this, older versions do not), or having dropped it on request and about
+    /// to wait again; on a busy machine either may wait long for a CPU. A thread cannot
+    /// leave a GIL wait but by holding the GIL, so one seen waiting and now running
+    /// without it is counted as still waiting; and while others wait for the GIL, so is
+    /// one that held it at its last sample. (A native call started and finished within a
+    /// sampling period looks the same, and is counted as the wait.)
+    pub fn settle(&mut self, stacks: &mut [ThreadStack]) {
+        let waiting = stacks
+            .iter()
+            .any(|s| s.state.as_ref().is_some_and(|t| t.state == State::Gil));
+        for s in stacks.iter_mut() {
+            let (Some(tid), Some(st)) = (s.os_thread_id, s.state.as_mut()) else {
+                continue;
+            };
+            let last = self.last.get(&tid).copied();
+            if st.state == State::Native
+                && (last == Some(State::Gil) || (waiting && last == Some(State::Python)))
+            {
+                *st = ThreadState::plain(State::Gil);
+            }
+            self.last.insert(tid, st.state);
+        }
+    }
+
+    fn decide<M: Memory + ?Sized>(
+        &mut self,
+        call: Option<Syscall>,
+        stat: Option<char>,
+        py: PyFacts,
+        mem: &M,
+    ) -> ThreadState {
+        let (nr, args) = match call {
+            Some(Syscall::Blocked { nr, args }) => (nr, args),
+            Some(Syscall::Running) => {
+                return ThreadState::plain(on_cpu(
+                    py.holds_gil,
+                    py.gil_requested,
+                    py.free_threaded,
+                ));
+            }
+            None => {
+                return ThreadState::plain(match stat {
+                    Some('R') => on_cpu(py.holds_gil, py.gil_requested, py.free_threaded),
+                    _ => State::Other,
+                });
+            }
+        };
+        match classify_wait(self.arch, nr, args, py.gil) {
+            Wait::Gil => ThreadState::plain(State::Gil),
+            // 3.15+ say it themselves: a thread that asked for the GIL waits for it, on
+            // whichever word of the GIL's state.
+            Wait::Lock(_) if py.gil_requested && !py.holds_gil => ThreadState::plain(State::Gil),
+            Wait::Lock(addr) => ThreadState {
+                state: State::Lock,
+                io: None,
+                futex: Some(addr),
+            },
+            Wait::Sleep => ThreadState::plain(State::Sleep),
+            Wait::Child => ThreadState::plain(State::Child),
+            Wait::Other => ThreadState::plain(State::Other),
+            Wait::Io(op, fds) => {
+                let fd = self.find_fd(fds, mem);
+                let link = fd.and_then(|fd| {
+                    std::fs::read_link(format!("/proc/{}/fd/{fd}", self.pid))
+                        .ok()
+                        .map(|l| l.to_string_lossy().into_owned())
+                });
+                if link.as_deref().is_some_and(is_pidfd) {
+                    return ThreadState::plain(State::Child);
+                }
+                let kind = link.as_deref().map(fd_kind);
+                let peer = link
+                    .as_deref()
+                    .and_then(socket_inode)
+                    .and_then(|inode| self.peer(inode));
+                ThreadState {
+                    state: State::Io,
+                    io: Some(IoWait { op, fd, kind, peer }),
+                    futex: None,
+                }
+            }
+        }
+    }
+
+    /// Read `/proc/PID/task/TID/syscall` into `buf`, from a file kept open.
+    fn syscall(&mut self, tid: u32, buf: &mut [u8]) -> Option<usize> {
+        let pid = self.pid;
+        let file = match self.files.entry(tid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+            }
+        };
+        match file.read_at(buf, 0) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.files.remove(&tid);
+                None
+            }
+        }
+    }
+
+    /// The descriptor an I/O call waits on: its argument, or the first one of its poll
+    /// array or select sets, read from the target.
+    fn find_fd<M: Memory + ?Sized>(&self, fds: Fds, mem: &M) -> Option<i32> {
+        match fds {
+            Fds::Fd(fd) => Some(fd),
+            Fds::Poll { addr, n } => {
+                let n = n.min(MAX_POLL) as usize;
+                let mut b = vec![0u8; n * 8];
+                mem.read(addr, &mut b).ok()?;
+                // struct pollfd { int fd; short events; short revents; }: negative fds
+                // are ignored by poll.
+                b.chunks_exact(8)
+                    .map(|e| i32::from_le_bytes([e[0], e[1], e[2], e[3]]))
+                    .find(|fd| *fd >= 0)
+            }
+            Fds::Select { nfds, sets } => {
+                let words = nfds.div_ceil(64).min(MAX_SELECT_WORDS) as usize;
+                let mut b = vec![0u8; words * 8];
+                sets.iter()
+                    .filter(|s| **s != 0)
+                    .filter_map(|s| {
+                        mem.read(*s, &mut b).ok()?;
+                        let w: Vec<u64> = b
+                            .chunks_exact(8)
+                            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                            .collect();
+                        lowest_in_fd_set(nfds, &w)
+                    })
+                    .min()
+            }
+        }
+    }
+
+    /// The peer of socket `inode`, reading the process's socket tables again when it is
+    /// not known yet (at most every [`PEERS_REFRESH`]).
+    fn peer(&mut self, inode: u64) -> Option<Arc<str>> {
+        if let Some(p) = self.peers.get(&inode) {
+            return Some(Arc::clone(p));
+        }
+        let now = Instant::now();
+        if self
+            .peers_read
+            .is_some_and(|t| now.duration_since(t) < PEERS_REFRESH)
+        {
+            return None;
+        }
+        self.peers_read = Some(now);
+        if self.peers.len() > MAX_PEERS {
+            self.peers.clear();
+        }
+        for (name, v6) in [
+            ("tcp", false),
+            ("tcp6", true),
+            ("udp", false),
+            ("udp6", true),
+        ] {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/{name}", self.pid)) {
+                for (i, p) in parse_inet(&text, v6) {
+                    self.peers.insert(i, p.into());
+                }
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/unix", self.pid)) {
+            for (i, p) in parse_unix(&text) {
+                self.peers.insert(i, p.into());
+            }
+        }
+        self.peers.get(&inode).cloned()
+    }
+}
