@@ -47,8 +47,8 @@ pub struct Prober {
     files: HashMap<u32, File>,
     peers: HashMap<u64, Arc<str>>,
     peers_read: Option<Instant>,
-    /// Each thread's state at its last sample.
-    last: HashMap<u32, State>,
+    /// Each thread's state as seen at its last sample (before [`Prober::settle`]).
+    last: HashMap<u32, ThreadState>,
     /// The GIL state's address, and when it was read.
     gil: Option<(Instant, u64)>,
 }
@@ -110,14 +110,15 @@ impl Prober {
     }
 
     /// Settle one tick's states (each thread's from [`Prober::state`]) with what one
-    /// snapshot cannot see. Nothing marks a thread that is runnable without the GIL inside
-    /// the GIL's own hand-off: woken from its condition variable but not holding it yet
-    /// (3.15 flag this, older versions do not), or having dropped it on request and about
-    /// to wait again; on a busy machine either may wait long for a CPU. A thread cannot
-    /// leave a GIL wait but by holding the GIL, so one seen waiting and now running
-    /// without it is counted as still waiting; and while others wait for the GIL, so is
-    /// one that held it at its last sample. (A native call started and finished within a
-    /// sampling period looks the same, and is counted as the wait.)
+    /// snapshot cannot see: a thread that is runnable without the GIL may be on its way
+    /// out of a wait rather than in native code. Every call that blocks returns through
+    /// taking the GIL, and nothing marks a thread woken but not yet holding it (3.15 flag
+    /// a GIL request, older versions nothing); on a busy machine it may wait long for a
+    /// CPU. So a thread seen blocked at its last sample and running without the GIL now
+    /// is counted in that wait once more; and while others wait for the GIL, one that held
+    /// it at its last sample and runs without it now is in the GIL's hand-off (it dropped
+    /// it on request). Only what was seen carries over, never what was inferred: a native
+    /// call that follows a wait costs at most one sample.
     pub fn settle(&mut self, stacks: &mut [ThreadStack]) {
         let waiting = stacks
             .iter()
@@ -126,13 +127,19 @@ impl Prober {
             let (Some(tid), Some(st)) = (s.os_thread_id, s.state.as_mut()) else {
                 continue;
             };
-            let last = self.last.get(&tid).copied();
+            let seen = st.clone();
             if st.state == State::Native
-                && (last == Some(State::Gil) || (waiting && last == Some(State::Python)))
+                && let Some(last) = self.last.get(&tid)
             {
-                *st = ThreadState::plain(State::Gil);
+                match last.state {
+                    State::Gil | State::Lock | State::Io | State::Sleep | State::Child => {
+                        *st = last.clone()
+                    }
+                    State::Python if waiting => *st = ThreadState::plain(State::Gil),
+                    _ => {}
+                }
             }
-            self.last.insert(tid, st.state);
+            self.last.insert(tid, seen);
         }
     }
 

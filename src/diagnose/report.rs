@@ -110,8 +110,10 @@ impl Diagnosis {
         let at = state.state.index();
         t.counts[at] += 1;
         if let Some(f) = s.stack.frames.iter().find(|f| f.kind == FrameKind::Python) {
+            // By function: the line only stands in where the code has no first line.
+            let line = if f.code.first_line > 0 { 0 } else { f.line };
             *t.top[at]
-                .entry(FnKey(Arc::clone(&f.code), f.line))
+                .entry(FnKey(Arc::clone(&f.code), line))
                 .or_insert(0) += 1;
         }
         if let Some(io) = &state.io {
