@@ -182,6 +182,12 @@ pub struct RecordArgs {
     #[arg(long)]
     pub summary: bool,
 
+    /// Add what each thread was doing (`[python]`, `[native]`, `[gil]`, `[io socket]`,
+    /// `[lock]`, `[sleep]`, `[child]`, `[other]`, as in `prof diagnose`) as a frame under
+    /// its thread or at the root, so every format can be split by state.
+    #[arg(long)]
+    pub states: bool,
+
     /// py-spy's switch for its progress bar: hide prof's live status line.
     #[arg(long, hide = true)]
     pub hideprogress: bool,

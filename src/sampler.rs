@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::attach::{LiveTarget, attach, is_not_python};
-use crate::diagnose::{Prober, PyFacts};
+use crate::diagnose::Prober;
 use crate::mixed::{NativeTarget, PythonSide};
 use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
 use crate::process::threads;
@@ -604,23 +604,21 @@ fn sample_process(
         });
         let calls: Vec<_> = stacks
             .iter()
-            .map(|s| s.os_thread_id.map(|tid| prober.call(tid)))
+            .filter_map(|s| s.os_thread_id)
+            .map(|tid| (tid, prober.call(tid)))
             .collect();
         let layout = &interp.layout;
         let holder = crate::python::threads::gil_holder_id(mem, layout, interp.runtime);
-        for (s, call) in stacks.iter_mut().zip(calls) {
-            let (Some(tid), Some(call)) = (s.os_thread_id, call) else {
-                continue;
-            };
-            let facts = PyFacts {
-                holds_gil: s.owns_gil || holder == Some(s.thread_id),
-                gil_requested: s.gil_requested,
-                free_threaded: layout.free_threaded,
-                gil,
-            };
-            let stat = Some(state(tid)).filter(|c| *c != '?');
-            s.state = Some(prober.state(call, stat, facts, mem));
-        }
+        let stat = |tid| Some(state(tid)).filter(|c| *c != '?');
+        prober.fill(
+            &mut stacks,
+            &calls,
+            holder,
+            stat,
+            layout.free_threaded,
+            gil,
+            mem,
+        );
         prober.settle(&mut stacks);
     }
     for s in &stacks {

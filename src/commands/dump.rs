@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::attach::{LiveTarget, attach, explain, is_not_python, thread_states, unless_exited};
 use crate::cli::DumpArgs;
+use crate::diagnose::Prober;
 use crate::mixed::{NATIVE_NONBLOCKING, NativeTarget, PythonSide};
 use crate::process::ptrace::PauseGuard;
 use crate::process::{self, ProcessError};
@@ -36,6 +37,14 @@ struct JsonThread<'a> {
     os_thread_id: Option<u32>,
     active: bool,
     owns_gil: bool,
+    /// What the thread was doing (see `prof diagnose`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    /// For `io`: the descriptor's kind and, for a socket, its peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd_kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a str>,
     frames: Vec<JsonFrame<'a>>,
 }
 
@@ -133,6 +142,9 @@ fn capture_python(mut target: LiveTarget, args: &DumpArgs) -> Result<Dumped> {
     let pid = target.pid;
     let states = thread_states(pid)?;
     let tids: Vec<u32> = states.iter().map(|s| s.0).collect();
+    // What each thread is blocked in, read before anything is stopped.
+    let mut prober = Prober::new(pid);
+    let calls: Vec<_> = tids.iter().map(|t| (*t, prober.call(*t))).collect();
     // A paused process cannot tear a stack; a running one is re-checked instead.
     let opts = FrameOptions {
         locals: args.locals > 0,
@@ -179,6 +191,18 @@ fn capture_python(mut target: LiveTarget, args: &DumpArgs) -> Result<Dumped> {
         s.active = state == Some('R');
     }
     let v = target.reader.interpreter();
+    let mem = target.reader.memory();
+    let gil = crate::python::threads::gil_address(mem, &v.layout, v.runtime);
+    let stat = |tid| states.iter().find(|x| x.0 == tid).map(|x| x.1);
+    prober.fill(
+        &mut stacks,
+        &calls,
+        None,
+        stat,
+        v.layout.free_threaded,
+        gil,
+        mem,
+    );
     Ok(Dumped {
         pid,
         python: Some(format!("Python v{} ({})", v.version(), v.path)),
@@ -207,6 +231,7 @@ fn native_only(pid: u32) -> Result<Dumped> {
 }
 
 fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
+    let io = s.state.as_ref().and_then(|t| t.io.as_ref());
     JsonThread {
         pid,
         thread_id: s.thread_id,
@@ -214,6 +239,9 @@ fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
         os_thread_id: s.os_thread_id,
         active: s.active,
         owns_gil: s.owns_gil,
+        state: s.state.as_ref().map(|t| t.state.name()),
+        fd_kind: io.and_then(|io| io.kind).map(|k| k.name()),
+        peer: io.and_then(|io| io.peer.as_deref()),
         frames: s
             .frames
             .iter()
@@ -249,7 +277,14 @@ fn write_thread(out: &mut impl Write, s: &ThreadStack, full: bool) -> std::io::R
         None => format!("{:#x}", s.thread_id),
     };
     let name = s.thread_name.as_deref().unwrap_or("");
-    writeln!(out, "Thread {id} ({status}): \"{name}\"")?;
+    match &s.state {
+        Some(state) => writeln!(
+            out,
+            "Thread {id} ({status}): \"{name}\" [{}]",
+            state.describe()
+        )?,
+        None => writeln!(out, "Thread {id} ({status}): \"{name}\"")?,
+    }
     for f in &s.frames {
         let file = if full {
             &f.filename()

@@ -15,8 +15,9 @@ use crate::output::{Format, OutputError};
 use crate::process;
 use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions, RunStats};
-use crate::sample::Sample;
+use crate::sample::{Frame, Sample};
 use crate::sampler::{self, SamplerOptions, SamplerStats};
+use std::collections::HashMap;
 
 /// Run `prof record`; returns the exit code (the launched command's, in launch mode).
 pub fn run(args: &RecordArgs) -> Result<i32> {
@@ -51,9 +52,17 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     };
     let mut sampler_opts = sampler_options(t, args.duration.map(Duration::from_secs_f64));
     sampler_opts.function_lines = args.function;
+    sampler_opts.states = args.states;
     let mut profile = Profile::new(ProfileMeta::new(title, t.rate, SystemTime::now()), opts);
     let progress = !args.hideprogress && std::io::stderr().is_terminal();
-    let stats = collect(root, &sampler_opts, stop, &mut profile, progress);
+    let stats = collect(
+        root,
+        &sampler_opts,
+        stop,
+        &mut profile,
+        progress,
+        args.states,
+    );
     profile.rename_threads(&stats.thread_names);
 
     profile.finish(RunStats {
@@ -270,15 +279,27 @@ fn collect(
     stop: &'static AtomicBool,
     profile: &mut Profile,
     live: bool,
+    states: bool,
 ) -> SamplerStats {
     let start = Instant::now();
     let mut last_status = start;
     let profile = std::cell::RefCell::new(profile);
+    // One frame per label, shared by every sample that carries it.
+    let mut labels: HashMap<String, Frame> = HashMap::new();
     let stats = drain(
         root,
         opts,
         stop,
-        |s| profile.borrow_mut().add(&s),
+        |mut s| {
+            if states && let Some(st) = &s.stack.state {
+                let label = st.frame_label();
+                let frame = labels
+                    .entry(label)
+                    .or_insert_with_key(|l| Frame::marker(l.as_str()));
+                s.stack.frames.push(frame.clone());
+            }
+            profile.borrow_mut().add(&s)
+        },
         || {
             if live && last_status.elapsed() >= Duration::from_millis(250) {
                 last_status = Instant::now();

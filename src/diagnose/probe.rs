@@ -109,6 +109,38 @@ impl Prober {
         self.decide(call, stat, py, mem)
     }
 
+    /// Give each of `stacks` (one snapshot of the process) its state. `calls` are the
+    /// threads' blocking calls by tid, from [`Prober::call`]; `holder` the GIL holder's
+    /// `thread_id` read after them, when it was (a thread that took the GIL in between runs
+    /// Python); `stat` each thread's scheduler letter, when read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fill<M: Memory + ?Sized>(
+        &mut self,
+        stacks: &mut [ThreadStack],
+        calls: &[(u32, Option<Syscall>)],
+        holder: Option<u64>,
+        stat: impl Fn(u32) -> Option<char>,
+        free_threaded: bool,
+        gil: Option<u64>,
+        mem: &M,
+    ) {
+        for s in stacks.iter_mut() {
+            let Some(tid) = s.os_thread_id else {
+                continue;
+            };
+            let Some(call) = calls.iter().find(|c| c.0 == tid).map(|c| c.1) else {
+                continue;
+            };
+            let facts = PyFacts {
+                holds_gil: s.owns_gil || holder == Some(s.thread_id),
+                gil_requested: s.gil_requested,
+                free_threaded,
+                gil,
+            };
+            s.state = Some(self.state(call, stat(tid), facts, mem));
+        }
+    }
+
     /// Settle one tick's states (each thread's from [`Prober::state`]) with what one
     /// snapshot cannot see: a thread that is runnable without the GIL may be on its way
     /// out of a wait rather than in native code. Every call that blocks returns through

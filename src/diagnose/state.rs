@@ -153,6 +153,14 @@ impl ThreadState {
         }
     }
 
+    /// The pseudo-frame `record --states` puts at a stack's root: `[lock]`, `[io socket]`.
+    pub fn frame_label(&self) -> String {
+        match self.io.as_ref().and_then(|io| io.kind) {
+            Some(kind) => format!("[{} {}]", self.state.name(), kind.name()),
+            None => format!("[{}]", self.state.name()),
+        }
+    }
+
     /// The word `prof dump` shows: the state, and for `io` the call, fd kind and peer
     /// (`io recv socket 127.0.0.1:5432`).
     pub fn describe(&self) -> String {
@@ -604,6 +612,8 @@ mod tests {
             futex: None,
         };
         assert_eq!(s.describe(), "io recv socket 127.0.0.1:5432");
+        assert_eq!(s.frame_label(), "[io socket]");
+        assert_eq!(ThreadState::plain(State::Lock).frame_label(), "[lock]");
         assert_eq!(ThreadState::plain(State::Gil).describe(), "gil");
     }
 }
