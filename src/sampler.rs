@@ -52,6 +52,12 @@ pub struct SamplerOptions {
     pub states: bool,
 }
 
+/// Does `s` belong in the profile of a run with `opts`? Only idle threads' samples, sent
+/// because states are read, may not.
+pub fn profiled(opts: &SamplerOptions, s: &Sample) -> bool {
+    opts.include_idle || s.stack.active
+}
+
 /// What happened during a run, for the summary line.
 #[derive(Debug, Clone, Default)]
 pub struct SamplerStats {
@@ -644,8 +650,10 @@ fn sample_process(
             .os_thread_id
             .and_then(|t| states.iter().find(|x| x.0 == t).map(|x| x.1));
         stack.active = state == Some('R');
+        // With states, idle threads are sent too (their waits are the point); the
+        // consumer keeps them out of its profile with [`profiled`].
         if stack.frames.is_empty()
-            || (!opts.include_idle && !stack.active)
+            || (!opts.include_idle && !opts.states && !stack.active)
             || (opts.gil_only && !stack.owns_gil)
         {
             continue;

@@ -298,7 +298,9 @@ fn collect(
                     .or_insert_with_key(|l| Frame::marker(l.as_str()));
                 s.stack.frames.push(frame.clone());
             }
-            profile.borrow_mut().add(&s)
+            if sampler::profiled(opts, &s) {
+                profile.borrow_mut().add(&s)
+            }
         },
         || {
             if live && last_status.elapsed() >= Duration::from_millis(250) {
