@@ -54,7 +54,9 @@ def main():
     truth, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     main_clock = diag_truth.clock(start=T0)
     server = subprocess.Popen([sys.executable, __file__, "serve"], stdout=subprocess.PIPE)
-    port = int(server.stdout.readline())
+    t0 = time.perf_counter()
+    port = int(server.stdout.readline())  # waits on a pipe while the server starts
+    main_clock.add("io", time.perf_counter() - t0)
     threads = [threading.Thread(target=client, args=(port, seconds), name=f"client-{i}") for i in range(n)]
     t0 = time.perf_counter()
     for t in threads:
