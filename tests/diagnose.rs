@@ -399,3 +399,131 @@ fn bad_input_is_one_line() {
         assert_one_line_error(&args, &out);
     }
 }
+
+/// `prof dump` names each thread's state, in text and JSON; for `io`, the socket and its
+/// peer (the server the target's truth file names once it ends).
+#[test]
+fn dump_shows_each_threads_state() {
+    skip_without_live_targets!();
+    let pythons = pythons();
+    let Some(py) = pythons.iter().max_by_key(|p| p.version) else {
+        eprintln!("skipped: dump_shows_each_threads_state: no Python interpreter found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.json");
+    let mut target = Group::spawn(
+        python_command(py)
+            .arg(testdata().join("diag_recv.py"))
+            .arg(&truth)
+            .args(["2", "20"]),
+    );
+    let pid = target.pid();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    // The main thread, the two clients.
+    while task_count(pid) < 3 {
+        assert!(target.try_wait().is_none(), "{}: target exited", py.name);
+        assert!(
+            Instant::now() < deadline,
+            "{}: threads never started",
+            py.name
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let p = pid.to_string();
+    let args = ["dump", "-p", &p, "--json"];
+    let out = run_prof(&args);
+    let what = describe(&args, &out);
+    assert!(out.status.success(), "{what}");
+    let threads: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let state = |name: &str| {
+        threads
+            .iter()
+            .find(|t| t["thread_name"] == name)
+            .unwrap_or_else(|| panic!("no {name}\n{what}"))
+            .clone()
+    };
+    assert_eq!(state("MainThread")["state"], "lock", "{what}");
+    for client in ["client-0", "client-1"] {
+        let t = state(client);
+        // Blocked in recv, or for a moment in send: either is I/O on the socket.
+        assert_eq!(t["state"], "io", "{what}");
+        assert_eq!(t["fd_kind"], "socket", "{what}");
+        let peer = t["peer"].as_str().unwrap_or("");
+        assert!(peer.starts_with("127.0.0.1:"), "peer {peer:?}\n{what}");
+    }
+    let args = ["dump", "-p", &p];
+    let out = run_prof(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"MainThread\" [lock]") && text.contains("[io recv socket 127.0.0.1:"),
+        "{}",
+        describe(&args, &out)
+    );
+    assert!(target.try_wait().is_none(), "the target died");
+}
+
+/// `record --states` puts the state under each thread's root: the sleepers' samples split
+/// into `[sleep]` (nearly all) and the rest, and the main thread's into `[lock]`.
+#[test]
+fn record_states_adds_a_frame_under_each_thread() {
+    skip_without_live_targets!();
+    let pythons = pythons();
+    let Some(py) = pythons.iter().min_by_key(|p| p.version) else {
+        eprintln!("skipped: record_states_adds_a_frame_under_each_thread: no Python found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("out.txt");
+    let truth = dir.path().join("truth.json");
+    let script = testdata().join("diag_sleep.py");
+    let args = [
+        "record",
+        "--states",
+        "-t",
+        "--idle",
+        "-f",
+        "raw",
+        "-o",
+        raw.to_str().unwrap(),
+        "--",
+        py.path.to_str().unwrap(),
+        script.to_str().unwrap(),
+        truth.to_str().unwrap(),
+        "2",
+        "1.5",
+    ];
+    let mut cmd = Command::new(prof_path());
+    cmd.args(args).env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = run_with_deadline(&mut cmd, &args);
+    let what = describe(&args, &out);
+    assert_eq!(out.status.code(), Some(7), "{what}");
+    let text = fs::read_to_string(&raw).unwrap();
+    let mut by_root: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = 0;
+    for line in text.lines() {
+        let (stack, n) = line.rsplit_once(' ').unwrap();
+        let n: u64 = n.parse().unwrap();
+        let mut frames = stack.split(';');
+        let thread = frames.next().unwrap();
+        let state = frames.next().unwrap_or("");
+        assert!(
+            state.starts_with('[') && state.contains(']'),
+            "no state under the thread: {line}\n{what}"
+        );
+        let name = thread.split(' ').next().unwrap();
+        *by_root
+            .entry(format!("{name};{}", state.trim_end_matches(" ()")))
+            .or_default() += n;
+        total += n;
+    }
+    let share = |k: &str| by_root.get(k).copied().unwrap_or(0) as f64 / total as f64;
+    let nappers = share("napper-0;[sleep]") + share("napper-1;[sleep]");
+    // Three threads of equal life: two thirds asleep, one third joining, within noise.
+    assert!(
+        (nappers - 2.0 / 3.0).abs() < 0.08,
+        "sleep {nappers:.3} {by_root:?}\n{what}"
+    );
+    assert!(share("MainThread;[lock]") > 0.25, "{by_root:?}\n{what}");
+}

@@ -112,7 +112,8 @@ impl Prober {
     /// Give each of `stacks` (one snapshot of the process) its state. `calls` are the
     /// threads' blocking calls by tid, from [`Prober::call`]; `holder` the GIL holder's
     /// `thread_id` read after them, when it was (a thread that took the GIL in between runs
-    /// Python); `stat` each thread's scheduler letter, when read.
+    /// Python); `stat` each thread's scheduler letter, when read. A thread without a
+    /// kernel id, or not among `calls`, is `other`.
     #[allow(clippy::too_many_arguments)]
     pub fn fill<M: Memory + ?Sized>(
         &mut self,
@@ -125,10 +126,13 @@ impl Prober {
         mem: &M,
     ) {
         for s in stacks.iter_mut() {
-            let Some(tid) = s.os_thread_id else {
-                continue;
-            };
-            let Some(call) = calls.iter().find(|c| c.0 == tid).map(|c| c.1) else {
+            // A thread whose kernel id is not known (yet) cannot be looked up: counted,
+            // as `other`.
+            let call = s
+                .os_thread_id
+                .and_then(|tid| calls.iter().find(|c| c.0 == tid).map(|c| (tid, c.1)));
+            let Some((tid, call)) = call else {
+                s.state = Some(ThreadState::plain(State::Other));
                 continue;
             };
             let facts = PyFacts {
