@@ -527,3 +527,49 @@ fn record_states_adds_a_frame_under_each_thread() {
     );
     assert!(share("MainThread;[lock]") > 0.25, "{by_root:?}\n{what}");
 }
+
+/// With -s, each process gets its own verdict, then all together: the parent waits for
+/// its children, which sleep.
+#[test]
+fn subprocesses_each_then_together() {
+    skip_without_live_targets!();
+    let pythons = pythons();
+    let Some(py) = pythons.iter().max_by_key(|p| p.version) else {
+        eprintln!("skipped: subprocesses_each_then_together: no Python interpreter found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.json");
+    let script = testdata().join("diag_child.py");
+    let args = [
+        "diagnose",
+        "-s",
+        "--json",
+        "--",
+        py.path.to_str().unwrap(),
+        script.to_str().unwrap(),
+        truth.to_str().unwrap(),
+        "2",
+        "2",
+    ];
+    let mut cmd = Command::new(prof_path());
+    cmd.args(args).env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = run_with_deadline(&mut cmd, &args);
+    let what = describe(&args, &out);
+    assert!(out.status.success(), "{what}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_schema(&r, &what);
+    let procs = r["processes"].as_array().expect("processes");
+    assert_eq!(procs.len(), 3, "{what}");
+    let kinds: Vec<&str> = procs
+        .iter()
+        .map(|p| p["verdict"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "child", "{what}");
+    assert_eq!(&kinds[1..], ["sleep", "sleep"], "{what}");
+    let total: u64 = procs
+        .iter()
+        .map(|p| p["process"]["samples"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, r["process"]["samples"].as_u64().unwrap(), "{what}");
+}

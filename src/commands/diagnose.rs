@@ -41,7 +41,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
         (None, None) => None,
     };
     let stop = spawn::install_stop_handlers();
-    let (root, launched, _title) = start_target(&t)?;
+    let (root, launched, title) = start_target(&t)?;
     let mut opts = sampler_options(&t, seconds.map(Duration::from_secs_f64));
     opts.states = true;
     let mut diagnosis = Diagnosis::new();
@@ -75,6 +75,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
+        writeln!(out, "prof diagnose: {title}")?;
         write!(out, "{}", report.text())?;
     }
     Ok(code)

@@ -304,7 +304,11 @@ impl Shares {
 
 /// A share as a whole percentage.
 fn pct(x: f64) -> String {
-    format!("{:.0}%", x * 100.0)
+    if x > 0.0 && x < 0.005 {
+        "<1%".to_string()
+    } else {
+        format!("{:.0}%", x * 100.0)
+    }
 }
 
 /// The verdict: a kind from a fixed list (scripts read it) and a sentence for people.
