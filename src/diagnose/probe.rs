@@ -327,3 +327,121 @@ impl Prober {
         self.peers.get(&inode).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(tid: u32, state: State) -> ThreadStack {
+        ThreadStack {
+            thread_id: tid as u64,
+            os_thread_id: Some(tid),
+            thread_name: None,
+            active: true,
+            owns_gil: false,
+            gil_requested: false,
+            state: Some(ThreadState::plain(state)),
+            frames: Vec::new(),
+        }
+    }
+
+    /// Settle ticks of (tid, state seen); the states counted.
+    fn ticks(seen: &[&[(u32, State)]]) -> Vec<Vec<State>> {
+        let mut p = Prober::new(0);
+        seen.iter()
+            .map(|tick| {
+                let mut stacks: Vec<ThreadStack> =
+                    tick.iter().map(|(t, s)| stack(*t, *s)).collect();
+                p.settle(&mut stacks);
+                stacks
+                    .iter()
+                    .map(|s| s.state.as_ref().unwrap().state)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wait_carries_over_once() {
+        use State::*;
+        // Seen waiting for the GIL, then runnable without it twice: the first is the
+        // wake-up, the second native code (what was inferred does not carry over).
+        assert_eq!(
+            ticks(&[&[(1, Gil)], &[(1, Native)], &[(1, Native)]]),
+            [vec![Gil], vec![Gil], vec![Native]]
+        );
+        for wait in [Lock, Io, Sleep, Child] {
+            assert_eq!(
+                ticks(&[&[(1, wait)], &[(1, Native)]]),
+                [vec![wait], vec![wait]]
+            );
+        }
+        // Native after Python is native, unless another thread waits for the GIL.
+        assert_eq!(
+            ticks(&[&[(1, Python), (2, Sleep)], &[(1, Native), (2, Sleep)]]),
+            [vec![Python, Sleep], vec![Native, Sleep]]
+        );
+        assert_eq!(
+            ticks(&[&[(1, Python), (2, Gil)], &[(1, Native), (2, Gil)]]),
+            [vec![Python, Gil], vec![Gil, Gil]]
+        );
+        // Other states are left alone.
+        assert_eq!(
+            ticks(&[&[(1, Other)], &[(1, Native)]]),
+            [vec![Other], vec![Native]]
+        );
+    }
+
+    #[test]
+    fn states_of_this_process() {
+        // A spinning thread is running (or runnable: the same to the kernel's file); one
+        // parked on a channel waits on a futex, a lock when no GIL is given.
+        if crate::process::memory::skip_without_live_reads("states_of_this_process") {
+            return;
+        }
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static STOP: AtomicBool = AtomicBool::new(false);
+        let me = std::process::id();
+        let gettid = || unsafe { libc::gettid() } as u32;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u32>();
+        let spin_tx = tid_tx.clone();
+        let spinner = std::thread::spawn(move || {
+            spin_tx.send(gettid()).unwrap();
+            while !STOP.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::spawn(move || {
+            tid_tx.send(gettid()).unwrap();
+            let _ = rx.recv();
+        });
+        let (a, b) = (tid_rx.recv().unwrap(), tid_rx.recv().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        let mut p = Prober::new(me);
+        let mem = crate::process::LiveMemory::new(me);
+        let facts = PyFacts::default();
+        let mut states: Vec<State> = [a, b]
+            .iter()
+            .map(|t| {
+                let call = p.call(*t);
+                p.state(call, None, facts, &mem).state
+            })
+            .collect();
+        STOP.store(true, Ordering::Relaxed);
+        drop(tx);
+        spinner.join().unwrap();
+        parked.join().unwrap();
+        states.sort();
+        assert_eq!(states, [State::Native, State::Lock]);
+        // Holding the GIL, the spinner would be running Python.
+        let running = PyFacts {
+            holds_gil: true,
+            ..facts
+        };
+        assert_eq!(
+            p.state(Some(Syscall::Running), None, running, &mem).state,
+            State::Python
+        );
+    }
+}
