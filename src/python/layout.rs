@@ -1007,6 +1007,29 @@ mod tests {
         assert!(!gil.free_threaded);
         assert_eq!(gil.f_code_tag_mask, 3);
         assert_eq!(gil.f_tlbc_index, None);
+        // 3.14 records no GIL request; 3.15 does, at 40 in Debian's build.
+        assert_eq!(gil.ts_gil_requested, None);
+        assert_eq!(l.ts_gil_requested, None);
+        let raw = encode(0x030f_02f0, false, &[("thread_state.gil_requested", 40)], 8);
+        let l15 = Layout::from_debug_offsets(&raw).unwrap();
+        assert_eq!(l15.ts_gil_requested, Some(40));
+        // Up to 3.11 the GIL's state sits in the runtime; 3.12 points at it.
+        let gil_in_runtime = |minor| {
+            Layout::from_table(Version::new(3, minor, 0), false)
+                .unwrap()
+                .rt_gil
+        };
+        assert_eq!(
+            [7, 8, 9, 10, 11, 12].map(gil_in_runtime),
+            [
+                Some(1264),
+                Some(1152),
+                Some(352),
+                Some(352),
+                Some(360),
+                None
+            ]
+        );
     }
 
     #[test]
