@@ -21,6 +21,10 @@ use crate::sample::ThreadStack;
 const PEERS_REFRESH: Duration = Duration::from_millis(500);
 /// How long the GIL state's address is trusted before it is read again.
 const GIL_REFRESH: Duration = Duration::from_millis(200);
+/// CPU time a thread seen blocked must have used since to be running code of its own
+/// rather than still waking up (a woken waiter runs for microseconds before it blocks
+/// again or holds the GIL).
+const RAN_NS: u64 = 200_000;
 /// Most poll entries or select words read to find a descriptor.
 const MAX_POLL: u64 = 64;
 const MAX_SELECT_WORDS: u64 = 16;
@@ -48,7 +52,11 @@ pub struct Prober {
     peers: HashMap<u64, Arc<str>>,
     peers_read: Option<Instant>,
     /// Each thread's state as seen at its last sample (before [`Prober::settle`]).
-    last: HashMap<u32, ThreadState>,
+    last: HashMap<u32, State>,
+    /// Threads last seen blocked: that wait, and their CPU time then.
+    waited: HashMap<u32, (ThreadState, u64)>,
+    /// Open `schedstat` files.
+    schedstat: HashMap<u32, File>,
     /// The GIL state's address, and when it was read.
     gil: Option<(Instant, u64)>,
 }
@@ -63,6 +71,8 @@ impl Prober {
             peers: HashMap::new(),
             peers_read: None,
             last: HashMap::new(),
+            waited: HashMap::new(),
+            schedstat: HashMap::new(),
             gil: None,
         }
     }
@@ -85,6 +95,8 @@ impl Prober {
     pub fn retain(&mut self, tids: &[u32]) {
         self.files.retain(|t, _| tids.contains(t));
         self.last.retain(|t, _| tids.contains(t));
+        self.waited.retain(|t, _| tids.contains(t));
+        self.schedstat.retain(|t, _| tids.contains(t));
     }
 
     /// What thread `tid` is doing now, as its `syscall` file says (None: unreadable).
@@ -150,11 +162,10 @@ impl Prober {
     /// out of a wait rather than in native code. Every call that blocks returns through
     /// taking the GIL, and nothing marks a thread woken but not yet holding it (3.15 flag
     /// a GIL request, older versions nothing); on a busy machine it may wait long for a
-    /// CPU. So a thread seen blocked at its last sample and running without the GIL now
-    /// is counted in that wait once more; and while others wait for the GIL, one that held
-    /// it at its last sample and runs without it now is in the GIL's hand-off (it dropped
-    /// it on request). Only what was seen carries over, never what was inferred: a native
-    /// call that follows a wait costs at most one sample.
+    /// CPU. So a thread seen blocked, and runnable without the GIL since without having
+    /// used [`RAN_NS`] of CPU (its `schedstat`), is still counted in that wait; and while
+    /// others wait for the GIL, one that held it at its last sample and runs without it
+    /// now is in the GIL's hand-off (it dropped it on request).
     pub fn settle(&mut self, stacks: &mut [ThreadStack]) {
         let waiting = stacks
             .iter()
@@ -164,19 +175,53 @@ impl Prober {
                 continue;
             };
             let seen = st.clone();
-            if st.state == State::Native
-                && let Some(last) = self.last.get(&tid)
-            {
-                match last.state {
-                    State::Gil | State::Lock | State::Io | State::Sleep | State::Child => {
-                        *st = last.clone()
+            if st.state == State::Native {
+                if let Some((wait, before)) = self.waited.get(&tid).cloned() {
+                    let ran = self
+                        .cpu_time(tid)
+                        .is_none_or(|now| now.saturating_sub(before) >= RAN_NS);
+                    if !ran {
+                        *st = wait;
                     }
-                    State::Python if waiting => *st = ThreadState::plain(State::Gil),
-                    _ => {}
+                } else if waiting && self.last.get(&tid) == Some(&State::Python) {
+                    *st = ThreadState::plain(State::Gil);
                 }
             }
-            self.last.insert(tid, seen);
+            let blocked = matches!(
+                seen.state,
+                State::Gil | State::Lock | State::Io | State::Sleep | State::Child
+            );
+            if blocked {
+                // Its CPU time now, to tell at its next samples whether it has run since.
+                match self.cpu_time(tid) {
+                    Some(ns) => self.waited.insert(tid, (seen.clone(), ns)),
+                    None => self.waited.remove(&tid),
+                };
+            } else if *st == seen {
+                self.waited.remove(&tid);
+            }
+            self.last.insert(tid, seen.state);
         }
+    }
+
+    /// CPU time thread `tid` has used, in nanoseconds (`/proc/PID/task/TID/schedstat`,
+    /// kept open).
+    fn cpu_time(&mut self, tid: u32) -> Option<u64> {
+        let pid = self.pid;
+        let file = match self.schedstat.entry(tid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(File::open(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?)
+            }
+        };
+        let mut buf = [0u8; 96];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .split_ascii_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     fn decide<M: Memory + ?Sized>(
@@ -345,51 +390,80 @@ mod tests {
         }
     }
 
-    /// Settle ticks of (tid, state seen); the states counted.
-    fn ticks(seen: &[&[(u32, State)]]) -> Vec<Vec<State>> {
-        let mut p = Prober::new(0);
-        seen.iter()
-            .map(|tick| {
-                let mut stacks: Vec<ThreadStack> =
-                    tick.iter().map(|(t, s)| stack(*t, *s)).collect();
-                p.settle(&mut stacks);
-                stacks
-                    .iter()
-                    .map(|s| s.state.as_ref().unwrap().state)
-                    .collect()
-            })
+    /// Settle one tick of (tid, state seen); the states counted.
+    fn tick(p: &mut Prober, seen: &[(u32, State)]) -> Vec<State> {
+        let mut stacks: Vec<ThreadStack> = seen.iter().map(|(t, s)| stack(*t, *s)).collect();
+        p.settle(&mut stacks);
+        stacks
+            .iter()
+            .map(|s| s.state.as_ref().unwrap().state)
             .collect()
     }
 
     #[test]
-    fn a_wait_carries_over_once() {
+    fn a_wait_carries_over_until_the_thread_runs() {
         use State::*;
-        // Seen waiting for the GIL, then runnable without it twice: the first is the
-        // wake-up, the second native code (what was inferred does not carry over).
+        if crate::process::memory::skip_without_live_reads("a_wait_carries_over") {
+            return;
+        }
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static STOP: AtomicBool = AtomicBool::new(false);
+        let gettid = || unsafe { libc::gettid() } as u32;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u32>();
+        let spin_tx = tid_tx.clone();
+        let spinner = std::thread::spawn(move || {
+            spin_tx.send(gettid()).unwrap();
+            while !STOP.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::spawn(move || {
+            tid_tx.send(gettid()).unwrap();
+            let _ = rx.recv();
+        });
+        let (a, b) = (tid_rx.recv().unwrap(), tid_rx.recv().unwrap());
+        // Which is which: the spinner uses CPU.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut p = Prober::new(std::process::id());
+        let (t1, t2) = (p.cpu_time(a).unwrap(), p.cpu_time(b).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        let (spin, park) = if p.cpu_time(a).unwrap() - t1 > p.cpu_time(b).unwrap() - t2 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        // Both seen waiting for the GIL, then runnable without it: the one that has not
+        // run since is still waking up, at every sample; the one that ran is native.
+        assert_eq!(tick(&mut p, &[(spin, Gil), (park, Gil)]), [Gil, Gil]);
+        std::thread::sleep(Duration::from_millis(20));
         assert_eq!(
-            ticks(&[&[(1, Gil)], &[(1, Native)], &[(1, Native)]]),
-            [vec![Gil], vec![Gil], vec![Native]]
+            tick(&mut p, &[(spin, Native), (park, Native)]),
+            [Native, Gil]
+        );
+        assert_eq!(
+            tick(&mut p, &[(spin, Native), (park, Native)]),
+            [Native, Gil]
         );
         for wait in [Lock, Io, Sleep, Child] {
-            assert_eq!(
-                ticks(&[&[(1, wait)], &[(1, Native)]]),
-                [vec![wait], vec![wait]]
-            );
+            tick(&mut p, &[(park, wait)]);
+            assert_eq!(tick(&mut p, &[(park, Native)]), [wait]);
         }
         // Native after Python is native, unless another thread waits for the GIL.
+        tick(&mut p, &[(spin, Python), (park, Sleep)]);
         assert_eq!(
-            ticks(&[&[(1, Python), (2, Sleep)], &[(1, Native), (2, Sleep)]]),
-            [vec![Python, Sleep], vec![Native, Sleep]]
+            tick(&mut p, &[(spin, Native), (park, Sleep)]),
+            [Native, Sleep]
         );
-        assert_eq!(
-            ticks(&[&[(1, Python), (2, Gil)], &[(1, Native), (2, Gil)]]),
-            [vec![Python, Gil], vec![Gil, Gil]]
-        );
+        tick(&mut p, &[(spin, Python), (park, Gil)]);
+        assert_eq!(tick(&mut p, &[(spin, Native), (park, Gil)]), [Gil, Gil]);
         // Other states are left alone.
-        assert_eq!(
-            ticks(&[&[(1, Other)], &[(1, Native)]]),
-            [vec![Other], vec![Native]]
-        );
+        tick(&mut p, &[(park, Other)]);
+        assert_eq!(tick(&mut p, &[(park, Native)]), [Native]);
+        STOP.store(true, Ordering::Relaxed);
+        drop(tx);
+        spinner.join().unwrap();
+        parked.join().unwrap();
     }
 
     #[test]
