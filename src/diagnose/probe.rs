@@ -162,8 +162,9 @@ impl Prober {
     /// out of a wait rather than in native code. Every call that blocks returns through
     /// taking the GIL, and nothing marks a thread woken but not yet holding it (3.15 flag
     /// a GIL request, older versions nothing); on a busy machine it may wait long for a
-    /// CPU. So a thread seen blocked, and runnable without the GIL since without having
-    /// used [`RAN_NS`] of CPU (its `schedstat`), is still counted in that wait; and while
+    /// CPU. So a thread seen blocked and runnable without the GIL now is counted in that
+    /// wait at its next sample, and after that as long as it has not used [`RAN_NS`] of
+    /// CPU since (its `schedstat`); a native call right after a wait costs one sample. While
     /// others wait for the GIL, one that held it at its last sample and runs without it
     /// now is in the GIL's hand-off (it dropped it on request).
     pub fn settle(&mut self, stacks: &mut [ThreadStack]) {
@@ -177,10 +178,14 @@ impl Prober {
             let seen = st.clone();
             if st.state == State::Native {
                 if let Some((wait, before)) = self.waited.get(&tid).cloned() {
+                    // Right after a wait it is counted once whatever it did (a GIL waiter
+                    // may have held the GIL and dropped it again on request meanwhile);
+                    // after that, only while it has not run.
+                    let first = self.last.get(&tid) == Some(&wait.state);
                     let ran = self
                         .cpu_time(tid)
                         .is_none_or(|now| now.saturating_sub(before) >= RAN_NS);
-                    if !ran {
+                    if first || !ran {
                         *st = wait;
                     }
                 } else if waiting && self.last.get(&tid) == Some(&State::Python) {
@@ -437,6 +442,8 @@ mod tests {
         // run since is still waking up, at every sample; the one that ran is native.
         assert_eq!(tick(&mut p, &[(spin, Gil), (park, Gil)]), [Gil, Gil]);
         std::thread::sleep(Duration::from_millis(20));
+        // The sample right after a wait is the wait's, whatever the thread did.
+        assert_eq!(tick(&mut p, &[(spin, Native), (park, Native)]), [Gil, Gil]);
         assert_eq!(
             tick(&mut p, &[(spin, Native), (park, Native)]),
             [Native, Gil]
