@@ -81,6 +81,9 @@ pub enum Command {
     /// Compare two profiles: the functions whose share changed, and a differential flame
     /// graph.
     Diff(DiffArgs),
+    /// Say what each thread waits for (the GIL, I/O, a lock, a child, sleep) or runs
+    /// (Python, native code), and which kind of bottleneck the program has.
+    Diagnose(DiagnoseArgs),
 }
 
 /// What to sample: a running process or a command to launch, and how often.
@@ -184,6 +187,12 @@ pub struct RecordArgs {
     #[arg(long)]
     pub summary: bool,
 
+    /// Add what each thread was doing (`[python]`, `[native]`, `[gil]`, `[io socket]`,
+    /// `[lock]`, `[sleep]`, `[child]`, `[other]`, as in `prof diagnose`) as a frame under
+    /// its thread or at the root, so every format can be split by state.
+    #[arg(long)]
+    pub states: bool,
+
     /// py-spy's switch for its progress bar: hide prof's live status line.
     #[arg(long, hide = true)]
     pub hideprogress: bool,
@@ -191,6 +200,43 @@ pub struct RecordArgs {
     /// py-spy's switch to swallow the command's output; refused with the reason.
     #[arg(long, hide = true)]
     pub capture: bool,
+}
+
+/// Options of `prof diagnose`.
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// PID of a running Python process to attach to (decimal, or hex with 0x).
+    #[arg(short, long, value_name = "PID", conflicts_with = "command", value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Option<u32>,
+
+    /// Seconds of wall-clock time to sample [default: 5 with -p; with a command, until
+    /// it exits].
+    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub duration: Option<f64>,
+
+    /// Samples per second, at most 10000.
+    #[arg(
+        short,
+        long,
+        default_value_t = 100.0,
+        value_name = "HZ",
+        allow_negative_numbers = true
+    )]
+    pub rate: f64,
+
+    /// Also diagnose child processes (subprocess, multiprocessing): each process, then
+    /// all together.
+    #[arg(short, long)]
+    pub subprocesses: bool,
+
+    /// Print one JSON object: `{"verdict": {"kind", "text"}, "process": {"samples",
+    /// "states"}, "threads": [{"pid", "tid", "name", "samples", "states", "top"}]}`.
+    #[arg(short, long)]
+    pub json: bool,
+
+    /// Command to launch and diagnose (e.g. `python app.py`), after prof's own options.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// Options of `prof dump`.
@@ -473,6 +519,27 @@ mod tests {
             panic!("not record");
         };
         assert!(!r.target.async_tasks);
+    }
+
+    #[test]
+    fn diagnose_options() {
+        let Command::Diagnose(d) = parse("prof diagnose -p 12 -d 2 -r 50 --json -s")
+            .unwrap()
+            .command
+        else {
+            panic!("not diagnose");
+        };
+        assert_eq!((d.pid, d.duration, d.rate), (Some(12), Some(2.0), 50.0));
+        assert!(d.json && d.subprocesses && d.command.is_empty());
+        let Command::Diagnose(d) = parse("prof diagnose -- python app.py -d 9")
+            .unwrap()
+            .command
+        else {
+            panic!("not diagnose");
+        };
+        assert_eq!(d.command, ["python", "app.py", "-d", "9"]);
+        assert_eq!((d.pid, d.duration), (None, None));
+        assert!(parse("prof diagnose -p 1 python x.py").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod arch;
 pub mod attach;
 pub mod cli;
 pub mod commands;
+pub mod diagnose;
 pub mod native;
 pub mod output;
 pub mod process;

@@ -20,6 +20,7 @@ fn main() {
         Command::Top(args) => commands::top::run(args),
         Command::Report(args) => commands::report::run(args).map(|()| 0),
         Command::Diff(args) => commands::diff::run(args),
+        Command::Diagnose(args) => commands::diagnose::run(args),
     };
     if let Err(e) = result {
         // A closed pipe (`prof dump | head`) is the reader's choice, not an error.

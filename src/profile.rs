@@ -1050,6 +1050,8 @@ pub(crate) mod fixtures {
                 thread_name: Some(name.into()),
                 active: true,
                 owns_gil: tid == 1,
+                gil_requested: false,
+                state: None,
                 frames: frames
                     .iter()
                     .rev()

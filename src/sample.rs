@@ -125,6 +125,12 @@ pub struct ThreadStack {
     pub active: bool,
     /// The thread held the GIL when sampled.
     pub owns_gil: bool,
+    /// The thread had asked for the GIL (recorded by 3.15+ only).
+    #[serde(skip)]
+    pub gil_requested: bool,
+    /// What the thread was doing, when states are read (`diagnose`, `--states`).
+    #[serde(skip)]
+    pub state: Option<crate::diagnose::ThreadState>,
     /// Frames, innermost first.
     pub frames: Vec<Frame>,
 }

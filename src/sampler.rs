@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::attach::{LiveTarget, attach};
+use crate::diagnose::Prober;
 use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
 use crate::python::FrameOptions;
 use crate::python::asyncio::task_stacks;
 use crate::sample::Sample;
-use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target};
+use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target, ThreadState};
 
 /// What to sample and how.
 #[derive(Debug, Clone)]
@@ -47,6 +48,14 @@ pub struct SamplerOptions {
     pub depth: usize,
     /// asyncio tasks as stacks of their own (`--async`).
     pub async_tasks: bool,
+    /// Read each Python thread's state (`diagnose`, `record --states`, `top`).
+    pub states: bool,
+}
+
+/// Does `s` belong in the profile of a run with `opts`? Only idle threads' samples, sent
+/// because states are read, may not.
+pub fn profiled(opts: &SamplerOptions, s: &Sample) -> bool {
+    opts.include_idle || s.stack.active
 }
 
 /// What happened during a run, for the summary line.
@@ -169,6 +178,8 @@ struct Proc {
     next_alive_check: Instant,
     /// Seen gone (exited or a zombie).
     gone: bool,
+    /// The thread-state reader, with `states` (made at the first sample).
+    prober: Option<Prober>,
 }
 
 impl Proc {
@@ -179,6 +190,7 @@ impl Proc {
             image: None,
             next_alive_check: now,
             gone: false,
+            prober: None,
         }
     }
 
@@ -212,6 +224,7 @@ impl Proc {
     /// The process exec'd: whatever was known of its program no longer holds.
     fn replaced(&mut self, now: Instant) {
         self.state = pending_state(now);
+        self.prober = None;
         self.image = Image::open(self.pid);
         self.gone = self.image.is_none();
     }
@@ -598,6 +611,41 @@ fn sample_process(
         p.read_failed(capture.unread, now, stats);
     }
     let mut stacks = capture.stacks;
+    if opts.states
+        && let ProcState::Ready(snap) = &p.state
+        && let Some(interp) = snap.interpreter()
+    {
+        let prober = p.prober.get_or_insert_with(|| Prober::new(p.pid));
+        let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
+        prober.retain(&tids);
+        let mem = snap.target().memory();
+        let layout = &interp.layout;
+        let gil = prober.gil(now, || {
+            crate::python::threads::gil_address(mem, layout, interp.runtime)
+        });
+        let calls: Vec<_> = stacks
+            .iter()
+            .filter_map(|s| s.os_thread_id)
+            .map(|tid| (tid, prober.call(tid)))
+            .collect();
+        let holder = crate::python::threads::gil_holder_id(mem, layout, interp.runtime);
+        let stat = |tid| {
+            threads
+                .iter()
+                .find(|t| t.tid == tid)
+                .map_or(ThreadState::Unknown, |t| t.state)
+        };
+        prober.fill(
+            &mut stacks,
+            &calls,
+            holder,
+            stat,
+            layout.free_threaded,
+            gil,
+            mem,
+        );
+        prober.settle(&mut stacks);
+    }
     // Each task becomes a stack of its own, through the tasks awaiting it; the running one
     // joined to its thread's stack.
     match capture.tasks {
@@ -623,9 +671,11 @@ fn sample_process(
             }
         }
     }
+    // With states, idle threads are sent too (their waits are the point); the
+    // consumer keeps them out of its profile with [`profiled`].
     for stack in stacks {
         if stack.frames.is_empty()
-            || (!opts.include_idle && !stack.active)
+            || (!opts.include_idle && !opts.states && !stack.active)
             || (opts.gil_only
                 && !layout.as_ref().map_or(stack.owns_gil, |l| {
                     l.passes_gil_filter(stack.owns_gil, stack.active)
@@ -752,6 +802,8 @@ mod tests {
                         thread_name: None,
                         active: true,
                         owns_gil: false,
+                        gil_requested: false,
+                        state: None,
                         frames: vec![Frame::new("f", "f.py", "f.py", 1, FrameKind::Python)],
                     },
                 });
@@ -773,6 +825,7 @@ mod tests {
             native: false,
             depth: 4096,
             async_tasks: false,
+            states: false,
         }
     }
 

@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use crate::attach::attach;
 use crate::cli::DumpArgs;
+use crate::diagnose::Prober;
 use crate::python::asyncio::{AsyncTask, Awaiting, join_running};
 use crate::python::{FrameOptions, module_name};
 use crate::sample::{Frame, FrameKind, LocalVar, ThreadStack};
 use crate::target::{
     CaptureOptions, CoreFile, CoreOptions, LivePid, NATIVE_NONBLOCKING, Pause, Snapshot, Target,
-    TargetError,
+    TargetError, ThreadState,
 };
 
 /// A frame in py-spy's JSON schema (plus `native`).
@@ -38,6 +39,14 @@ struct JsonThread<'a> {
     os_thread_id: Option<u32>,
     active: bool,
     owns_gil: bool,
+    /// What the thread was doing (see `prof diagnose`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    /// For `io`: the descriptor's kind and, for a socket, its peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd_kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a str>,
     frames: Vec<JsonFrame<'a>>,
 }
 
@@ -81,6 +90,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
             vec![dumped(
                 Snapshot::attach_or_native(CoreFile::open(core, opts)?, args.native)?,
                 args,
+                None,
             )?]
         }
         (None, Some(pid)) => dump_live(pid, args)?,
@@ -133,7 +143,7 @@ fn dump_live(pid: u32, args: &DumpArgs) -> Result<Vec<Dumped>> {
     let mut dumps = Vec::new();
     // With -s a root without Python (a shell, a launcher) may still have Python children.
     let root = LivePid::open(pid).and_then(|t| Snapshot::attach_or_native(t, args.native));
-    let root_error = match root.and_then(|s| dumped(s, args)) {
+    let root_error = match root.and_then(|s| dumped(s, args, Some(Prober::new(pid)))) {
         Ok(d) => {
             dumps.push(d);
             None
@@ -143,7 +153,7 @@ fn dump_live(pid: u32, args: &DumpArgs) -> Result<Vec<Dumped>> {
     };
     if args.subprocesses {
         for pid in crate::process::events::descendants(pid) {
-            match attach(pid).and_then(|s| dumped(s, args)) {
+            match attach(pid).and_then(|s| dumped(s, args, Some(Prober::new(pid)))) {
                 Ok(d) => dumps.push(d),
                 Err(e) => skip_or_warn(pid, e),
             }
@@ -165,11 +175,20 @@ fn skip_or_warn(pid: u32, e: TargetError) {
 
 /// Every thread's stack of a target, once: paused for the read unless `--nonblocking`
 /// (a paused process cannot tear a stack; a running one is re-checked instead).
-fn dumped<T: Target>(mut snap: Snapshot<T>, args: &DumpArgs) -> Result<Dumped, TargetError> {
+fn dumped<T: Target>(
+    mut snap: Snapshot<T>,
+    args: &DumpArgs,
+    mut prober: Option<Prober>,
+) -> Result<Dumped, TargetError> {
     if args.native {
         snap.enable_native()?;
     }
     let threads = snap.target_mut().threads(true)?;
+    // What each thread is blocked in, read before anything is paused.
+    let calls: Vec<_> = match &mut prober {
+        Some(p) => threads.iter().map(|t| (t.tid, p.call(t.tid))).collect(),
+        None => Vec::new(),
+    };
     let opts = CaptureOptions {
         frames: FrameOptions {
             locals: args.locals > 0,
@@ -184,7 +203,27 @@ fn dumped<T: Target>(mut snap: Snapshot<T>, args: &DumpArgs) -> Result<Dumped, T
         },
         async_tasks: args.async_tasks,
     };
-    let capture = snap.capture(&threads, &opts)?;
+    let mut capture = snap.capture(&threads, &opts)?;
+    if let (Some(prober), Some(v)) = (&mut prober, snap.interpreter()) {
+        let mem = snap.target().memory();
+        let gil = crate::python::threads::gil_address(mem, &v.layout, v.runtime);
+        let stat = |tid| {
+            threads
+                .iter()
+                .find(|t| t.tid == tid)
+                .map_or(ThreadState::Unknown, |t| t.state)
+        };
+        let free_threaded = v.layout.free_threaded;
+        prober.fill(
+            &mut capture.stacks,
+            &calls,
+            None,
+            stat,
+            free_threaded,
+            gil,
+            mem,
+        );
+    }
     let t = snap.target();
     let mut tasks = match capture.tasks {
         Some(Ok(tasks)) => tasks,
@@ -210,6 +249,7 @@ fn dumped<T: Target>(mut snap: Snapshot<T>, args: &DumpArgs) -> Result<Dumped, T
 }
 
 fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
+    let io = s.state.as_ref().and_then(|t| t.io.as_ref());
     JsonThread {
         pid,
         thread_id: s.thread_id,
@@ -217,6 +257,9 @@ fn json_thread(pid: u32, s: &ThreadStack, native: bool) -> JsonThread<'_> {
         os_thread_id: s.os_thread_id,
         active: s.active,
         owns_gil: s.owns_gil,
+        state: s.state.as_ref().map(|t| t.state.name()),
+        fd_kind: io.and_then(|io| io.kind).map(|k| k.name()),
+        peer: io.and_then(|io| io.peer.as_deref()),
         frames: json_frames(&s.frames, native),
     }
 }
@@ -378,7 +421,14 @@ fn write_thread(out: &mut impl Write, s: &ThreadStack, full: bool) -> std::io::R
         None => format!("{:#x}", s.thread_id),
     };
     let name = s.thread_name.as_deref().unwrap_or("");
-    writeln!(out, "Thread {id} ({status}): \"{name}\"")?;
+    match &s.state {
+        Some(state) => writeln!(
+            out,
+            "Thread {id} ({status}): \"{name}\" [{}]",
+            state.describe()
+        )?,
+        None => writeln!(out, "Thread {id} ({status}): \"{name}\"")?,
+    }
     for f in &s.frames {
         let file = if full {
             &f.filename()

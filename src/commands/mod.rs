@@ -1,5 +1,6 @@
 //! One module per command: glue between the CLI and the library.
 
+pub mod diagnose;
 pub mod diff;
 pub mod dump;
 pub mod record;

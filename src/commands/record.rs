@@ -15,9 +15,10 @@ use crate::output::{Format, OutputError};
 use crate::process;
 use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions, RunStats};
-use crate::sample::Sample;
+use crate::sample::{Frame, Sample};
 use crate::sampler::{self, SamplerOptions, SamplerStats};
 use crate::target::Target;
+use std::collections::HashMap;
 
 /// Run `prof record`; returns the exit code (the launched command's, in launch mode).
 pub fn run(args: &RecordArgs) -> Result<i32> {
@@ -52,9 +53,17 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     };
     let mut sampler_opts = sampler_options(t, args.duration.map(Duration::from_secs_f64));
     sampler_opts.function_lines = args.function;
+    sampler_opts.states = args.states;
     let mut profile = Profile::new(ProfileMeta::new(title, t.rate, SystemTime::now()), opts);
     let progress = !args.hideprogress && std::io::stderr().is_terminal();
-    let stats = collect(root, &sampler_opts, stop, &mut profile, progress);
+    let stats = collect(
+        root,
+        &sampler_opts,
+        stop,
+        &mut profile,
+        progress,
+        args.states,
+    );
     profile.rename_threads(&stats.thread_names);
 
     profile.finish(RunStats {
@@ -213,6 +222,7 @@ pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOpt
         native: t.native,
         depth: t.depth,
         async_tasks: t.async_tasks,
+        states: false,
     }
 }
 
@@ -271,6 +281,51 @@ fn collect(
     stop: &'static AtomicBool,
     profile: &mut Profile,
     live: bool,
+    states: bool,
+) -> SamplerStats {
+    let start = Instant::now();
+    let mut last_status = start;
+    let profile = std::cell::RefCell::new(profile);
+    // One frame per label, shared by every sample that carries it.
+    let mut labels: HashMap<String, Frame> = HashMap::new();
+    let stats = drain(
+        root,
+        opts,
+        stop,
+        |mut s| {
+            if states && let Some(st) = &s.stack.state {
+                let label = st.frame_label();
+                let frame = labels
+                    .entry(label)
+                    .or_insert_with_key(|l| Frame::marker(l.as_str()));
+                s.stack.frames.push(frame.clone());
+            }
+            if sampler::profiled(opts, &s) {
+                profile.borrow_mut().add(&s)
+            }
+        },
+        || {
+            if live && last_status.elapsed() >= Duration::from_millis(250) {
+                last_status = Instant::now();
+                status_line(&profile.borrow(), start.elapsed());
+            }
+        },
+    );
+    if live {
+        eprint!("\r\x1b[K");
+    }
+    stats
+}
+
+/// Run the sampler on its own thread and hand each of its samples to `add` here, calling
+/// `every` after each drain; returns the sampler's figures once it ends. `record` and
+/// `diagnose` share it.
+pub fn drain(
+    root: Result<crate::attach::LiveTarget, u32>,
+    opts: &SamplerOptions,
+    stop: &'static AtomicBool,
+    mut add: impl FnMut(Sample),
+    mut every: impl FnMut(),
 ) -> SamplerStats {
     // A few seconds of ticks: the channel only fills if this thread stalls.
     let (tx, rx) = bounded::<Vec<Sample>>(4096);
@@ -279,26 +334,18 @@ fn collect(
         .name("sampler".into())
         .spawn(move || sampler::run(root, &opts, &tx, stop))
         .expect("cannot start the sampler thread");
-    let start = Instant::now();
-    let mut last_status = start;
     // Drained on a timer rather than woken for every tick: a wake-up per tick cost more
     // CPU than aggregating the samples.
     'run: loop {
         std::thread::sleep(DRAIN_EVERY);
         loop {
             match rx.try_recv() {
-                Ok(batch) => batch.iter().for_each(|s| profile.add(s)),
+                Ok(batch) => batch.into_iter().for_each(&mut add),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => break 'run,
             }
         }
-        if live && last_status.elapsed() >= Duration::from_millis(250) {
-            last_status = Instant::now();
-            status_line(profile, start.elapsed());
-        }
-    }
-    if live {
-        eprint!("\r\x1b[K");
+        every();
     }
     sampler.join().unwrap_or_default()
 }

@@ -24,6 +24,7 @@ use ratatui::backend::CrosstermBackend;
 
 use crate::cli::TopArgs;
 use crate::commands::record::{check_target_args, sampler_options, start_target_logged};
+use crate::diagnose::Diagnosis;
 use crate::process::spawn::{self, Launched};
 use crate::profile::{Profile, ProfileMeta, ProfileOptions};
 use crate::sample::Sample;
@@ -76,8 +77,10 @@ pub fn run(args: &TopArgs) -> Result<i32> {
     let meta = ProfileMeta::new(title, t.rate, SystemTime::now());
     let sampler_opts = SamplerOptions {
         activity: true,
+        states: true,
         ..sampler_options(t, None)
     };
+    let keep = sampler_opts.clone();
     let live = Arc::new(LiveStats::default());
     // The sampler's own stop flag: set on quit, or when a signal sets the global one.
     let halt = Arc::new(AtomicBool::new(false));
@@ -105,6 +108,8 @@ pub fn run(args: &TopArgs) -> Result<i32> {
     let mut top = Top {
         app,
         profile: Profile::new(meta, opts),
+        diagnosis: Diagnosis::new(),
+        keep,
         frozen: None,
         live,
         base: Baseline::at(start),
@@ -167,6 +172,10 @@ impl Baseline {
 struct Top {
     app: App,
     profile: Profile,
+    /// Every thread's states, idle ones included, for the header and the threads view.
+    diagnosis: Diagnosis,
+    /// The sampler's options, to tell which samples go into the profile.
+    keep: SamplerOptions,
     /// The profile and figures on screen while paused.
     frozen: Option<(Profile, Status)>,
     live: Arc<LiveStats>,
@@ -189,7 +198,14 @@ impl Top {
         let deadline = Instant::now() + DRAIN_BUDGET;
         loop {
             match rx.try_recv() {
-                Ok(batch) => batch.iter().for_each(|s| self.profile.add(s)),
+                Ok(batch) => {
+                    for s in &batch {
+                        self.diagnosis.add(s);
+                        if sampler::profiled(&self.keep, s) {
+                            self.profile.add(s);
+                        }
+                    }
+                }
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -232,6 +248,7 @@ impl Top {
         if s.python.is_none() {
             s.python = l.python.get().cloned();
         }
+        s.states = (self.diagnosis.samples() > 0).then(|| self.diagnosis.report(None));
         s.target = match &self.final_stats {
             None if s.python.is_some() || !self.launched_mode => TargetState::Running,
             None => TargetState::Starting,
@@ -254,6 +271,7 @@ impl Top {
             SystemTime::now(),
         );
         self.profile = Profile::new(meta, *self.profile.options());
+        self.diagnosis = Diagnosis::new();
         let l = &self.live;
         self.base = Baseline {
             at: Instant::now(),

@@ -238,6 +238,8 @@ fn parse_thread_title(title: Option<&str>, index: usize) -> (u32, ThreadStack) {
         thread_name: None,
         active: false,
         owns_gil: false,
+        gil_requested: false,
+        state: None,
         frames: Vec::new(),
     };
     let Some(title) = title else {

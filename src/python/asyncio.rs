@@ -1275,6 +1275,9 @@ pub fn task_stacks(tasks: &mut [AsyncTask], threads: Vec<ThreadStack>) -> Vec<Th
             thread_name: thread.and_then(|s| s.thread_name.clone()),
             active: false,
             owns_gil: false,
+            gil_requested: false,
+            // A suspended task is in no thread state of its own.
+            state: None,
             frames: chain_frames(tasks, &index, i),
         });
     }
@@ -1342,6 +1345,8 @@ mod tests {
             thread_name: Some("MainThread".into()),
             active: true,
             owns_gil: true,
+            gil_requested: false,
+            state: None,
             frames: ["inner", "right_body", "_run", "run_forever", "<module>"]
                 .map(frame)
                 .to_vec(),

@@ -734,6 +734,7 @@ mod tests {
             thread_id: 1,
             native_id: None,
             holds_gil: true,
+            gil_requested: false,
             raw: first.bytes(tstate, 512).unwrap(),
         }];
         let regions = vec![vec![(chunk, first.bytes(chunk, 4096).unwrap())]];

@@ -113,6 +113,11 @@ pub struct Layout {
     pub is_modules: u64,
     /// How the GIL holder is found.
     pub gil: GilSource,
+    /// ≤3.11: offset of the GIL's state (`ceval.gil`) in `_PyRuntime`; 3.12+ find it
+    /// through [`GilSource::InterpGil`]'s pointer.
+    pub rt_gil: Option<u64>,
+    /// `PyThreadState.gil_requested` (int), where the build records it (3.15+).
+    pub ts_gil_requested: Option<u64>,
     /// Bytes of a thread state to copy in one read.
     pub ts_size: u64,
     /// `PyThreadState.next`.
@@ -284,6 +289,16 @@ impl Layout {
                     last_holder: 8,
                 }
             },
+            // Read live with only the main thread: `interval` (5000) then `last_holder`
+            // equal to PyThreadState_Get() and `locked` 1 (same on aarch64, where the
+            // mutexes come after it).
+            rt_gil: match minor {
+                8 => Some(1152),
+                9 | 10 => Some(352),
+                11 => Some(360),
+                _ => None,
+            },
+            ts_gil_requested: None,
             ts_size: match minor {
                 ..=9 => 264,
                 10 => 280,
@@ -399,6 +414,8 @@ impl Layout {
             // co_posonlyargcount, which moves the code object's fields.
             l.rt_interp_head = 24;
             l.gil = GilSource::RuntimeTstateCurrent(tstate_current(7, aarch64));
+            // Read live on x86_64 only.
+            l.rt_gil = (!aarch64).then_some(1264);
             l.is_modules = 40;
             l.ts_size = 280;
             l.co_firstlineno = 36;
@@ -441,6 +458,12 @@ impl Layout {
                 ceval_gil: g("interpreter_state.ceval_gil")?,
                 locked: locked.wrapping_sub(gil_base),
                 last_holder: holder.wrapping_sub(gil_base),
+            },
+            rt_gil: None,
+            ts_gil_requested: if ft {
+                None
+            } else {
+                d.get("thread_state.gil_requested").ok()
             },
             ts_size: g("thread_state.size")?.min(4096),
             ts_next: g("thread_state.next")?,
@@ -1007,6 +1030,29 @@ pub(crate) mod tests {
         assert!(!gil.free_threaded);
         assert_eq!(gil.f_code_tag_mask, 3);
         assert_eq!(gil.f_tlbc_index, None);
+        // 3.14 records no GIL request; 3.15 does, at 40 in Debian's build.
+        assert_eq!(gil.ts_gil_requested, None);
+        assert_eq!(l.ts_gil_requested, None);
+        let raw = encode(0x030f_02f0, false, &[("thread_state.gil_requested", 40)], 8);
+        let l15 = Layout::from_debug_offsets(&raw).unwrap();
+        assert_eq!(l15.ts_gil_requested, Some(40));
+        // Up to 3.11 the GIL's state sits in the runtime; 3.12 points at it.
+        let gil_in_runtime = |minor| {
+            Layout::from_table(Version::new(3, minor, 0), false)
+                .unwrap()
+                .rt_gil
+        };
+        assert_eq!(
+            [7, 8, 9, 10, 11, 12].map(gil_in_runtime),
+            [
+                Some(1264),
+                Some(1152),
+                Some(352),
+                Some(352),
+                Some(360),
+                None
+            ]
+        );
     }
 
     #[test]

@@ -249,6 +249,8 @@ impl<M: Memory> StackReader<M> {
                 thread_name: None,
                 active: false,
                 owns_gil: t.holds_gil,
+                gil_requested: t.gil_requested,
+                state: None,
                 frames,
             });
         }

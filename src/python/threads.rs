@@ -25,6 +25,8 @@ pub struct PyThread {
     pub native_id: Option<u32>,
     /// This thread holds the GIL.
     pub holds_gil: bool,
+    /// This thread asked for the GIL and does not have it yet (3.15+ record this).
+    pub gil_requested: bool,
     /// Copy of the thread state, for the frame walk.
     pub raw: Vec<u8>,
 }
@@ -42,6 +44,10 @@ impl PyThread {
             thread_id: le_u64(&raw, l.ts_thread_id as usize),
             native_id,
             holds_gil: holder != 0 && holder == tstate,
+            gil_requested: l
+                .ts_gil_requested
+                .and_then(|off| raw.get(off as usize..off as usize + 4))
+                .is_some_and(|b| b != [0; 4]),
             raw,
         }
     }
@@ -85,6 +91,31 @@ pub fn thread_states<M: Memory + ?Sized>(
         interp = mem.u64(interp + l.is_next)?;
     }
     Ok(out)
+}
+
+/// Address of the GIL state the main interpreter uses, if the layout says where it is.
+pub fn gil_address<M: Memory + ?Sized>(mem: &M, l: &Layout, runtime: u64) -> Option<u64> {
+    if l.free_threaded {
+        return None;
+    }
+    if let Some(off) = l.rt_gil {
+        return Some(runtime + off);
+    }
+    match l.gil {
+        GilSource::InterpGil { ceval_gil, .. } => {
+            let interp = mem.u64(runtime + l.rt_interp_head).ok()?;
+            let gil = mem.u64(interp.checked_add(ceval_gil)?).ok()?;
+            (gil != 0).then_some(gil)
+        }
+        GilSource::RuntimeTstateCurrent(_) => None,
+    }
+}
+
+/// `thread_id` of the thread holding the main interpreter's GIL, read now.
+pub fn gil_holder_id<M: Memory + ?Sized>(mem: &M, l: &Layout, runtime: u64) -> Option<u64> {
+    let interp = mem.u64(runtime + l.rt_interp_head).ok()?;
+    let holder = gil_holder(mem, l, runtime, interp).ok()??;
+    mem.u64(holder.checked_add(l.ts_thread_id)?).ok()
 }
 
 /// The thread state holding the GIL of `interp`, if any.

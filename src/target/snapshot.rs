@@ -379,6 +379,8 @@ fn native_thread(tid: u32, state: ThreadState, name: Option<String>) -> ThreadSt
         thread_name: name.map(Into::into),
         active: state.is_running(),
         owns_gil: false,
+        gil_requested: false,
+        state: None,
         frames: Vec::<Frame>::new(),
     }
 }

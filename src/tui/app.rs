@@ -93,6 +93,8 @@ pub struct App {
     pub editing_filter: bool,
     /// The key help is shown over the table.
     pub help: bool,
+    /// The threads view (each thread's state shares) replaces the table.
+    pub states: bool,
     /// Entries whose callers and callees are shown, the current one last (Esc goes back).
     pub detail: Vec<usize>,
     /// Index of the highlighted row of the table.
@@ -202,6 +204,10 @@ impl App {
             }
             KeyCode::Char('T') => {
                 self.cycle_thread(false);
+                Action::Redraw
+            }
+            KeyCode::Char('w') => {
+                self.states = !self.states;
                 Action::Redraw
             }
             KeyCode::Char('/') => {
@@ -519,6 +525,15 @@ mod tests {
         app.handle_key(ch('/'));
         app.handle_key(key(KeyCode::Backspace));
         assert!(!app.editing_filter);
+    }
+
+    #[test]
+    fn w_toggles_the_threads_view() {
+        let mut app = App::new();
+        assert_eq!(app.handle_key(ch('w')), Action::Redraw);
+        assert!(app.states);
+        app.handle_key(ch('w'));
+        assert!(!app.states);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("l", "one row per line / per function"),
     ("n", "show / hide native frames (with --native)"),
     ("t / T", "next / previous thread: all, then each by name"),
+    (
+        "w",
+        "threads view: what each thread runs or waits for (prof diagnose's states)",
+    ),
     ("/", "filter by function or file name (Esc clears)"),
     ("Enter", "callers and callees of the highlighted row"),
     ("Esc", "back from callers/callees, or clear the filter"),
@@ -45,9 +49,12 @@ pub fn draw(frame: &mut Frame, app: &mut App, profile: &Profile, status: &Status
     .areas(frame.area());
     frame.render_widget(Paragraph::new(lines), header);
     let interval = status.interval(profile.meta().requested_rate);
-    match &view.detail {
-        Some((name, n)) => draw_detail(frame, body, app, name, n, view.totals.samples, interval),
-        None => draw_table(frame, body, app, &view, status, interval),
+    match (&view.detail, &status.states) {
+        (_, Some(report)) if app.states => draw_states(frame, body, report),
+        (Some((name, n)), _) => {
+            draw_detail(frame, body, app, name, n, view.totals.samples, interval)
+        }
+        (None, _) => draw_table(frame, body, app, &view, status, interval),
     }
     draw_footer(frame, footer, app);
     if app.help {
@@ -164,7 +171,62 @@ fn header_lines(
     let mut lines = vec![Line::from(first)];
     lines.extend(pack(second, width));
     lines.extend(pack(third, width));
+    if let Some(report) = &status.states {
+        lines.push(Line::from(field("States", report.process.states.line())));
+        lines.push(Line::from(vec![
+            Span::styled(format!("Verdict ({}) ", report.verdict.kind), dim),
+            Span::styled(report.verdict.text.clone(), bold),
+        ]));
+    }
     lines
+}
+
+/// The threads view: each thread's share of each state, and its hottest function in its
+/// main state.
+fn draw_states(frame: &mut Frame, area: Rect, report: &crate::diagnose::Report) {
+    use crate::diagnose::State;
+    let mut header = vec![
+        Cell::from("Thread"),
+        Cell::from("TID"),
+        Cell::from("Samples"),
+    ];
+    header.extend(State::ALL.iter().map(|s| Cell::from(s.name())));
+    header.push(Cell::from("Hottest in its main state"));
+    let rows = report.threads.iter().map(|t| {
+        let mut cells = vec![
+            Cell::from(t.name.clone()),
+            Cell::from(t.tid.map_or("?".to_string(), |x| x.to_string())),
+            Cell::from(t.samples.to_string()),
+        ];
+        cells.extend(State::ALL.iter().map(|s| {
+            let v = t.states.get(*s);
+            Cell::from(if v > 0.0 {
+                format!("{:.0}%", v * 100.0)
+            } else {
+                "-".to_string()
+            })
+        }));
+        let main = State::ALL
+            .iter()
+            .max_by(|a, b| t.states.get(**a).total_cmp(&t.states.get(**b)));
+        let hot = main
+            .and_then(|s| t.top.get(s.name()).map(|f| format!("{}: {f}", s.name())))
+            .unwrap_or_default();
+        cells.push(Cell::from(hot));
+        Row::new(cells)
+    });
+    let mut widths = vec![
+        Constraint::Length(18),
+        Constraint::Length(8),
+        Constraint::Length(8),
+    ];
+    widths.extend(State::ALL.iter().map(|_| Constraint::Length(7)));
+    widths.push(Constraint::Fill(1));
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    frame.render_widget(
+        Table::new(rows, widths).header(Row::new(header).style(bold)),
+        area,
+    );
 }
 
 /// Fields into lines at most `width` wide, three spaces apart; a field wider than the
@@ -447,6 +509,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
                 ("r", "reset"),
                 ("l", "lines"),
                 ("t", "thread"),
+                ("w", "states"),
                 ("/", "filter"),
                 ("Enter", "callers/callees"),
             ]
@@ -582,6 +645,7 @@ mod tests {
             errors: 3,
             lost: 0,
             target: TargetState::Running,
+            states: None,
         }
     }
 
@@ -631,6 +695,48 @@ mod tests {
             .iter()
             .find(|l| l.contains(text))
             .unwrap_or_else(|| panic!("{text:?} not on screen:\n{}", lines.join("\n")))
+    }
+
+    #[test]
+    fn states_in_the_header_and_the_threads_view() {
+        use crate::diagnose::{Diagnosis, State, ThreadState};
+        use crate::sample::{Frame, FrameKind, Sample, ThreadStack};
+        let mut d = Diagnosis::new();
+        for (tid, state, n) in [
+            (7, State::Sleep, 9),
+            (7, State::Python, 1),
+            (8, State::Sleep, 10),
+        ] {
+            for _ in 0..n {
+                d.add(&Sample {
+                    time: 0.0,
+                    pid: 4242,
+                    stack: ThreadStack {
+                        thread_id: tid as u64,
+                        os_thread_id: Some(tid),
+                        thread_name: Some(format!("napper-{tid}").into()),
+                        active: false,
+                        owns_gil: false,
+                        gil_requested: false,
+                        state: Some(ThreadState::plain(state)),
+                        frames: vec![Frame::new("nap", "/a/n.py", "n.py", 3, FrameKind::Python)],
+                    },
+                });
+            }
+        }
+        let mut st = status();
+        st.states = Some(d.report(None));
+        let p = two_threads(ProfileOptions::default());
+        let mut app = App::new();
+        let s = screen(&mut app, &p, &st);
+        assert!(find(&s, "States").contains("python 5% · sleep 95%"));
+        assert!(find(&s, "Verdict (sleep)").contains("sleeping: 95% of thread time"));
+        assert_eq!(key(&mut app, KeyCode::Char('w')), Action::Redraw);
+        let s = screen(&mut app, &p, &st);
+        let row = find(&s, "napper-7");
+        assert!(row.contains("10%") && row.contains("90%"), "{row}");
+        assert!(row.contains("sleep: nap (n.py:3)"), "{row}");
+        assert!(find(&s, "TID").contains("python"));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Status {
     pub lost: u64,
     /// Where the target stands.
     pub target: TargetState,
+    /// The threads' states so far and the verdict (see `prof diagnose`), once sampled.
+    pub states: Option<crate::diagnose::Report>,
 }
 
 impl Status {

@@ -1165,10 +1165,12 @@ pub struct TextDump {
 }
 
 /// Parses `prof dump` text: a process line, a Python version line, then per
-/// thread `Thread <id> (<status>): "<name>"` followed by `    function (file:line)`
+/// thread `Thread <id> (<status>): "<name>" [<state>]` followed by `    function (file:line)`
 /// lines. Blank lines may separate blocks; anything else is an error.
 pub fn parse_text_dump(text: &str) -> Result<TextDump, String> {
-    let header = regex::Regex::new(r#"^Thread (\S+) \(([^)]*)\)(?:: "(.*)")?$"#).unwrap();
+    // The thread's state (`[io recv socket 127.0.0.1:80]`) may follow the name.
+    let header =
+        regex::Regex::new(r#"^Thread (\S+) \(([^)]*)\)(?:: "(.*?)")?(?: \[[^\]]*\])?$"#).unwrap();
     // The name ends at the first " (" (qualnames have no parentheses); the
     // file may contain anything, so the line number is taken from the end.
     let frame = regex::Regex::new(r"^    (\S.*?) \((.*):(\d+)\)$").unwrap();
