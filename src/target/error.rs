@@ -11,37 +11,10 @@ use crate::python::{LayoutError, PyError};
 /// Why a target (a live process or a core file) cannot be read.
 #[derive(Debug, Error)]
 pub enum TargetError {
-    /// No such process.
-    #[error("no process with pid {0}")]
-    NotFound(u32),
-    /// The process exited while prof looked at it.
-    #[error("process {0} exited")]
-    Exited(u32),
-    /// The kernel refuses access; the advice says which setting to change.
-    #[error("permission denied for pid {pid}: {advice}")]
-    Permission {
-        /// The target.
-        pid: u32,
-        /// What the user can do about it (see `process::permission_advice`).
-        advice: String,
-    },
-    /// A kernel thread: it runs no program, so it has no memory or stack to read.
-    #[error("pid {0} is a kernel thread, not a program: it has no user-space stack to read")]
-    KernelThread(u32),
-    /// prof's own pid, where a stop is needed.
-    #[error(
-        "pid {0} is prof itself: a process cannot ptrace (stop) its own threads, so it cannot read its own native stacks"
-    )]
-    Itself(u32),
-    /// Stopping a thread or reading its registers failed for a reason other than the
-    /// above (never reported as corrupt memory: the memory was not the problem).
-    #[error("cannot stop or read the registers of pid {pid}: {msg}")]
-    Ptrace {
-        /// The target.
-        pid: u32,
-        /// What the kernel said.
-        msg: String,
-    },
+    /// What the operating system said about a live process: not found, exited,
+    /// permission (with its advice), a kernel thread, prof itself, a failed ptrace stop.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
     /// No Python interpreter in the target (the text names what was looked at).
     #[error("{0}")]
     NotPython(String),
@@ -72,14 +45,6 @@ pub enum TargetError {
     /// The interpreter's data could not be read or made sense of.
     #[error(transparent)]
     Python(PyError),
-    /// Anything else the kernel said about the process.
-    #[error("cannot read /proc for pid {pid}: {msg}")]
-    Other {
-        /// The target.
-        pid: u32,
-        /// The error.
-        msg: String,
-    },
 }
 
 impl TargetError {
@@ -90,7 +55,10 @@ impl TargetError {
 
     /// Did the process exit, or never exist?
     pub fn is_gone(&self) -> bool {
-        matches!(self, TargetError::Exited(_) | TargetError::NotFound(_))
+        matches!(
+            self,
+            TargetError::Process(ProcessError::Exited(_) | ProcessError::NotFound(_))
+        )
     }
 
     /// Is this a fact about the pid rather than a symptom of an exit (a failed read of an
@@ -98,22 +66,10 @@ impl TargetError {
     pub fn is_settled(&self) -> bool {
         matches!(
             self,
-            TargetError::NotFound(_) | TargetError::KernelThread(_) | TargetError::Itself(_)
+            TargetError::Process(
+                ProcessError::NotFound(_) | ProcessError::KernelThread(_) | ProcessError::Itself(_)
+            )
         )
-    }
-}
-
-impl From<ProcessError> for TargetError {
-    fn from(e: ProcessError) -> TargetError {
-        match e {
-            ProcessError::NotFound(pid) => TargetError::NotFound(pid),
-            ProcessError::Exited(pid) => TargetError::Exited(pid),
-            ProcessError::Permission { pid, advice } => TargetError::Permission { pid, advice },
-            ProcessError::KernelThread(pid) => TargetError::KernelThread(pid),
-            ProcessError::Itself(pid) => TargetError::Itself(pid),
-            ProcessError::Ptrace { pid, msg } => TargetError::Ptrace { pid, msg },
-            ProcessError::Other { pid, msg } => TargetError::Other { pid, msg },
-        }
     }
 }
 

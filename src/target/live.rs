@@ -11,7 +11,7 @@ use super::error::{is_read_failure, python_fact};
 use super::{Paused, Target, TargetError, ThreadInfo, ThreadState};
 use crate::arch::{Arch, Registers};
 use crate::process::ptrace::PauseGuard;
-use crate::process::{self, LiveMemory, MapRange, MemoryError, threads};
+use crate::process::{self, LiveMemory, MapRange, MemoryError, ProcessError, threads};
 use crate::python::PyError;
 
 /// How often a process's kernel threads are listed again (new threads are rare; each
@@ -34,7 +34,7 @@ impl LivePid {
     /// an address space is checked by the first [`Target::maps`].
     pub fn open(pid: u32) -> Result<LivePid, TargetError> {
         if process::is_kernel_thread(pid) {
-            return Err(TargetError::KernelThread(pid));
+            return Err(ProcessError::KernelThread(pid).into());
         }
         Ok(LivePid::new(pid))
     }
@@ -103,7 +103,7 @@ impl Target for LivePid {
         let maps = process::read_maps(self.pid).map_err(|e| self.settle(e.into()))?;
         if maps.is_empty() && !process::is_kernel_thread(self.pid) {
             // Not a kernel thread, so its address space is being torn down.
-            return Err(TargetError::Exited(self.pid));
+            return Err(ProcessError::Exited(self.pid).into());
         }
         Ok(maps)
     }
@@ -129,7 +129,7 @@ impl Target for LivePid {
                 if process::is_alive(pid) {
                     TargetError::from(process::permission_error(pid))
                 } else {
-                    TargetError::Exited(pid)
+                    ProcessError::Exited(pid).into()
                 }
             })?;
             self.stat_files.retain(|tid, _| tids.contains(tid));
@@ -182,9 +182,12 @@ impl Target for LivePid {
     }
 
     fn registers(&self, tid: u32) -> Result<Registers, TargetError> {
-        process::regs::thread_registers(tid).map_err(|e| TargetError::Ptrace {
-            pid: self.pid,
-            msg: format!("registers of thread {tid}: {e}"),
+        process::regs::thread_registers(tid).map_err(|e| {
+            ProcessError::Ptrace {
+                pid: self.pid,
+                msg: format!("registers of thread {tid}: {e}"),
+            }
+            .into()
         })
     }
 
@@ -200,8 +203,8 @@ impl Target for LivePid {
             Some(fact) => fact,
             None => match is_read_failure(&e) {
                 Some(MemoryError::Permission) => process::permission_error(pid).into(),
-                Some(MemoryError::Gone) => TargetError::Exited(pid),
-                _ if !process::is_alive(pid) => TargetError::Exited(pid),
+                Some(MemoryError::Gone) => ProcessError::Exited(pid).into(),
+                _ if !process::is_alive(pid) => ProcessError::Exited(pid).into(),
                 _ => TargetError::Python(e),
             },
         };
@@ -211,7 +214,7 @@ impl Target for LivePid {
     /// `e`, unless the real cause is that the process exited meanwhile.
     fn settle(&self, e: TargetError) -> TargetError {
         if !e.is_settled() && self.exiting() {
-            TargetError::Exited(self.pid)
+            ProcessError::Exited(self.pid).into()
         } else {
             e
         }
