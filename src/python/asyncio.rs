@@ -658,7 +658,7 @@ impl<M: Memory> StackReader<M> {
         let tasks = read_tasks(
             &mut self.asyncio,
             &mut self.codes,
-            &self.frame_addrs,
+            &self.scratch,
             &logged,
             (l, &al),
             &addrs,
@@ -1074,7 +1074,7 @@ impl TaskCache {
 fn read_tasks<R: Memory + ?Sized>(
     cache: &mut TaskCache,
     codes: &mut CodeCache,
-    frame_addrs: &[(u64, Vec<u64>)],
+    threads: &[super::ThreadScratch],
     mem: &R,
     (l, al): (&Layout, &AsyncLayout),
     addrs: &[u64],
@@ -1128,14 +1128,12 @@ fn read_tasks<R: Memory + ?Sized>(
         // A task runs when its outermost coroutine's frame is on a thread's stack, as
         // read in the same sample as those stacks: the interpreter's own record of
         // the current task, read a moment later, may already name the next one.
-        let on = chain.first().and_then(|f| {
-            frame_addrs
-                .iter()
-                .find(|(_, addrs)| addrs.contains(&f.addr))
-        });
+        let on = chain
+            .first()
+            .and_then(|f| threads.iter().find(|t| t.frame_addrs.contains(&f.addr)));
         let is_running = on.is_some();
-        if let Some((tid, _)) = on {
-            thread_id = Some(*tid);
+        if let Some(t) = on {
+            thread_id = Some(t.thread_id);
         }
         let awaiting = if is_running {
             Awaiting::Unknown

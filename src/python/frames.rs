@@ -180,6 +180,19 @@ pub fn current_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: u64) -> Re
     })
 }
 
+/// One thread's part in [`second_look`]: the frames its first walk found, and the buffers
+/// its second copy is read into.
+pub trait Look {
+    /// The walked frames, and the second copy's buffers.
+    fn parts(&mut self) -> (&[RawFrame], &mut Vec<(u64, Vec<u8>)>);
+}
+
+impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
+    fn parts(&mut self) -> (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
+        (self.0, self.1)
+    }
+}
+
 /// A second look at the stacks of the `wanted` threads, whose innermost frame pointer was
 /// the same after their copy as before it: the regions of the first copy that hold their
 /// frames are copied again, then each thread's frame root is read again after them, and a
@@ -189,30 +202,38 @@ pub fn current_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: u64) -> Re
 /// down to the same depth while it was copied: it leaves the same innermost pointer behind,
 /// over frames the copy saw half rewritten.
 ///
-/// `regions[i]` is thread i's first copy (address-sorted), `walked[i]` its walk of it;
-/// `scratch` and `raw` are reused buffers. Returns, per thread, whether its stack stands.
-#[allow(clippy::too_many_arguments)]
-pub fn second_look<M: Memory + ?Sized>(
+/// `regions[i]` is thread i's first copy (address-sorted), `looks[i]` its walk of it and
+/// the buffers of its second copy (one per thread, reused between samples); `raw` is a
+/// reused buffer. Returns, per thread, whether its stack stands.
+pub fn second_look<M: Memory + ?Sized, S: Look>(
     mem: &M,
     l: &Layout,
     threads: &[super::threads::PyThread],
     wanted: &[bool],
     regions: &[Vec<(u64, Vec<u8>)>],
-    walked: &[Vec<RawFrame>],
-    scratch: &mut Vec<Vec<(u64, Vec<u8>)>>,
+    looks: &mut [S],
     raw: &mut Vec<RawFrame>,
 ) -> Vec<bool> {
     let n = threads.len();
-    let want = |i: usize| wanted.get(i).copied().unwrap_or(false) && !walked[i].is_empty();
-    scratch.resize_with(n, Vec::new);
+    debug_assert_eq!(looks.len(), n, "one look per thread");
+    let want = |i: usize, walked: &[RawFrame]| {
+        wanted.get(i).copied().unwrap_or(false) && !walked.is_empty()
+    };
+    let wants: Vec<bool> = looks
+        .iter_mut()
+        .enumerate()
+        .map(|(i, s)| want(i, s.parts().0))
+        .collect();
+    let want = |i: usize| wants.get(i).copied().unwrap_or(false);
     let mut holds = Vec::new();
-    for (i, copy) in scratch.iter_mut().enumerate() {
+    for (i, look) in looks.iter_mut().enumerate() {
+        let (walked, copy) = look.parts();
         // Which regions hold a walked frame: each frame's region is found by a binary
         // search (the regions are sorted), as deep stacks make a scan of every region for
         // every frame cost millions of steps.
         holds.clear();
         holds.resize(regions[i].len(), false);
-        for f in walked[i].iter().filter(|_| want(i)) {
+        for f in walked.iter().filter(|_| want(i)) {
             let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
             if let Some(k) = k.checked_sub(1)
                 && f.addr - regions[i][k].0 < regions[i][k].1.len() as u64
@@ -235,8 +256,8 @@ pub fn second_look<M: Memory + ?Sized>(
     let mut roots = vec![[[0u8; 8]; 2]; n];
     {
         let mut reqs: Vec<(u64, &mut [u8])> = Vec::new();
-        for copy in scratch.iter_mut() {
-            for (addr, buf) in copy.iter_mut() {
+        for look in looks.iter_mut() {
+            for (addr, buf) in look.parts().1.iter_mut() {
                 reqs.push((*addr, buf));
             }
         }
@@ -260,12 +281,15 @@ pub fn second_look<M: Memory + ?Sized>(
             return vec![false; n];
         }
     }
-    (0..n)
-        .map(|i| {
+    looks
+        .iter_mut()
+        .enumerate()
+        .map(|(i, look)| {
             if !want(i) {
                 return false;
             }
-            let first = walked[i][0].addr;
+            let (walked, copy) = look.parts();
+            let first = walked[0].addr;
             let [a, b] = roots[i];
             let root = match l.frame_root {
                 FrameRoot::Direct(_) => u64::from_le_bytes(a),
@@ -280,11 +304,11 @@ pub fn second_look<M: Memory + ?Sized>(
             if root != first {
                 return false;
             }
-            let again = crate::process::Overlay::new(&scratch[i], mem);
-            if walk(&again, l, first, raw).is_err() || raw.len() != walked[i].len() {
+            let again = crate::process::Overlay::new(copy, mem);
+            if walk(&again, l, first, raw).is_err() || raw.len() != walked.len() {
                 return false;
             }
-            raw.iter().zip(&walked[i]).enumerate().all(|(k, (x, y))| {
+            raw.iter().zip(walked).enumerate().all(|(k, (x, y))| {
                 x.addr == y.addr
                     && x.code == y.code
                     && x.shim == y.shim
@@ -748,8 +772,7 @@ mod tests {
                 &threads,
                 &[true],
                 &regions,
-                &[walked.clone()],
-                &mut scratch,
+                &mut [(&walked[..], &mut scratch)],
                 &mut raw,
             )[0]
         };

@@ -53,6 +53,51 @@ const NAMES_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Bound on cached per-thread facts; cleared wholesale when exceeded.
 const MAX_THREADS_CACHED: usize = 65536;
 
+/// What the reader keeps of one thread between samples: what the last sample found, and
+/// buffers reused so that a warmed-up reader does not allocate.
+#[derive(Default)]
+pub struct ThreadScratch {
+    /// The frames walked this sample.
+    walked: Vec<frames::RawFrame>,
+    /// The second copy of [`frames::second_look`].
+    second: Vec<(u64, Vec<u8>)>,
+    /// The innermost frame pointer the walk started from (None: walk failed).
+    first: Option<u64>,
+    /// The walk stopped at [`frames::MAX_DEPTH`] with more frames beyond.
+    beyond: bool,
+    /// The previous sample's frames (see [`frames::resolve_remembering`]).
+    memo: Vec<Option<frames::Remembered>>,
+    /// The `is_entry` flag of each frame of the last result.
+    entries: Vec<bool>,
+    /// Addresses of its interpreter entry frames (3.12+).
+    entry_addrs: Vec<u64>,
+    /// Its Python thread id and the addresses of its Python frames, which tell which
+    /// asyncio task runs on it (see `asyncio`).
+    thread_id: u64,
+    frame_addrs: Vec<u64>,
+}
+
+impl ThreadScratch {
+    /// The `is_entry` flag of each frame of the thread's last stack (see
+    /// [`frames::RawFrame::is_entry`]).
+    pub fn entry_flags(&self) -> &[bool] {
+        &self.entries
+    }
+
+    /// The addresses of the thread's interpreter-owned entry frames (3.12+). They live on
+    /// the C stack of the eval loop's native frame, which identifies that frame even in
+    /// binaries without its symbol.
+    pub fn entry_frame_addresses(&self) -> &[u64] {
+        &self.entry_addrs
+    }
+}
+
+impl frames::Look for ThreadScratch {
+    fn parts(&mut self) -> (&[frames::RawFrame], &mut Vec<(u64, Vec<u8>)>) {
+        (&self.walked, &mut self.second)
+    }
+}
+
 /// Reads Python threads and stacks from any [`Memory`]: a live process or a core file.
 pub struct StackReader<M: Memory> {
     mem: M,
@@ -72,27 +117,16 @@ pub struct StackReader<M: Memory> {
     chunks: Vec<(u64, Vec<u8>)>,
     plan: Option<batch::Plan>,
     errors: u64,
-    entries: Vec<Vec<bool>>,
-    /// Per thread of the last sample: addresses of its interpreter entry frames (3.12+).
-    entry_addrs: Vec<Vec<u64>>,
-    /// Per thread of the last sample: its Python thread id and the addresses of its Python
-    /// frames, which tell which asyncio task runs on it (see `asyncio`).
-    frame_addrs: Vec<(u64, Vec<u64>)>,
-    /// Per thread: the frames walked this sample, kept to reuse their allocations.
-    walked: Vec<Vec<frames::RawFrame>>,
-    /// Per thread: the second copy of [`frames::second_look`], reused between samples.
-    second: Vec<Vec<(u64, Vec<u8>)>>,
+    /// Per thread of the last sample, in its order: what the reader keeps of it, reused
+    /// between samples.
+    scratch: Vec<ThreadScratch>,
+    /// The slow path's second copy (see [`frames::second_look`]), reused between samples.
+    second: Vec<(u64, Vec<u8>)>,
     /// The frames [`frames::second_look`] walks in its copy, reused between samples.
     second_raw: Vec<frames::RawFrame>,
-    /// Per thread: the innermost frame pointer the walk started from (None: walk failed).
-    firsts: Vec<Option<u64>>,
-    /// Per thread: its walk stopped at [`frames::MAX_DEPTH`] with more frames beyond.
-    beyond: Vec<bool>,
     /// Scratch lists for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
     regions: Vec<(u64, u64)>,
-    /// Per thread: its previous sample's frames (see [`frames::resolve_remembering`]).
-    memo: Vec<Vec<Option<frames::Remembered>>>,
     /// What the asyncio task reader keeps between samples (`--async`).
     asyncio: asyncio::TaskCache,
 }
@@ -115,17 +149,11 @@ impl<M: Memory> StackReader<M> {
             chunks: Vec::new(),
             plan: None,
             errors: 0,
-            entries: Vec::new(),
-            entry_addrs: Vec::new(),
-            frame_addrs: Vec::new(),
-            walked: Vec::new(),
+            scratch: Vec::new(),
             second: Vec::new(),
             second_raw: Vec::new(),
-            firsts: Vec::new(),
-            beyond: Vec::new(),
             spans: Vec::new(),
             regions: Vec::new(),
-            memo: Vec::new(),
             asyncio: asyncio::TaskCache::default(),
         }
     }
@@ -152,14 +180,13 @@ impl<M: Memory> StackReader<M> {
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;
         let n = threads.len();
-        self.walked.resize_with(n, Vec::new);
-        self.firsts.clear();
-        self.beyond.clear();
-        self.memo.resize_with(n, Vec::new);
+        // Reused between samples: no allocation once warmed up.
+        self.scratch.resize_with(n, Default::default);
         let reads_before = self.mem.reads();
         for (i, (t, chunks)) in threads.iter().zip(&chunks).enumerate() {
             let local = Overlay::new(chunks, &self.mem);
-            let raw = &mut self.walked[i];
+            let s = &mut self.scratch[i];
+            let raw = &mut s.walked;
             let ok = frames::first_frame(&local, l, &t.raw)
                 .and_then(|first| frames::walk(&local, l, first, raw).map(|more| (first, more)));
             if let Some(plan) = &mut self.plan {
@@ -167,8 +194,8 @@ impl<M: Memory> StackReader<M> {
                 frames::regions_outside(l, &t.raw, raw, &self.spans, &mut self.regions);
                 plan.remember(i, &self.regions);
             }
-            self.firsts.push(ok.as_ref().ok().map(|w| w.0));
-            self.beyond.push(ok.is_ok_and(|w| w.1));
+            s.first = ok.as_ref().ok().map(|w| w.0);
+            s.beyond = ok.is_ok_and(|w| w.1);
         }
         // Without stopping the target, a stack is trusted when the batch vouches for it (see
         // batch::Still), else after a second look (see frames::second_look). A walk that read
@@ -181,7 +208,7 @@ impl<M: Memory> StackReader<M> {
             })
             .collect();
         let wanted: Vec<bool> = (0..n)
-            .map(|i| !vouched[i] && self.firsts[i].is_some())
+            .map(|i| !vouched[i] && self.scratch[i].first.is_some())
             .collect();
         let looked = if wanted.contains(&true) {
             frames::second_look(
@@ -190,32 +217,28 @@ impl<M: Memory> StackReader<M> {
                 &threads,
                 &wanted,
                 &chunks,
-                &self.walked,
-                &mut self.second,
+                &mut self.scratch,
                 &mut self.second_raw,
             )
         } else {
             vec![false; n]
         };
         let mut out = Vec::with_capacity(n);
-        // Reused between samples: no allocation once warmed up.
-        self.entries.resize_with(n, Vec::new);
-        self.entry_addrs.resize_with(n, Vec::new);
-        self.frame_addrs.resize_with(n, Default::default);
         for (i, t) in threads.iter().enumerate() {
-            let mut entries = std::mem::take(&mut self.entries[i]);
-            let consistent = self.firsts[i].is_some() && (vouched[i] || looked[i]);
+            let mut entries = std::mem::take(&mut self.scratch[i].entries);
+            let consistent = self.scratch[i].first.is_some() && (vouched[i] || looked[i]);
             let frames = if consistent {
                 let local = Overlay::new(&chunks[i], &self.mem);
+                let s = &mut self.scratch[i];
                 frames::resolve_remembering(
                     &local,
                     l,
                     &mut self.codes,
-                    &self.walked[i],
-                    self.beyond[i],
+                    &s.walked,
+                    s.beyond,
                     opts,
                     &mut entries,
-                    &mut self.memo[i],
+                    &mut s.memo,
                 )
             } else {
                 // Moved under us (or unreadable): the slow path retries this thread alone.
@@ -227,19 +250,16 @@ impl<M: Memory> StackReader<M> {
                 Vec::new()
             });
             entries.resize(frames.len(), false);
-            self.entries[i] = entries;
-            let raw: &[frames::RawFrame] = if consistent {
-                &self.walked[i]
-            } else {
-                &self.raw
-            };
-            let addrs = &mut self.entry_addrs[i];
-            addrs.clear();
-            addrs.extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
-            let (id, addrs) = &mut self.frame_addrs[i];
-            *id = t.thread_id;
-            addrs.clear();
-            addrs.extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
+            let s = &mut self.scratch[i];
+            s.entries = entries;
+            let raw: &[frames::RawFrame] = if consistent { &s.walked } else { &self.raw };
+            s.entry_addrs.clear();
+            s.entry_addrs
+                .extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
+            s.thread_id = t.thread_id;
+            s.frame_addrs.clear();
+            s.frame_addrs
+                .extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
             let os_thread_id = t
                 .native_id
                 .or_else(|| self.tid_from_pthread(t.thread_id, tids));
@@ -327,8 +347,7 @@ impl<M: Memory> StackReader<M> {
                         std::slice::from_ref(t),
                         &[true],
                         std::slice::from_ref(&self.chunks),
-                        std::slice::from_ref(&self.raw),
-                        &mut self.second,
+                        &mut [(&self.raw[..], &mut self.second)],
                         &mut self.second_raw,
                     )[0]
                 };
@@ -349,17 +368,10 @@ impl<M: Memory> StackReader<M> {
         frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, more, opts, entries)
     }
 
-    /// For each thread of the last [`StackReader::stacks`] result, in the same order, the
-    /// `is_entry` flag of each of its frames (see [`frames::RawFrame::is_entry`]).
-    pub fn entry_flags(&self) -> &[Vec<bool>] {
-        &self.entries
-    }
-
-    /// For each thread of the last [`StackReader::stacks`] result, the addresses of its
-    /// interpreter-owned entry frames (3.12+). They live on the C stack of the eval loop's
-    /// native frame, which identifies that frame even in binaries without its symbol.
-    pub fn entry_frame_addresses(&self) -> &[Vec<u64>] {
-        &self.entry_addrs
+    /// What was kept of each thread of the last [`StackReader::stacks`] result, in the
+    /// same order.
+    pub fn last_threads(&self) -> &[ThreadScratch] {
+        &self.scratch
     }
 
     /// Threads whose stack could not be read consistently, since the reader was made.

@@ -9,7 +9,9 @@ use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
 use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
 use crate::python::asyncio::{AsyncTask, find_debug_section};
-use crate::python::{FrameOptions, Interpreter, Layout, PyError, StackReader, find_interpreter};
+use crate::python::{
+    FrameOptions, Interpreter, Layout, PyError, StackReader, ThreadScratch, find_interpreter,
+};
 use crate::sample::{Frame, ThreadStack};
 
 /// Why `--native` and `--nonblocking` cannot go together.
@@ -252,8 +254,7 @@ impl<T: Target> Snapshot<T> {
                 } else {
                     EntryRule::PerFrame
                 },
-                entries: r.entry_flags(),
-                entry_addrs: r.entry_frame_addresses(),
+                threads: r.last_threads(),
             });
             let target = &self.target;
             merge_all(
@@ -282,11 +283,10 @@ struct PythonSide<'a> {
     layout: &'a Layout,
     /// How eval-loop frames map to Python frames.
     rule: EntryRule,
-    /// Per stack: the `is_entry` flag of each Python frame.
-    entries: &'a [Vec<bool>],
-    /// Per stack: addresses of its interpreter entry frames (3.12+), which sit on the C
-    /// stack of the eval-loop call that runs them.
-    entry_addrs: &'a [Vec<u64>],
+    /// Per stack: the `is_entry` flag of each Python frame, and the addresses of its
+    /// interpreter entry frames (3.12+), which sit on the C stack of the eval-loop call
+    /// that runs them.
+    threads: &'a [ThreadScratch],
 }
 
 /// Merge the Python stacks of the threads `stopped` (whose unwound frames are `pcs`, in
@@ -344,7 +344,8 @@ fn merge_into(
         }
         return;
     };
-    let flags = py.entries.get(i).map(Vec::as_slice).unwrap_or(&[]);
+    let thread = py.threads.get(i);
+    let flags = thread.map_or(&[][..], ThreadScratch::entry_flags);
     let mut native = natives.symbolize(pcs);
     for nf in native.iter_mut() {
         nf.eval = nf
@@ -352,8 +353,8 @@ fn merge_into(
             .iter()
             .any(|f| py.layout.is_eval_function(f.name()));
     }
-    if let Some(addrs) = py.entry_addrs.get(i) {
-        mark_eval_frames(&mut native, pcs, addrs);
+    if let Some(t) = thread {
+        mark_eval_frames(&mut native, pcs, t.entry_frame_addresses());
     }
     stack.frames = merge(&native, &stack.frames, flags, py.rule);
 }
