@@ -2,6 +2,7 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::output::Format;
 use crate::python::frames::DEFAULT_DEPTH;
 
 /// The highest `--rate` prof accepts. On a 2-core x86_64 machine prof delivered 9,700 of
@@ -159,12 +160,11 @@ pub struct RecordArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Vec<std::path::PathBuf>,
 
-    /// Output format: flamegraph, raw (collapsed), speedscope, chrometrace, pprof
-    /// [default: from the output file's extension, else flamegraph]. With several -o,
-    /// one -f applies to those whose extension names no format, or one -f per -o pairs
-    /// them in order.
-    #[arg(short, long, value_name = "FORMAT")]
-    pub format: Vec<String>,
+    /// Output format (`collapsed` is `raw`) [default: from the output file's extension,
+    /// else flamegraph]. With several -o, one -f applies to those whose extension names no
+    /// format, or one -f per -o pairs them in order.
+    #[arg(short, long, value_name = "FORMAT", ignore_case = true)]
+    pub format: Vec<Format>,
 
     /// Stop after this many seconds of wall-clock time [default: until Ctrl-C or the
     /// target exits].
@@ -569,6 +569,13 @@ mod tests {
         let one = one_line_error(&parse(line).map(|_| ()).unwrap_err(), &argv(line));
         assert!(one.contains("'--format'"), "{one}");
         assert!(one.ends_with("see `prof record --help`"), "{one}");
+        // A bad format is named, with every format there is.
+        let line = "prof record -f bogus -p 1";
+        let one = one_line_error(&parse(line).map(|_| ()).unwrap_err(), &argv(line));
+        assert!(!one.contains('\n') && one.contains("'bogus'"), "{one}");
+        for f in Format::ALL {
+            assert!(one.contains(f.name()), "{f}: {one}");
+        }
         let line = "prof dump";
         let one = one_line_error(&parse(line).map(|_| ()).unwrap_err(), &argv(line));
         assert!(one.contains("--pid <PID>"), "{one}");

@@ -282,6 +282,10 @@ fn usage_errors_are_one_line() {
         ),
         (vec!["dump", "--core", "x", "-s"], "--subprocesses"),
         (vec!["record", "-r", "fast", "-p", "1"], "fast"),
+        (
+            vec!["record", "-f", "bogus", "-p", "1"],
+            "'bogus' for '--format <FORMAT>' [possible values: flamegraph, raw, speedscope, chrometrace, pprof]",
+        ),
         (vec!["nosuchcommand"], "nosuchcommand"),
         (vec!["record", "-p", "1", "python3", "app.py"], "--pid"),
     ] {

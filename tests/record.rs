@@ -1767,8 +1767,10 @@ fn bad_input_is_one_line_and_exit_1() {
         "-c",
         &touch,
     ]));
-    let line = out.assert_one_line_error("unknown format");
-    assert!(line.contains("bogus-format"), "unknown format: {line}");
+    let line = out.assert_one_line_error("invalid value 'bogus-format' for '--format");
+    for name in ["flamegraph", "raw", "speedscope", "chrometrace", "pprof"] {
+        assert!(line.contains(name), "unknown format: {line}");
+    }
     thread::sleep(Duration::from_millis(300));
     assert!(
         !Path::new(&marker).exists(),

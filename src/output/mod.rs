@@ -24,7 +24,6 @@ pub mod speedscope;
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
-use std::str::FromStr;
 
 use thiserror::Error;
 
@@ -137,15 +136,6 @@ impl Format {
         self.spec().name
     }
 
-    /// The format named on the command line (case-insensitive; `collapsed` = `raw`).
-    pub fn from_name(name: &str) -> Option<Format> {
-        let name = name.to_ascii_lowercase();
-        SPECS
-            .iter()
-            .find(|s| s.name == name || s.aliases.contains(&name.as_str()))
-            .map(|s| s.format)
-    }
-
     /// The format an output file name implies, if any (see the module table).
     pub fn from_extension(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
@@ -176,30 +166,16 @@ impl fmt::Display for Format {
     }
 }
 
-/// The error for an unknown `-f` name, listing the known ones.
-#[derive(Debug, Clone)]
-pub struct UnknownFormat(pub String);
-
-impl fmt::Display for UnknownFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = SPECS.iter().map(|s| s.name).collect();
-        let (last, rest) = names.split_last().expect("formats");
-        write!(
-            f,
-            "unknown format {:?} (expected {} or {last})",
-            self.0,
-            rest.join(", ")
-        )
+/// `-f`'s values, named as in `SPECS`: clap parses them (with `collapsed` = `raw`), lists
+/// them in `--help` and names them when one is wrong.
+impl clap::ValueEnum for Format {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Format::ALL
     }
-}
 
-impl std::error::Error for UnknownFormat {}
-
-impl FromStr for Format {
-    type Err = UnknownFormat;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Format::from_name(s).ok_or_else(|| UnknownFormat(s.to_owned()))
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let spec = self.spec();
+        Some(clap::builder::PossibleValue::new(spec.name).aliases(spec.aliases.iter().copied()))
     }
 }
 
@@ -224,24 +200,18 @@ mod tests {
             assert_eq!(s.format as usize, i, "{}", s.name);
             assert_eq!(Format::ALL[i], s.format);
         }
-        let err = UnknownFormat("x".into()).to_string();
-        assert_eq!(
-            err,
-            "unknown format \"x\" (expected flamegraph, raw, speedscope, chrometrace or pprof)"
-        );
     }
 
     #[test]
     fn names() {
+        use clap::ValueEnum;
+        let parse = |name: &str| Format::from_str(name, true).ok();
         for f in Format::ALL {
-            assert_eq!(Format::from_name(f.name()), Some(f));
-            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+            assert_eq!(parse(f.name()), Some(f));
         }
-        assert_eq!(Format::from_name("collapsed"), Some(Format::Raw));
-        assert_eq!(Format::from_name("FlameGraph"), Some(Format::Flamegraph));
-        assert_eq!(Format::from_name("svg"), None);
-        let err = "bogus".parse::<Format>().unwrap_err().to_string();
-        assert!(err.contains("bogus") && err.contains("speedscope"), "{err}");
+        assert_eq!(parse("collapsed"), Some(Format::Raw));
+        assert_eq!(parse("FlameGraph"), Some(Format::Flamegraph));
+        assert_eq!(parse("svg"), None);
     }
 
     #[test]
