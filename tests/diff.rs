@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -180,7 +181,12 @@ fn check_svg(path: &Path, v: &Value) {
     }
     // base is pprof (full file names), head raw (short ones): the frames must still meet,
     // or every frame of head would look new, and red.
-    let mut seen = Vec::new();
+    // A frame is keyed by its line, so one function is several nodes, and how a function's
+    // samples split over its lines drifts from run to run: a line of steady_b may grow a
+    // little while steady_b shrinks. So each node's colour must say its own change (red
+    // when it grew, blue when it shrank), and the changes summed over a function's nodes
+    // must say what the function did: grows grew, the others shrank.
+    let mut change: HashMap<&str, f64> = HashMap::new();
     for g in doc.descendants().filter(|n| n.has_tag_name("g")) {
         let title = g
             .children()
@@ -200,35 +206,40 @@ fn check_svg(path: &Path, v: &Value) {
         else {
             continue;
         };
-        // A frame is keyed by its line, so a rare line (the `def` line, sampled at the
-        // call's first instruction) can be a node of a sample or two in one profile only:
-        // its colour is honest but says nothing of the function. Only nodes of at least
-        // 5% of head's samples are judged.
-        let share: f64 = title
-            .rsplit_once(" samples, ")
-            .and_then(|(_, rest)| rest.split_once('%'))
-            .and_then(|(pct, _)| pct.parse().ok())
-            .unwrap_or_else(|| panic!("no share in the title {title:?}"));
-        if share < 5.0 {
-            continue;
-        }
+        // `name (file:line) (N samples, S%; +D%)`
+        let delta: f64 = title
+            .rsplit_once("; ")
+            .and_then(|(_, rest)| rest.strip_suffix("%)"))
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no change in the title {title:?}"));
         let rgb: Vec<u8> = fill
             .trim_start_matches("rgb(")
             .trim_end_matches(')')
             .split(',')
             .map(|c| c.trim().parse().unwrap())
             .collect();
-        let red = rgb[0] == 255 && rgb[1] == rgb[2] && rgb[1] < 250;
-        let blue = rgb[2] == 255 && rgb[0] == rgb[1] && rgb[0] < 250;
-        if name == "grows" {
-            assert!(red, "grows is not red: {title}: {fill}");
-        } else {
-            assert!(blue, "{name} is not blue: {title}: {fill}");
+        let reddish = rgb[0] == 255 && rgb[1] == rgb[2];
+        let bluish = rgb[2] == 255 && rgb[0] == rgb[1];
+        let strong = delta.abs() < 2.0 || rgb[1].min(rgb[0]) < 250;
+        if delta > 0.0 {
+            assert!(reddish && strong, "{title} grew but is not red: {fill}");
+        } else if delta < 0.0 {
+            assert!(bluish && strong, "{title} shrank but is not blue: {fill}");
         }
-        seen.push(name);
+        *change.entry(name).or_default() += delta;
     }
-    for name in ["grows", "steady_a", "steady_b"] {
-        assert!(seen.contains(&name), "no {name} frame in the SVG");
+    let of = |name: &str| {
+        *change
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} frame in the SVG"))
+    };
+    assert!(
+        of("grows") > 8.0,
+        "grows changed by {:+.2} points",
+        of("grows")
+    );
+    for name in ["steady_a", "steady_b"] {
+        assert!(of(name) < 0.0, "{name} changed by {:+.2} points", of(name));
     }
 }
 
