@@ -600,7 +600,10 @@ fn sample_process(
         async_tasks: opts.async_tasks,
     };
     // `--gil` on a free-threaded build keeps the threads on CPU (see Layout).
-    let layout = snap.interpreter().map(|i| Arc::clone(&i.layout));
+    let layout = opts
+        .gil_only
+        .then(|| snap.interpreter().map(|i| Arc::clone(&i.layout)))
+        .flatten();
     let capture = match snap.capture(&threads, &capture_opts) {
         Ok(c) => c,
         Err(_) => return p.read_failed(1, now, stats),

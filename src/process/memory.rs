@@ -109,42 +109,35 @@ pub trait MemoryExt: Memory {
 
 impl<M: Memory + ?Sized> MemoryExt for M {}
 
-impl<M: Memory + ?Sized> Memory for &M {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
-        (**self).read(addr, buf)
-    }
-    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
-        (**self).read_many(reqs)
-    }
-    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
-        (**self).read_many_then(reqs, cuts)
-    }
-    fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        (**self).peek(addr, len)
-    }
-    fn reads(&self) -> u64 {
-        (**self).reads()
-    }
+/// A handle on a memory (a reference, or an `Arc` when several readers share a core
+/// file) reads as the memory itself.
+macro_rules! forward_memory {
+    ($($handle:ty),*) => {$(
+        impl<M: Memory + ?Sized> Memory for $handle {
+            fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
+                (**self).read(addr, buf)
+            }
+            fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
+                (**self).read_many(reqs)
+            }
+            fn read_many_then(
+                &self,
+                reqs: &mut [(u64, &mut [u8])],
+                cuts: &[usize],
+            ) -> MemResult<()> {
+                (**self).read_many_then(reqs, cuts)
+            }
+            fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
+                (**self).peek(addr, len)
+            }
+            fn reads(&self) -> u64 {
+                (**self).reads()
+            }
+        }
+    )*};
 }
 
-/// A shared memory (a core file read by several readers) reads as the memory itself.
-impl<M: Memory + ?Sized> Memory for std::sync::Arc<M> {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> MemResult<()> {
-        (**self).read(addr, buf)
-    }
-    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> MemResult<()> {
-        (**self).read_many(reqs)
-    }
-    fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
-        (**self).read_many_then(reqs, cuts)
-    }
-    fn peek(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        (**self).peek(addr, len)
-    }
-    fn reads(&self) -> u64 {
-        (**self).reads()
-    }
-}
+forward_memory!(&M, std::sync::Arc<M>);
 
 /// Little-endian field access in a buffer copied from the target; out of range reads give 0,
 /// which the callers' validation then rejects like any other garbage.
