@@ -87,9 +87,10 @@ pub enum Command {
     Diagnose(DiagnoseArgs),
 }
 
-/// What to sample: a running process or a command to launch, and how often.
-#[derive(Debug, Args)]
-pub struct TargetArgs {
+/// Which process to sample (a running one or a command to launch), how often, and whether
+/// its children too: shared by `record`, `top` and `diagnose`.
+#[derive(Debug, Clone, Args)]
+pub struct ProcessArgs {
     /// PID of a running Python process to attach to (decimal, or hex with 0x).
     #[arg(short, long, value_name = "PID", conflicts_with = "command", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pid: Option<u32>,
@@ -104,9 +105,24 @@ pub struct TargetArgs {
     )]
     pub rate: f64,
 
-    /// Also profile child processes (subprocess, multiprocessing) as they appear.
+    /// Also sample child processes (subprocess, multiprocessing) as they appear.
     #[arg(short, long)]
     pub subprocesses: bool,
+
+    /// Command to launch and profile (e.g. `python app.py --port 1`), after prof's own
+    /// options; everything from its first word on is the command's. A `--` before it is
+    /// optional.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// What to sample: a running process or a command to launch, how often, and which threads
+/// and frames.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The process, the rate and its children.
+    #[command(flatten)]
+    pub process: ProcessArgs,
 
     /// Include threads that are idle (not on CPU) in the profile.
     #[arg(short, long)]
@@ -140,12 +156,6 @@ pub struct TargetArgs {
     /// chain of tasks awaiting them; waiting tasks count as idle (shown with --idle).
     #[arg(long = "async")]
     pub async_tasks: bool,
-
-    /// Command to launch and profile (e.g. `python app.py --port 1`), after prof's own
-    /// options; everything from its first word on is the command's. A `--` before it is
-    /// optional.
-    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
 }
 
 /// Options of `prof record`.
@@ -205,38 +215,19 @@ pub struct RecordArgs {
 /// Options of `prof diagnose`.
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
-    /// PID of a running Python process to attach to (decimal, or hex with 0x).
-    #[arg(short, long, value_name = "PID", conflicts_with = "command", value_parser = parse_pid, allow_negative_numbers = true)]
-    pub pid: Option<u32>,
+    /// The process, the rate and its children (each process, then all together).
+    #[command(flatten)]
+    pub process: ProcessArgs,
 
     /// Seconds of wall-clock time to sample [default: 5 with -p; with a command, until
     /// it exits].
     #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub duration: Option<f64>,
 
-    /// Samples per second, at most 10000.
-    #[arg(
-        short,
-        long,
-        default_value_t = 100.0,
-        value_name = "HZ",
-        allow_negative_numbers = true
-    )]
-    pub rate: f64,
-
-    /// Also diagnose child processes (subprocess, multiprocessing): each process, then
-    /// all together.
-    #[arg(short, long)]
-    pub subprocesses: bool,
-
     /// Print one JSON object: `{"verdict": {"kind", "text"}, "process": {"samples",
     /// "states"}, "threads": [{"pid", "tid", "name", "samples", "states", "top"}]}`.
     #[arg(short, long)]
     pub json: bool,
-
-    /// Command to launch and diagnose (e.g. `python app.py`), after prof's own options.
-    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
 }
 
 /// Options of `prof dump`.
@@ -436,11 +427,11 @@ mod tests {
                 panic!("{line}: not record");
             };
             assert_eq!(
-                r.target.command,
+                r.target.process.command,
                 ["python", "app.py", "--port", "1", "-r", "5"]
             );
             assert_eq!(
-                r.target.rate, 100.0,
+                r.target.process.rate, 100.0,
                 "{line}: -r after the command is the command's"
             );
             assert_eq!(r.output, [std::path::PathBuf::from("x.svg")]);
@@ -456,7 +447,10 @@ mod tests {
             panic!("not top");
         };
         assert_eq!(t.delay, 2.0);
-        assert_eq!(t.target.command, ["python", "app.py", "--delay", "5"]);
+        assert_eq!(
+            t.target.process.command,
+            ["python", "app.py", "--delay", "5"]
+        );
     }
 
     #[test]
@@ -529,16 +523,19 @@ mod tests {
         else {
             panic!("not diagnose");
         };
-        assert_eq!((d.pid, d.duration, d.rate), (Some(12), Some(2.0), 50.0));
-        assert!(d.json && d.subprocesses && d.command.is_empty());
+        assert_eq!(
+            (d.process.pid, d.duration, d.process.rate),
+            (Some(12), Some(2.0), 50.0)
+        );
+        assert!(d.json && d.process.subprocesses && d.process.command.is_empty());
         let Command::Diagnose(d) = parse("prof diagnose -- python app.py -d 9")
             .unwrap()
             .command
         else {
             panic!("not diagnose");
         };
-        assert_eq!(d.command, ["python", "app.py", "-d", "9"]);
-        assert_eq!((d.pid, d.duration), (None, None));
+        assert_eq!(d.process.command, ["python", "app.py", "-d", "9"]);
+        assert_eq!((d.process.pid, d.duration), (None, None));
         assert!(parse("prof diagnose -p 1 python x.py").is_err());
     }
 

@@ -17,9 +17,7 @@ const DEFAULT_SECONDS: f64 = 5.0;
 /// Run `prof diagnose`; returns the exit code (the launched command's, in launch mode).
 pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     let t = TargetArgs {
-        pid: args.pid,
-        rate: args.rate,
-        subprocesses: args.subprocesses,
+        process: args.process.clone(),
         // Waiting threads are what this command is about.
         idle: true,
         gil: false,
@@ -28,7 +26,6 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
         native: false,
         depth: crate::python::frames::DEFAULT_DEPTH,
         async_tasks: false,
-        command: args.command.clone(),
     };
     check_target_args(&t)?;
     if let Some(d) = args.duration
@@ -36,7 +33,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     {
         bail!("--duration must be a positive number of seconds, not {d}");
     }
-    let seconds = match (args.duration, args.pid) {
+    let seconds = match (args.duration, args.process.pid) {
         (Some(d), _) => Some(d),
         (None, Some(_)) => Some(DEFAULT_SECONDS),
         (None, None) => None,
@@ -52,7 +49,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     let threads = report.threads.len();
     eprintln!(
         "{}",
-        stats.summary_line(diagnosis.samples(), threads, args.rate)
+        stats.summary_line(diagnosis.samples(), threads, args.process.rate)
     );
     if stats.target_exited && launched.is_none() {
         eprintln!("prof: the target exited; the diagnosis covers it up to its exit");

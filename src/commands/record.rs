@@ -54,7 +54,10 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
     let mut sampler_opts = sampler_options(t, args.duration.map(Duration::from_secs_f64));
     sampler_opts.function_lines = args.function;
     sampler_opts.states = args.states;
-    let mut profile = Profile::new(ProfileMeta::new(title, t.rate, SystemTime::now()), opts);
+    let mut profile = Profile::new(
+        ProfileMeta::new(title, t.process.rate, SystemTime::now()),
+        opts,
+    );
     let progress = !args.hideprogress && std::io::stderr().is_terminal();
     let stats = collect(
         root,
@@ -88,7 +91,7 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
             Err(e) => failed.push(e),
         }
     }
-    summary(&profile, &stats, &written, t.subprocesses);
+    summary(&profile, &stats, &written, t.process.subprocesses);
     if args.summary {
         super::report::print_summary(&profile);
     }
@@ -172,7 +175,7 @@ fn choose_outputs(
 
 /// Exactly one of `--pid` and a command.
 pub fn check_target_args(t: &TargetArgs) -> Result<()> {
-    if t.pid.is_none() && t.command.is_empty() {
+    if t.process.pid.is_none() && t.process.command.is_empty() {
         bail!(
             "nothing to profile: give a PID with -p, or a command (e.g. `prof record -o x.svg python app.py`)"
         );
@@ -182,23 +185,23 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
     }
     // The sampler would count every refused stop as an empty tick and end with a
     // misleading summary: say it now.
-    if let Some(pid) = t.pid
+    if let Some(pid) = t.process.pid
         && t.native
         && pid == std::process::id()
     {
         return Err(process::ProcessError::Itself(pid).into());
     }
     super::check_depth(t.depth)?;
-    if !(t.rate > 0.0 && t.rate.is_finite()) {
+    if !(t.process.rate > 0.0 && t.process.rate.is_finite()) {
         bail!(
             "--rate must be a positive number of samples per second, not {}",
-            t.rate
+            t.process.rate
         );
     }
-    if t.rate > MAX_RATE {
+    if t.process.rate > MAX_RATE {
         bail!(
             "--rate {} is more than prof can deliver: the maximum is {MAX_RATE} samples per second",
-            t.rate
+            t.process.rate
         );
     }
     Ok(())
@@ -207,12 +210,12 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
 /// The sampler's options from the shared target flags.
 pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOptions {
     SamplerOptions {
-        rate: t.rate,
+        rate: t.process.rate,
         duration,
         nonblocking: t.nonblocking,
         include_idle: t.idle,
         gil_only: t.gil,
-        subprocesses: t.subprocesses,
+        subprocesses: t.process.subprocesses,
         function_lines: false,
         activity: false,
         native: t.native,
@@ -244,7 +247,7 @@ pub fn start_target_logged(
     Option<Launched>,
     String,
 )> {
-    if let Some(pid) = t.pid {
+    if let Some(pid) = t.process.pid {
         return match attach(pid) {
             Ok(target) => {
                 let title = format!("{} (pid {pid})", target.target().command_line());
@@ -259,11 +262,11 @@ pub fn start_target_logged(
         };
     }
     let child = match log {
-        Some(log) => spawn::launch_logged(&t.command, log)?,
-        None => spawn::launch(&t.command)?,
+        Some(log) => spawn::launch_logged(&t.process.command, log)?,
+        None => spawn::launch(&t.process.command)?,
     };
     let pid = child.pid;
-    Ok((Err(pid), Some(child), t.command.join(" ")))
+    Ok((Err(pid), Some(child), t.process.command.join(" ")))
 }
 
 /// How often the recording thread takes the sampler's samples.
@@ -384,9 +387,9 @@ fn summary(profile: &Profile, stats: &SamplerStats, written: &[&Path], subproces
 
 /// `<program or pid>-<local time>.<ext>` in the current directory.
 fn default_output(t: &TargetArgs, format: Format) -> PathBuf {
-    let program = match t.pid {
+    let program = match t.process.pid {
         Some(pid) => format!("pid{pid}"),
-        None => program_name(&t.command),
+        None => program_name(&t.process.command),
     };
     PathBuf::from(format!(
         "{program}-{}.{}",

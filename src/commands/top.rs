@@ -61,7 +61,7 @@ pub fn run(args: &TopArgs) -> Result<i32> {
     }
     let stop = spawn::install_stop_handlers();
     // The command's output would draw over the screen: it goes to a file instead.
-    let log = (!t.command.is_empty())
+    let log = (!t.process.command.is_empty())
         .then(|| std::env::temp_dir().join(format!("prof-top-{}.log", std::process::id())));
     let (root, launched, title) = start_target_logged(t, log.as_deref())?;
     let pid = match &root {
@@ -74,7 +74,7 @@ pub fn run(args: &TopArgs) -> Result<i32> {
         full_filenames: t.full_filenames,
         ..ProfileOptions::default()
     };
-    let meta = ProfileMeta::new(title, t.rate, SystemTime::now());
+    let meta = ProfileMeta::new(title, t.process.rate, SystemTime::now());
     let sampler_opts = SamplerOptions {
         activity: true,
         states: true,
