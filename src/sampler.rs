@@ -15,8 +15,8 @@ use crossbeam_channel::Sender;
 use crate::attach::{LiveTarget, attach};
 use crate::diagnose::Prober;
 use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memory};
-use crate::python::FrameOptions;
 use crate::python::asyncio::task_stacks;
+use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
 use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target, ThreadState};
 
@@ -77,6 +77,9 @@ pub struct SamplerStats {
     pub target_exited: bool,
     /// Processes that were sampled.
     pub processes: Vec<u32>,
+    /// What the user should know about the run, said once each at its end (`--async` on an
+    /// interpreter whose tasks cannot be read).
+    pub notices: Vec<String>,
     /// The process prof was pointed at (attached or launched).
     pub root: u32,
     /// The root process was sampled at some point (read as Python, or natively with
@@ -153,6 +156,9 @@ const EXEC_SETTLE: Duration = Duration::from_secs(1);
 const ALIVE_CHECK: Duration = Duration::from_millis(50);
 /// Most threads whose names [`SamplerStats::thread_names`] keeps.
 const MAX_NAMED_THREADS: usize = 1 << 16;
+
+/// Bound on [`SamplerStats::notices`] (one per process at most, with -s many processes).
+const MAX_NOTICES: usize = 8;
 
 enum ProcState {
     /// Not (yet) readable as Python: retried until `ATTACH_PATIENCE` passes.
@@ -659,6 +665,12 @@ fn sample_process(
     // joined to its thread's stack.
     match capture.tasks {
         Some(Ok(mut tasks)) => stacks = task_stacks(&mut tasks, stacks),
+        Some(Err(PyError::TasksUnsupported(why))) => {
+            let note = format!("process {}: {why}; --async shows its threads only", p.pid);
+            if stats.notices.len() < MAX_NOTICES && !stats.notices.contains(&note) {
+                stats.notices.push(note);
+            }
+        }
         Some(Err(_)) => p.read_failed(1, now, stats),
         None => {}
     }

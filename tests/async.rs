@@ -352,3 +352,55 @@ fn record_measures_the_cpu_split_between_two_tasks() {
         );
     });
 }
+
+#[test]
+fn interpreters_without_readable_tasks_get_one_notice_and_their_threads() {
+    crate::skip_without_live_targets!();
+    let old: Vec<Python> = pythons()
+        .into_iter()
+        .filter(|py| !py.at_least(3, 8))
+        .collect();
+    if old.is_empty() {
+        eprintln!("skipped: no interpreter older than 3.8 found");
+        return;
+    }
+    run_each("", &old, |py| {
+        let target = Target::start(py, "async_split", &[]);
+        let what = target.what();
+        let pid = target.pid.to_string();
+        let path = target.dir.path().join("threads.txt");
+        let path = path.to_str().unwrap();
+        let args = [
+            "record", "-p", &pid, "--async", "-r", "100", "-d", "1", "-f", "raw", "-o", path,
+        ];
+        let out = run_prof(&args);
+        assert!(out.status.success(), "{what}: {}", describe(&args, &out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let notes: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("--async shows its threads only"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{what}: one notice expected\n{stderr}");
+        assert!(notes[0].contains("3.8 and later"), "{what}: {}", notes[0]);
+        // Not counted as a failed read on every tick.
+        assert!(stderr.contains(" 0 errors"), "{what}: {stderr}");
+        let folded = fs::read_to_string(path).unwrap();
+        assert!(
+            folded.contains("spin (") && !folded.contains("task: "),
+            "{what}: the thread's own stacks, and no task frames, expected\n{folded}"
+        );
+        let args = ["dump", "-p", &pid, "--async"];
+        let out = run_prof(&args);
+        assert!(out.status.success(), "{what}: {}", describe(&args, &out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr
+                .lines()
+                .filter(|l| l.contains("3.8 and later"))
+                .count()
+                == 1,
+            "{what}: {}",
+            describe(&args, &out)
+        );
+    });
+}

@@ -383,6 +383,9 @@ fn summary(profile: &Profile, stats: &SamplerStats, written: &[&Path], subproces
     if stats.target_exited {
         eprintln!("prof: the target exited; the profile covers it up to its exit");
     }
+    for note in &stats.notices {
+        eprintln!("prof: {note}");
+    }
 }
 
 /// `<program or pid>-<local time>.<ext>` in the current directory.

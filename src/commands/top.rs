@@ -539,4 +539,7 @@ fn summary(top: &Top) {
         line.push_str(&format!("; the command's output is in {}", log.display()));
     }
     eprintln!("{line}");
+    for note in &stats.notices {
+        eprintln!("prof: {note}");
+    }
 }

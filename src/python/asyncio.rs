@@ -369,6 +369,25 @@ impl AsyncLayout {
     }
 }
 
+/// Why the tasks of an interpreter with layout `l` cannot be read, if they cannot: 3.7's
+/// registry is not among the ones this reader knows, and free-threaded builds are not
+/// covered.
+pub fn tasks_unsupported(l: &Layout) -> Option<String> {
+    if l.free_threaded {
+        Some(format!(
+            "asyncio tasks of free-threaded builds are not read (Python {})",
+            l.version
+        ))
+    } else if l.version.major == 3 && l.version.minor < 8 {
+        Some(format!(
+            "asyncio tasks are read on Python 3.8 and later, not {}",
+            l.version
+        ))
+    } else {
+        None
+    }
+}
+
 /// Does this version keep its asyncio layout in an `.AsyncioDebug` section?
 pub fn needs_debug_section(v: Version) -> bool {
     v.major == 3 && v.minor >= 14
@@ -619,6 +638,9 @@ impl<M: Memory> StackReader<M> {
     ) -> Result<Vec<AsyncTask>, PyError> {
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;
+        if let Some(why) = tasks_unsupported(l) {
+            return Err(PyError::TasksUnsupported(why));
+        }
         if self.asyncio.layout.is_none() {
             let retry = self
                 .asyncio

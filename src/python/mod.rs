@@ -40,6 +40,9 @@ pub enum PyError {
     /// The version is not one prof can read.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// `--async` on an interpreter whose asyncio tasks prof cannot read (the reason).
+    #[error("{0}")]
+    TasksUnsupported(String),
 }
 
 /// How often thread names are read again from `threading._active`.
