@@ -742,7 +742,7 @@ impl Modules {
     /// [`MapRange::open_path`], the vdso read from `mem`.
     pub fn for_pid<M: Memory + ?Sized>(pid: u32, maps: &[MapRange], mem: &M) -> Modules {
         let mut m = Modules::new();
-        m.set_vdso_address(vdso_address(pid));
+        m.set_vdso_address(crate::process::vdso_address(pid));
         m.update(maps, |r| r.open_path(pid), mem, page_size());
         m
     }
@@ -878,16 +878,6 @@ fn group_maps(maps: &[MapRange]) -> Vec<Vec<&MapRange>> {
         groups.push(vec![m]);
     }
     groups
-}
-
-/// `AT_SYSINFO_EHDR` from `/proc/PID/auxv`: where the kernel mapped the vdso.
-pub fn vdso_address(pid: u32) -> Option<u64> {
-    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
-    auxv.chunks_exact(16).find_map(|e| {
-        let key = u64::from_le_bytes(e[..8].try_into().unwrap());
-        let val = u64::from_le_bytes(e[8..].try_into().unwrap());
-        (key == libc::AT_SYSINFO_EHDR).then_some(val)
-    })
 }
 
 fn read_vdso<M: Memory + ?Sized>(map: &MapRange, mem: &M, page: u64) -> Option<Module> {

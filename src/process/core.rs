@@ -279,10 +279,7 @@ impl CoreMemory {
                 self.threads.push(thread);
             }
             t if t == NT_AUXV.0 => {
-                self.auxv = desc
-                    .chunks_exact(16)
-                    .map(|e| (le_u64(e, 0), le_u64(e, 8)))
-                    .collect();
+                self.auxv = super::parse_auxv(desc);
             }
             t if t == NT_FILE.0 => self.files = nt_file(desc)?,
             t if t == NT_PRPSINFO.0 => self.psinfo = prpsinfo(desc),

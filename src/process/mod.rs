@@ -191,6 +191,24 @@ pub fn permission_advice(pid: u32) -> String {
     }
 }
 
+/// The auxiliary vector's `(AT_*, value)` pairs from its raw bytes (`/proc/PID/auxv`, or a
+/// core's `NT_AUXV` note); both architectures prof reads are 64-bit little-endian.
+pub fn parse_auxv(raw: &[u8]) -> Vec<(u64, u64)> {
+    raw.chunks_exact(16)
+        .map(|e| (memory::le_u64(e, 0), memory::le_u64(e, 8)))
+        .collect()
+}
+
+/// Where the kernel mapped the vdso of live process `pid` (`AT_SYSINFO_EHDR`).
+pub fn vdso_address(pid: u32) -> Option<u64> {
+    let raw = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    parse_auxv(&raw)
+        .into_iter()
+        .find(|e| e.0 == libc::AT_SYSINFO_EHDR)
+        .map(|e| e.1)
+        .filter(|&a| a != 0)
+}
+
 /// The command line of a process, for messages and titles.
 pub fn cmdline(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -211,5 +229,25 @@ pub fn is_alive(pid: u32) -> bool {
     match threads::process_state(pid) {
         Some(state) => state != 'Z' && state != 'X',
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_vdso_from_auxv_matches_the_c_library() {
+        // SAFETY: getauxval only reads the process's own auxiliary vector.
+        let libc_says = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+        assert_eq!(
+            vdso_address(std::process::id()),
+            (libc_says != 0).then_some(libc_says)
+        );
+        let raw = std::fs::read("/proc/self/auxv").unwrap();
+        let pairs = parse_auxv(&raw);
+        // SAFETY: as above.
+        let page = unsafe { libc::getauxval(libc::AT_PAGESZ) };
+        assert!(pairs.contains(&(libc::AT_PAGESZ, page)), "{pairs:?}");
     }
 }

@@ -113,7 +113,7 @@ impl Target for LivePid {
     }
 
     fn vdso_address(&self) -> Option<u64> {
-        crate::native::modules::vdso_address(self.pid)
+        crate::process::vdso_address(self.pid)
     }
 
     fn open_image(&self, map: &MapRange) -> Option<PathBuf> {
