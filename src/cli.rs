@@ -116,6 +116,61 @@ pub struct ProcessArgs {
     pub command: Vec<String>,
 }
 
+/// How stacks are read and named: shared by `record`, `top`, `dump` and (their defaults)
+/// `diagnose`.
+#[derive(Debug, Clone, Args)]
+pub struct StackArgs {
+    /// Never stop the target, even briefly: `record` and `top` then skip the consistency
+    /// re-check of each stack (fastest, may record an occasional torn stack); `dump`
+    /// re-checks each stack instead of pausing the process.
+    #[arg(long)]
+    pub nonblocking: bool,
+
+    /// Show full file names instead of package-relative ones.
+    #[arg(long)]
+    pub full_filenames: bool,
+
+    /// Also read native (C/C++/Rust) frames, merged with the Python frames; works on
+    /// non-Python processes too. Each sampled thread is stopped for the moment its stack
+    /// is read.
+    #[arg(short, long)]
+    pub native: bool,
+
+    /// Most frames kept per stack, innermost first; the outer ones beyond are counted in
+    /// a `[N frames not shown]` frame.
+    #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
+    pub depth: usize,
+}
+
+impl Default for StackArgs {
+    fn default() -> StackArgs {
+        StackArgs {
+            nonblocking: false,
+            full_filenames: false,
+            native: false,
+            depth: DEFAULT_DEPTH,
+        }
+    }
+}
+
+impl StackArgs {
+    /// The checks clap cannot make: `--native` needs to stop threads, which
+    /// `--nonblocking` forbids, and `--depth` must be a number of frames prof can follow.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.native && self.nonblocking {
+            anyhow::bail!(crate::target::NATIVE_NONBLOCKING);
+        }
+        let most = crate::python::frames::MAX_DEPTH;
+        if !(1..=most).contains(&self.depth) {
+            anyhow::bail!(
+                "--depth must be between 1 and {most} frames, not {}",
+                self.depth
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What to sample: a running process or a command to launch, how often, and which threads
 /// and frames.
 #[derive(Debug, Args)]
@@ -132,25 +187,9 @@ pub struct TargetArgs {
     #[arg(short, long)]
     pub gil: bool,
 
-    /// Never stop the target and skip the consistency re-check of each stack (fastest,
-    /// may record an occasional torn stack).
-    #[arg(long)]
-    pub nonblocking: bool,
-
-    /// Show full file names instead of package-relative ones.
-    #[arg(long)]
-    pub full_filenames: bool,
-
-    /// Also sample native (C/C++/Rust) frames, merged with the Python frames; works on
-    /// non-Python processes too. Each sampled thread is stopped for the moment its stack
-    /// is read.
-    #[arg(short, long)]
-    pub native: bool,
-
-    /// Most frames kept per stack, innermost first; the outer ones beyond are counted in
-    /// a `[N frames not shown]` frame.
-    #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
-    pub depth: usize,
+    /// How stacks are read and named.
+    #[command(flatten)]
+    pub stacks: StackArgs,
 
     /// Show asyncio tasks as stacks of their own, rooted at `task: NAME` frames along the
     /// chain of tasks awaiting them; waiting tasks count as idle (shown with --idle).
@@ -271,23 +310,9 @@ pub struct DumpArgs {
     #[arg(short, long)]
     pub subprocesses: bool,
 
-    /// Show full file names instead of package-relative ones.
-    #[arg(long)]
-    pub full_filenames: bool,
-
-    /// Never stop the target, even briefly: stacks may be slightly inconsistent.
-    #[arg(long)]
-    pub nonblocking: bool,
-
-    /// Also show native (C/C++/Rust) frames, merged with the Python frames; works on
-    /// non-Python processes too (native frames only).
-    #[arg(short, long)]
-    pub native: bool,
-
-    /// Most frames shown per stack, innermost first; the outer ones beyond are counted in
-    /// a `[N frames not shown]` line.
-    #[arg(long, default_value_t = DEFAULT_DEPTH, value_name = "N")]
-    pub depth: usize,
+    /// How stacks are read and named.
+    #[command(flatten)]
+    pub stacks: StackArgs,
 
     /// Also show every asyncio task: the tree of tasks awaiting each other, what each one
     /// waits on and its coroutine stack (with --json: `{"threads": [...], "tasks": [...]}`).

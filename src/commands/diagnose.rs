@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::cli::{DiagnoseArgs, TargetArgs};
+use crate::cli::{DiagnoseArgs, StackArgs, TargetArgs};
 use crate::commands::record::{check_target_args, drain, sampler_options, start_target};
 use crate::diagnose::Diagnosis;
 use crate::process::spawn;
@@ -21,10 +21,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
         // Waiting threads are what this command is about.
         idle: true,
         gil: false,
-        nonblocking: false,
-        full_filenames: false,
-        native: false,
-        depth: crate::python::frames::DEFAULT_DEPTH,
+        stacks: StackArgs::default(),
         async_tasks: false,
     };
     check_target_args(&t)?;

@@ -12,8 +12,8 @@ use crate::python::asyncio::{AsyncTask, Awaiting, join_running};
 use crate::python::{FrameOptions, module_name};
 use crate::sample::{Frame, FrameKind, LocalVar, ThreadStack};
 use crate::target::{
-    CaptureOptions, CoreFile, CoreOptions, LivePid, NATIVE_NONBLOCKING, Pause, Snapshot, Target,
-    TargetError, ThreadState,
+    CaptureOptions, CoreFile, CoreOptions, LivePid, Pause, Snapshot, Target, TargetError,
+    ThreadState,
 };
 
 /// A frame in py-spy's JSON schema (plus `native`).
@@ -77,10 +77,7 @@ struct Dumped {
 
 /// Run `prof dump`.
 pub fn run(args: &DumpArgs) -> Result<()> {
-    if args.native && args.nonblocking {
-        bail!(NATIVE_NONBLOCKING);
-    }
-    super::check_depth(args.depth)?;
+    args.stacks.check()?;
     let dumps = match (&args.core, args.pid) {
         (Some(core), _) => {
             let opts = CoreOptions {
@@ -88,7 +85,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
                 sysroot: args.sysroot.clone(),
             };
             vec![dumped(
-                Snapshot::attach_or_native(CoreFile::open(core, opts)?, args.native)?,
+                Snapshot::attach_or_native(CoreFile::open(core, opts)?, args.stacks.native)?,
                 args,
                 None,
             )?]
@@ -102,12 +99,20 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         // One list, as for a single process: each thread carries its pid.
         let threads: Vec<JsonThread> = dumps
             .iter()
-            .flat_map(|d| d.stacks.iter().map(|s| json_thread(d.pid, s, args.native)))
+            .flat_map(|d| {
+                d.stacks
+                    .iter()
+                    .map(|s| json_thread(d.pid, s, args.stacks.native))
+            })
             .collect();
         if args.async_tasks {
             let tasks: Vec<JsonTask> = dumps
                 .iter()
-                .flat_map(|d| d.tasks.iter().map(|t| json_task(d.pid, t, args.native)))
+                .flat_map(|d| {
+                    d.tasks
+                        .iter()
+                        .map(|t| json_task(d.pid, t, args.stacks.native))
+                })
                 .collect();
             let both = serde_json::json!({ "threads": threads, "tasks": tasks });
             serde_json::to_writer_pretty(&mut out, &both)?;
@@ -129,10 +134,10 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         }
         for s in &d.stacks {
             writeln!(out)?;
-            write_thread(&mut out, s, args.full_filenames)?;
+            write_thread(&mut out, s, args.stacks.full_filenames)?;
         }
         if args.async_tasks {
-            write_tasks(&mut out, &d.stacks, &d.tasks, args.full_filenames)?;
+            write_tasks(&mut out, &d.stacks, &d.tasks, args.stacks.full_filenames)?;
         }
     }
     Ok(())
@@ -142,7 +147,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
 fn dump_live(pid: u32, args: &DumpArgs) -> Result<Vec<Dumped>> {
     let mut dumps = Vec::new();
     // With -s a root without Python (a shell, a launcher) may still have Python children.
-    let root = LivePid::open(pid).and_then(|t| Snapshot::attach_or_native(t, args.native));
+    let root = LivePid::open(pid).and_then(|t| Snapshot::attach_or_native(t, args.stacks.native));
     let root_error = match root.and_then(|s| dumped(s, args, Some(Prober::new(pid)))) {
         Ok(d) => {
             dumps.push(d);
@@ -180,7 +185,7 @@ fn dumped<T: Target>(
     args: &DumpArgs,
     mut prober: Option<Prober>,
 ) -> Result<Dumped, TargetError> {
-    if args.native {
+    if args.stacks.native {
         snap.enable_native()?;
     }
     let threads = snap.target_mut().threads(true)?;
@@ -192,11 +197,11 @@ fn dumped<T: Target>(
     let opts = CaptureOptions {
         frames: FrameOptions {
             locals: args.locals > 0,
-            validate: args.nonblocking,
+            validate: args.stacks.nonblocking,
             function_lines: false,
-            depth: args.depth,
+            depth: args.stacks.depth,
         },
-        pause: if args.nonblocking {
+        pause: if args.stacks.nonblocking {
             Pause::Never
         } else {
             Pause::All

@@ -48,7 +48,7 @@ pub fn run(args: &RecordArgs) -> Result<i32> {
         threads_as_root: args.threads,
         by_function: args.function,
         no_line_numbers: args.nolineno,
-        full_filenames: t.full_filenames,
+        full_filenames: t.stacks.full_filenames,
         keep_timeline: outputs.iter().any(|(_, f)| f.needs_timeline()),
     };
     let mut sampler_opts = sampler_options(t, args.duration.map(Duration::from_secs_f64));
@@ -180,18 +180,15 @@ pub fn check_target_args(t: &TargetArgs) -> Result<()> {
             "nothing to profile: give a PID with -p, or a command (e.g. `prof record -o x.svg python app.py`)"
         );
     }
-    if t.native && t.nonblocking {
-        bail!(crate::target::NATIVE_NONBLOCKING);
-    }
+    t.stacks.check()?;
     // The sampler would count every refused stop as an empty tick and end with a
     // misleading summary: say it now.
     if let Some(pid) = t.process.pid
-        && t.native
+        && t.stacks.native
         && pid == std::process::id()
     {
         return Err(process::ProcessError::Itself(pid).into());
     }
-    super::check_depth(t.depth)?;
     if !(t.process.rate > 0.0 && t.process.rate.is_finite()) {
         bail!(
             "--rate must be a positive number of samples per second, not {}",
@@ -212,14 +209,14 @@ pub fn sampler_options(t: &TargetArgs, duration: Option<Duration>) -> SamplerOpt
     SamplerOptions {
         rate: t.process.rate,
         duration,
-        nonblocking: t.nonblocking,
+        nonblocking: t.stacks.nonblocking,
         include_idle: t.idle,
         gil_only: t.gil,
         subprocesses: t.process.subprocesses,
         function_lines: false,
         activity: false,
-        native: t.native,
-        depth: t.depth,
+        native: t.stacks.native,
+        depth: t.stacks.depth,
         async_tasks: t.async_tasks,
         states: false,
     }
@@ -254,7 +251,7 @@ pub fn start_target_logged(
                 Ok((Ok(target), None, title))
             }
             // With --native a process without Python is profiled as a native program.
-            Err(e) if t.native && e.is_not_python() => {
+            Err(e) if t.stacks.native && e.is_not_python() => {
                 let cmdline = process::cmdline(pid).unwrap_or_else(|| format!("pid {pid}"));
                 Ok((Err(pid), None, format!("{cmdline} (pid {pid})")))
             }

@@ -71,7 +71,7 @@ pub fn run(args: &TopArgs) -> Result<i32> {
     let mut launched = launched;
 
     let opts = ProfileOptions {
-        full_filenames: t.full_filenames,
+        full_filenames: t.stacks.full_filenames,
         ..ProfileOptions::default()
     };
     let meta = ProfileMeta::new(title, t.process.rate, SystemTime::now());
@@ -104,7 +104,7 @@ pub fn run(args: &TopArgs) -> Result<i32> {
     };
 
     let mut app = App::new();
-    app.native = t.native.then_some(true);
+    app.native = t.stacks.native.then_some(true);
     let mut top = Top {
         app,
         profile: Profile::new(meta, opts),
