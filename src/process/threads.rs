@@ -1,6 +1,6 @@
 //! Threads of a live process and their scheduler state, read from /proc without stopping them.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -159,6 +159,8 @@ pub struct StateWatch {
     next_sweep: Option<Instant>,
     /// Per-tick scratch: the threads left unread so far.
     quiet: Vec<u32>,
+    /// Per-tick scratch: the watched threads' CPU times at the last tick.
+    watched: Vec<(u32, u64)>,
 }
 
 impl StateWatch {
@@ -170,15 +172,16 @@ impl StateWatch {
         tids: &[u32],
         src: &mut impl StateSource,
     ) -> Vec<(u32, char)> {
-        let clock = src.cpu_time();
-        let prev_clock = std::mem::replace(&mut self.clock, clock);
+        let mut clock = src.cpu_time();
+        let prev_clock = self.clock;
         if self.seen.len() != tids.len() || tids.iter().any(|t| !self.seen.contains_key(t)) {
-            let keep: std::collections::HashSet<u32> = tids.iter().copied().collect();
+            let keep: HashSet<u32> = tids.iter().copied().collect();
             self.seen.retain(|tid, _| keep.contains(tid));
         }
         let mut sure = self.next_sweep.is_some_and(|t| now < t);
         let mut explained = 0u64;
         self.quiet.clear();
+        self.watched.clear();
         for &tid in tids {
             let before = self.seen.get(&tid).copied();
             match before {
@@ -195,6 +198,7 @@ impl StateWatch {
                     (Some(state), Some(was)) => match src.runtime(tid) {
                         Some(rt) if rt >= was => {
                             explained += rt - was;
+                            self.watched.push((tid, was));
                             let active = if state == 'R' || rt > was {
                                 Some(now)
                             } else {
@@ -234,6 +238,25 @@ impl StateWatch {
                 }
             }
         }
+        // The times are one snapshot only if the process's time did not move while they
+        // were read; if it did, they are read again (the states stand: each is a fact).
+        if sure && clock.is_some() && src.cpu_time() != clock {
+            clock = src.cpu_time();
+            explained = 0;
+            for &(tid, was) in &self.watched {
+                match src.runtime(tid) {
+                    Some(rt) if rt >= was => {
+                        explained += rt - was;
+                        if let Some(s) = self.seen.get_mut(&tid) {
+                            s.runtime = Some(rt);
+                        }
+                    }
+                    _ => sure = false,
+                }
+            }
+            sure &= src.cpu_time() == clock;
+        }
+        self.clock = clock;
         sure &= match (prev_clock, clock) {
             (Some(a), Some(b)) => b.checked_sub(a) == Some(explained),
             _ => false,

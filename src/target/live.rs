@@ -1,7 +1,8 @@
 //! A live process as a [`Target`]: `/proc`, `process_vm_readv` and ptrace.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+
+use foldhash::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ impl LivePid {
         LivePid {
             pid,
             mem: LiveMemory::new(pid),
-            stat_files: HashMap::new(),
+            stat_files: HashMap::default(),
             watch: StateWatch::default(),
             tids: Vec::new(),
             next_listing: Instant::now(),

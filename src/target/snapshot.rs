@@ -2,7 +2,7 @@
 //! stacks, and with `--native` the registers, C stacks and their merge, read while the
 //! threads are paused; each thread then marked active or idle from its kernel state.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
 use super::{Target, TargetError, ThreadInfo, ThreadState};
