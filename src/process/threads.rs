@@ -343,6 +343,9 @@ mod tests {
         exited: u64,
         clock_works: bool,
         reads: Vec<u32>,
+        /// CPU time the first thread gets right after the next state read (a scheduler
+        /// tick landing between the watch's reads).
+        tick_between: Option<u64>,
     }
 
     impl Fake {
@@ -352,6 +355,7 @@ mod tests {
                 exited: 0,
                 clock_works: true,
                 reads: Vec::new(),
+                tick_between: None,
             }
         }
 
@@ -389,6 +393,9 @@ mod tests {
 
         fn state(&mut self, tid: u32) -> Option<char> {
             self.reads.push(tid);
+            if let Some(ns) = self.tick_between.take() {
+                self.threads[0].2 += ns;
+            }
             self.threads.iter().find(|t| t.0 == tid).map(|t| t.1)
         }
 
@@ -428,6 +435,22 @@ mod tests {
         p.run(4, 500, 'D');
         let (states, reads) = p.tick(&mut w, t0 + TICK * 12);
         assert_eq!((states, reads), (p.truth(), vec![1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn time_accounted_while_the_watch_reads_is_read_again_not_taken_for_an_idle_thread() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        p.tick(&mut w, t0);
+        p.run(1, 4_000_000, 'R');
+        p.tick_between = Some(4_000_000);
+        let (states, reads) = p.tick(&mut w, t0 + TICK);
+        assert_eq!((states, reads), (p.truth(), vec![1]));
+        // And the next tick starts from the times read again.
+        p.run(1, 1_000, 'R');
+        let (_, reads) = p.tick(&mut w, t0 + TICK * 2);
+        assert_eq!(reads, vec![1]);
     }
 
     #[test]
