@@ -832,9 +832,10 @@ def verdict(p, s, goal=None, higher_is_better=False, noise=0.0):
     """`noise`: differences smaller than this (absolute) are not told apart."""
     bits = []
     if goal is not None and p is not None:
-        if p <= goal:
+        short = goal - p if higher_is_better else p - goal
+        if short <= 0:
             bits.append("goal met")
-        elif p - goal <= noise:
+        elif short <= noise:
             bits.append("at goal within noise")
         else:
             bits.append("MISSES goal")
