@@ -18,6 +18,8 @@ Measurements (see bench/README.md):
   8 native memory and start-up: peak RSS (VmHWM) of record --native -r 100 -d 10, and
               dump --native wall time, on the --python target and on Debian's static,
               stripped /usr/bin/python3.11
+  10 threads  1,000 threads (10 busy, 990 idle): achieved rate and profiler CPU at
+              -r 1000 and at -r 100 --idle
   9 soak      (only with --soak MINUTES) RSS every minute of record --native -r 1000 on a
               target that keeps dlopen'ing, running in and dlclose'ing fresh libraries
 
@@ -45,6 +47,7 @@ REPO = os.path.dirname(HERE)
 DEEP = os.path.join(HERE, "deep.py")
 THREADS8 = os.path.join(HERE, "threads8.py")
 SPIN = os.path.join(HERE, "spin.py")
+THREADS1000 = os.path.join(HERE, "threads1000.py")
 CHURN = os.path.join(HERE, "churn.py")
 CHURN_C = os.path.join(HERE, "churn_lib.c")
 # Debian's static, stripped interpreter: no libpython, no symbols but .dynsym.
@@ -436,6 +439,50 @@ def bench_rate(P, a, res):
     res["rate10k_prof_self"] = med(self_reported)
 
 
+# ----------------------------------------------------------------------------- 10. many threads
+
+THREAD_CONFIGS = (("-r 1000", 1000, False), ("-r 100 --idle", 100, True))
+
+
+def bench_threads(P, a, res):
+    secs = a.record_secs
+    log("== 10. 1,000 threads (10 busy, 990 idle), -d %s, %d reps" % (secs, a.reps))
+    for label, rate, idle in THREAD_CONFIGS:
+        per_s = {w: [] for w in WHO}
+        cpu = {w: [] for w in WHO}
+        hz = []
+        for rep in range(a.reps):
+            for who in order(rep, WHO):
+                # Outlives -d: py-spy, which counts samples rather than seconds, stops when
+                # the target exits.
+                t = start_target(THREADS1000, [secs + 3], a.python, settle=0.5, wait_ready=True)
+                out = os.path.join(WORK, "thr.txt")
+                err = os.path.join(WORK, "thr.err")
+                if os.path.exists(out):
+                    os.unlink(out)
+                try:
+                    with open(err, "w") as ef:
+                        cmd = P.record(who, t.pid, rate, secs, out, idle=idle)
+                        rc, wall, c = run_timed(cmd, secs + 60, stderr=ef)
+                finally:
+                    end(t)
+                n = raw_samples(out)
+                per_s[who].append(n / wall if n else None)
+                cpu[who].append(100 * c / wall)
+                line = ""
+                if who == "prof":
+                    m = re.search(r"([\d.]+) Hz achieved", open(err).read())
+                    if m:
+                        hz.append(float(m.group(1)))
+                        line = ", %s Hz achieved" % m.group(1)
+                log("   %-14s %-6s %d thread-samples in %.2fs wall, CPU %.2fs (%.0f%% of a core)%s" %
+                    (label, who, n, wall, c, 100 * c / wall, line))
+        for who in WHO:
+            res["thr1000_rate", label, who] = med(per_s[who])
+            res["thr1000_cpu", label, who] = med(cpu[who])
+        res["thr1000_hz", label] = med(hz)
+
+
 # ----------------------------------------------------------------------------- 5. slowdown
 
 
@@ -785,9 +832,10 @@ def verdict(p, s, goal=None, higher_is_better=False, noise=0.0):
     """`noise`: differences smaller than this (absolute) are not told apart."""
     bits = []
     if goal is not None and p is not None:
-        if p <= goal:
+        short = goal - p if higher_is_better else p - goal
+        if short <= 0:
             bits.append("goal met")
-        elif p - goal <= noise:
+        elif short <= noise:
             bits.append("at goal within noise")
         else:
             bits.append("MISSES goal")
@@ -888,6 +936,16 @@ def table(res, a):
         first, last = res["soak"][0], res["soak"][-1]
         rows.append(("9. soak RSS MiB, minute %d → minute %d (VmHWM at the end)" % (first[0], last[0]),
                      "%.1f → %.1f (%.1f)" % (first[1], last[1], last[2]), "", "", "flat", ""))
+    for label, _, _ in THREAD_CONFIGS:
+        if ("thr1000_rate", label, "prof") in res:
+            goal = 500 if "1000" in label else 100
+            if res.get(("thr1000_hz", label)) is not None:
+                row("10. 1,000 threads: prof's achieved Hz, %s" % label, res["thr1000_hz", label], None,
+                    "≥ %d" % goal, goal, True, 0)
+            row("10. 1,000 threads: thread-samples/s, %s" % label, res["thr1000_rate", label, "prof"],
+                res.get(("thr1000_rate", label, "py-spy")), "", None, True, 0)
+            row("10. 1,000 threads: profiler CPU, %% of one core, %s" % label,
+                res["thr1000_cpu", label, "prof"], res.get(("thr1000_cpu", label, "py-spy")), digits=1)
     lines = ["| measurement | prof | py-spy | prof/py-spy | goal | verdict |",
              "|---|---:|---:|---:|---|---|"]
     lines += ["| %s |" % " | ".join(r) for r in rows]
@@ -936,7 +994,7 @@ def main():
     ap.add_argument("--py-spy", dest="pyspy", default=None, help="py-spy binary")
     ap.add_argument("--quick", action="store_true", help="1 repetition, short runs (~2 min)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated measurements to run")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,10", help="comma-separated measurements to run")
     ap.add_argument("--breakdown", action="store_true", help="also full strace -c breakdown and perf profile")
     ap.add_argument("--window", type=float, default=3.0,
                     help="slowdown: measured seconds per run (default 3: more, shorter runs beat fewer "
@@ -1005,6 +1063,8 @@ def main():
             bench_floor(P, a, res)
         if "8" in only:
             bench_native_memory(P, a, res)
+        if "10" in only:
+            bench_threads(P, a, res)
         if a.soak:
             bench_soak(P, a, res)
         if a.breakdown:

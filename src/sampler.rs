@@ -610,6 +610,8 @@ fn sample_process(
             include_idle: opts.include_idle,
         },
         async_tasks: opts.async_tasks,
+        // Idle threads' samples are dropped below unless --idle or states want them.
+        idle_stacks: opts.include_idle || opts.states,
     };
     // `--gil` on a free-threaded build keeps the threads on CPU (see Layout).
     let layout = opts

@@ -1643,6 +1643,71 @@ fn idle_threads_and_gil_filter() {
     });
 }
 
+/// Idle threads' states are read only when the process's CPU time says one of them ran:
+/// a thread that wakes after sleeping long enough to be no longer watched must still be
+/// counted active from its first busy samples. Each of three short bursts after 1.5 s
+/// sleeps must be in the profile (a profiler that re-read idle threads every second
+/// would miss most of them), and the sleepers never.
+#[test]
+fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
+    crate::skip_without_live_targets!();
+    #[derive(Deserialize)]
+    struct Done {
+        burst_cpu: Vec<f64>,
+    }
+    run_on("wake", Scope::All, |py| {
+        let dir = tempdir();
+        let path = dir.path().join("wake.txt").to_string_lossy().into_owned();
+        let outdir = dir.path().to_string_lossy().into_owned();
+        let what = format!("[{}] rec_wake.py", py.name);
+        let out = prof(&strings(&[
+            "record",
+            "-r",
+            "100",
+            "-t",
+            "-o",
+            &path,
+            "--",
+            &py.path.to_string_lossy(),
+            "-u",
+            &script_path("rec_wake"),
+            &outdir,
+        ]));
+        out.assert_code(0, &what);
+        let ready: Ready = read_json(&dir.path().join("ready.json"));
+        let done: Done = read_json(&dir.path().join("done.json"));
+        let folded = Folded::read(&path, &what);
+        assert_eq!(done.burst_cpu.len(), 3, "{what}: bursts run");
+        for (k, cpu) in done.burst_cpu.iter().enumerate() {
+            let f = ready.func(&format!("burst_{k}"));
+            let n = folded.count(|s| contains(s, f));
+            eprintln!("wake: {what}: burst_{k}: {n} samples, {cpu:.3} s of CPU");
+            if *cpu < 0.005 {
+                // Starved by the machine's load: it hardly ran, nothing to find.
+                eprintln!("wake: {what}: burst_{k} SKIPPED: it got only {cpu:.3} s of CPU");
+                continue;
+            }
+            assert!(
+                n > 0,
+                "{what}: burst_{k} ran {cpu:.3} s on CPU after a long sleep, yet no sample counted it active\n{}",
+                folded.head()
+            );
+        }
+        let sleeper = ready.func("sleeper_wait");
+        assert_eq!(
+            folded.count(|s| contains(s, sleeper)),
+            0,
+            "{what}: a sleeper counted active\n{}",
+            folded.head()
+        );
+        assert!(
+            folded.count(|s| contains(s, ready.func("busy_spin"))) > 0,
+            "{what}: the busy thread is missing\n{}",
+            folded.head()
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 8. A known CPU split
 

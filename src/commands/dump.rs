@@ -207,6 +207,7 @@ fn dumped<T: Target>(
             Pause::All
         },
         async_tasks: args.async_tasks,
+        idle_stacks: true,
     };
     let mut capture = snap.capture(&threads, &opts)?;
     if let (Some(prober), Some(v)) = (&mut prober, snap.interpreter()) {

@@ -1,6 +1,8 @@
 //! Threads of a live process and their scheduler state, read from /proc without stopping them.
 
+use foldhash::{HashMap, HashSet};
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 /// Kernel thread ids of `pid` (the main thread first when present).
 pub fn list_threads(pid: u32) -> std::io::Result<Vec<u32>> {
@@ -72,10 +74,235 @@ pub fn process_flags(pid: u32) -> Option<u64> {
     parse_stat_flags(&buf[..n])
 }
 
+/// A thread's CPU time in ns: the first field of its `schedstat` (all zeros when the
+/// kernel keeps no scheduler statistics, which then never explains the process's time).
+pub fn parse_schedstat_runtime(schedstat: &[u8]) -> Option<u64> {
+    std::str::from_utf8(schedstat)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU time of the whole process `pid` in ns (its threads', living and exited), from its
+/// CPU clock: one system call, whatever its number of threads.
+pub fn process_cpu_time(pid: u32) -> Option<u64> {
+    // MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED) of the kernel's posix-timers.h.
+    const CPUCLOCK_SCHED: libc::clockid_t = 2;
+    let clock = (!(pid as libc::clockid_t) << 3) | CPUCLOCK_SCHED;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write; a bad clock id is an error, not UB.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// The kernel's name for a thread (`comm`, at most 15 bytes).
 pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
     let s = std::fs::read(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
     Some(String::from_utf8_lossy(&s).trim_end().to_string())
+}
+
+/// How often every thread's state is read even when the process's CPU time says no idle
+/// thread ran: it bounds how long the two moments the CPU time cannot show last (a thread
+/// woken but still queued for a CPU, and one that has run less than a scheduler tick).
+pub const STATE_SWEEP: Duration = Duration::from_millis(500);
+
+/// What [`StateWatch`] asks the kernel: `/proc` and the process's CPU clock for a live
+/// process, vectors in tests.
+pub trait StateSource {
+    /// CPU time of the whole process in ns: its threads', living and exited, summed.
+    fn cpu_time(&mut self) -> Option<u64>;
+    /// The state letter of thread `tid` (`R`, `S`, ...), or None when it is gone.
+    fn state(&mut self, tid: u32) -> Option<char>;
+    /// CPU time of thread `tid` in ns, or None when it cannot be read.
+    fn runtime(&mut self, tid: u32) -> Option<u64>;
+}
+
+/// How long a thread stays watched (read every tick) after it was last seen running or
+/// using CPU: threads that take turns on the GIL, or wake often, stay watched; threads
+/// idle for longer are read only when the process's CPU time says one of them ran.
+pub const WATCH_WINDOW: Duration = Duration::from_secs(1);
+
+/// The last read of one thread.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    state: char,
+    /// Its CPU time at that read, for a watched thread (the others are not asked).
+    runtime: Option<u64>,
+    /// When it was last seen running, or its CPU time last grew (None: not since prof
+    /// first saw it).
+    active: Option<Instant>,
+}
+
+/// Thread states at a cost that follows the threads that run, not all of them.
+///
+/// A thread that does not run does not change state (entering a wait, leaving it and being
+/// stopped all take CPU time of its own), and running moves the process's CPU time, which
+/// the kernel sums over its threads. So each tick reads the process's CPU time, and the
+/// state and CPU time of the threads that ran lately (see [`WATCH_WINDOW`]); when the
+/// process's time grew by exactly what theirs did, no other thread ran, and their states
+/// stand. Otherwise (or with a new thread, a failed read, and every [`STATE_SWEEP`]) every
+/// thread is read, as when this did not exist. Reads a few µs apart that see a scheduler
+/// tick between them cost a full read, never a wrong state.
+#[derive(Debug, Default)]
+pub struct StateWatch {
+    seen: HashMap<u32, Seen>,
+    /// The process's CPU time at the last tick.
+    clock: Option<u64>,
+    /// When every thread is read next, whatever the CPU time says.
+    next_sweep: Option<Instant>,
+    /// Per-tick scratch: the threads left unread so far.
+    quiet: Vec<u32>,
+    /// Per-tick scratch: the watched threads' CPU times at the last tick.
+    watched: Vec<(u32, u64)>,
+}
+
+impl StateWatch {
+    /// The state of each thread of `tids` (in that order; threads gone meanwhile are left
+    /// out), reading only what the process's CPU time says may have changed.
+    pub fn states(
+        &mut self,
+        now: Instant,
+        tids: &[u32],
+        src: &mut impl StateSource,
+    ) -> Vec<(u32, char)> {
+        let mut clock = src.cpu_time();
+        let prev_clock = self.clock;
+        if self.seen.len() != tids.len() || tids.iter().any(|t| !self.seen.contains_key(t)) {
+            let keep: HashSet<u32> = tids.iter().copied().collect();
+            self.seen.retain(|tid, _| keep.contains(tid));
+        }
+        let mut sure = self.next_sweep.is_some_and(|t| now < t);
+        let mut explained = 0u64;
+        self.quiet.clear();
+        self.watched.clear();
+        for &tid in tids {
+            let before = self.seen.get(&tid).copied();
+            match before {
+                Some(s)
+                    if s.active
+                        .is_none_or(|t| now.duration_since(t) >= WATCH_WINDOW) =>
+                {
+                    self.quiet.push(tid);
+                    continue;
+                }
+                // Watched: its CPU time is read whatever its state, so the time it ran
+                // before it went to wait is accounted for too.
+                Some(s) => match (src.state(tid), s.runtime) {
+                    (Some(state), Some(was)) => match src.runtime(tid) {
+                        Some(rt) if rt >= was => {
+                            explained += rt - was;
+                            self.watched.push((tid, was));
+                            let active = if state == 'R' || rt > was {
+                                Some(now)
+                            } else {
+                                s.active
+                            };
+                            self.seen.insert(
+                                tid,
+                                Seen {
+                                    state,
+                                    runtime: Some(rt),
+                                    active,
+                                },
+                            );
+                        }
+                        rt => {
+                            sure = false;
+                            self.seen.insert(
+                                tid,
+                                Seen {
+                                    state,
+                                    runtime: rt,
+                                    active: Some(now),
+                                },
+                            );
+                        }
+                    },
+                    (state, _) => {
+                        sure = false;
+                        self.fresh(now, tid, state, src);
+                    }
+                },
+                // New: what it ran before now is not known.
+                None => {
+                    sure = false;
+                    let state = src.state(tid);
+                    self.fresh(now, tid, state, src);
+                }
+            }
+        }
+        // The times are one snapshot only if the process's time did not move while they
+        // were read; if it did, they are read again (the states stand: each is a fact).
+        if sure && clock.is_some() && src.cpu_time() != clock {
+            clock = src.cpu_time();
+            explained = 0;
+            for &(tid, was) in &self.watched {
+                match src.runtime(tid) {
+                    Some(rt) if rt >= was => {
+                        explained += rt - was;
+                        if let Some(s) = self.seen.get_mut(&tid) {
+                            s.runtime = Some(rt);
+                        }
+                    }
+                    _ => sure = false,
+                }
+            }
+            sure &= src.cpu_time() == clock;
+        }
+        self.clock = clock;
+        sure &= match (prev_clock, clock) {
+            (Some(a), Some(b)) => b.checked_sub(a) == Some(explained),
+            _ => false,
+        };
+        if !sure {
+            for i in 0..self.quiet.len() {
+                let tid = self.quiet[i];
+                match src.state(tid) {
+                    // It runs again: watched from now on.
+                    Some('R') => self.fresh(now, tid, Some('R'), src),
+                    Some(state) => {
+                        if let Some(s) = self.seen.get_mut(&tid) {
+                            s.state = state;
+                        }
+                    }
+                    None => {
+                        self.seen.remove(&tid);
+                    }
+                }
+            }
+            self.next_sweep = Some(now + STATE_SWEEP);
+        }
+        tids.iter()
+            .filter_map(|t| self.seen.get(t).map(|s| (*t, s.state)))
+            .collect()
+    }
+
+    /// Thread `tid`, just read as `state` (None: gone): watched from `now` if it runs.
+    fn fresh(&mut self, now: Instant, tid: u32, state: Option<char>, src: &mut impl StateSource) {
+        match state {
+            Some(state) => {
+                let running = state == 'R';
+                self.seen.insert(
+                    tid,
+                    Seen {
+                        state,
+                        runtime: if running { src.runtime(tid) } else { None },
+                        active: running.then_some(now),
+                    },
+                );
+            }
+            None => {
+                self.seen.remove(&tid);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -108,5 +335,177 @@ mod tests {
         let tid = unsafe { libc::gettid() } as u32;
         assert!(tids.contains(&tid));
         assert_eq!(thread_state(me, tid), Some('R'));
+    }
+    /// A process in vectors: each thread's state and CPU time, and which state files were
+    /// read.
+    struct Fake {
+        threads: Vec<(u32, char, u64)>,
+        exited: u64,
+        clock_works: bool,
+        reads: Vec<u32>,
+        /// CPU time the first thread gets right after the next state read (a scheduler
+        /// tick landing between the watch's reads).
+        tick_between: Option<u64>,
+    }
+
+    impl Fake {
+        fn new(threads: &[(u32, char)]) -> Fake {
+            Fake {
+                threads: threads.iter().map(|&(t, c)| (t, c, 1_000)).collect(),
+                exited: 0,
+                clock_works: true,
+                reads: Vec::new(),
+                tick_between: None,
+            }
+        }
+
+        /// Thread `tid` runs for `ns` and is left in `state`.
+        fn run(&mut self, tid: u32, ns: u64, state: char) {
+            let t = self.threads.iter_mut().find(|t| t.0 == tid).unwrap();
+            t.1 = state;
+            t.2 += ns;
+        }
+
+        fn tids(&self) -> Vec<u32> {
+            self.threads.iter().map(|t| t.0).collect()
+        }
+
+        /// One tick: the states the watch gives, and the threads whose state it read.
+        fn tick(&mut self, w: &mut StateWatch, now: Instant) -> (Vec<(u32, char)>, Vec<u32>) {
+            self.reads.clear();
+            let tids = self.tids();
+            let states = w.states(now, &tids, self);
+            let mut reads = std::mem::take(&mut self.reads);
+            reads.sort_unstable();
+            (states, reads)
+        }
+
+        fn truth(&self) -> Vec<(u32, char)> {
+            self.threads.iter().map(|t| (t.0, t.1)).collect()
+        }
+    }
+
+    impl StateSource for Fake {
+        fn cpu_time(&mut self) -> Option<u64> {
+            self.clock_works
+                .then(|| self.exited + self.threads.iter().map(|t| t.2).sum::<u64>())
+        }
+
+        fn state(&mut self, tid: u32) -> Option<char> {
+            self.reads.push(tid);
+            if let Some(ns) = self.tick_between.take() {
+                self.threads[0].2 += ns;
+            }
+            self.threads.iter().find(|t| t.0 == tid).map(|t| t.1)
+        }
+
+        fn runtime(&mut self, tid: u32) -> Option<u64> {
+            self.threads.iter().find(|t| t.0 == tid).map(|t| t.2)
+        }
+    }
+
+    const TICK: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn idle_threads_are_read_only_when_the_process_time_says_one_ran() {
+        let mut p = Fake::new(&[(1, 'S'), (2, 'R'), (3, 'S'), (4, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        let (states, reads) = p.tick(&mut w, t0);
+        assert_eq!((states, reads), (p.truth(), vec![1, 2, 3, 4]));
+        // Only the running thread ran: only it is read, and the others' states stand.
+        for k in 1..10 {
+            p.run(2, 3_000_000, 'R');
+            let (states, reads) = p.tick(&mut w, t0 + TICK * k);
+            assert_eq!((states, reads), (p.truth(), vec![2]), "tick {k}");
+        }
+        // Thread 3 wakes after a long sleep, alongside the busy one: its first tick on CPU
+        // already shows it running.
+        p.run(2, 3_000_000, 'R');
+        p.run(3, 1, 'R');
+        let (states, reads) = p.tick(&mut w, t0 + TICK * 10);
+        assert_eq!((states, reads), (p.truth(), vec![1, 2, 3, 4]));
+        // It is watched from then on: when it goes back to sleep that is seen at once.
+        p.run(3, 2_000_000, 'S');
+        p.run(2, 1_000_000, 'R');
+        let (states, reads) = p.tick(&mut w, t0 + TICK * 11);
+        assert_eq!((states, reads), (p.truth(), vec![2, 3]));
+        // A thread that ran and went back to waiting between two ticks is seen too (its
+        // state may be the same, but what it did is no longer known).
+        p.run(4, 500, 'D');
+        let (states, reads) = p.tick(&mut w, t0 + TICK * 12);
+        assert_eq!((states, reads), (p.truth(), vec![1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn time_accounted_while_the_watch_reads_is_read_again_not_taken_for_an_idle_thread() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        p.tick(&mut w, t0);
+        p.run(1, 4_000_000, 'R');
+        p.tick_between = Some(4_000_000);
+        let (states, reads) = p.tick(&mut w, t0 + TICK);
+        assert_eq!((states, reads), (p.truth(), vec![1]));
+        // And the next tick starts from the times read again.
+        p.run(1, 1_000, 'R');
+        let (_, reads) = p.tick(&mut w, t0 + TICK * 2);
+        assert_eq!(reads, vec![1]);
+    }
+
+    #[test]
+    fn a_watched_thread_is_let_go_after_a_window_without_cpu() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        p.tick(&mut w, t0);
+        p.run(1, 10, 'S');
+        let (states, reads) = p.tick(&mut w, t0 + TICK);
+        assert_eq!((states, reads), (p.truth(), vec![1]));
+        // Still watched within the window, though it does not run (this tick is also a
+        // sweep, which reads every thread).
+        let (_, reads) = p.tick(&mut w, t0 + WATCH_WINDOW);
+        assert!(reads.contains(&1), "{reads:?}");
+        let (states, reads) = p.tick(&mut w, t0 + WATCH_WINDOW + TICK * 2);
+        assert_eq!((states, reads), (p.truth(), vec![]));
+    }
+
+    #[test]
+    fn every_thread_is_read_on_each_sweep_and_whenever_the_clock_fails() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        p.tick(&mut w, t0);
+        let (_, reads) = p.tick(&mut w, t0 + TICK);
+        assert_eq!(reads, vec![1]);
+        let (_, reads) = p.tick(&mut w, t0 + STATE_SWEEP);
+        assert_eq!(reads, vec![1, 2, 3]);
+        let (_, reads) = p.tick(&mut w, t0 + STATE_SWEEP + TICK);
+        assert_eq!(reads, vec![1]);
+        p.clock_works = false;
+        let (states, reads) = p.tick(&mut w, t0 + STATE_SWEEP + TICK * 2);
+        assert_eq!((states, reads), (p.truth(), vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn new_and_exited_threads_force_a_full_read() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        p.tick(&mut w, t0);
+        p.tick(&mut w, t0 + TICK);
+        // A new thread: what it ran before it was listed is in the process's time.
+        p.threads.push((4, 'S', 7_000));
+        let (states, reads) = p.tick(&mut w, t0 + TICK * 2);
+        assert_eq!((states, reads), (p.truth(), vec![1, 2, 3, 4]));
+        // A thread exits: it ran to exit, and its time stays in the process's. Listed
+        // still, its read fails and it is left out.
+        let gone = p.threads.remove(2);
+        p.exited += gone.2 + 100;
+        let tids = [1, 2, 3, 4];
+        p.reads.clear();
+        let states = w.states(t0 + TICK * 3, &tids, &mut p);
+        p.reads.sort_unstable();
+        assert_eq!((states, p.reads.clone()), (p.truth(), vec![1, 2, 3, 4]));
     }
 }

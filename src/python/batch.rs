@@ -237,12 +237,15 @@ impl Plan {
 
     /// Read everything in one batch and check it; None when anything moved. With
     /// `validate`, the batch ends with a re-read of every thread's innermost frame pointer.
+    /// The threads `skip` marks (by list position) get their thread state read but not
+    /// their stack: no chunk copies, and their plan is kept for when they are read again.
     pub fn read<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         l: &Layout,
         runtime: u64,
         validate: bool,
+        skip: &[bool],
     ) -> Option<Snapshot> {
         let ts_size = l.ts_size.clamp(64, 4096) as usize;
         let n = self.tstates.len();
@@ -279,6 +282,11 @@ impl Plan {
         for (i, (cs, ex)) in self.chunks.iter().zip(&self.extra).enumerate() {
             let mut old = kept.get_mut(i).map(std::mem::take).unwrap_or_default();
             let mut list = spare.lists.pop().unwrap_or_default();
+            let (cs, ex) = if skip.get(i) == Some(&true) {
+                (&[][..], &[][..])
+            } else {
+                (&cs[..], &ex[..])
+            };
             for (addr, len) in cs
                 .iter()
                 .map(|c| (c.addr, c.copy()))
@@ -384,6 +392,9 @@ impl Plan {
         // A chunk that was replaced is dropped from the copy (its frames are then read one
         // by one); a chunk that only grew past the copied length is handled the same way.
         for (i, raw) in raws.iter().enumerate() {
+            if skip.get(i) == Some(&true) {
+                continue;
+            }
             let current = l
                 .ts_datastack_chunk
                 .map(|off| le_u64(raw, off as usize))
@@ -607,7 +618,7 @@ mod tests {
                 before: image_312(&l, h0, s0, f0),
                 after: image_312(&l, h1, s1, f1),
             };
-            let snap = plan.read(&memory, &l, RUNTIME, true).unwrap();
+            let snap = plan.read(&memory, &l, RUNTIME, true, &[]).unwrap();
             assert_eq!(snap.still.unwrap(), want, "read {k}");
         }
     }

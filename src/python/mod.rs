@@ -127,6 +127,9 @@ pub struct StackReader<M: Memory> {
     second: Vec<(u64, Vec<u8>)>,
     /// The frames [`frames::second_look`] walks in its copy, reused between samples.
     second_raw: Vec<frames::RawFrame>,
+    /// Each thread's kernel id at the last sample, in its order (see `keep` in
+    /// [`StackReader::stacks`]).
+    last_tids: Vec<Option<u32>>,
     /// Scratch lists for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
     regions: Vec<(u64, u64)>,
@@ -155,6 +158,7 @@ impl<M: Memory> StackReader<M> {
             scratch: Vec::new(),
             second: Vec::new(),
             second_raw: Vec::new(),
+            last_tids: Vec::new(),
             spans: Vec::new(),
             regions: Vec::new(),
             asyncio: asyncio::TaskCache::default(),
@@ -172,13 +176,36 @@ impl<M: Memory> StackReader<M> {
     }
 
     /// Every Python thread with its stack, innermost frame first. `tids` are the process's
-    /// kernel thread ids (for versions whose thread states do not record them).
+    /// kernel thread ids (for versions whose thread states do not record them). With
+    /// `keep`, only the threads whose kernel id it keeps get their stack read (the others
+    /// come with no frames): the stacks of idle threads cost nothing when nobody wants them.
     pub fn stacks(
         &mut self,
         tids: &[u32],
         opts: FrameOptions,
+        keep: Option<&dyn Fn(u32) -> bool>,
     ) -> Result<Vec<ThreadStack>, PyError> {
-        let (threads, chunks, still) = self.read_threads(opts.validate)?;
+        // Which stacks the batch leaves out, by each thread's kernel id at the last sample.
+        let skip: Vec<bool> = match keep {
+            Some(k) => self
+                .last_tids
+                .iter()
+                .map(|t| t.is_some_and(|t| !k(t)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let (threads, chunks, still) = self.read_threads(opts.validate, &skip)?;
+        let os_tids: Vec<Option<u32>> = threads
+            .iter()
+            .map(|t| {
+                t.native_id
+                    .or_else(|| self.tid_from_pthread(t.thread_id, tids))
+            })
+            .collect();
+        let read: Vec<bool> = os_tids
+            .iter()
+            .map(|t| keep.is_none_or(|k| t.is_some_and(k)))
+            .collect();
         // A shared handle, so the caches below can be borrowed mutably while it is in use.
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;
@@ -190,6 +217,11 @@ impl<M: Memory> StackReader<M> {
             let local = Overlay::new(chunks, &self.mem);
             let s = &mut self.scratch[i];
             let raw = &mut s.walked;
+            if !read[i] {
+                raw.clear();
+                s.first = None;
+                continue;
+            }
             let ok = frames::first_frame(&local, l, &t.raw)
                 .and_then(|first| frames::walk(&local, l, first, raw).map(|more| (first, more)));
             if let Some(plan) = &mut self.plan {
@@ -230,7 +262,9 @@ impl<M: Memory> StackReader<M> {
         for (i, t) in threads.iter().enumerate() {
             let mut entries = std::mem::take(&mut self.scratch[i].entries);
             let consistent = self.scratch[i].first.is_some() && (vouched[i] || looked[i]);
-            let frames = if consistent {
+            let frames = if !read[i] {
+                Ok(Vec::new())
+            } else if consistent {
                 let local = Overlay::new(&chunks[i], &self.mem);
                 let s = &mut self.scratch[i];
                 frames::resolve_remembering(
@@ -263,12 +297,9 @@ impl<M: Memory> StackReader<M> {
             s.frame_addrs.clear();
             s.frame_addrs
                 .extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
-            let os_thread_id = t
-                .native_id
-                .or_else(|| self.tid_from_pthread(t.thread_id, tids));
             out.push(ThreadStack {
                 thread_id: t.thread_id,
-                os_thread_id,
+                os_thread_id: os_tids[i],
                 thread_name: None,
                 active: false,
                 owns_gil: t.holds_gil,
@@ -278,6 +309,7 @@ impl<M: Memory> StackReader<M> {
             });
         }
         self.fill_names(&threads, &mut out);
+        self.last_tids = os_tids;
         if let Some(plan) = &mut self.plan {
             plan.recycle(threads, chunks);
         }
@@ -292,6 +324,7 @@ impl<M: Memory> StackReader<M> {
     fn read_threads(
         &mut self,
         validate: bool,
+        skip: &[bool],
     ) -> Result<
         (
             Vec<threads::PyThread>,
@@ -302,7 +335,7 @@ impl<M: Memory> StackReader<M> {
     > {
         let l = &self.interp.layout;
         if let Some(plan) = &mut self.plan {
-            if let Some(snap) = plan.read(&self.mem, l, self.interp.runtime, validate) {
+            if let Some(snap) = plan.read(&self.mem, l, self.interp.runtime, validate, skip) {
                 return Ok((snap.threads, snap.chunks, snap.still));
             }
             self.plan = None;

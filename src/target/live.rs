@@ -1,7 +1,8 @@
 //! A live process as a [`Target`]: `/proc`, `process_vm_readv` and ptrace.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+
+use foldhash::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use super::error::{is_read_failure, python_fact};
 use super::{Paused, Target, TargetError, ThreadInfo, ThreadState};
 use crate::arch::{Arch, Registers};
 use crate::process::ptrace::PauseGuard;
-use crate::process::{self, LiveMemory, MapRange, MemoryError, ProcessError, threads};
+use crate::process::threads::{self, StateSource, StateWatch};
+use crate::process::{self, LiveMemory, MapRange, MemoryError, ProcessError};
 use crate::python::PyError;
 
 /// How often a process's kernel threads are listed again (new threads are rare; each
@@ -22,8 +24,11 @@ const THREAD_LISTING: Duration = Duration::from_millis(100);
 pub struct LivePid {
     pid: u32,
     mem: LiveMemory,
-    /// Open `/proc/PID/task/TID/stat` files, re-read with pread instead of reopened.
-    stat_files: HashMap<u32, File>,
+    /// Open `/proc/PID/task/TID/stat` and `schedstat` files, re-read with pread instead of
+    /// reopened.
+    stat_files: HashMap<u32, TaskFiles>,
+    /// Which threads' files a tick reads.
+    watch: StateWatch,
     /// Kernel threads at the last listing, and when to list again.
     tids: Vec<u32>,
     next_listing: Instant,
@@ -44,7 +49,8 @@ impl LivePid {
         LivePid {
             pid,
             mem: LiveMemory::new(pid),
-            stat_files: HashMap::new(),
+            stat_files: HashMap::default(),
+            watch: StateWatch::default(),
             tids: Vec::new(),
             next_listing: Instant::now(),
         }
@@ -132,12 +138,16 @@ impl Target for LivePid {
                     ProcessError::Exited(pid).into()
                 }
             })?;
-            self.stat_files.retain(|tid, _| tids.contains(tid));
+            if tids != self.tids {
+                let keep: HashSet<u32> = tids.iter().copied().collect();
+                self.stat_files.retain(|tid, _| keep.contains(tid));
+            }
             self.tids = tids;
             self.next_listing = now + THREAD_LISTING;
         }
         if !states {
             self.stat_files.clear();
+            self.watch = StateWatch::default();
             return Ok(self
                 .tids
                 .iter()
@@ -147,34 +157,22 @@ impl Target for LivePid {
                 })
                 .collect());
         }
-        let mut out = Vec::with_capacity(self.tids.len());
-        let mut buf = [0u8; 512];
-        let files = &mut self.stat_files;
-        self.tids.retain(|&tid| {
-            let file = match files.entry(tid) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(v) => match File::open(format!("/proc/{pid}/task/{tid}/stat")) {
-                    Ok(f) => v.insert(f),
-                    Err(_) => return false,
-                },
-            };
-            match file.read_at(&mut buf, 0) {
-                Ok(n) if n > 0 => {
-                    if let Some(c) = threads::parse_stat_state(&buf[..n]) {
-                        out.push(ThreadInfo {
-                            tid,
-                            state: ThreadState::from_letter(c),
-                        });
-                    }
-                    true
-                }
-                // The thread exited.
-                _ => false,
-            }
-        });
-        self.stat_files
-            .retain(|tid, _| out.iter().any(|o| o.tid == *tid));
-        Ok(out)
+        let mut files = ProcFiles {
+            pid,
+            files: &mut self.stat_files,
+        };
+        let states = self.watch.states(now, &self.tids, &mut files);
+        if states.len() != self.tids.len() {
+            // Threads that exited (their files were dropped as their reads failed).
+            self.tids = states.iter().map(|s| s.0).collect();
+        }
+        Ok(states
+            .into_iter()
+            .map(|(tid, c)| ThreadInfo {
+                tid,
+                state: ThreadState::from_letter(c),
+            })
+            .collect())
     }
 
     fn thread_name(&self, tid: u32) -> Option<String> {
@@ -218,5 +216,62 @@ impl Target for LivePid {
         } else {
             e
         }
+    }
+}
+
+/// A thread's open `/proc` files.
+struct TaskFiles {
+    stat: File,
+    schedstat: Option<File>,
+}
+
+/// The `/proc` files and CPU clock of a live process, for [`StateWatch`].
+struct ProcFiles<'a> {
+    pid: u32,
+    files: &'a mut HashMap<u32, TaskFiles>,
+}
+
+impl ProcFiles<'_> {
+    fn task(&mut self, tid: u32) -> Option<&mut TaskFiles> {
+        match self.files.entry(tid) {
+            Entry::Occupied(e) => Some(e.into_mut()),
+            Entry::Vacant(v) => {
+                let stat = File::open(format!("/proc/{}/task/{tid}/stat", self.pid)).ok()?;
+                Some(v.insert(TaskFiles {
+                    stat,
+                    schedstat: None,
+                }))
+            }
+        }
+    }
+}
+
+impl StateSource for ProcFiles<'_> {
+    fn cpu_time(&mut self) -> Option<u64> {
+        threads::process_cpu_time(self.pid)
+    }
+
+    fn state(&mut self, tid: u32) -> Option<char> {
+        let mut buf = [0u8; 512];
+        let f = self.task(tid)?;
+        match f.stat.read_at(&mut buf, 0) {
+            Ok(n) if n > 0 => threads::parse_stat_state(&buf[..n]),
+            // The thread exited.
+            _ => {
+                self.files.remove(&tid);
+                None
+            }
+        }
+    }
+
+    fn runtime(&mut self, tid: u32) -> Option<u64> {
+        let pid = self.pid;
+        let f = self.task(tid)?;
+        if f.schedstat.is_none() {
+            f.schedstat = File::open(format!("/proc/{pid}/task/{tid}/schedstat")).ok();
+        }
+        let mut buf = [0u8; 96];
+        let n = f.schedstat.as_ref()?.read_at(&mut buf, 0).ok()?;
+        threads::parse_schedstat_runtime(&buf[..n])
     }
 }
