@@ -1255,7 +1255,7 @@ pub fn task_stacks(tasks: &mut [AsyncTask], threads: Vec<ThreadStack>) -> Vec<Th
                 let mut frames = chain_frames(tasks, &index, i);
                 frames.extend_from_slice(&s.frames[j + 1..]);
                 out.push(ThreadStack {
-                    frames,
+                    frames: frames.into(),
                     ..s.clone()
                 });
             }
@@ -1276,7 +1276,7 @@ pub fn task_stacks(tasks: &mut [AsyncTask], threads: Vec<ThreadStack>) -> Vec<Th
             gil_requested: false,
             // A suspended task is in no thread state of its own.
             state: None,
-            frames: chain_frames(tasks, &index, i),
+            frames: chain_frames(tasks, &index, i).into(),
         });
     }
     out

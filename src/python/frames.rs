@@ -8,7 +8,7 @@ use super::layout::{FrameRoot, InstrSource, Layout};
 use super::locals::read_locals;
 use crate::process::memory::{le_u8, le_u32, le_u64};
 use crate::process::{Memory, MemoryExt};
-use crate::sample::{Frame, FrameKind};
+use crate::sample::{Frame, FrameKind, Frames};
 
 /// Frames shown per stack unless `--depth` says otherwise; the outer ones beyond are
 /// counted in a marker frame (see [`hidden_frames`]).
@@ -481,7 +481,15 @@ pub fn resolve_with_entries<M: Memory + ?Sized>(
     opts: FrameOptions,
     entries: &mut Vec<bool>,
 ) -> Result<Vec<Frame>, PyError> {
-    resolve_remembering(mem, l, codes, raw, more, opts, entries, &mut Vec::new())
+    let mut memo = Memo::default();
+    resolve_slots(mem, l, codes, raw, opts, entries, &mut memo)?;
+    let mut frames: Vec<Frame> = memo.order.iter().map(|&i| memo.frame(i).clone()).collect();
+    frames.append(&mut memo.unremembered);
+    if let Some((count, more)) = marker(raw, more, opts) {
+        entries.push(false);
+        frames.push(hidden_frames(count, more));
+    }
+    Ok(frames)
 }
 
 /// A frame of a thread's previous sample, by depth from the outermost frame: most of a
@@ -496,10 +504,56 @@ pub struct Remembered {
     frame: Frame,
 }
 
+/// Stacks of a thread's recent samples handed out again when a sample finds the same
+/// frames: a thread that goes back and forth between two lines shares both.
+const RECENT_STACKS: usize = 4;
+
+/// What [`resolve_remembering`] keeps of a thread's previous samples.
+#[derive(Debug, Default)]
+pub struct Memo {
+    /// The frames of the latest sample, by depth from the outermost frame.
+    slots: Vec<Option<Remembered>>,
+    /// The stacks handed out lately, most recent first, each with its marker (see
+    /// [`marker`]).
+    recent: Vec<(Frames, Option<(usize, bool)>)>,
+    /// This sample's shown frames, innermost first, as indices into `slots`.
+    order: Vec<usize>,
+    /// This sample's frames when they are not remembered (with `--locals`), innermost first.
+    unremembered: Vec<Frame>,
+}
+
+impl Memo {
+    fn frame(&self, slot: usize) -> &Frame {
+        &self.slots[slot]
+            .as_ref()
+            .expect("a slot in the order holds a frame")
+            .frame
+    }
+}
+
+/// The count of frames left out of a stack of `raw`, and whether it is a lower bound, when
+/// the stack ends in a [`hidden_frames`] marker.
+fn marker(raw: &[RawFrame], more: bool, opts: FrameOptions) -> Option<(usize, bool)> {
+    let all = raw.iter().filter(|f| !f.shim).count();
+    let depth = all.min(opts.depth);
+    (depth < all || more).then_some((all - depth, more))
+}
+
+/// Is `a` the frame `b`: the same code (by pointer) at the same line? Cheaper than `==`,
+/// which compares the names' texts.
+fn same_frame(a: &Frame, b: &Frame) -> bool {
+    Arc::ptr_eq(&a.code, &b.code)
+        && a.line == b.line
+        && a.kind == b.kind
+        && a.locals.is_none()
+        && b.locals.is_none()
+}
+
 /// [`resolve_with_entries`], reusing the frames of the thread's previous sample in `memo`
 /// (and updating it). A remembered frame is reused only for the same code address and
 /// instruction offset, and only if the code object's fingerprint, read in this sample, is
-/// still the one it was resolved with: the same check the code cache makes.
+/// still the one it was resolved with: the same check the code cache makes. A stack of the
+/// same frames as one of the thread's recent samples is that sample's stack again.
 #[allow(clippy::too_many_arguments)]
 pub fn resolve_remembering<M: Memory + ?Sized>(
     mem: &M,
@@ -509,35 +563,87 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
     more: bool,
     opts: FrameOptions,
     entries: &mut Vec<bool>,
-    memo: &mut Vec<Option<Remembered>>,
-) -> Result<Vec<Frame>, PyError> {
+    memo: &mut Memo,
+) -> Result<Frames, PyError> {
+    resolve_slots(mem, l, codes, raw, opts, entries, memo)?;
+    let end = marker(raw, more, opts);
+    if end.is_some() {
+        entries.push(false);
+    }
+    if !opts.locals {
+        let shown = memo.order.len() + usize::from(end.is_some());
+        let found = memo.recent.iter().position(|(stack, m)| {
+            *m == end
+                && stack.len() == shown
+                && memo
+                    .order
+                    .iter()
+                    .zip(stack.iter())
+                    .all(|(&i, f)| same_frame(memo.frame(i), f))
+        });
+        if let Some(k) = found {
+            memo.recent[..=k].rotate_right(1);
+            return Ok(memo.recent[0].0.clone());
+        }
+    }
+    let mut frames: Vec<Frame> = Vec::with_capacity(memo.order.len() + 1);
+    frames.extend(memo.order.iter().map(|&i| memo.frame(i).clone()));
+    frames.append(&mut memo.unremembered);
+    if let Some((count, more)) = end {
+        frames.push(hidden_frames(count, more));
+    }
+    let frames = Frames::from(frames);
+    if !opts.locals {
+        memo.recent.truncate(RECENT_STACKS - 1);
+        memo.recent.insert(0, (frames.clone(), end));
+    }
+    Ok(frames)
+}
+
+/// The frames of `raw` into `memo`: the shown ones as slots of `memo.slots` in
+/// `memo.order` (or, with locals, in `memo.unremembered`), their `is_entry` flags in
+/// `entries`.
+fn resolve_slots<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    codes: &mut CodeCache,
+    raw: &[RawFrame],
+    opts: FrameOptions,
+    entries: &mut Vec<bool>,
+    memo: &mut Memo,
+) -> Result<(), PyError> {
     entries.clear();
+    memo.order.clear();
+    memo.unremembered.clear();
     let all = raw.iter().filter(|f| !f.shim).count();
     // Cut stacks are remembered from their outermost shown frame: still one slot per depth.
     let depth = all.min(opts.depth);
     // Locals change without the frame changing: never remembered.
     if opts.locals {
-        memo.clear();
+        memo.slots.clear();
+        memo.recent.clear();
     }
-    memo.resize(depth, None);
-    let mut frames = Vec::with_capacity(depth + 1);
+    memo.slots.resize(depth, None);
     // The last code object whose head matched a fingerprint in this sample: recursion puts
     // the same code object in frame after frame, and one check serves them all.
-    let mut checked: Option<(u64, Fingerprint)> = None;
+    let mut checked: Option<u64> = None;
+    let mut checked_print: Fingerprint = [0; 5];
     for (k, rf) in raw.iter().filter(|f| !f.shim).take(depth).enumerate() {
-        let slot = &mut memo[depth - 1 - k];
+        let at = depth - 1 - k;
+        let slot = &mut memo.slots[at];
         if let Some(m) = &*slot
             && m.code == rf.code
             && m.offset == rf.offset
             && m.function_lines == opts.function_lines
-            && (checked == Some((rf.code, m.fingerprint))
+            && ((checked == Some(rf.code) && same_print(&checked_print, &m.fingerprint))
                 || mem
                     .peek(rf.code, CODE_HEAD)
                     .is_some_and(|head| fingerprint_is(l, head, &m.fingerprint)))
         {
-            checked = Some((rf.code, m.fingerprint));
+            checked = Some(rf.code);
+            checked_print = m.fingerprint;
             entries.push(rf.is_entry);
-            frames.push(m.frame.clone());
+            memo.order.push(at);
             continue;
         }
         *slot = None;
@@ -568,22 +674,26 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
             kind: FrameKind::Python,
             locals,
         };
-        if !opts.locals {
+        if opts.locals {
+            memo.unremembered.push(frame);
+        } else {
             *slot = Some(Remembered {
                 code: rf.code,
                 offset: rf.offset,
                 fingerprint: code.fingerprint(),
                 function_lines: opts.function_lines,
-                frame: frame.clone(),
+                frame,
             });
+            memo.order.push(at);
         }
-        frames.push(frame);
     }
-    if depth < all || more {
-        entries.push(false);
-        frames.push(hidden_frames(all - depth, more));
-    }
-    Ok(frames)
+    Ok(())
+}
+
+/// `a == b`, compared field by field in line (the array `==` calls `memcmp`, once per
+/// frame here).
+fn same_print(a: &Fingerprint, b: &Fingerprint) -> bool {
+    a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 #[cfg(test)]
