@@ -165,10 +165,15 @@ pub struct LiveMemory {
     reads: Cell<u64>,
     /// Where batched reads land before being copied out, kept between reads.
     scratch: Cell<Vec<u8>>,
-    /// How the last batch was laid out: the sampler asks for the same ranges tick after
-    /// tick, and sorting and merging them again each time was a visible share of its CPU.
-    layout: Cell<Option<Box<BatchLayout>>>,
+    /// How the latest batches were laid out, most recent first: the sampler asks for the
+    /// same ranges tick after tick, and sorting and merging them again each time was a
+    /// visible share of its CPU. A tick makes up to three batches (the batch, the re-read
+    /// of a new GIL holder, the second look), each with its own layout.
+    layouts: Cell<Vec<Box<BatchLayout>>>,
 }
+
+/// Batch layouts a [`LiveMemory`] keeps.
+const LAYOUTS_KEPT: usize = 4;
 
 /// A batched read's requests and how they are issued.
 #[derive(Debug)]
@@ -180,9 +185,10 @@ struct BatchLayout {
 }
 
 impl BatchLayout {
-    /// The layout for `reqs`, reusing `last` when the requests are the same.
+    /// The layout for `reqs`: taken out of `kept` when one there is for the same requests,
+    /// else laid out anew (in the allocations of the oldest kept, when `kept` is full).
     fn for_requests(
-        last: Option<Box<BatchLayout>>,
+        kept: &mut Vec<Box<BatchLayout>>,
         reqs: &[(u64, &mut [u8])],
         cuts: &[usize],
     ) -> Box<BatchLayout> {
@@ -194,22 +200,21 @@ impl BatchLayout {
                     .zip(reqs)
                     .all(|(r, (a, b))| r.0 == *a && r.1 == b.len())
         };
-        match last {
-            Some(l) if same(&l) => l,
-            last => {
-                let mut ranges = last.map(|l| l.ranges).unwrap_or_default();
-                ranges.clear();
-                ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
-                let plan = coalesce(&ranges, cuts);
-                let scatter = scatter(&plan, &ranges);
-                Box::new(BatchLayout {
-                    ranges,
-                    cuts: cuts.to_vec(),
-                    plan,
-                    scatter,
-                })
-            }
+        if let Some(k) = kept.iter().position(|l| same(l)) {
+            return kept.remove(k);
         }
+        let oldest = (kept.len() >= LAYOUTS_KEPT).then(|| kept.pop()).flatten();
+        let mut ranges = oldest.map(|l| l.ranges).unwrap_or_default();
+        ranges.clear();
+        ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
+        let plan = coalesce(&ranges, cuts);
+        let scatter = scatter(&plan, &ranges);
+        Box::new(BatchLayout {
+            ranges,
+            cuts: cuts.to_vec(),
+            plan,
+            scatter,
+        })
     }
 }
 
@@ -391,7 +396,7 @@ impl LiveMemory {
             pid: Pid::from_raw(pid as i32),
             reads: Cell::new(0),
             scratch: Cell::new(Vec::new()),
-            layout: Cell::new(None),
+            layouts: Cell::new(Vec::new()),
         }
     }
 
@@ -429,9 +434,12 @@ impl Memory for LiveMemory {
     }
 
     fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
-        let batch = BatchLayout::for_requests(self.layout.take(), reqs, cuts);
+        let mut kept = self.layouts.take();
+        let batch = BatchLayout::for_requests(&mut kept, reqs, cuts);
         let result = self.read_laid_out(reqs, &batch);
-        self.layout.set(Some(batch));
+        kept.insert(0, batch);
+        kept.truncate(LAYOUTS_KEPT);
+        self.layouts.set(kept);
         result
     }
 
@@ -718,18 +726,31 @@ mod tests {
             (0x7f1e_300d_b000, &mut b[..]),
             (0x55b8_8de5_9168, &mut c[..]),
         ];
-        let first = BatchLayout::for_requests(None, &reqs, &[2]);
+        let mut kept = Vec::new();
+        let first = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
         assert_eq!(first.plan.spans.len(), 3);
         let at = &*first as *const BatchLayout;
-        let again = BatchLayout::for_requests(Some(first), &reqs, &[2]);
+        kept.push(first);
+        let again = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
         assert_eq!(&*again as *const BatchLayout, at);
-        // The same addresses split differently into the two groups: laid out anew.
-        let regrouped = BatchLayout::for_requests(Some(again), &reqs, &[3]);
+        assert!(kept.is_empty(), "taken out of the kept layouts");
+        kept.push(again);
+        // The same addresses split differently into the two groups: laid out anew, and the
+        // first layout stays kept.
+        let regrouped = BatchLayout::for_requests(&mut kept, &reqs, &[3]);
         assert_eq!(regrouped.plan.spans.len(), 2);
+        assert_eq!(kept.len(), 1);
+        kept.insert(0, regrouped);
+        // Batches that take turns (the sampler's batch and its second look) each find their
+        // own layout.
+        let back = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
+        assert_eq!(&*back as *const BatchLayout, at);
+        kept.insert(0, back);
         // A request that moved: laid out anew.
         reqs[1].0 += 4096;
-        let moved = BatchLayout::for_requests(Some(regrouped), &reqs, &[3]);
+        let moved = BatchLayout::for_requests(&mut kept, &reqs, &[3]);
         assert_eq!(moved.plan.spans[1].0, 0x7f1e_300d_c000);
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]
