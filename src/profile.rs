@@ -1301,7 +1301,7 @@ mod tests {
             p.add(&s);
         }
         let mut c = sample(0.0, 2, "c-thread", &[]);
-        c.stack.frames = vec![native("spin"), native("start_thread")];
+        c.stack.frames = vec![native("spin"), native("start_thread")].into();
         p.add(&c);
 
         let with = p.functions(false, true, |_| true);

@@ -182,6 +182,14 @@ impl<'a> IntoIterator for &'a Frames {
     }
 }
 
+impl<'a> IntoIterator for &'a mut Frames {
+    type Item = &'a mut Frame;
+    type IntoIter = std::slice::IterMut<'a, Frame>;
+    fn into_iter(self) -> Self::IntoIter {
+        Arc::make_mut(&mut self.0).iter_mut()
+    }
+}
+
 impl Serialize for Frames {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)

@@ -807,7 +807,7 @@ mod tests {
                         owns_gil: false,
                         gil_requested: false,
                         state: None,
-                        frames: vec![Frame::new("f", "f.py", "f.py", 1, FrameKind::Python)],
+                        frames: vec![Frame::new("f", "f.py", "f.py", 1, FrameKind::Python)].into(),
                     },
                 });
             }

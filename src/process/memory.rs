@@ -480,7 +480,14 @@ impl LiveMemory {
                     let (off, len) = (plan.offsets[i], ranges[i].1);
                     tmp.clear();
                     tmp.resize(len, 0);
-                    for p in &layout.pieces {
+                    // The pieces lie end to end in ascending order: only those from the one
+                    // holding `off` on, up to `off + len`, hold bytes of this request (a scan
+                    // of every piece for every deferred request was quadratic in the batch).
+                    let first = layout.pieces.partition_point(|p| p.at + p.len <= off);
+                    for p in layout.pieces[first..]
+                        .iter()
+                        .take_while(|p| p.at < off + len)
+                    {
                         let (lo, hi) = (p.at.max(off), (p.at + p.len).min(off + len));
                         if lo >= hi {
                             continue;
@@ -701,8 +708,17 @@ mod tests {
             (vec![(8usize, 8usize), (100, 16), (40, 8), (5000, 300)], 3),
             // Overlapping requests, filled from the others' bytes afterwards.
             (
-                vec![(0, 80), (8, 8), (64, 32), (8000, 8), (4090, 12), (4094, 4)],
-                6,
+                vec![
+                    (0, 80),
+                    (8, 8),
+                    (64, 32),
+                    (8000, 8),
+                    (4090, 12),
+                    (4094, 4),
+                    // Spread over three pieces: a request's and two gaps.
+                    (70, 40),
+                ],
+                7,
             ),
         ] {
             let mut bufs: Vec<Vec<u8>> = wanted.iter().map(|&(_, n)| vec![0; n]).collect();

@@ -1347,7 +1347,8 @@ mod tests {
             state: None,
             frames: ["inner", "right_body", "_run", "run_forever", "<module>"]
                 .map(frame)
-                .to_vec(),
+                .to_vec()
+                .into(),
         };
         let mut tasks = vec![outer, left, right];
         let stacks = task_stacks(&mut tasks, vec![thread]);

@@ -713,7 +713,7 @@ mod tests {
         }
     }
 
-    fn names(frames: Vec<Frame>) -> Vec<String> {
+    fn names(frames: &[Frame]) -> Vec<String> {
         frames.iter().map(|f| f.name().to_string()).collect()
     }
 
@@ -722,7 +722,7 @@ mod tests {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
         let opts = FrameOptions::default();
         let mut codes = CodeCache::new(None);
-        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
         let raw = [frame(0x7f00_0000_1050, 0x10000, 10)];
         let first = image(&l, "first", 0x30000);
         // The batch brings each code object's head along, as the sampler's plan does.
@@ -739,7 +739,7 @@ mod tests {
             &mut entries,
             &mut memo,
         );
-        assert_eq!(names(got.unwrap()), ["first"]);
+        assert_eq!(names(&got.unwrap()), ["first"]);
         // Same frame, same fingerprint: served from the memo, nothing else is read (the
         // strings are gone from this address space).
         let bare = ImageMemory::new();
@@ -754,7 +754,7 @@ mod tests {
             &mut entries,
             &mut memo,
         );
-        assert_eq!(names(got.unwrap()), ["first"]);
+        assert_eq!(names(&got.unwrap()), ["first"]);
         // Another code object at the same address: never shown under the old name.
         let second = image(&l, "second", 0x60000);
         let snap = head(&second);
@@ -769,7 +769,7 @@ mod tests {
             &mut entries,
             &mut memo,
         );
-        assert_eq!(names(got.unwrap()), ["second"]);
+        assert_eq!(names(&got.unwrap()), ["second"]);
         // A deeper stack keeps the outer frames' memo (depth counts from the outermost).
         let deeper = [frame(0x7f00_0000_10a0, 0x10000, 20), raw[0]];
         let mem = Overlay::new(&snap, &bare);
@@ -794,7 +794,7 @@ mod tests {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
         let opts = FrameOptions::default();
         let mut codes = CodeCache::new(None);
-        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
         let raw = [
             frame(0x7f00_0000_10f0, 0x10000, 10),
             frame(0x7f00_0000_10a0, 0x10000, 10),
@@ -815,7 +815,7 @@ mod tests {
                 &mut entries,
                 &mut memo,
             );
-            assert_eq!(names(got.unwrap()), [name; 3]);
+            assert_eq!(names(&got.unwrap()), [name; 3]);
         }
     }
 
@@ -978,7 +978,7 @@ mod tests {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
         let mem = image(&l, "deep", 0x30000);
         let mut codes = CodeCache::new(None);
-        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
         let raw: Vec<RawFrame> = (0..10u64)
             .map(|k| frame(0x7f00_0000_1000 + 0x50 * k, 0x10000, 10))
             .collect();
@@ -1000,7 +1000,7 @@ mod tests {
             .unwrap();
             assert_eq!(entries.len(), frames.len());
             let marker = frames.last().is_some_and(|f| f.is_marker());
-            (names(frames), marker)
+            (names(&frames), marker)
         };
         let (got, marker) = resolve(&raw, false, 4);
         assert_eq!(
