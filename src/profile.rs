@@ -1155,6 +1155,61 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_stack_counts_where_an_equal_one_does() {
+        let mut p = Profile::new(meta(), ProfileOptions::default());
+        let a = sample(0.0, 1, "t", &[("main", 1), ("work", 10)]);
+        let b = sample(0.01, 1, "t", &[("main", 1), ("work", 11)]);
+        // The same stacks handed out again, taking turns, and one equal to the first made
+        // anew: each counts where its frames say.
+        for s in [&a, &b, &a, &a, &b] {
+            p.add(s);
+        }
+        p.add(&sample(0.02, 1, "t", &[("main", 1), ("work", 10)]));
+        // A shared stack changed afterwards is another stack (the change copies it first),
+        // and the stack it was copied from stays as it was.
+        let mut c = a.clone();
+        c.stack
+            .frames
+            .insert(0, frame("leaf", "/app/src/main.py", 3));
+        p.add(&c);
+        assert_eq!(a.stack.frames.len(), 2);
+        p.add(&a);
+        let labels = |stack: usize| -> Vec<String> {
+            p.stack_frames_root_first(stack)
+                .into_iter()
+                .map(|f| p.frame_label(f))
+                .collect()
+        };
+        let mut got: Vec<(Vec<String>, u64)> = p
+            .stack_counts()
+            .iter()
+            .map(|&(stack, _, n)| (labels(stack), n))
+            .collect();
+        got.sort_by_key(|g| std::cmp::Reverse(g.1));
+        assert_eq!(
+            got,
+            [
+                (
+                    vec!["main (main.py:1)".into(), "work (main.py:10)".into()],
+                    5
+                ),
+                (
+                    vec!["main (main.py:1)".into(), "work (main.py:11)".into()],
+                    2
+                ),
+                (
+                    vec![
+                        "main (main.py:1)".into(),
+                        "work (main.py:10)".into(),
+                        "leaf (main.py:3)".into()
+                    ],
+                    1
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn interning_counts_and_threads() {
         let p = two_threads(ProfileOptions::default());
         assert_eq!(p.total_samples(), 10);

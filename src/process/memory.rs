@@ -169,7 +169,7 @@ pub struct LiveMemory {
     /// same ranges tick after tick, and sorting and merging them again each time was a
     /// visible share of its CPU. A tick makes up to three batches (the batch, the re-read
     /// of a new GIL holder, the second look), each with its own layout.
-    layouts: Cell<Vec<Box<BatchLayout>>>,
+    layouts: Cell<Vec<BatchLayout>>,
 }
 
 /// Batch layouts a [`LiveMemory`] keeps.
@@ -188,10 +188,10 @@ impl BatchLayout {
     /// The layout for `reqs`: taken out of `kept` when one there is for the same requests,
     /// else laid out anew (in the allocations of the oldest kept, when `kept` is full).
     fn for_requests(
-        kept: &mut Vec<Box<BatchLayout>>,
+        kept: &mut Vec<BatchLayout>,
         reqs: &[(u64, &mut [u8])],
         cuts: &[usize],
-    ) -> Box<BatchLayout> {
+    ) -> BatchLayout {
         let same = |l: &BatchLayout| {
             l.cuts == cuts
                 && l.ranges.len() == reqs.len()
@@ -200,7 +200,7 @@ impl BatchLayout {
                     .zip(reqs)
                     .all(|(r, (a, b))| r.0 == *a && r.1 == b.len())
         };
-        if let Some(k) = kept.iter().position(|l| same(l)) {
+        if let Some(k) = kept.iter().position(same) {
             return kept.remove(k);
         }
         let oldest = (kept.len() >= LAYOUTS_KEPT).then(|| kept.pop()).flatten();
@@ -209,12 +209,12 @@ impl BatchLayout {
         ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
         let plan = coalesce(&ranges, cuts);
         let scatter = scatter(&plan, &ranges);
-        Box::new(BatchLayout {
+        BatchLayout {
             ranges,
             cuts: cuts.to_vec(),
             plan,
             scatter,
-        })
+        }
     }
 }
 
@@ -745,10 +745,11 @@ mod tests {
         let mut kept = Vec::new();
         let first = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
         assert_eq!(first.plan.spans.len(), 3);
-        let at = &*first as *const BatchLayout;
+        // A layout is known by its allocations.
+        let at = first.ranges.as_ptr();
         kept.push(first);
         let again = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
-        assert_eq!(&*again as *const BatchLayout, at);
+        assert_eq!(again.ranges.as_ptr(), at);
         assert!(kept.is_empty(), "taken out of the kept layouts");
         kept.push(again);
         // The same addresses split differently into the two groups: laid out anew, and the
@@ -760,7 +761,7 @@ mod tests {
         // Batches that take turns (the sampler's batch and its second look) each find their
         // own layout.
         let back = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
-        assert_eq!(&*back as *const BatchLayout, at);
+        assert_eq!(back.ranges.as_ptr(), at);
         kept.insert(0, back);
         // A request that moved: laid out anew.
         reqs[1].0 += 4096;

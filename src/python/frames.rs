@@ -790,6 +790,72 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_of_the_same_frames_is_handed_out_again() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let opts = FrameOptions::default();
+        let mut codes = CodeCache::new(None);
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
+        // Two code objects: "first" at 0x10000, "second" at 0x11000 (a copy of another
+        // image's, with its strings).
+        let mut mem = image(&l, "first", 0x30000);
+        let other = image(&l, "second", 0x60000);
+        mem.add(0x11000, other.bytes(0x10000, CODE_HEAD).unwrap())
+            .add(0x60000, other.bytes(0x60000, 128).unwrap())
+            .add(0x60100, other.bytes(0x60100, 128).unwrap());
+        let heads = |m: &ImageMemory| {
+            vec![
+                (0x10000u64, m.bytes(0x10000, CODE_HEAD).unwrap()),
+                (0x11000u64, m.bytes(0x11000, CODE_HEAD).unwrap()),
+            ]
+        };
+        let snap = heads(&mem);
+        let outer = frame(0x7f00_0000_1050, 0x10000, 10);
+        let a = [frame(0x7f00_0000_10a0, 0x10000, 10), outer];
+        let b = [frame(0x7f00_0000_10a0, 0x11000, 10), outer];
+        let mut resolve = |mem: &ImageMemory, snap: &[(u64, Vec<u8>)], raw: &[RawFrame], more| {
+            let local = Overlay::new(snap, mem);
+            resolve_remembering(
+                &local,
+                &l,
+                &mut codes,
+                raw,
+                more,
+                opts,
+                &mut entries,
+                &mut memo,
+            )
+            .unwrap()
+        };
+        let a1 = resolve(&mem, &snap, &a, false);
+        assert_eq!(names(&a1), ["first", "first"]);
+        assert!(resolve(&mem, &snap, &a, false).same(&a1));
+        // Going back and forth between two stacks shares both.
+        let b1 = resolve(&mem, &snap, &b, false);
+        assert_eq!(names(&b1), ["second", "first"]);
+        assert!(!b1.same(&a1));
+        assert!(resolve(&mem, &snap, &a, false).same(&a1));
+        assert!(resolve(&mem, &snap, &b, false).same(&b1));
+        // The same frames cut short (a marker at the end) are another stack.
+        let cut = resolve(&mem, &snap, &a, true);
+        assert_eq!(
+            names(&cut),
+            ["first", "first", "[at least 0 frames not shown]"]
+        );
+        assert!(resolve(&mem, &snap, &a, true).same(&cut));
+        // Another code object at the same address: a new stack under its own name, never
+        // the old one's.
+        let mut changed = image(&l, "third", 0x70000);
+        changed
+            .add(0x11000, mem.bytes(0x11000, CODE_HEAD).unwrap())
+            .add(0x60000, other.bytes(0x60000, 128).unwrap())
+            .add(0x60100, other.bytes(0x60100, 128).unwrap());
+        let snap = heads(&changed);
+        let a2 = resolve(&changed, &snap, &a, false);
+        assert_eq!(names(&a2), ["third", "third"]);
+        assert!(!a2.same(&a1));
+    }
+
+    #[test]
     fn recursion_checks_its_code_object_in_every_sample() {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
         let opts = FrameOptions::default();
