@@ -151,6 +151,10 @@ const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
 const EXEC_SETTLE: Duration = Duration::from_secs(1);
 /// How often a process is checked for having exited (failed reads check at once).
 const ALIVE_CHECK: Duration = Duration::from_millis(50);
+/// How often process events are taken: each take is a system call (the kernel queues the
+/// events meanwhile), once a tick was a visible share of a tick at 1000 Hz and more. A read
+/// that fails in between looks at its process at once, as without events.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
 /// Most threads whose names [`SamplerStats::thread_names`] keeps.
 const MAX_NAMED_THREADS: usize = 1 << 16;
 
@@ -316,6 +320,7 @@ pub fn run_live(
             Err(pid) => Proc::pending(pid, now),
         }],
         watch: Watch::new(opts.subprocesses),
+        next_watch: now,
         events: Vec::new(),
         frame_opts: FrameOptions {
             locals: false,
@@ -465,6 +470,8 @@ pub fn timing_loop(
 struct LiveProcs {
     procs: Vec<Proc>,
     watch: Watch,
+    /// When `watch` is polled next (see [`WATCH_EVERY`]).
+    next_watch: Instant,
     events: Vec<Event>,
     frame_opts: FrameOptions,
     opts: SamplerOptions,
@@ -479,7 +486,10 @@ impl Source for LiveProcs {
         stats: &mut SamplerStats,
     ) -> Tick {
         self.events.clear();
-        self.watch.poll(now, &mut self.events);
+        if now >= self.next_watch {
+            self.next_watch = now + WATCH_EVERY;
+            self.watch.poll(now, &mut self.events);
+        }
         follow(&mut self.procs, &self.events, self.opts.subprocesses, now);
         // Liveness (and an exec) is a /proc read: done on a timer, and at once when a read
         // fails.
