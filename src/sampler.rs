@@ -413,6 +413,7 @@ pub fn timing_loop(
     // Whether the run went the whole of -d: its window is then exactly -d long (each tick
     // stands for one period), however soon after the last tick the loop ends.
     let mut full_window = false;
+    let mut last_len = 0;
     loop {
         // From the tick's number, not a sum of rounded periods: 3 Hz for 1 s is 3 ticks,
         // not a 4th at 0.999999999 s.
@@ -429,8 +430,10 @@ pub fn timing_loop(
         }
         let now = clock.now();
         let time = now.duration_since(start).as_secs_f64();
-        let mut batch = Vec::new();
+        // As long as the last tick's: a tick usually gives as many samples as the one before.
+        let mut batch = Vec::with_capacity(last_len);
         let ended = source.tick(now, time, &mut batch, stats);
+        last_len = batch.len();
         if ended == Tick::Exited {
             stats.target_exited = true;
             break;
