@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use foldhash::HashMap as FastMap;
 use foldhash::fast::RandomState;
 
-use crate::sample::{Frame, FrameCode, FrameKind, Sample};
+use crate::sample::{Frame, FrameCode, FrameKind, Frames, Sample};
 
 pub mod diff;
 
@@ -327,7 +327,13 @@ pub struct Profile {
     last_time: f64,
     /// Per thread: its last stack, outermost first, with the node each frame ended at.
     last_stacks: Vec<Vec<Step>>,
+    /// Per thread: its latest stacks as the reader shares them, most recent first, with
+    /// their nodes. Holding them keeps their addresses from being reused.
+    recent_stacks: Vec<Vec<(Frames, u32)>>,
 }
+
+/// Stacks per thread whose nodes [`Profile`] recognises by pointer.
+const RECENT_STACKS: usize = 4;
 
 /// A frame of a thread's last stack and the stack node it led to. Successive samples of a
 /// thread mostly share their outer frames, and a frame identical to the one at the same
@@ -369,6 +375,7 @@ impl Profile {
             timeline: opts.keep_timeline.then(Vec::new),
             last_time: 0.0,
             last_stacks: Vec::new(),
+            recent_stacks: Vec::new(),
         }
     }
 
@@ -449,22 +456,48 @@ impl Profile {
         }
         self.last_time = self.last_time.max(time);
 
+        let node = self.stack_node(thread, &st.frames);
+        if node != NONE {
+            *self.counts.entry((node, thread)).or_insert(0) += count;
+            self.total += count;
+        }
+        if let Some(tl) = &mut self.timeline {
+            let entry = TimelineEntry {
+                time,
+                thread,
+                stack: node,
+            };
+            tl.extend(std::iter::repeat_n(entry, count as usize));
+        }
+    }
+
+    /// The stack node of `frames`, a stack of `thread`'s.
+    fn stack_node(&mut self, thread: u32, frames: &Frames) -> u32 {
+        let t = thread as usize;
+        if self.last_stacks.len() <= t {
+            self.last_stacks.resize_with(t + 1, Vec::new);
+            self.recent_stacks.resize_with(t + 1, Vec::new);
+        }
+        // A stack the reader handed out again (it does while a thread stays where it was):
+        // its node is known.
+        let recent = &mut self.recent_stacks[t];
+        if let Some(k) = recent.iter().position(|(f, _)| f.same(frames)) {
+            recent[..=k].rotate_right(1);
+            return recent[0].1;
+        }
         // Outermost first, so each frame extends the prefix built so far.
         let mut node = NONE;
-        if self.last_stacks.len() <= thread as usize {
-            self.last_stacks.resize_with(thread as usize + 1, Vec::new);
-        }
-        let mut last = std::mem::take(&mut self.last_stacks[thread as usize]);
+        let mut last = std::mem::take(&mut self.last_stacks[t]);
         let same = last
             .iter()
-            .zip(st.frames.iter().rev())
+            .zip(frames.iter().rev())
             .take_while(|(step, frame)| step.is(frame))
             .count();
         last.truncate(same);
         if let Some(step) = last.last() {
             node = step.node;
         }
-        for frame in st.frames.iter().rev().skip(same) {
+        for frame in frames.iter().rev().skip(same) {
             let f = self.intern_frame(frame);
             node = match self.stack_index.entry((node, f)) {
                 Entry::Occupied(e) => *e.get(),
@@ -484,19 +517,11 @@ impl Profile {
                 node,
             });
         }
-        self.last_stacks[thread as usize] = last;
-        if node != NONE {
-            *self.counts.entry((node, thread)).or_insert(0) += count;
-            self.total += count;
-        }
-        if let Some(tl) = &mut self.timeline {
-            let entry = TimelineEntry {
-                time,
-                thread,
-                stack: node,
-            };
-            tl.extend(std::iter::repeat_n(entry, count as usize));
-        }
+        self.last_stacks[t] = last;
+        let recent = &mut self.recent_stacks[t];
+        recent.truncate(RECENT_STACKS - 1);
+        recent.insert(0, (frames.clone(), node));
+        node
     }
 
     fn intern_thread(&mut self, sample: &Sample, time: f64) -> u32 {
@@ -1130,6 +1155,61 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_stack_counts_where_an_equal_one_does() {
+        let mut p = Profile::new(meta(), ProfileOptions::default());
+        let a = sample(0.0, 1, "t", &[("main", 1), ("work", 10)]);
+        let b = sample(0.01, 1, "t", &[("main", 1), ("work", 11)]);
+        // The same stacks handed out again, taking turns, and one equal to the first made
+        // anew: each counts where its frames say.
+        for s in [&a, &b, &a, &a, &b] {
+            p.add(s);
+        }
+        p.add(&sample(0.02, 1, "t", &[("main", 1), ("work", 10)]));
+        // A shared stack changed afterwards is another stack (the change copies it first),
+        // and the stack it was copied from stays as it was.
+        let mut c = a.clone();
+        c.stack
+            .frames
+            .insert(0, frame("leaf", "/app/src/main.py", 3));
+        p.add(&c);
+        assert_eq!(a.stack.frames.len(), 2);
+        p.add(&a);
+        let labels = |stack: usize| -> Vec<String> {
+            p.stack_frames_root_first(stack)
+                .into_iter()
+                .map(|f| p.frame_label(f))
+                .collect()
+        };
+        let mut got: Vec<(Vec<String>, u64)> = p
+            .stack_counts()
+            .iter()
+            .map(|&(stack, _, n)| (labels(stack), n))
+            .collect();
+        got.sort_by_key(|g| std::cmp::Reverse(g.1));
+        assert_eq!(
+            got,
+            [
+                (
+                    vec!["main (main.py:1)".into(), "work (main.py:10)".into()],
+                    5
+                ),
+                (
+                    vec!["main (main.py:1)".into(), "work (main.py:11)".into()],
+                    2
+                ),
+                (
+                    vec![
+                        "main (main.py:1)".into(),
+                        "work (main.py:10)".into(),
+                        "leaf (main.py:3)".into()
+                    ],
+                    1
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn interning_counts_and_threads() {
         let p = two_threads(ProfileOptions::default());
         assert_eq!(p.total_samples(), 10);
@@ -1276,7 +1356,7 @@ mod tests {
             p.add(&s);
         }
         let mut c = sample(0.0, 2, "c-thread", &[]);
-        c.stack.frames = vec![native("spin"), native("start_thread")];
+        c.stack.frames = vec![native("spin"), native("start_thread")].into();
         p.add(&c);
 
         let with = p.functions(false, true, |_| true);

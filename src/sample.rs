@@ -132,7 +132,68 @@ pub struct ThreadStack {
     #[serde(skip)]
     pub state: Option<crate::diagnose::ThreadState>,
     /// Frames, innermost first.
-    pub frames: Vec<Frame>,
+    pub frames: Frames,
+}
+
+/// A stack's frames, innermost first, shared: the Python reader hands out the same stack
+/// again while a thread stays where it was (a copy costs one reference count, not one per
+/// frame), and the profile recognises a stack it has seen by pointer. Read it as a
+/// `Vec<Frame>`; a change copies it first when it is shared.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Frames(Arc<Vec<Frame>>);
+
+impl Frames {
+    /// Is `other` this very stack (not only an equal one)?
+    pub fn same(&self, other: &Frames) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl From<Vec<Frame>> for Frames {
+    fn from(frames: Vec<Frame>) -> Frames {
+        Frames(Arc::new(frames))
+    }
+}
+
+impl FromIterator<Frame> for Frames {
+    fn from_iter<I: IntoIterator<Item = Frame>>(iter: I) -> Frames {
+        Frames::from(iter.into_iter().collect::<Vec<Frame>>())
+    }
+}
+
+impl std::ops::Deref for Frames {
+    type Target = Vec<Frame>;
+    fn deref(&self) -> &Vec<Frame> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Frames {
+    fn deref_mut(&mut self) -> &mut Vec<Frame> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<'a> IntoIterator for &'a Frames {
+    type Item = &'a Frame;
+    type IntoIter = std::slice::Iter<'a, Frame>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Frames {
+    type Item = &'a mut Frame;
+    type IntoIter = std::slice::IterMut<'a, Frame>;
+    fn into_iter(self) -> Self::IntoIter {
+        Arc::make_mut(&mut self.0).iter_mut()
+    }
+}
+
+impl Serialize for Frames {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// One thread's stack at one tick, as it flows from the sampler to the profile.

@@ -154,6 +154,10 @@ const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
 const EXEC_SETTLE: Duration = Duration::from_secs(1);
 /// How often a process is checked for having exited (failed reads check at once).
 const ALIVE_CHECK: Duration = Duration::from_millis(50);
+/// How often process events are taken: each take is a system call (the kernel queues the
+/// events meanwhile), once a tick was a visible share of a tick at 1000 Hz and more. A read
+/// that fails in between looks at its process at once, as without events.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
 /// Most threads whose names [`SamplerStats::thread_names`] keeps.
 const MAX_NAMED_THREADS: usize = 1 << 16;
 
@@ -322,6 +326,7 @@ pub fn run_live(
             Err(pid) => Proc::pending(pid, now),
         }],
         watch: Watch::new(opts.subprocesses),
+        next_watch: now,
         events: Vec::new(),
         frame_opts: FrameOptions {
             locals: false,
@@ -414,6 +419,7 @@ pub fn timing_loop(
     // Whether the run went the whole of -d: its window is then exactly -d long (each tick
     // stands for one period), however soon after the last tick the loop ends.
     let mut full_window = false;
+    let mut last_len = 0;
     loop {
         // From the tick's number, not a sum of rounded periods: 3 Hz for 1 s is 3 ticks,
         // not a 4th at 0.999999999 s.
@@ -430,8 +436,10 @@ pub fn timing_loop(
         }
         let now = clock.now();
         let time = now.duration_since(start).as_secs_f64();
-        let mut batch = Vec::new();
+        // As long as the last tick's: a tick usually gives as many samples as the one before.
+        let mut batch = Vec::with_capacity(last_len);
         let ended = source.tick(now, time, &mut batch, stats);
+        last_len = batch.len();
         if ended == Tick::Exited {
             stats.target_exited = true;
             break;
@@ -477,6 +485,8 @@ pub fn timing_loop(
 struct LiveProcs {
     procs: Vec<Proc>,
     watch: Watch,
+    /// When `watch` is polled next (see [`WATCH_EVERY`]).
+    next_watch: Instant,
     events: Vec<Event>,
     frame_opts: FrameOptions,
     opts: SamplerOptions,
@@ -491,7 +501,10 @@ impl Source for LiveProcs {
         stats: &mut SamplerStats,
     ) -> Tick {
         self.events.clear();
-        self.watch.poll(now, &mut self.events);
+        if now >= self.next_watch {
+            self.next_watch = now + WATCH_EVERY;
+            self.watch.poll(now, &mut self.events);
+        }
         follow(&mut self.procs, &self.events, self.opts.subprocesses, now);
         // Liveness (and an exec) is a /proc read: done on a timer, and at once when a read
         // fails.
@@ -827,7 +840,7 @@ mod tests {
                         owns_gil: false,
                         gil_requested: false,
                         state: None,
-                        frames: vec![Frame::new("f", "f.py", "f.py", 1, FrameKind::Python)],
+                        frames: vec![Frame::new("f", "f.py", "f.py", 1, FrameKind::Python)].into(),
                     },
                 });
             }

@@ -394,7 +394,7 @@ mod tests {
             owns_gil: false,
             gil_requested: false,
             state: Some(ThreadState::plain(state)),
-            frames: Vec::new(),
+            frames: Default::default(),
         }
     }
 

@@ -725,7 +725,8 @@ mod tests {
                     "demo.py",
                     12,
                     FrameKind::Python,
-                )],
+                )]
+                .into(),
             },
         }
     }

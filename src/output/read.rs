@@ -221,7 +221,7 @@ impl Builder {
             time: 0.0,
             pid: *pid,
             stack: ThreadStack {
-                frames,
+                frames: frames.into(),
                 ..template.clone()
             },
         };
@@ -240,7 +240,7 @@ fn parse_thread_title(title: Option<&str>, index: usize) -> (u32, ThreadStack) {
         owns_gil: false,
         gil_requested: false,
         state: None,
-        frames: Vec::new(),
+        frames: Default::default(),
     };
     let Some(title) = title else {
         return (0, stack);

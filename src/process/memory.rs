@@ -165,10 +165,15 @@ pub struct LiveMemory {
     reads: Cell<u64>,
     /// Where batched reads land before being copied out, kept between reads.
     scratch: Cell<Vec<u8>>,
-    /// How the last batch was laid out: the sampler asks for the same ranges tick after
-    /// tick, and sorting and merging them again each time was a visible share of its CPU.
-    layout: Cell<Option<Box<BatchLayout>>>,
+    /// How the latest batches were laid out, most recent first: the sampler asks for the
+    /// same ranges tick after tick, and sorting and merging them again each time was a
+    /// visible share of its CPU. A tick makes up to three batches (the batch, the re-read
+    /// of a new GIL holder, the second look), each with its own layout.
+    layouts: Cell<Vec<BatchLayout>>,
 }
+
+/// Batch layouts a [`LiveMemory`] keeps.
+const LAYOUTS_KEPT: usize = 4;
 
 /// A batched read's requests and how they are issued.
 #[derive(Debug)]
@@ -180,12 +185,13 @@ struct BatchLayout {
 }
 
 impl BatchLayout {
-    /// The layout for `reqs`, reusing `last` when the requests are the same.
+    /// The layout for `reqs`: taken out of `kept` when one there is for the same requests,
+    /// else laid out anew (in the allocations of the oldest kept, when `kept` is full).
     fn for_requests(
-        last: Option<Box<BatchLayout>>,
+        kept: &mut Vec<BatchLayout>,
         reqs: &[(u64, &mut [u8])],
         cuts: &[usize],
-    ) -> Box<BatchLayout> {
+    ) -> BatchLayout {
         let same = |l: &BatchLayout| {
             l.cuts == cuts
                 && l.ranges.len() == reqs.len()
@@ -194,21 +200,20 @@ impl BatchLayout {
                     .zip(reqs)
                     .all(|(r, (a, b))| r.0 == *a && r.1 == b.len())
         };
-        match last {
-            Some(l) if same(&l) => l,
-            last => {
-                let mut ranges = last.map(|l| l.ranges).unwrap_or_default();
-                ranges.clear();
-                ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
-                let plan = coalesce(&ranges, cuts);
-                let scatter = scatter(&plan, &ranges);
-                Box::new(BatchLayout {
-                    ranges,
-                    cuts: cuts.to_vec(),
-                    plan,
-                    scatter,
-                })
-            }
+        if let Some(k) = kept.iter().position(same) {
+            return kept.remove(k);
+        }
+        let oldest = (kept.len() >= LAYOUTS_KEPT).then(|| kept.pop()).flatten();
+        let mut ranges = oldest.map(|l| l.ranges).unwrap_or_default();
+        ranges.clear();
+        ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
+        let plan = coalesce(&ranges, cuts);
+        let scatter = scatter(&plan, &ranges);
+        BatchLayout {
+            ranges,
+            cuts: cuts.to_vec(),
+            plan,
+            scatter,
         }
     }
 }
@@ -391,7 +396,7 @@ impl LiveMemory {
             pid: Pid::from_raw(pid as i32),
             reads: Cell::new(0),
             scratch: Cell::new(Vec::new()),
-            layout: Cell::new(None),
+            layouts: Cell::new(Vec::new()),
         }
     }
 
@@ -429,9 +434,12 @@ impl Memory for LiveMemory {
     }
 
     fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
-        let batch = BatchLayout::for_requests(self.layout.take(), reqs, cuts);
+        let mut kept = self.layouts.take();
+        let batch = BatchLayout::for_requests(&mut kept, reqs, cuts);
         let result = self.read_laid_out(reqs, &batch);
-        self.layout.set(Some(batch));
+        kept.insert(0, batch);
+        kept.truncate(LAYOUTS_KEPT);
+        self.layouts.set(kept);
         result
     }
 
@@ -472,7 +480,14 @@ impl LiveMemory {
                     let (off, len) = (plan.offsets[i], ranges[i].1);
                     tmp.clear();
                     tmp.resize(len, 0);
-                    for p in &layout.pieces {
+                    // The pieces lie end to end in ascending order: only those from the one
+                    // holding `off` on, up to `off + len`, hold bytes of this request (a scan
+                    // of every piece for every deferred request was quadratic in the batch).
+                    let first = layout.pieces.partition_point(|p| p.at + p.len <= off);
+                    for p in layout.pieces[first..]
+                        .iter()
+                        .take_while(|p| p.at < off + len)
+                    {
                         let (lo, hi) = (p.at.max(off), (p.at + p.len).min(off + len));
                         if lo >= hi {
                             continue;
@@ -693,8 +708,17 @@ mod tests {
             (vec![(8usize, 8usize), (100, 16), (40, 8), (5000, 300)], 3),
             // Overlapping requests, filled from the others' bytes afterwards.
             (
-                vec![(0, 80), (8, 8), (64, 32), (8000, 8), (4090, 12), (4094, 4)],
-                6,
+                vec![
+                    (0, 80),
+                    (8, 8),
+                    (64, 32),
+                    (8000, 8),
+                    (4090, 12),
+                    (4094, 4),
+                    // Spread over three pieces: a request's and two gaps.
+                    (70, 40),
+                ],
+                7,
             ),
         ] {
             let mut bufs: Vec<Vec<u8>> = wanted.iter().map(|&(_, n)| vec![0; n]).collect();
@@ -718,18 +742,32 @@ mod tests {
             (0x7f1e_300d_b000, &mut b[..]),
             (0x55b8_8de5_9168, &mut c[..]),
         ];
-        let first = BatchLayout::for_requests(None, &reqs, &[2]);
+        let mut kept = Vec::new();
+        let first = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
         assert_eq!(first.plan.spans.len(), 3);
-        let at = &*first as *const BatchLayout;
-        let again = BatchLayout::for_requests(Some(first), &reqs, &[2]);
-        assert_eq!(&*again as *const BatchLayout, at);
-        // The same addresses split differently into the two groups: laid out anew.
-        let regrouped = BatchLayout::for_requests(Some(again), &reqs, &[3]);
+        // A layout is known by its allocations.
+        let at = first.ranges.as_ptr();
+        kept.push(first);
+        let again = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
+        assert_eq!(again.ranges.as_ptr(), at);
+        assert!(kept.is_empty(), "taken out of the kept layouts");
+        kept.push(again);
+        // The same addresses split differently into the two groups: laid out anew, and the
+        // first layout stays kept.
+        let regrouped = BatchLayout::for_requests(&mut kept, &reqs, &[3]);
         assert_eq!(regrouped.plan.spans.len(), 2);
+        assert_eq!(kept.len(), 1);
+        kept.insert(0, regrouped);
+        // Batches that take turns (the sampler's batch and its second look) each find their
+        // own layout.
+        let back = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
+        assert_eq!(back.ranges.as_ptr(), at);
+        kept.insert(0, back);
         // A request that moved: laid out anew.
         reqs[1].0 += 4096;
-        let moved = BatchLayout::for_requests(Some(regrouped), &reqs, &[3]);
+        let moved = BatchLayout::for_requests(&mut kept, &reqs, &[3]);
         assert_eq!(moved.plan.spans[1].0, 0x7f1e_300d_c000);
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]

@@ -310,7 +310,7 @@ mod tests {
     /// main -> a, both in `file`.
     fn in_file(file: &str) -> crate::sample::Sample {
         let mut s = sample(0.0, 1, "MainThread", &[]);
-        s.stack.frames = vec![frame("a", file, 1), frame("main", file, 1)];
+        s.stack.frames = vec![frame("a", file, 1), frame("main", file, 1)].into();
         s
     }
 

@@ -1277,7 +1277,7 @@ pub fn task_stacks(tasks: &mut [AsyncTask], threads: Vec<ThreadStack>) -> Vec<Th
                 let mut frames = chain_frames(tasks, &index, i);
                 frames.extend_from_slice(&s.frames[j + 1..]);
                 out.push(ThreadStack {
-                    frames,
+                    frames: frames.into(),
                     ..s.clone()
                 });
             }
@@ -1298,7 +1298,7 @@ pub fn task_stacks(tasks: &mut [AsyncTask], threads: Vec<ThreadStack>) -> Vec<Th
             gil_requested: false,
             // A suspended task is in no thread state of its own.
             state: None,
-            frames: chain_frames(tasks, &index, i),
+            frames: chain_frames(tasks, &index, i).into(),
         });
     }
     out
@@ -1369,7 +1369,8 @@ mod tests {
             state: None,
             frames: ["inner", "right_body", "_run", "run_forever", "<module>"]
                 .map(frame)
-                .to_vec(),
+                .to_vec()
+                .into(),
         };
         let mut tasks = vec![outer, left, right];
         let stacks = task_stacks(&mut tasks, vec![thread]);

@@ -8,7 +8,7 @@ use super::layout::{FrameRoot, InstrSource, Layout};
 use super::locals::read_locals;
 use crate::process::memory::{le_u8, le_u32, le_u64};
 use crate::process::{Memory, MemoryExt};
-use crate::sample::{Frame, FrameKind};
+use crate::sample::{Frame, FrameKind, Frames};
 
 /// Frames shown per stack unless `--depth` says otherwise; the outer ones beyond are
 /// counted in a marker frame (see [`hidden_frames`]).
@@ -481,7 +481,15 @@ pub fn resolve_with_entries<M: Memory + ?Sized>(
     opts: FrameOptions,
     entries: &mut Vec<bool>,
 ) -> Result<Vec<Frame>, PyError> {
-    resolve_remembering(mem, l, codes, raw, more, opts, entries, &mut Vec::new())
+    let mut memo = Memo::default();
+    resolve_slots(mem, l, codes, raw, opts, entries, &mut memo)?;
+    let mut frames: Vec<Frame> = memo.order.iter().map(|&i| memo.frame(i).clone()).collect();
+    frames.append(&mut memo.unremembered);
+    if let Some((count, more)) = marker(raw, more, opts) {
+        entries.push(false);
+        frames.push(hidden_frames(count, more));
+    }
+    Ok(frames)
 }
 
 /// A frame of a thread's previous sample, by depth from the outermost frame: most of a
@@ -496,10 +504,56 @@ pub struct Remembered {
     frame: Frame,
 }
 
+/// Stacks of a thread's recent samples handed out again when a sample finds the same
+/// frames: a thread that goes back and forth between two lines shares both.
+const RECENT_STACKS: usize = 4;
+
+/// What [`resolve_remembering`] keeps of a thread's previous samples.
+#[derive(Debug, Default)]
+pub struct Memo {
+    /// The frames of the latest sample, by depth from the outermost frame.
+    slots: Vec<Option<Remembered>>,
+    /// The stacks handed out lately, most recent first, each with its marker (see
+    /// [`marker`]).
+    recent: Vec<(Frames, Option<(usize, bool)>)>,
+    /// This sample's shown frames, innermost first, as indices into `slots`.
+    order: Vec<usize>,
+    /// This sample's frames when they are not remembered (with `--locals`), innermost first.
+    unremembered: Vec<Frame>,
+}
+
+impl Memo {
+    fn frame(&self, slot: usize) -> &Frame {
+        &self.slots[slot]
+            .as_ref()
+            .expect("a slot in the order holds a frame")
+            .frame
+    }
+}
+
+/// The count of frames left out of a stack of `raw`, and whether it is a lower bound, when
+/// the stack ends in a [`hidden_frames`] marker.
+fn marker(raw: &[RawFrame], more: bool, opts: FrameOptions) -> Option<(usize, bool)> {
+    let all = raw.iter().filter(|f| !f.shim).count();
+    let depth = all.min(opts.depth);
+    (depth < all || more).then_some((all - depth, more))
+}
+
+/// Is `a` the frame `b`: the same code (by pointer) at the same line? Cheaper than `==`,
+/// which compares the names' texts.
+fn same_frame(a: &Frame, b: &Frame) -> bool {
+    Arc::ptr_eq(&a.code, &b.code)
+        && a.line == b.line
+        && a.kind == b.kind
+        && a.locals.is_none()
+        && b.locals.is_none()
+}
+
 /// [`resolve_with_entries`], reusing the frames of the thread's previous sample in `memo`
 /// (and updating it). A remembered frame is reused only for the same code address and
 /// instruction offset, and only if the code object's fingerprint, read in this sample, is
-/// still the one it was resolved with: the same check the code cache makes.
+/// still the one it was resolved with: the same check the code cache makes. A stack of the
+/// same frames as one of the thread's recent samples is that sample's stack again.
 #[allow(clippy::too_many_arguments)]
 pub fn resolve_remembering<M: Memory + ?Sized>(
     mem: &M,
@@ -509,35 +563,87 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
     more: bool,
     opts: FrameOptions,
     entries: &mut Vec<bool>,
-    memo: &mut Vec<Option<Remembered>>,
-) -> Result<Vec<Frame>, PyError> {
+    memo: &mut Memo,
+) -> Result<Frames, PyError> {
+    resolve_slots(mem, l, codes, raw, opts, entries, memo)?;
+    let end = marker(raw, more, opts);
+    if end.is_some() {
+        entries.push(false);
+    }
+    if !opts.locals {
+        let shown = memo.order.len() + usize::from(end.is_some());
+        let found = memo.recent.iter().position(|(stack, m)| {
+            *m == end
+                && stack.len() == shown
+                && memo
+                    .order
+                    .iter()
+                    .zip(stack.iter())
+                    .all(|(&i, f)| same_frame(memo.frame(i), f))
+        });
+        if let Some(k) = found {
+            memo.recent[..=k].rotate_right(1);
+            return Ok(memo.recent[0].0.clone());
+        }
+    }
+    let mut frames: Vec<Frame> = Vec::with_capacity(memo.order.len() + 1);
+    frames.extend(memo.order.iter().map(|&i| memo.frame(i).clone()));
+    frames.append(&mut memo.unremembered);
+    if let Some((count, more)) = end {
+        frames.push(hidden_frames(count, more));
+    }
+    let frames = Frames::from(frames);
+    if !opts.locals {
+        memo.recent.truncate(RECENT_STACKS - 1);
+        memo.recent.insert(0, (frames.clone(), end));
+    }
+    Ok(frames)
+}
+
+/// The frames of `raw` into `memo`: the shown ones as slots of `memo.slots` in
+/// `memo.order` (or, with locals, in `memo.unremembered`), their `is_entry` flags in
+/// `entries`.
+fn resolve_slots<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    codes: &mut CodeCache,
+    raw: &[RawFrame],
+    opts: FrameOptions,
+    entries: &mut Vec<bool>,
+    memo: &mut Memo,
+) -> Result<(), PyError> {
     entries.clear();
+    memo.order.clear();
+    memo.unremembered.clear();
     let all = raw.iter().filter(|f| !f.shim).count();
     // Cut stacks are remembered from their outermost shown frame: still one slot per depth.
     let depth = all.min(opts.depth);
     // Locals change without the frame changing: never remembered.
     if opts.locals {
-        memo.clear();
+        memo.slots.clear();
+        memo.recent.clear();
     }
-    memo.resize(depth, None);
-    let mut frames = Vec::with_capacity(depth + 1);
+    memo.slots.resize(depth, None);
     // The last code object whose head matched a fingerprint in this sample: recursion puts
     // the same code object in frame after frame, and one check serves them all.
-    let mut checked: Option<(u64, Fingerprint)> = None;
+    let mut checked: Option<u64> = None;
+    let mut checked_print: Fingerprint = [0; 5];
     for (k, rf) in raw.iter().filter(|f| !f.shim).take(depth).enumerate() {
-        let slot = &mut memo[depth - 1 - k];
+        let at = depth - 1 - k;
+        let slot = &mut memo.slots[at];
         if let Some(m) = &*slot
             && m.code == rf.code
             && m.offset == rf.offset
             && m.function_lines == opts.function_lines
-            && (checked == Some((rf.code, m.fingerprint))
+            && ((checked == Some(rf.code) && same_print(&checked_print, &m.fingerprint))
                 || mem
                     .peek(rf.code, CODE_HEAD)
                     .is_some_and(|head| fingerprint_is(l, head, &m.fingerprint)))
         {
-            checked = Some((rf.code, m.fingerprint));
+            checked = Some(rf.code);
+            checked_print = m.fingerprint;
             entries.push(rf.is_entry);
-            frames.push(m.frame.clone());
+            memo.order.push(at);
             continue;
         }
         *slot = None;
@@ -568,22 +674,26 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
             kind: FrameKind::Python,
             locals,
         };
-        if !opts.locals {
+        if opts.locals {
+            memo.unremembered.push(frame);
+        } else {
             *slot = Some(Remembered {
                 code: rf.code,
                 offset: rf.offset,
                 fingerprint: code.fingerprint(),
                 function_lines: opts.function_lines,
-                frame: frame.clone(),
+                frame,
             });
+            memo.order.push(at);
         }
-        frames.push(frame);
     }
-    if depth < all || more {
-        entries.push(false);
-        frames.push(hidden_frames(all - depth, more));
-    }
-    Ok(frames)
+    Ok(())
+}
+
+/// `a == b`, compared field by field in line (the array `==` calls `memcmp`, once per
+/// frame here).
+fn same_print(a: &Fingerprint, b: &Fingerprint) -> bool {
+    a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 #[cfg(test)]
@@ -603,7 +713,7 @@ mod tests {
         }
     }
 
-    fn names(frames: Vec<Frame>) -> Vec<String> {
+    fn names(frames: &[Frame]) -> Vec<String> {
         frames.iter().map(|f| f.name().to_string()).collect()
     }
 
@@ -612,7 +722,7 @@ mod tests {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
         let opts = FrameOptions::default();
         let mut codes = CodeCache::new(None);
-        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
         let raw = [frame(0x7f00_0000_1050, 0x10000, 10)];
         let first = image(&l, "first", 0x30000);
         // The batch brings each code object's head along, as the sampler's plan does.
@@ -629,7 +739,7 @@ mod tests {
             &mut entries,
             &mut memo,
         );
-        assert_eq!(names(got.unwrap()), ["first"]);
+        assert_eq!(names(&got.unwrap()), ["first"]);
         // Same frame, same fingerprint: served from the memo, nothing else is read (the
         // strings are gone from this address space).
         let bare = ImageMemory::new();
@@ -644,7 +754,7 @@ mod tests {
             &mut entries,
             &mut memo,
         );
-        assert_eq!(names(got.unwrap()), ["first"]);
+        assert_eq!(names(&got.unwrap()), ["first"]);
         // Another code object at the same address: never shown under the old name.
         let second = image(&l, "second", 0x60000);
         let snap = head(&second);
@@ -659,7 +769,7 @@ mod tests {
             &mut entries,
             &mut memo,
         );
-        assert_eq!(names(got.unwrap()), ["second"]);
+        assert_eq!(names(&got.unwrap()), ["second"]);
         // A deeper stack keeps the outer frames' memo (depth counts from the outermost).
         let deeper = [frame(0x7f00_0000_10a0, 0x10000, 20), raw[0]];
         let mem = Overlay::new(&snap, &bare);
@@ -680,11 +790,77 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_of_the_same_frames_is_handed_out_again() {
+        let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
+        let opts = FrameOptions::default();
+        let mut codes = CodeCache::new(None);
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
+        // Two code objects: "first" at 0x10000, "second" at 0x11000 (a copy of another
+        // image's, with its strings).
+        let mut mem = image(&l, "first", 0x30000);
+        let other = image(&l, "second", 0x60000);
+        mem.add(0x11000, other.bytes(0x10000, CODE_HEAD).unwrap())
+            .add(0x60000, other.bytes(0x60000, 128).unwrap())
+            .add(0x60100, other.bytes(0x60100, 128).unwrap());
+        let heads = |m: &ImageMemory| {
+            vec![
+                (0x10000u64, m.bytes(0x10000, CODE_HEAD).unwrap()),
+                (0x11000u64, m.bytes(0x11000, CODE_HEAD).unwrap()),
+            ]
+        };
+        let snap = heads(&mem);
+        let outer = frame(0x7f00_0000_1050, 0x10000, 10);
+        let a = [frame(0x7f00_0000_10a0, 0x10000, 10), outer];
+        let b = [frame(0x7f00_0000_10a0, 0x11000, 10), outer];
+        let mut resolve = |mem: &ImageMemory, snap: &[(u64, Vec<u8>)], raw: &[RawFrame], more| {
+            let local = Overlay::new(snap, mem);
+            resolve_remembering(
+                &local,
+                &l,
+                &mut codes,
+                raw,
+                more,
+                opts,
+                &mut entries,
+                &mut memo,
+            )
+            .unwrap()
+        };
+        let a1 = resolve(&mem, &snap, &a, false);
+        assert_eq!(names(&a1), ["first", "first"]);
+        assert!(resolve(&mem, &snap, &a, false).same(&a1));
+        // Going back and forth between two stacks shares both.
+        let b1 = resolve(&mem, &snap, &b, false);
+        assert_eq!(names(&b1), ["second", "first"]);
+        assert!(!b1.same(&a1));
+        assert!(resolve(&mem, &snap, &a, false).same(&a1));
+        assert!(resolve(&mem, &snap, &b, false).same(&b1));
+        // The same frames cut short (a marker at the end) are another stack.
+        let cut = resolve(&mem, &snap, &a, true);
+        assert_eq!(
+            names(&cut),
+            ["first", "first", "[at least 0 frames not shown]"]
+        );
+        assert!(resolve(&mem, &snap, &a, true).same(&cut));
+        // Another code object at the same address: a new stack under its own name, never
+        // the old one's.
+        let mut changed = image(&l, "third", 0x70000);
+        changed
+            .add(0x11000, mem.bytes(0x11000, CODE_HEAD).unwrap())
+            .add(0x60000, other.bytes(0x60000, 128).unwrap())
+            .add(0x60100, other.bytes(0x60100, 128).unwrap());
+        let snap = heads(&changed);
+        let a2 = resolve(&changed, &snap, &a, false);
+        assert_eq!(names(&a2), ["third", "third"]);
+        assert!(!a2.same(&a1));
+    }
+
+    #[test]
     fn recursion_checks_its_code_object_in_every_sample() {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
         let opts = FrameOptions::default();
         let mut codes = CodeCache::new(None);
-        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
         let raw = [
             frame(0x7f00_0000_10f0, 0x10000, 10),
             frame(0x7f00_0000_10a0, 0x10000, 10),
@@ -705,7 +881,7 @@ mod tests {
                 &mut entries,
                 &mut memo,
             );
-            assert_eq!(names(got.unwrap()), [name; 3]);
+            assert_eq!(names(&got.unwrap()), [name; 3]);
         }
     }
 
@@ -868,7 +1044,7 @@ mod tests {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
         let mem = image(&l, "deep", 0x30000);
         let mut codes = CodeCache::new(None);
-        let (mut entries, mut memo) = (Vec::new(), Vec::new());
+        let (mut entries, mut memo) = (Vec::new(), Memo::default());
         let raw: Vec<RawFrame> = (0..10u64)
             .map(|k| frame(0x7f00_0000_1000 + 0x50 * k, 0x10000, 10))
             .collect();
@@ -890,7 +1066,7 @@ mod tests {
             .unwrap();
             assert_eq!(entries.len(), frames.len());
             let marker = frames.last().is_some_and(|f| f.is_marker());
-            (names(frames), marker)
+            (names(&frames), marker)
         };
         let (got, marker) = resolve(&raw, false, 4);
         assert_eq!(

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::process::{Memory, MemoryError, Overlay};
-use crate::sample::{Frame, ThreadStack};
+use crate::sample::{Frame, Frames, ThreadStack};
 pub use discover::{Interpreter, find_interpreter};
 pub use frames::FrameOptions;
 pub use layout::{Layout, LayoutError, Version};
@@ -69,7 +69,7 @@ pub struct ThreadScratch {
     /// The walk stopped at [`frames::MAX_DEPTH`] with more frames beyond.
     beyond: bool,
     /// The previous sample's frames (see [`frames::resolve_remembering`]).
-    memo: Vec<Option<frames::Remembered>>,
+    memo: frames::Memo,
     /// The `is_entry` flag of each frame of the last result.
     entries: Vec<bool>,
     /// Addresses of its interpreter entry frames (3.12+).
@@ -279,12 +279,12 @@ impl<M: Memory> StackReader<M> {
                 )
             } else {
                 // Moved under us (or unreadable): the slow path retries this thread alone.
-                self.thread_frames(t, opts, &mut entries)
+                self.thread_frames(t, opts, &mut entries).map(Frames::from)
             };
             let frames = frames.unwrap_or_else(|_| {
                 // One unreadable thread costs its stack, not the whole sample.
                 self.errors += 1;
-                Vec::new()
+                Frames::default()
             });
             entries.resize(frames.len(), false);
             let s = &mut self.scratch[i];

@@ -13,7 +13,7 @@ use crate::python::asyncio::{AsyncTask, find_debug_section};
 use crate::python::{
     FrameOptions, Interpreter, Layout, PyError, StackReader, ThreadScratch, find_interpreter,
 };
-use crate::sample::{Frame, ThreadStack};
+use crate::sample::ThreadStack;
 
 /// Why `--native` and `--nonblocking` cannot go together.
 pub const NATIVE_NONBLOCKING: &str = "--native reads each thread's registers, which needs a brief stop: it cannot be used with --nonblocking";
@@ -367,7 +367,7 @@ fn merge_into(
     if let Some(t) = thread {
         mark_eval_frames(&mut native, pcs, t.entry_frame_addresses());
     }
-    stack.frames = merge(&native, &stack.frames, flags, py.rule);
+    stack.frames = merge(&native, &stack.frames, flags, py.rule).into();
 }
 
 /// Mark as eval-loop frames the native frames whose stack holds an interpreter entry
@@ -393,6 +393,6 @@ fn native_thread(tid: u32, state: ThreadState, name: Option<String>) -> ThreadSt
         owns_gil: false,
         gil_requested: false,
         state: None,
-        frames: Vec::<Frame>::new(),
+        frames: Default::default(),
     }
 }

@@ -719,7 +719,8 @@ mod tests {
                         owns_gil: false,
                         gil_requested: false,
                         state: Some(ThreadState::plain(state)),
-                        frames: vec![Frame::new("nap", "/a/n.py", "n.py", 3, FrameKind::Python)],
+                        frames: vec![Frame::new("nap", "/a/n.py", "n.py", 3, FrameKind::Python)]
+                            .into(),
                     },
                 });
             }
