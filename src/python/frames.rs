@@ -226,6 +226,8 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
         .collect();
     let want = |i: usize| wants.get(i).copied().unwrap_or(false);
     let mut holds = Vec::new();
+    let mut outside = Vec::new();
+    let frame_len = (l.f_size as usize).clamp(64, 512);
     for (i, look) in looks.iter_mut().enumerate() {
         let (walked, copy) = look.parts();
         // Which regions hold a walked frame: each frame's region is found by a binary
@@ -233,25 +235,51 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
         // every frame cost millions of steps.
         holds.clear();
         holds.resize(regions[i].len(), false);
+        outside.clear();
         for f in walked.iter().filter(|_| want(i)) {
             let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
-            if let Some(k) = k.checked_sub(1)
-                && f.addr - regions[i][k].0 < regions[i][k].1.len() as u64
-            {
-                holds[k] = true;
+            match k.checked_sub(1) {
+                Some(k) if f.addr - regions[i][k].0 < regions[i][k].1.len() as u64 => {
+                    holds[k] = true;
+                }
+                _ => outside.push(f.addr),
             }
         }
         // Buffers stay with their slot between samples: no allocation once warmed up.
         let mut k = 0;
-        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
-            if k == copy.len() {
+        let slot = |copy: &mut Vec<(u64, Vec<u8>)>, k: &mut usize, addr: u64, len: usize| {
+            if *k == copy.len() {
                 copy.push((0, Vec::new()));
             }
-            copy[k].0 = *addr;
-            copy[k].1.resize(data.len(), 0);
-            k += 1;
+            copy[*k].0 = addr;
+            copy[*k].1.resize(len, 0);
+            *k += 1;
+        };
+        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
+            slot(copy, &mut k, *addr, data.len());
+        }
+        // Frames the first copy did not hold (every frame before 3.11, where the full walk
+        // read them one by one; generator and entry frames after) are copied in the same
+        // batch, instead of one read each during the walk; one that would overlap a copied
+        // region is left to the walk.
+        let held = k;
+        outside.sort_unstable();
+        let mut end = 0;
+        for &addr in &outside {
+            let overlaps = addr < end || {
+                let j = copy[..held].partition_point(|(a, _)| *a < addr + frame_len as u64);
+                j.checked_sub(1)
+                    .is_some_and(|j| copy[j].0 + copy[j].1.len() as u64 > addr)
+            };
+            if !overlaps {
+                slot(copy, &mut k, addr, frame_len);
+                end = addr + frame_len as u64;
+            }
         }
         copy.truncate(k);
+        if k > held {
+            copy.sort_unstable_by_key(|c| c.0);
+        }
     }
     let mut roots = vec![[[0u8; 8]; 2]; n];
     {
@@ -794,6 +822,101 @@ mod tests {
         )));
         // The thread is elsewhere now: dropped.
         assert!(!look(&image(stack(frames), chunk + 0x100)));
+    }
+
+    /// Memory that counts its reads (a batch is one, as one process_vm_readv is).
+    struct Counting<'a>(&'a ImageMemory, std::cell::Cell<u64>);
+
+    impl Memory for Counting<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.1.set(self.1.get() + 1);
+            self.0.read(addr, buf)
+        }
+        fn read_many_then(
+            &self,
+            reqs: &mut [(u64, &mut [u8])],
+            _cuts: &[usize],
+        ) -> crate::process::memory::MemResult<()> {
+            self.1.set(self.1.get() + 1);
+            self.0.read_many(reqs)
+        }
+    }
+
+    #[test]
+    fn a_second_look_copies_frames_outside_the_first_copy_in_one_batch() {
+        // 3.10: every frame is an object of its own, and the full walk's first copy holds
+        // none of them; the second look used to read them one by one.
+        let l = Layout::from_table(Version::new(3, 10, 13), false).unwrap();
+        let FrameRoot::Direct(root) = l.frame_root else {
+            panic!("3.10 keeps the innermost frame in the thread state");
+        };
+        let (tstate, heap) = (0x5500_0000_1000u64, 0x5500_0001_0000u64);
+        let put = |buf: &mut Vec<u8>, at: u64, v: u64| {
+            buf[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        let n = 6u64;
+        let mut ts = vec![0u8; 512];
+        put(&mut ts, root, heap);
+        // Frame k runs the code object at `code(k)`.
+        let image = |code: &dyn Fn(u64) -> u64| {
+            let mut m = ImageMemory::new();
+            for k in 0..n {
+                let mut f = vec![0u8; l.f_size as usize];
+                put(&mut f, l.f_code, code(k));
+                put(
+                    &mut f,
+                    l.f_back,
+                    if k + 1 < n { heap + 0x400 * (k + 1) } else { 0 },
+                );
+                m.add(heap + 0x400 * k, f);
+            }
+            m.add(tstate, ts.clone());
+            m
+        };
+        let m = image(&|k| 0x10000 + 0x1000 * k);
+        let threads = [crate::python::threads::PyThread {
+            tstate,
+            interp: 0,
+            thread_id: 1,
+            native_id: None,
+            holds_gil: false,
+            gil_requested: false,
+            raw: ts.clone(),
+        }];
+        let mut walked = Vec::new();
+        walk(&m, &l, heap, &mut walked).unwrap();
+        assert_eq!(walked.len(), n as usize);
+        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        let counting = Counting(&m, std::cell::Cell::new(0));
+        let stands = second_look(
+            &counting,
+            &l,
+            &threads,
+            &[true],
+            &[Vec::new()],
+            &mut [(&walked[..], &mut scratch)],
+            &mut raw,
+        );
+        assert_eq!(stands, [true]);
+        assert_eq!(counting.1.get(), 1, "frames and root in one batched read");
+        // And a frame that changed in between is still caught.
+        let changed = image(&|k| {
+            if k == 2 {
+                0x90000
+            } else {
+                0x10000 + 0x1000 * k
+            }
+        });
+        let stands = second_look(
+            &changed,
+            &l,
+            &threads,
+            &[true],
+            &[Vec::new()],
+            &mut [(&walked[..], &mut scratch)],
+            &mut raw,
+        );
+        assert_eq!(stands, [false]);
     }
 
     /// A 3.12 image holding a chain of `n` frames, `stride` bytes apart from `base`, all
