@@ -235,6 +235,42 @@ impl Plan {
         }
     }
 
+    /// For each of `threads` that this plan also knew (the same thread state), read the
+    /// regions its last walk read outside its chunks (frames, code objects' heads) in one
+    /// batch, into its entry of `out` (kept sorted): a full walk after the thread list
+    /// changed then finds most frames in the copy instead of reading them one by one. The
+    /// copy is fresh, only its addresses are old: a frame that moved is read on its own.
+    pub fn prefetch<M: Memory + ?Sized>(
+        &self,
+        mem: &M,
+        threads: &[PyThread],
+        out: &mut [Vec<(u64, Vec<u8>)>],
+    ) {
+        let mut bufs: Vec<(usize, u64, Vec<u8>)> = Vec::new();
+        for (i, t) in threads.iter().enumerate().take(out.len()) {
+            if let Some(k) = self.tstates.iter().position(|a| *a == t.tstate) {
+                for &(addr, len) in &self.extra[k] {
+                    bufs.push((i, addr, vec![0u8; len.min(4096) as usize]));
+                }
+            }
+        }
+        if bufs.is_empty() {
+            return;
+        }
+        let mut reqs: Vec<(u64, &mut [u8])> =
+            bufs.iter_mut().map(|(_, a, b)| (*a, &mut b[..])).collect();
+        if mem.read_many(&mut reqs).is_err() {
+            // Something there was freed and unmapped: the walk reads what it needs.
+            return;
+        }
+        for (i, addr, buf) in bufs {
+            out[i].push((addr, buf));
+        }
+        for list in out.iter_mut() {
+            list.sort_unstable_by_key(|c| c.0);
+        }
+    }
+
     /// Read everything in one batch and check it; None when anything moved. With
     /// `validate`, the batch ends with a re-read of every thread's innermost frame pointer.
     /// The threads `skip` marks (by list position) get their thread state read but not
@@ -623,6 +659,39 @@ mod tests {
             let snap = plan.read(&memory, &l, RUNTIME, true, &[]).unwrap();
             assert_eq!(snap.still.unwrap(), want, "read {k}");
         }
+    }
+
+    #[test]
+    fn a_full_walk_gets_what_the_old_plan_knew_of_the_threads_still_there() {
+        let l = Layout::from_table(super::super::layout::Version::new(3, 12, 1), false).unwrap();
+        let frames = [0x7000, 0x7100];
+        let m = image_312(&l, 0, 5, frames);
+        let threads = super::super::threads::thread_states(&m, &l, RUNTIME).unwrap();
+        let mut plan = Plan::learn(&m, &l, &threads).unwrap();
+        // The last walk read thread 1's C frame and thread 0's C frame outside the chunks.
+        plan.remember(0, &[(CFRAMES[0], 16)]);
+        plan.remember(1, &[(CFRAMES[1], 16)]);
+        // Thread 0 is gone and a new thread came: only thread 1's regions are fetched,
+        // into its new place in the list, next to what its list already holds.
+        let mut now = vec![threads[1].clone(), threads[0].clone()];
+        now[1].tstate = 0x9000;
+        let mut out = vec![vec![(0x100u64, vec![7u8; 8])], Vec::new()];
+        plan.prefetch(&m, &now, &mut out);
+        assert_eq!(out[0].len(), 2);
+        assert_eq!(out[0][0], (0x100, vec![7u8; 8]));
+        assert_eq!(
+            out[0][1],
+            (
+                CFRAMES[1],
+                crate::process::MemoryExt::bytes(&m, CFRAMES[1], 16).unwrap()
+            )
+        );
+        assert!(out[1].is_empty());
+        // A region that is no longer there: nothing is added, the walk reads for itself.
+        plan.remember(1, &[(CFRAMES[1], 16), (0xdead_0000, 16)]);
+        let mut out = vec![Vec::new(), Vec::new()];
+        plan.prefetch(&m, &now, &mut out);
+        assert!(out.iter().all(|o| o.is_empty()));
     }
 
     #[test]

@@ -226,6 +226,8 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
         .collect();
     let want = |i: usize| wants.get(i).copied().unwrap_or(false);
     let mut holds = Vec::new();
+    let mut outside = Vec::new();
+    let frame_len = (l.f_size as usize).clamp(64, 512);
     for (i, look) in looks.iter_mut().enumerate() {
         let (walked, copy) = look.parts();
         // Which regions hold a walked frame: each frame's region is found by a binary
@@ -233,25 +235,51 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
         // every frame cost millions of steps.
         holds.clear();
         holds.resize(regions[i].len(), false);
+        outside.clear();
         for f in walked.iter().filter(|_| want(i)) {
             let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
-            if let Some(k) = k.checked_sub(1)
-                && f.addr - regions[i][k].0 < regions[i][k].1.len() as u64
-            {
-                holds[k] = true;
+            match k.checked_sub(1) {
+                Some(k) if f.addr - regions[i][k].0 < regions[i][k].1.len() as u64 => {
+                    holds[k] = true;
+                }
+                _ => outside.push(f.addr),
             }
         }
         // Buffers stay with their slot between samples: no allocation once warmed up.
         let mut k = 0;
-        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
-            if k == copy.len() {
+        let slot = |copy: &mut Vec<(u64, Vec<u8>)>, k: &mut usize, addr: u64, len: usize| {
+            if *k == copy.len() {
                 copy.push((0, Vec::new()));
             }
-            copy[k].0 = *addr;
-            copy[k].1.resize(data.len(), 0);
-            k += 1;
+            copy[*k].0 = addr;
+            copy[*k].1.resize(len, 0);
+            *k += 1;
+        };
+        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
+            slot(copy, &mut k, *addr, data.len());
+        }
+        // Frames the first copy did not hold (every frame before 3.11, where the full walk
+        // read them one by one; generator and entry frames after) are copied in the same
+        // batch, instead of one read each during the walk; one that would overlap a copied
+        // region is left to the walk.
+        let held = k;
+        outside.sort_unstable();
+        let mut end = 0;
+        for &addr in &outside {
+            let overlaps = addr < end || {
+                let j = copy[..held].partition_point(|(a, _)| *a < addr + frame_len as u64);
+                j.checked_sub(1)
+                    .is_some_and(|j| copy[j].0 + copy[j].1.len() as u64 > addr)
+            };
+            if !overlaps {
+                slot(copy, &mut k, addr, frame_len);
+                end = addr + frame_len as u64;
+            }
         }
         copy.truncate(k);
+        if k > held {
+            copy.sort_unstable_by_key(|c| c.0);
+        }
     }
     let mut roots = vec![[[0u8; 8]; 2]; n];
     {
@@ -313,9 +341,81 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
                     && x.code == y.code
                     && x.shim == y.shim
                     && (k == 0 || x.offset == y.offset)
-            })
+            }) && frames_fit(
+                &crate::process::Overlay::new(&regions[i], mem),
+                l,
+                &threads[i].raw,
+                &regions[i],
+                walked,
+            )
         })
         .collect()
+}
+
+/// Are the walked frames that sit on the thread's data stack (3.11+) where the interpreter
+/// put them? It pushes each frame right after its caller's, as long as the caller's code
+/// object says, so within one data-stack chunk a caller's frame ends where its callee's
+/// starts. Two copies that agree can still both be torn (a thread that returned and called
+/// again between them to frames of other sizes); such a chain breaks this rule. Only
+/// consecutive frames in the same chunk are checked: generator frames live in their
+/// generator, entry frames (3.12+) on the C stack, and a callee that did not fit starts a
+/// new chunk. `copied` holds the thread's chunks (their headers give their sizes) and
+/// `mem` the code objects' heads.
+pub fn frames_fit<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    tstate: &[u8],
+    copied: &[(u64, Vec<u8>)],
+    raw: &[RawFrame],
+) -> bool {
+    let (Some(off), Some(_)) = (l.ts_datastack_chunk, l.co_framesize) else {
+        return true;
+    };
+    // The thread's chunks, newest first, as (start, end).
+    let mut spans = [(0u64, 0u64); MAX_CHUNKS];
+    let mut n = 0;
+    let mut chunk = le_u64(tstate, off as usize);
+    while chunk != 0 && n < MAX_CHUNKS {
+        let Some((_, data)) = copied.iter().find(|(a, _)| *a == chunk) else {
+            break;
+        };
+        let size = le_u64(data, 8).clamp(CHUNK_HEADER, MAX_CHUNK_BYTES);
+        spans[n] = (chunk, chunk.saturating_add(size));
+        n += 1;
+        chunk = le_u64(data, 0);
+    }
+    let chunk_of = |a: u64| spans[..n].iter().position(|(s, e)| *s <= a && a < *e);
+    // Recursion repeats a code object frame after frame: its size is read once.
+    let mut last: Option<(u64, Option<u64>)> = None;
+    let mut head = [0u8; CODE_HEAD];
+    for pair in raw.windows(2) {
+        let (callee, caller) = (&pair[0], &pair[1]);
+        if callee.shim || caller.shim {
+            continue;
+        }
+        match (chunk_of(callee.addr), chunk_of(caller.addr)) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => continue,
+        }
+        let bytes = match last {
+            Some((code, bytes)) if code == caller.code => bytes,
+            _ => {
+                let bytes = match mem.peek(caller.code, CODE_HEAD) {
+                    Some(h) => l.frame_bytes(h),
+                    None => mem
+                        .read(caller.code, &mut head)
+                        .ok()
+                        .and_then(|_| l.frame_bytes(&head)),
+                };
+                last = Some((caller.code, bytes));
+                bytes
+            }
+        };
+        if bytes.and_then(|b| caller.addr.checked_add(b)) != Some(callee.addr) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Walk the frame chain from `frame`, innermost first, for at most [`MAX_DEPTH`] frames.
@@ -701,7 +801,7 @@ mod tests {
     use super::*;
     use crate::process::{ImageMemory, Overlay};
     use crate::python::code::tests::image;
-    use crate::python::layout::Version;
+    use crate::python::layout::{FrameSize, Version};
 
     fn frame(addr: u64, code: u64, offset: i64) -> RawFrame {
         RawFrame {
@@ -970,6 +1070,215 @@ mod tests {
         )));
         // The thread is elsewhere now: dropped.
         assert!(!look(&image(stack(frames), chunk + 0x100)));
+    }
+
+    /// Memory that counts its reads (a batch is one, as one process_vm_readv is).
+    struct Counting<'a>(&'a ImageMemory, std::cell::Cell<u64>);
+
+    impl Memory for Counting<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.1.set(self.1.get() + 1);
+            self.0.read(addr, buf)
+        }
+        fn read_many_then(
+            &self,
+            reqs: &mut [(u64, &mut [u8])],
+            _cuts: &[usize],
+        ) -> crate::process::memory::MemResult<()> {
+            self.1.set(self.1.get() + 1);
+            self.0.read_many(reqs)
+        }
+    }
+
+    #[test]
+    fn a_second_look_copies_frames_outside_the_first_copy_in_one_batch() {
+        // 3.10: every frame is an object of its own, and the full walk's first copy holds
+        // none of them; the second look used to read them one by one.
+        let l = Layout::from_table(Version::new(3, 10, 13), false).unwrap();
+        let FrameRoot::Direct(root) = l.frame_root else {
+            panic!("3.10 keeps the innermost frame in the thread state");
+        };
+        let (tstate, heap) = (0x5500_0000_1000u64, 0x5500_0001_0000u64);
+        let put = |buf: &mut Vec<u8>, at: u64, v: u64| {
+            buf[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        let n = 6u64;
+        let mut ts = vec![0u8; 512];
+        put(&mut ts, root, heap);
+        // Frame k runs the code object at `code(k)`.
+        let image = |code: &dyn Fn(u64) -> u64| {
+            let mut m = ImageMemory::new();
+            for k in 0..n {
+                let mut f = vec![0u8; l.f_size as usize];
+                put(&mut f, l.f_code, code(k));
+                put(
+                    &mut f,
+                    l.f_back,
+                    if k + 1 < n { heap + 0x400 * (k + 1) } else { 0 },
+                );
+                m.add(heap + 0x400 * k, f);
+            }
+            m.add(tstate, ts.clone());
+            m
+        };
+        let m = image(&|k| 0x10000 + 0x1000 * k);
+        let threads = [crate::python::threads::PyThread {
+            tstate,
+            interp: 0,
+            thread_id: 1,
+            native_id: None,
+            holds_gil: false,
+            gil_requested: false,
+            raw: ts.clone(),
+        }];
+        let mut walked = Vec::new();
+        walk(&m, &l, heap, &mut walked).unwrap();
+        assert_eq!(walked.len(), n as usize);
+        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        let counting = Counting(&m, std::cell::Cell::new(0));
+        let stands = second_look(
+            &counting,
+            &l,
+            &threads,
+            &[true],
+            &[Vec::new()],
+            &mut [(&walked[..], &mut scratch)],
+            &mut raw,
+        );
+        assert_eq!(stands, [true]);
+        assert_eq!(counting.1.get(), 1, "frames and root in one batched read");
+        // And a frame that changed in between is still caught.
+        let changed = image(&|k| {
+            if k == 2 {
+                0x90000
+            } else {
+                0x10000 + 0x1000 * k
+            }
+        });
+        let stands = second_look(
+            &changed,
+            &l,
+            &threads,
+            &[true],
+            &[Vec::new()],
+            &mut [(&walked[..], &mut scratch)],
+            &mut raw,
+        );
+        assert_eq!(stands, [false]);
+    }
+
+    /// A real 3.11 stack, as a live pyenv 3.11.7 process reported it about itself through
+    /// ctypes (its `sys._getframe()` chain: each frame object's `f_frame`, `id(f_code)`,
+    /// `co_stacksize` and its count of locals, cells and free variables; the thread state's
+    /// `datastack_chunk` and that chunk's size), at `report`, called as <module> -> tiny -> mid -> wide -> tiny -> mid -> wide ->
+    /// next(gen()) -> gen -> tiny -> mid -> report. Innermost first: (frame, code,
+    /// co_nlocalsplus, co_stacksize). The generator's frame lives in the generator object.
+    const STACK_311: [(u64, u64, i32, i32); 11] = [
+        (0x7fd8_dedb_b4e8, 0x5561_3edb_1dd0, 8, 8),
+        (0x7fd8_dedb_b460, 0x7fd8_de10_4580, 4, 4),
+        (0x7fd8_dedb_b3f0, 0x7fd8_de0d_0f30, 1, 4),
+        (0x7fd8_de4f_c990, 0x7fd8_de33_32d0, 0, 3),
+        (0x7fd8_dedb_b330, 0x7fd8_de0f_4310, 11, 4),
+        (0x7fd8_dedb_b2a8, 0x7fd8_de10_4580, 4, 4),
+        (0x7fd8_dedb_b238, 0x7fd8_de0d_0f30, 1, 4),
+        (0x7fd8_dedb_b178, 0x7fd8_de0f_4310, 11, 4),
+        (0x7fd8_dedb_b0f0, 0x7fd8_de10_4580, 4, 4),
+        (0x7fd8_dedb_b080, 0x7fd8_de0d_0f30, 1, 4),
+        (0x7fd8_dedb_b020, 0x7fd8_de10_4690, 0, 3),
+    ];
+    /// Its one data-stack chunk: address and size.
+    const CHUNK_311: (u64, u64) = (0x7fd8_dedb_b000, 16384);
+
+    /// The thread state, the chunk headers (`chunks`: address, size, previous) and the code
+    /// heads of `stack` on 3.11, as the batch copies them.
+    fn copy_311(
+        l: &Layout,
+        stack: &[(u64, u64, i32, i32)],
+        chunks: &[(u64, u64, u64)],
+    ) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+        let Some(FrameSize::Sum {
+            nlocalsplus,
+            stacksize,
+            ..
+        }) = l.co_framesize
+        else {
+            panic!("3.11 sizes frames from two counts");
+        };
+        let mut tstate = vec![0u8; l.ts_size as usize];
+        let at = l.ts_datastack_chunk.unwrap() as usize;
+        tstate[at..at + 8].copy_from_slice(&chunks[0].0.to_le_bytes());
+        let mut copied: Vec<(u64, Vec<u8>)> = Vec::new();
+        for &(addr, size, previous) in chunks {
+            let mut head = vec![0u8; 64];
+            head[..8].copy_from_slice(&previous.to_le_bytes());
+            head[8..16].copy_from_slice(&size.to_le_bytes());
+            copied.push((addr, head));
+        }
+        for &(_, code, nl, ss) in stack {
+            if copied.iter().any(|c| c.0 == code) {
+                continue;
+            }
+            let mut head = vec![0u8; CODE_HEAD];
+            head[nlocalsplus as usize..][..4].copy_from_slice(&nl.to_le_bytes());
+            head[stacksize as usize..][..4].copy_from_slice(&ss.to_le_bytes());
+            copied.push((code, head));
+        }
+        copied.sort_unstable_by_key(|c| c.0);
+        (tstate, copied)
+    }
+
+    fn raw_of(stack: &[(u64, u64, i32, i32)]) -> Vec<RawFrame> {
+        stack.iter().map(|&(a, c, _, _)| frame(a, c, 10)).collect()
+    }
+
+    #[test]
+    fn frames_on_the_data_stack_must_abut_their_callers() {
+        let l = Layout::from_table(Version::new(3, 11, 7), false).unwrap();
+        let empty = ImageMemory::new();
+        let fits = |stack: &[(u64, u64, i32, i32)], chunks: &[(u64, u64, u64)]| {
+            let (tstate, copied) = copy_311(&l, stack, chunks);
+            frames_fit(
+                &Overlay::new(&copied, &empty),
+                &l,
+                &tstate,
+                &copied,
+                &raw_of(stack),
+            )
+        };
+        let one = [(CHUNK_311.0, CHUNK_311.1, 0)];
+        // The real stack fits, the generator's frame (outside the chunk) left out of it.
+        assert!(fits(&STACK_311, &one));
+        // A copy that saw `wide` where the caller of the innermost `mid` is (an older call
+        // at that address): `wide`'s frame is longer, so it would end past `mid`'s start.
+        let mut torn = STACK_311;
+        torn[2].1 = STACK_311[4].1;
+        torn[2].2 = STACK_311[4].2;
+        assert!(!fits(&torn, &one));
+        // A frame whose code object cannot be read: not known to fit.
+        let (tstate, mut copied) = copy_311(&l, &STACK_311, &one);
+        copied.retain(|c| c.0 != STACK_311[5].1);
+        let raw = raw_of(&STACK_311);
+        assert!(!frames_fit(
+            &Overlay::new(&copied, &empty),
+            &l,
+            &tstate,
+            &copied,
+            &raw
+        ));
+        // A callee that starts a new chunk is not held to its caller's end.
+        let newer = 0x7fd8_d000_0000u64;
+        let mut split = STACK_311.to_vec();
+        split[0].0 = newer + CHUNK_HEADER;
+        let two = [(newer, 16384, CHUNK_311.0), one[0]];
+        assert!(fits(&split, &two));
+        // ... but within that chunk the rule holds again.
+        split.insert(0, (newer + CHUNK_HEADER + 0x48, STACK_311[1].1, 4, 4));
+        assert!(!fits(&split, &two));
+        split[0].0 = newer + CHUNK_HEADER + 8 * (8 + 8 + 9);
+        assert!(fits(&split, &two));
+        // Before 3.11 frames are objects of their own: nothing to check.
+        let old = Layout::from_table(Version::new(3, 10, 13), false).unwrap();
+        assert!(frames_fit(&empty, &old, &[0u8; 512], &[], &raw_of(&torn)));
     }
 
     /// A 3.12 image holding a chain of `n` frames, `stride` bytes apart from `base`, all

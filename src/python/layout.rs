@@ -78,6 +78,21 @@ pub enum InstrSource {
     Pointer(u64),
 }
 
+/// How long a code object's frame is on the thread's data stack (3.11+): the interpreter
+/// pushes each frame right after its caller's, this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameSize {
+    /// 3.12+: `co_framesize` (int32, in pointer-sized words) at this offset.
+    Words(u64),
+    /// 3.11: `co_nlocalsplus + co_stacksize` (int32s at these offsets) plus `specials` words
+    /// (`FRAME_SPECIALS_SIZE`, the frame header).
+    Sum {
+        nlocalsplus: u64,
+        stacksize: u64,
+        specials: u64,
+    },
+}
+
 /// How the GIL holder is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GilSource {
@@ -172,6 +187,8 @@ pub struct Layout {
     pub co_code_adaptive: Option<u64>,
     /// 3.14t thread-local bytecode array.
     pub co_tlbc: Option<u64>,
+    /// How long the code object's frames are on the data stack (3.11+).
+    pub co_framesize: Option<FrameSize>,
     /// How `co_linetable` is encoded.
     pub linetable: LineTableFormat,
     /// `ob_type` in every object header.
@@ -384,6 +401,15 @@ impl Layout {
                 _ => Some(192),
             },
             co_tlbc: None,
+            co_framesize: match minor {
+                ..=10 => None,
+                11 => Some(FrameSize::Sum {
+                    nlocalsplus: 76,
+                    stacksize: 68,
+                    specials: 9,
+                }),
+                _ => Some(FrameSize::Words(76)),
+            },
             linetable: LineTableFormat::for_version(3, minor),
             ob_type: 8,
             tp_name: 24,
@@ -500,6 +526,12 @@ impl Layout {
             } else {
                 None
             },
+            // Not in the table: co_framesize follows co_firstlineno and co_nlocalsplus
+            // (int32s) in 3.12-3.15, with and without the GIL (checked against each
+            // version's headers). Later versions are not assumed to keep it there.
+            co_framesize: (minor <= 15)
+                .then(|| Ok::<_, LayoutError>(FrameSize::Words(g("code_object.firstlineno")? + 8)))
+                .transpose()?,
             linetable: LineTableFormat::for_version(3, minor),
             ob_type: g("pyobject.ob_type")?,
             tp_name: g("type_object.tp_name")?,
@@ -531,6 +563,28 @@ impl Layout {
 }
 
 impl Layout {
+    /// Bytes the frames of the code object whose first bytes are `code_head` take on the
+    /// data stack (3.11+); None when the layout does not say, or the head is not of a code
+    /// object (a size no frame has).
+    pub fn frame_bytes(&self, code_head: &[u8]) -> Option<u64> {
+        let int = |off: u64| {
+            let at = off as usize;
+            code_head
+                .get(at..at + 4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
+        };
+        let words = match self.co_framesize? {
+            FrameSize::Words(off) => int(off)?,
+            FrameSize::Sum {
+                nlocalsplus,
+                stacksize,
+                specials,
+            } => int(nlocalsplus)? + int(stacksize)? + specials as i64,
+        };
+        let bytes = u64::try_from(words).ok()?.checked_mul(8)?;
+        (8..=1 << 26).contains(&bytes).then_some(bytes)
+    }
+
     /// Does a thread pass `--gil`? A free-threaded build has no GIL: every thread on CPU runs
     /// Python code at once, so there `--gil` keeps the threads that are on CPU.
     pub fn passes_gil_filter(&self, owns_gil: bool, on_cpu: bool) -> bool {
@@ -1002,6 +1056,7 @@ pub(crate) mod tests {
                 ("code_object.size", 240),
                 ("code_object.co_tlbc", 224),
                 ("code_object.co_code_adaptive", 232),
+                ("code_object.firstlineno", 84),
                 ("unicode_object.asciiobject_size", 56),
                 ("interpreter_state.size", 20000),
                 ("interpreter_state.gil_runtime_state", 7808),
@@ -1016,6 +1071,8 @@ pub(crate) mod tests {
         assert_eq!(l.str_kind_shift, 8);
         assert_eq!(l.f_tlbc_index, Some(72));
         assert_eq!(l.co_tlbc, Some(224));
+        // co_framesize of the 3.14t headers.
+        assert_eq!(l.co_framesize, Some(FrameSize::Words(92)));
         assert_eq!(l.module_dict, 32);
         assert_eq!(l.str_compact_data, 72);
         assert_eq!(

@@ -334,15 +334,16 @@ impl<M: Memory> StackReader<M> {
         PyError,
     > {
         let l = &self.interp.layout;
+        let mut old = None;
         if let Some(plan) = &mut self.plan {
             if let Some(snap) = plan.read(&self.mem, l, self.interp.runtime, validate, skip) {
                 return Ok((snap.threads, snap.chunks, snap.still));
             }
-            self.plan = None;
+            old = self.plan.take();
         }
         let threads = threads::thread_states(&self.mem, l, self.interp.runtime)?;
         self.plan = batch::Plan::learn(&self.mem, l, &threads);
-        let chunks = threads
+        let mut chunks: Vec<Vec<(u64, Vec<u8>)>> = threads
             .iter()
             .map(|t| {
                 let mut c = Vec::new();
@@ -350,6 +351,11 @@ impl<M: Memory> StackReader<M> {
                 c
             })
             .collect();
+        // Threads come and go while the others keep their stacks: what the old plan knew
+        // of those others is fetched in one read.
+        if let Some(old) = old {
+            old.prefetch(&self.mem, &threads, &mut chunks);
+        }
         Ok((threads, chunks, None))
     }
 
