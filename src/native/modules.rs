@@ -850,6 +850,13 @@ impl Modules {
         self.list.iter()
     }
 
+    /// Let go of the file pages that reading the modules' images has made resident (see
+    /// [`ElfBytes::release`]): unwind-plan lookups read `.eh_frame` and code, and the
+    /// symbolizer section headers, in pages nothing needs once the answers are cached.
+    pub fn release_pages(&self) {
+        self.list.iter().for_each(|m| m.image.release());
+    }
+
     /// Number of modules.
     pub fn len(&self) -> usize {
         self.list.len()

@@ -204,7 +204,9 @@ struct Slot {
 }
 
 /// Default number of cached plans (a direct-mapped table: a colliding pc replaces the old).
-pub const DEFAULT_CACHE_SLOTS: usize = 16384;
+/// A plan is ~200 bytes with its rules; a target that keeps running new code fills the
+/// table to this bound, which sampling's few hundred hot pcs never need.
+pub const DEFAULT_CACHE_SLOTS: usize = 4096;
 
 /// Slots the table starts with: it doubles (up to its bound) as it fills, so that a
 /// profile with a few hundred hot pcs does not keep a table for sixteen thousand.
