@@ -278,7 +278,7 @@ impl LazyDwarf {
         let Some(unit) = self.unit(false, offset) else {
             return none();
         };
-        let Ok((language, walks)) = walk(&self.dwarf, &unit, probes) else {
+        let Ok((language, walks)) = walk(&self.dwarf, &unit, probes, &self.sections) else {
             return none();
         };
         let rows = line_rows(&unit, probes);
@@ -492,18 +492,29 @@ fn read_die(
     Ok(die)
 }
 
+/// DIEs read between two releases of the pages a walk has read.
+const DIES_PER_RELEASE: usize = 4096;
+
 /// One pass over a unit's DIEs: for each probe, the function containing it and the
-/// inlined calls containing it inside that function; plus the unit's language.
+/// inlined calls containing it inside that function; plus the unit's language. The pages
+/// of `sections` are let go as the walk proceeds: a large unit (CPython's eval loop) is
+/// megabytes of DIEs, which would otherwise all be resident at the end of the walk.
 fn walk(
     dwarf: &gimli::Dwarf<Reader>,
     unit: &Unit,
     probes: &[u64],
+    sections: &[SharedBytes],
 ) -> gimli::Result<(Option<DwLang>, Vec<ProbeWalk>)> {
     let mut walks: Vec<ProbeWalk> = probes.iter().map(|_| ProbeWalk::default()).collect();
     let mut language = None;
     let mut entries = unit.entries_raw(None)?;
     let mut root = true;
+    let mut read = 0;
     while !entries.is_empty() {
+        read += 1;
+        if read % DIES_PER_RELEASE == 0 {
+            sections.iter().for_each(SharedBytes::release);
+        }
         let depth = entries.next_depth();
         let Some(abbrev) = entries.read_abbreviation()? else {
             continue;

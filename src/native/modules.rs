@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use gimli::{
-    BaseAddresses, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, UnwindSection,
+    BaseAddresses, CieOrFde, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian,
+    UnwindSection,
 };
 use object::elf::{ET_EXEC, PT_LOAD};
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
@@ -499,21 +500,27 @@ pub(crate) struct FdeEntry {
 /// A module's CFI: the sections and a sorted FDE index, built on first use.
 pub(crate) struct CfiIndex {
     pub eh_frame: Option<SharedBytes>,
+    /// `.eh_frame_hdr` when its sorted table is usable: `.eh_frame`'s index as the linker
+    /// wrote it, binary-searched where it is mapped (what the runtime's own unwinder does),
+    /// so `.eh_frame` is neither walked nor copied into `fdes`.
+    eh_frame_hdr: Option<SharedBytes>,
     pub debug_frame: Option<SharedBytes>,
     pub bases: BaseAddresses,
+    /// The FDEs of `.debug_frame`, and of `.eh_frame` when it has no usable table.
     pub fdes: Vec<FdeEntry>,
+    arch: &'static Arch,
 }
 
 impl CfiIndex {
     fn build(image: &ElfImage) -> CfiIndex {
         let eh = image.section(".eh_frame");
-        let hdr = image.section_address(".eh_frame_hdr");
+        let hdr = image.section(".eh_frame_hdr");
         let mut bases = BaseAddresses::default();
         if let Some((_, addr)) = &eh {
             bases = bases.set_eh_frame(*addr);
         }
-        if let Some(addr) = hdr {
-            bases = bases.set_eh_frame_hdr(addr);
+        if let Some((_, addr)) = &hdr {
+            bases = bases.set_eh_frame_hdr(*addr);
         }
         if let Some(addr) = image.section_address(".text") {
             bases = bases.set_text(addr);
@@ -522,36 +529,88 @@ impl CfiIndex {
             bases = bases.set_got(addr);
         }
         let debug = image.section(".debug_frame").map(|(b, _)| b);
-        let mut fdes = Vec::new();
-        if let Some((bytes, _)) = &eh {
-            let mut s = EhFrame::new(bytes, LittleEndian);
-            s.set_address_size(image.arch.pointer_size);
-            if image.arch.aarch64_cfi {
-                s.set_vendor(gimli::Vendor::AArch64);
-            }
-            index_fdes(&s, &bases, CfiSection::EhFrame, &mut fdes);
+        let mut index = CfiIndex {
+            eh_frame: eh.map(|(b, _)| b),
+            eh_frame_hdr: hdr.map(|(b, _)| b),
+            debug_frame: debug,
+            bases,
+            fdes: Vec::new(),
+            arch: image.arch,
+        };
+        // A table that cannot be searched (no entries, an encoding gimli does not
+        // search) is left aside for the walk.
+        if index.eh_frame.is_none() || index.hdr_lookup(0).is_none() {
+            index.eh_frame_hdr = None;
         }
-        if let Some(bytes) = &debug {
-            let mut s = DebugFrame::new(bytes, LittleEndian);
-            s.set_address_size(image.arch.pointer_size);
-            if image.arch.aarch64_cfi {
-                s.set_vendor(gimli::Vendor::AArch64);
-            }
-            index_fdes(&s, &bases, CfiSection::DebugFrame, &mut fdes);
+        index.index_sections();
+        index
+    }
+
+    /// Fill `fdes` from the sections that have no table to search.
+    fn index_sections(&mut self) {
+        let (bases, arch, fdes) = (&self.bases, self.arch, &mut self.fdes);
+        if let Some(bytes) = self
+            .eh_frame
+            .as_ref()
+            .filter(|_| self.eh_frame_hdr.is_none())
+        {
+            index_fdes(&eh_frame(bytes, arch), bases, CfiSection::EhFrame, fdes);
+        }
+        if let Some(bytes) = &self.debug_frame {
+            index_fdes(
+                &debug_frame(bytes, arch),
+                bases,
+                CfiSection::DebugFrame,
+                fdes,
+            );
         }
         // .eh_frame first for equal starts: it is what the runtime itself trusts.
         fdes.sort_by_key(|f| (f.start, f.section == CfiSection::DebugFrame));
-        CfiIndex {
-            eh_frame: eh.map(|(b, _)| b),
-            debug_frame: debug,
-            bases,
-            fdes,
-        }
     }
 
-    /// The FDE covering link-time address `addr`: the last one starting at or before it
-    /// that also ends after it (FDEs do not nest; a stray overlap picks the later start).
+    /// The `.eh_frame` FDE that `.eh_frame_hdr`'s table gives for `addr`, whether or not
+    /// it covers `addr`; None without a usable table.
+    fn hdr_lookup(&self, addr: u64) -> Option<FdeEntry> {
+        let (hdr, eh) = (self.eh_frame_hdr.as_ref()?, self.eh_frame.as_ref()?);
+        let parsed = EhFrameHdr::new(hdr, LittleEndian)
+            .parse(&self.bases, self.arch.pointer_size)
+            .ok()?;
+        let table = parsed.table()?;
+        let offset = table
+            .pointer_to_offset(table.lookup(addr, &self.bases).ok()?)
+            .ok()?;
+        let fde = eh_frame(eh, self.arch)
+            .fde_from_offset(&self.bases, offset, EhFrame::cie_from_offset)
+            .ok()?;
+        Some(FdeEntry {
+            start: fde.initial_address(),
+            end: fde.end_address(),
+            offset: offset.0,
+            section: CfiSection::EhFrame,
+        })
+    }
+
+    /// Number of FDEs indexed or in `.eh_frame_hdr`'s table.
+    pub fn len(&self) -> usize {
+        let table = self.eh_frame_hdr.as_ref().and_then(|hdr| {
+            let parsed = EhFrameHdr::new(hdr, LittleEndian)
+                .parse(&self.bases, self.arch.pointer_size)
+                .ok()?;
+            Some(parsed.table()?.iter(&self.bases).count())
+        });
+        self.fdes.len() + table.unwrap_or(0)
+    }
+
+    /// The FDE covering link-time address `addr`: `.eh_frame`'s first, then the last one
+    /// indexed starting at or before it that also ends after it (FDEs do not nest; a
+    /// stray overlap picks the later start).
     pub fn find(&self, addr: u64) -> Option<FdeEntry> {
+        if let Some(f) = self
+            .hdr_lookup(addr)
+            .filter(|f| f.start <= addr && addr < f.end)
+        {
+            return Some(f);
+        }
         let i = self.fdes.partition_point(|f| f.start <= addr);
         self.fdes[..i]
             .iter()
@@ -560,6 +619,29 @@ impl CfiIndex {
             .find(|f| addr < f.end)
             .copied()
     }
+}
+
+/// `.eh_frame` as gimli reads it for `arch`.
+pub(crate) fn eh_frame<'a>(bytes: &'a [u8], arch: &Arch) -> EhFrame<EndianSlice<'a, LittleEndian>> {
+    let mut s = EhFrame::new(bytes, LittleEndian);
+    s.set_address_size(arch.pointer_size);
+    if arch.aarch64_cfi {
+        s.set_vendor(gimli::Vendor::AArch64);
+    }
+    s
+}
+
+/// `.debug_frame` as gimli reads it for `arch`.
+pub(crate) fn debug_frame<'a>(
+    bytes: &'a [u8],
+    arch: &Arch,
+) -> DebugFrame<EndianSlice<'a, LittleEndian>> {
+    let mut s = DebugFrame::new(bytes, LittleEndian);
+    s.set_address_size(arch.pointer_size);
+    if arch.aarch64_cfi {
+        s.set_vendor(gimli::Vendor::AArch64);
+    }
+    s
 }
 
 /// Record every FDE of one section; a malformed entry ends the walk (what came before
@@ -713,7 +795,7 @@ impl Module {
 
     /// Number of FDEs indexed (`.eh_frame` plus `.debug_frame`).
     pub fn fde_count(&self) -> usize {
-        self.cfi().fdes.len()
+        self.cfi().len()
     }
 
     /// `[start, end)` link-time range of the FDE covering link-time address `rel`.
@@ -848,6 +930,13 @@ impl Modules {
     /// All modules, by address.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Module>> {
         self.list.iter()
+    }
+
+    /// Let go of the file pages that reading the modules' images has made resident (see
+    /// [`ElfBytes::release`]): unwind-plan lookups read `.eh_frame` and code, and the
+    /// symbolizer section headers, in pages nothing needs once the answers are cached.
+    pub fn release_pages(&self) {
+        self.list.iter().for_each(|m| m.image.release());
     }
 
     /// Number of modules.
@@ -986,5 +1075,51 @@ mod tests {
                 .zip(modules.iter())
                 .all(|(a, b)| a.id() == b.id())
         );
+    }
+
+    #[test]
+    fn eh_frame_hdr_table_finds_what_the_walk_finds() {
+        if crate::process::memory::skip_without_live_reads(
+            "eh_frame_hdr_table_finds_what_the_walk_finds",
+        ) {
+            return;
+        }
+        let pid = std::process::id();
+        let maps = crate::process::read_maps(pid).unwrap();
+        let mem = crate::process::LiveMemory::new(pid);
+        let modules = Modules::for_pid(pid, &maps, &mem);
+        let mut compared = 0;
+        for m in modules.iter() {
+            let with_table = CfiIndex::build(&m.image);
+            if with_table.eh_frame_hdr.is_none() {
+                continue;
+            }
+            let mut walked = CfiIndex::build(&m.image);
+            walked.eh_frame_hdr = None;
+            walked.fdes.clear();
+            walked.index_sections();
+            assert!(with_table.fdes.len() < walked.fdes.len(), "{}", m.name);
+            assert_eq!(with_table.len(), walked.len(), "{}", m.name);
+            // Every FDE's first, middle and last address, and the gaps around them.
+            for f in &walked.fdes {
+                for addr in [
+                    f.start.wrapping_sub(1),
+                    f.start,
+                    (f.start + f.end) / 2,
+                    f.end - 1,
+                    f.end,
+                ] {
+                    let (a, b) = (with_table.find(addr), walked.find(addr));
+                    assert_eq!(
+                        a.map(|f| (f.start, f.end, f.offset)),
+                        b.map(|f| (f.start, f.end, f.offset)),
+                        "{} at {addr:#x}",
+                        m.name
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 1000, "only {compared} addresses compared");
     }
 }

@@ -1,10 +1,12 @@
 //! One thread's native stack as frames to show: a bounded copy of its stack, the
 //! unwinder, the symbolizer.
 
-use foldhash::HashMap;
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
 
 use crate::process::{MapRange, Memory, Overlay};
-use crate::sample::{Frame, FrameKind};
+use crate::sample::{Frame, FrameCode, FrameKind};
 
 use super::merge::NativeFrame;
 use super::{Modules, Registers, Symbolized, Symbolizer, UnwindError, Unwinder};
@@ -19,8 +21,14 @@ const FIRST_COPY: u64 = 32 << 10;
 /// Room left beyond the last unwind's deepest frame for the stack to grow.
 const STACK_MARGIN: u64 = 8 << 10;
 
-/// Bound on cached symbolized pcs; dropped wholesale when exceeded.
-const MAX_FRAMES_CACHED: usize = 1 << 16;
+/// Bound on cached symbolized pcs, in two generations of half this each (see
+/// [`FrameCache`]). A profile's hot pcs number in the hundreds; the bound matters for a
+/// target that keeps running new code (every instruction a leaf can stop at is a pc of its
+/// own), where it keeps prof's memory flat instead of growing towards every pc it ever saw.
+const MAX_FRAMES_CACHED: usize = 1 << 13;
+
+/// Bound on stack-copy lengths kept (one per thread stack seen); cleared when exceeded.
+const MAX_STACKS_KEPT: usize = 1 << 12;
 
 /// Unwinds and symbolizes the threads of one process.
 pub struct NativeStacks {
@@ -30,9 +38,16 @@ pub struct NativeStacks {
     symbolizer: Symbolizer,
     /// (pc, exact) -> frames to show: a sampled pc is almost always one seen before, and
     /// its frames share their text with every earlier sample.
-    frames: HashMap<(u64, bool), NativeFrame>,
+    frames: FrameCache,
+    /// The names and files of the cached frames, one allocation per distinct text: the
+    /// many pcs of one function share it, so a cached pc costs its line, not its strings
+    /// (and a profile recognises the function by pointer). Cleared with the frames'
+    /// older generation.
+    codes: HashSet<Arc<FrameCode>>,
     /// Bytes of each thread's stack to copy next time (see [`FIRST_COPY`]).
     copy_len: HashMap<u64, u64>,
+    /// The unwinder's plan misses when the modules' pages were last released.
+    released_at_miss: u64,
 }
 
 impl NativeStacks {
@@ -43,8 +58,10 @@ impl NativeStacks {
             maps,
             unwinder: Unwinder::new(),
             symbolizer: Symbolizer::new(),
-            frames: HashMap::default(),
+            frames: FrameCache::default(),
+            codes: HashSet::default(),
             copy_len: HashMap::default(),
+            released_at_miss: 0,
         }
     }
 
@@ -64,7 +81,10 @@ impl NativeStacks {
         );
         self.maps = maps;
         if changed {
-            self.frames.clear();
+            // A pc keeps its frames while the same module is mapped there.
+            let modules = &self.modules;
+            self.frames
+                .retain(|pc, id| modules.find(pc).map(|m| m.id()) == id);
             self.symbolizer.retain(&self.modules);
             self.unwinder.retain(&self.modules);
         }
@@ -117,7 +137,7 @@ impl NativeStacks {
         if let (Some(sp), Some(key)) = (sp, key) {
             let deepest = pcs.iter().map(|f| f.sp).max().unwrap_or(sp);
             let used = deepest.saturating_sub(sp).saturating_add(STACK_MARGIN);
-            if self.copy_len.len() >= MAX_FRAMES_CACHED {
+            if self.copy_len.len() >= MAX_STACKS_KEPT {
                 self.copy_len.clear();
             }
             self.copy_len.insert(key, used.clamp(4096, STACK_COPY));
@@ -125,26 +145,92 @@ impl NativeStacks {
         (pcs, err)
     }
 
-    /// Names for unwound pcs (see [`native_frame`]).
+    /// Names for unwound pcs (see [`native_frame`]). Called after the threads run again,
+    /// it also lets go of the file pages that new plans and names read (a steady state
+    /// reads none, so this costs nothing per sample).
     pub fn symbolize(&mut self, pcs: &[super::Frame]) -> Vec<NativeFrame> {
-        let new = pcs
+        let new: Vec<(u64, bool)> = pcs
             .iter()
-            .filter(|f| !self.frames.contains_key(&(f.pc, f.exact)))
-            .map(|f| (f.pc, f.exact));
-        self.symbolizer.prepare(&self.modules, new);
+            .map(|f| (f.pc, f.exact))
+            .filter(|&key| !self.frames.contains(key))
+            .collect();
+        let misses = self.unwinder.stats().misses;
+        if !new.is_empty() || misses != self.released_at_miss {
+            self.symbolizer.prepare(&self.modules, new.iter().copied());
+            for &(pc, exact) in &new {
+                let s = self.symbolizer.symbolize(&self.modules, pc, exact);
+                let mut nf = native_frame(&s);
+                for f in &mut nf.frames {
+                    f.code = intern(&mut self.codes, &f.code);
+                }
+                let module = self.modules.find(pc).map(|m| m.id());
+                if self.frames.insert((pc, exact), module, nf) {
+                    self.codes.clear();
+                }
+            }
+            // The frames made from them are kept above: the symbolizer's copies would
+            // only double what a long run holds.
+            self.symbolizer.clear_cache();
+            self.released_at_miss = misses;
+            self.modules.release_pages();
+        }
         pcs.iter()
-            .map(|f| {
-                if let Some(nf) = self.frames.get(&(f.pc, f.exact)) {
-                    return nf.clone();
-                }
-                let nf = native_frame(&self.symbolizer.symbolize_frame(&self.modules, f));
-                if self.frames.len() >= MAX_FRAMES_CACHED {
-                    self.frames.clear();
-                }
-                self.frames.insert((f.pc, f.exact), nf.clone());
-                nf
+            .map(|f| match self.frames.get((f.pc, f.exact)) {
+                Some(nf) => nf.clone(),
+                // Not reached (a batch is far smaller than a generation), but never wrong.
+                None => native_frame(&self.symbolizer.symbolize(&self.modules, f.pc, f.exact)),
             })
             .collect()
+    }
+}
+
+/// The shared copy of `code` in `codes` (added if new).
+fn intern(codes: &mut HashSet<Arc<FrameCode>>, code: &Arc<FrameCode>) -> Arc<FrameCode> {
+    if let Some(known) = codes.get(code) {
+        return known.clone();
+    }
+    codes.insert(code.clone());
+    code.clone()
+}
+
+/// A bounded map of symbolized pcs, with the module each was found in. When the newer
+/// generation fills, it becomes the older one and the older is dropped; a hit in the older
+/// moves back to the newer. The pcs a profile keeps hitting stay cached across the turn,
+/// instead of all being symbolized again as after a wholesale clear.
+#[derive(Default)]
+struct FrameCache {
+    new: HashMap<(u64, bool), (Option<u32>, NativeFrame)>,
+    old: HashMap<(u64, bool), (Option<u32>, NativeFrame)>,
+}
+
+impl FrameCache {
+    fn contains(&mut self, key: (u64, bool)) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn get(&mut self, key: (u64, bool)) -> Option<&NativeFrame> {
+        if !self.new.contains_key(&key)
+            && let Some((module, nf)) = self.old.remove(&key)
+        {
+            self.insert(key, module, nf);
+        }
+        self.new.get(&key).map(|(_, nf)| nf)
+    }
+
+    /// Add an entry; true when that turned the generations over.
+    fn insert(&mut self, key: (u64, bool), module: Option<u32>, nf: NativeFrame) -> bool {
+        let turned = self.new.len() >= MAX_FRAMES_CACHED / 2;
+        if turned {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(key, (module, nf));
+        turned
+    }
+
+    /// Keep the entries `keep(pc, module)` accepts.
+    fn retain(&mut self, mut keep: impl FnMut(u64, Option<u32>) -> bool) {
+        self.new.retain(|k, (m, _)| keep(k.0, *m));
+        self.old.retain(|k, (m, _)| keep(k.0, *m));
     }
 }
 
@@ -190,5 +276,114 @@ pub fn native_frame(s: &Symbolized) -> NativeFrame {
     NativeFrame {
         frames,
         eval: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::{Frame as Unwound, Via};
+
+    fn frame(pc: u64) -> Unwound {
+        Unwound {
+            pc,
+            exact: true,
+            via: Via::Registers,
+            sp: 0,
+        }
+    }
+
+    /// prof's own process, its modules loaded.
+    fn own_stacks(test: &str) -> Option<NativeStacks> {
+        if crate::process::memory::skip_without_live_reads(test) {
+            return None;
+        }
+        let pid = std::process::id();
+        let maps = crate::process::read_maps(pid).unwrap();
+        let mem = crate::process::LiveMemory::new(pid);
+        Some(NativeStacks::new(Modules::for_pid(pid, &maps, &mem), maps))
+    }
+
+    /// Resident kB of this process's mapping that contains `addr` (from /proc/self/smaps).
+    fn resident_kb(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let head = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = head.split_once('-')
+                && let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo <= addr && addr < hi;
+            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+                return kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn cache_stays_bounded_and_keeps_hot_pcs() {
+        let mut stacks = NativeStacks::new(Modules::new(), Vec::new());
+        let hot = frame(0x10);
+        let first = stacks.symbolize(&[hot]);
+        for pc in 0..3 * MAX_FRAMES_CACHED as u64 {
+            stacks.symbolize(&[frame(0x1000 + pc), hot]);
+        }
+        let cached = stacks.frames.new.len() + stacks.frames.old.len();
+        assert!(cached <= MAX_FRAMES_CACHED, "{cached} pcs cached");
+        // The pc sampled all along was never dropped: it is the same frame as at first.
+        let again = stacks.frames.get((hot.pc, hot.exact)).unwrap();
+        assert!(Arc::ptr_eq(&again.frames[0].code, &first[0].frames[0].code));
+    }
+
+    #[test]
+    fn pcs_of_one_function_share_its_texts() {
+        let Some(mut stacks) = own_stacks("pcs_of_one_function_share_its_texts") else {
+            return;
+        };
+        // Two pcs of one libc function (glibc's qsort is 8 bytes: a move and a jump);
+        // with libc's DWARF (libc6-dbg) both are named with a file and line.
+        let f = libc::qsort as *const () as u64;
+        let got = stacks.symbolize(&[frame(f + 1), frame(f + 4)]);
+        let (a, b) = (got[0].frames.last().unwrap(), got[1].frames.last().unwrap());
+        if a.line <= 0 || b.line <= 0 {
+            eprintln!("skipped: no DWARF line for qsort here (libc's debug file not found)");
+            return;
+        }
+        assert_eq!((a.name(), a.filename()), (b.name(), b.filename()));
+        assert!(
+            Arc::ptr_eq(&a.code, &b.code),
+            "{a:?} and {b:?} copy their texts"
+        );
+    }
+
+    #[test]
+    fn new_plans_leave_no_file_pages_resident() {
+        let Some(mut stacks) = own_stacks("new_plans_leave_no_file_pages_resident") else {
+            return;
+        };
+        let f = libc::qsort as *const () as u64;
+        let module = stacks.modules.find(f).expect("libc is loaded").clone();
+        let Some(rel) = module.fde_range(module.rel(f)).map(|r| r.0) else {
+            eprintln!("skipped: no CFI for qsort in this libc");
+            return;
+        };
+        let image = module.image.bytes().as_ptr() as usize;
+        // A plan for a pc not seen before reads .eh_frame and the code at the pc.
+        stacks
+            .unwinder
+            .plan(&module, rel.wrapping_add(module.bias) + 1, true);
+        assert!(
+            resident_kb(image) > 0,
+            "the plan read nothing from the file?"
+        );
+        stacks.symbolize(&[frame(f + 1)]);
+        assert_eq!(
+            resident_kb(image),
+            0,
+            "pages of {} stay resident",
+            module.name
+        );
     }
 }

@@ -287,6 +287,12 @@ impl Symbolizer {
         self.cache.retain(|(id, _, _), _| live(id));
     }
 
+    /// Forget the symbolized pcs (a caller that keeps what it made of them, such as
+    /// [`NativeStacks`](super::stack::NativeStacks), needs no second copy).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+
     /// Number of modules whose symbols are loaded.
     pub fn loaded_modules(&self) -> usize {
         self.modules.len()

@@ -25,13 +25,12 @@
 //! costs one `process_vm_readv`.
 
 use gimli::{
-    DebugFrame, DebugFrameOffset, EhFrame, EhFrameOffset, EndianSlice, LittleEndian, UnwindContext,
-    UnwindSection,
+    DebugFrameOffset, EhFrameOffset, EndianSlice, LittleEndian, UnwindContext, UnwindSection,
 };
 use thiserror::Error;
 
 use super::arch::{Arch, MAX_REGS, Registers};
-use super::modules::{CfiIndex, CfiSection, FdeEntry, Module, Modules};
+use super::modules::{CfiIndex, CfiSection, FdeEntry, Module, Modules, debug_frame, eh_frame};
 use crate::process::{Memory, MemoryError};
 
 /// Why a walk stopped before reaching the outermost frame.
@@ -204,7 +203,9 @@ struct Slot {
 }
 
 /// Default number of cached plans (a direct-mapped table: a colliding pc replaces the old).
-pub const DEFAULT_CACHE_SLOTS: usize = 16384;
+/// A plan is ~200 bytes with its rules; a target that keeps running new code fills the
+/// table to this bound, which sampling's few hundred hot pcs never need.
+pub const DEFAULT_CACHE_SLOTS: usize = 4096;
 
 /// Slots the table starts with: it doubles (up to its bound) as it fills, so that a
 /// profile with a few hundred hot pcs does not keep a table for sixteen thousand.
@@ -530,19 +531,11 @@ fn parse_row(
 ) -> Option<UnwindRow> {
     match fde.section {
         CfiSection::EhFrame => {
-            let mut s = EhFrame::new(cfi.eh_frame.as_deref()?, LittleEndian);
-            s.set_address_size(arch.pointer_size);
-            if arch.aarch64_cfi {
-                s.set_vendor(gimli::Vendor::AArch64);
-            }
+            let s = eh_frame(cfi.eh_frame.as_deref()?, arch);
             row_from_section(ctx, cfi, &s, EhFrameOffset(fde.offset), addr)
         }
         CfiSection::DebugFrame => {
-            let mut s = DebugFrame::new(cfi.debug_frame.as_deref()?, LittleEndian);
-            s.set_address_size(arch.pointer_size);
-            if arch.aarch64_cfi {
-                s.set_vendor(gimli::Vendor::AArch64);
-            }
+            let s = debug_frame(cfi.debug_frame.as_deref()?, arch);
             row_from_section(ctx, cfi, &s, DebugFrameOffset(fde.offset), addr)
         }
     }
