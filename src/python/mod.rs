@@ -263,7 +263,7 @@ impl<M: Memory> StackReader<M> {
             let mut entries = std::mem::take(&mut self.scratch[i].entries);
             let consistent = self.scratch[i].first.is_some() && (vouched[i] || looked[i]);
             let frames = if !read[i] {
-                Ok(Vec::new())
+                Ok(Frames::default())
             } else if consistent {
                 let local = Overlay::new(&chunks[i], &self.mem);
                 let s = &mut self.scratch[i];
