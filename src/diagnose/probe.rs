@@ -222,12 +222,7 @@ impl Prober {
         };
         let mut buf = [0u8; 96];
         let n = file.read_at(&mut buf, 0).ok()?;
-        std::str::from_utf8(&buf[..n])
-            .ok()?
-            .split_ascii_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        crate::process::threads::parse_schedstat_runtime(&buf[..n])
     }
 
     fn decide<M: Memory + ?Sized>(
