@@ -124,6 +124,12 @@ pub fn datastack_spans(
     }
 }
 
+/// Bytes read of one frame: its layout's size, bounded so that a wrong size read from the
+/// layout can neither miss the fields the walk needs nor make each read large.
+fn frame_read_len(l: &Layout) -> usize {
+    (l.f_size as usize).clamp(64, 512)
+}
+
 /// Regions the walk of `raw` read outside the thread's data-stack chunks (and the
 /// 3.11/3.12 C frame, and the heads of the code objects), into `out`, for the next
 /// sample's batched read.
@@ -134,7 +140,7 @@ pub fn regions_outside(
     chunks: &[(u64, u64)],
     out: &mut Vec<(u64, u64)>,
 ) {
-    let size = (l.f_size as usize).clamp(64, 512) as u64;
+    let size = frame_read_len(l) as u64;
     let inside = |a: u64| chunks.iter().any(|(s, len)| *s <= a && a + size <= s + len);
     out.clear();
     out.extend(
@@ -227,7 +233,7 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
     let want = |i: usize| wants.get(i).copied().unwrap_or(false);
     let mut holds = Vec::new();
     let mut outside = Vec::new();
-    let frame_len = (l.f_size as usize).clamp(64, 512);
+    let frame_len = frame_read_len(l);
     for (i, look) in looks.iter_mut().enumerate() {
         let (walked, copy) = look.parts();
         // Which regions hold a walked frame: each frame's region is found by a binary
@@ -1285,7 +1291,7 @@ mod tests {
     /// running the code object at 0x10000; frame k's `f_back` is `back(k)` (0: the end).
     fn chain(l: &Layout, n: usize, back: impl Fn(usize) -> u64) -> (ImageMemory, u64) {
         let base = 0x7f00_0000_0000u64;
-        let stride = (l.f_size as usize).clamp(64, 512);
+        let stride = frame_read_len(l);
         let mut data = vec![0u8; n * stride];
         let InstrSource::Pointer(instr) = l.f_instr else {
             panic!("3.12 keeps instruction pointers");
@@ -1307,7 +1313,7 @@ mod tests {
     #[test]
     fn a_chain_past_the_ceiling_is_cut_and_a_loop_is_an_error() {
         let l = Layout::from_table(Version::new(3, 12, 1), false).unwrap();
-        let stride = l.f_size.clamp(64, 512);
+        let stride = frame_read_len(&l) as u64;
         let mut raw = Vec::new();
         // Each frame's caller is the next one up: a straight chain longer than the ceiling.
         let n = MAX_DEPTH + 10;
