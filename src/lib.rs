@@ -7,6 +7,7 @@
 
 pub mod arch;
 pub mod attach;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod diagnose;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
 
+use crate::cache::Generations;
 use crate::process::{MapRange, Memory, Overlay};
 use crate::sample::{Frame, FrameCode, FrameKind};
 
@@ -58,7 +59,7 @@ impl NativeStacks {
             maps,
             unwinder: Unwinder::new(),
             symbolizer: Symbolizer::new(),
-            frames: FrameCache::default(),
+            frames: FrameCache::new(MAX_FRAMES_CACHED),
             codes: HashSet::default(),
             copy_len: HashMap::default(),
             released_at_miss: 0,
@@ -84,7 +85,7 @@ impl NativeStacks {
             // A pc keeps its frames while the same module is mapped there.
             let modules = &self.modules;
             self.frames
-                .retain(|pc, id| modules.find(pc).map(|m| m.id()) == id);
+                .retain(|&(pc, _), (id, _)| modules.find(pc).map(|m| m.id()) == *id);
             self.symbolizer.retain(&self.modules);
             self.unwinder.retain(&self.modules);
         }
@@ -152,7 +153,7 @@ impl NativeStacks {
         let new: Vec<(u64, bool)> = pcs
             .iter()
             .map(|f| (f.pc, f.exact))
-            .filter(|&key| !self.frames.contains(key))
+            .filter(|key| self.frames.get(key).is_none())
             .collect();
         let misses = self.unwinder.stats().misses;
         if !new.is_empty() || misses != self.released_at_miss {
@@ -164,7 +165,7 @@ impl NativeStacks {
                     f.code = intern(&mut self.codes, &f.code);
                 }
                 let module = self.modules.find(pc).map(|m| m.id());
-                if self.frames.insert((pc, exact), module, nf) {
+                if self.frames.insert((pc, exact), (module, nf)) {
                     self.codes.clear();
                 }
             }
@@ -175,8 +176,8 @@ impl NativeStacks {
             self.modules.release_pages();
         }
         pcs.iter()
-            .map(|f| match self.frames.get((f.pc, f.exact)) {
-                Some(nf) => nf.clone(),
+            .map(|f| match self.frames.get(&(f.pc, f.exact)) {
+                Some((_, nf)) => nf.clone(),
                 // Not reached (a batch is far smaller than a generation), but never wrong.
                 None => native_frame(&self.symbolizer.symbolize(&self.modules, f.pc, f.exact)),
             })
@@ -193,46 +194,8 @@ fn intern(codes: &mut HashSet<Arc<FrameCode>>, code: &Arc<FrameCode>) -> Arc<Fra
     code.clone()
 }
 
-/// A bounded map of symbolized pcs, with the module each was found in. When the newer
-/// generation fills, it becomes the older one and the older is dropped; a hit in the older
-/// moves back to the newer. The pcs a profile keeps hitting stay cached across the turn,
-/// instead of all being symbolized again as after a wholesale clear.
-#[derive(Default)]
-struct FrameCache {
-    new: HashMap<(u64, bool), (Option<u32>, NativeFrame)>,
-    old: HashMap<(u64, bool), (Option<u32>, NativeFrame)>,
-}
-
-impl FrameCache {
-    fn contains(&mut self, key: (u64, bool)) -> bool {
-        self.get(key).is_some()
-    }
-
-    fn get(&mut self, key: (u64, bool)) -> Option<&NativeFrame> {
-        if !self.new.contains_key(&key)
-            && let Some((module, nf)) = self.old.remove(&key)
-        {
-            self.insert(key, module, nf);
-        }
-        self.new.get(&key).map(|(_, nf)| nf)
-    }
-
-    /// Add an entry; true when that turned the generations over.
-    fn insert(&mut self, key: (u64, bool), module: Option<u32>, nf: NativeFrame) -> bool {
-        let turned = self.new.len() >= MAX_FRAMES_CACHED / 2;
-        if turned {
-            self.old = std::mem::take(&mut self.new);
-        }
-        self.new.insert(key, (module, nf));
-        turned
-    }
-
-    /// Keep the entries `keep(pc, module)` accepts.
-    fn retain(&mut self, mut keep: impl FnMut(u64, Option<u32>) -> bool) {
-        self.new.retain(|k, (m, _)| keep(k.0, *m));
-        self.old.retain(|k, (m, _)| keep(k.0, *m));
-    }
-}
+/// Symbolized pcs (and whether exact), with the module each was found in.
+type FrameCache = Generations<(u64, bool), (Option<u32>, NativeFrame)>;
 
 /// The frames to show for one symbolized pc: one per inlined level; name, file and line
 /// from DWARF or the symbol table, else the address in its module.
@@ -330,10 +293,10 @@ mod tests {
         for pc in 0..3 * MAX_FRAMES_CACHED as u64 {
             stacks.symbolize(&[frame(0x1000 + pc), hot]);
         }
-        let cached = stacks.frames.new.len() + stacks.frames.old.len();
+        let cached = stacks.frames.len();
         assert!(cached <= MAX_FRAMES_CACHED, "{cached} pcs cached");
         // The pc sampled all along was never dropped: it is the same frame as at first.
-        let again = stacks.frames.get((hot.pc, hot.exact)).unwrap();
+        let (_, again) = stacks.frames.get(&(hot.pc, hot.exact)).unwrap();
         assert!(Arc::ptr_eq(&again.frames[0].code, &first[0].frames[0].code));
     }
 

@@ -31,6 +31,7 @@ use thiserror::Error;
 
 use super::arch::{Arch, MAX_REGS, Registers};
 use super::modules::{CfiIndex, CfiSection, FdeEntry, Module, Modules, debug_frame, eh_frame};
+use crate::cache::Generations;
 use crate::process::{Memory, MemoryError};
 
 /// Why a walk stopped before reaching the outermost frame.
@@ -195,21 +196,10 @@ pub struct UnwindStats {
     pub fp_steps: u64,
 }
 
-struct Slot {
-    module: u32,
-    pc: u64,
-    exact: bool,
-    plan: UnwindPlan,
-}
-
-/// Default number of cached plans (a direct-mapped table: a colliding pc replaces the old).
-/// A plan is ~200 bytes with its rules; a target that keeps running new code fills the
-/// table to this bound, which sampling's few hundred hot pcs never need.
+/// Default bound on cached plans (see [`Generations`]). A plan is ~200 bytes with its
+/// rules; a target that keeps running new code fills the cache to this bound, which
+/// sampling's few hundred hot pcs never need.
 pub const DEFAULT_CACHE_SLOTS: usize = 4096;
-
-/// Slots the table starts with: it doubles (up to its bound) as it fills, so that a
-/// profile with a few hundred hot pcs does not keep a table for sixteen thousand.
-const FIRST_SLOTS: usize = 256;
 
 /// Default bound on the number of frames.
 pub const DEFAULT_MAX_DEPTH: usize = 512;
@@ -223,10 +213,8 @@ const MAX_EXPR_STEPS: usize = 256;
 /// A reusable unwinder: parsing context and a bounded cache of unwind plans.
 pub struct Unwinder {
     ctx: Box<UnwindContext<usize>>,
-    slots: Vec<Option<Slot>>,
-    /// Slots in use, and the most the table may grow to.
-    filled: usize,
-    max_slots: usize,
+    /// Plans by (module, pc, exact).
+    plans: Generations<(u32, u64, bool), UnwindPlan>,
     frames: Vec<Frame>,
     stats: UnwindStats,
     /// Bound on frames per walk.
@@ -245,14 +233,11 @@ impl Unwinder {
         Unwinder::with_cache_slots(DEFAULT_CACHE_SLOTS)
     }
 
-    /// An unwinder caching at most `slots` plans (rounded up to a power of two).
+    /// An unwinder caching at most `slots` plans.
     pub fn with_cache_slots(slots: usize) -> Unwinder {
-        let n = slots.max(1).next_power_of_two();
         Unwinder {
             ctx: Box::new(UnwindContext::new()),
-            slots: (0..n.min(FIRST_SLOTS)).map(|_| None).collect(),
-            filled: 0,
-            max_slots: n,
+            plans: Generations::new(slots),
             frames: Vec::new(),
             stats: UnwindStats::default(),
             max_depth: DEFAULT_MAX_DEPTH,
@@ -345,59 +330,23 @@ impl Unwinder {
     /// The plan for the frame at `pc` in `module` (`exact`: pc is not a return address),
     /// computed once and cached.
     pub fn plan(&mut self, module: &Module, pc: u64, exact: bool) -> &UnwindPlan {
-        let mut slot = slot_index(module.id(), pc, exact, self.slots.len());
-        let hit = matches!(&self.slots[slot],
-            Some(s) if s.module == module.id() && s.pc == pc && s.exact == exact);
-        if hit {
+        let key = (module.id(), pc, exact);
+        if self.plans.get(&key).is_some() {
             self.stats.hits += 1;
         } else {
             self.stats.misses += 1;
             let plan = compute_plan(&mut self.ctx, module, pc, exact);
-            if self.slots[slot].is_none()
-                && (self.filled + 1) * 2 > self.slots.len()
-                && self.slots.len() < self.max_slots
-            {
-                self.grow();
-                slot = slot_index(module.id(), pc, exact, self.slots.len());
-            }
-            if self.slots[slot].is_none() {
-                self.filled += 1;
-            }
-            self.slots[slot] = Some(Slot {
-                module: module.id(),
-                pc,
-                exact,
-                plan,
-            });
+            self.plans.insert(key, plan);
         }
-        &self.slots[slot].as_ref().expect("just filled").plan
+        self.plans.get(&key).expect("just cached")
     }
 
     /// Drop the plans of modules no longer in `modules` (after a dlclose): a target that
-    /// keeps loading libraries at new addresses would otherwise fill the table with plans
+    /// keeps loading libraries at new addresses would otherwise fill the cache with plans
     /// no pc will ask for again.
     pub fn retain(&mut self, modules: &Modules) {
-        for slot in self.slots.iter_mut() {
-            if slot
-                .as_ref()
-                .is_some_and(|s| !modules.iter().any(|m| m.id() == s.module))
-            {
-                *slot = None;
-                self.filled -= 1;
-            }
-        }
-    }
-
-    /// Double the plan table. Entries keep their place modulo the old size, so none of
-    /// them collide in the new table.
-    fn grow(&mut self) {
-        let n = self.slots.len() * 2;
-        let mut next: Vec<Option<Slot>> = (0..n).map(|_| None).collect();
-        for s in self.slots.drain(..).flatten() {
-            let i = slot_index(s.module, s.pc, s.exact, n);
-            next[i] = Some(s);
-        }
-        self.slots = next;
+        self.plans
+            .retain(|&(module, _, _), _| modules.iter().any(|m| m.id() == module));
     }
 
     /// One step to the caller; None at the end of the stack.
@@ -480,11 +429,6 @@ struct Step {
     via: Via,
     /// The frame stepped from was a signal trampoline.
     trampoline: bool,
-}
-
-fn slot_index(module: u32, pc: u64, exact: bool, n: usize) -> usize {
-    let h = (pc ^ (u64::from(module) << 40) ^ u64::from(exact)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (h >> 32) as usize & (n - 1)
 }
 
 /// The caller's registers that survive a call, before any CFI rule applies.
@@ -1174,50 +1118,44 @@ mod tests {
     }
 
     #[test]
-    fn plan_table_grows_to_its_bound_and_keeps_its_plans() {
-        if crate::process::memory::skip_without_live_reads("plan_table_grows") {
+    fn plan_cache_keeps_every_plan_below_its_bound_and_drops_dead_modules() {
+        if crate::process::memory::skip_without_live_reads("plan_cache") {
             return;
         }
         let pid = std::process::id();
         let maps = crate::process::read_maps(pid).unwrap();
         let live = crate::process::LiveMemory::new(pid);
         let modules = Modules::for_pid(pid, &maps, &live);
-        let here = plan_table_grows_to_its_bound_and_keeps_its_plans as *const () as u64;
+        let here =
+            plan_cache_keeps_every_plan_below_its_bound_and_drops_dead_modules as *const () as u64;
         let exe = modules.find(here).unwrap();
         let mut u = Unwinder::with_cache_slots(1024);
-        assert_eq!(u.slots.len(), FIRST_SLOTS);
+        // 400 pcs under a bound of 1,024: the direct-mapped table this replaced kept only
+        // 300-odd of them (colliding pcs replaced each other), so a walk over them missed
+        // again on its second pass.
         let pcs: Vec<u64> = (0..400u64).map(|i| here + i).collect();
         let first: Vec<UnwindPlan> = pcs
             .iter()
             .map(|&pc| u.plan(exe, pc, true).clone())
             .collect();
-        assert_eq!(
-            u.slots.len(),
-            1024,
-            "doubled while filling, up to the bound"
-        );
-        // Every kept plan sits where a lookup of its pc lands: growing moved them all.
-        let n = u.slots.len();
-        let found = pcs
-            .iter()
-            .filter(|&&pc| {
-                matches!(&u.slots[slot_index(exe.id(), pc, true, n)],
-                    Some(s) if s.pc == pc && s.module == exe.id())
-            })
-            .count();
-        assert_eq!(found, u.filled);
-        assert_eq!(u.filled, u.slots.iter().flatten().count());
-        assert!(u.filled > 300, "{} of 400 kept", u.filled);
+        let misses = u.stats().misses;
+        assert_eq!(misses, 400);
         let again: Vec<UnwindPlan> = pcs
             .iter()
             .map(|&pc| u.plan(exe, pc, true).clone())
             .collect();
         assert_eq!(again, first);
+        assert_eq!(u.stats().misses, misses, "every plan served from the cache");
+        // Past the bound, the cache stays within it.
+        for i in 0..4000u64 {
+            u.plan(exe, here + 1000 + i, true);
+        }
+        assert!(u.plans.len() <= 1024, "{} plans", u.plans.len());
         // Plans of a module that is gone are dropped; those of live ones stay.
-        let kept = u.filled;
+        let kept = u.plans.len();
         u.retain(&modules);
-        assert_eq!(u.filled, kept);
+        assert_eq!(u.plans.len(), kept);
         u.retain(&Modules::new());
-        assert_eq!((u.filled, u.slots.iter().flatten().count()), (0, 0));
+        assert!(u.plans.is_empty());
     }
 }
