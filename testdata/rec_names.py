@@ -41,9 +41,11 @@ def main():
     def nap():
         tids[threading.current_thread().name] = rec_common.native_id()
         rec_common.write_ready(outdir, tids, nap, spin)
+        # Awake a fifth of the time: a few samples per wake at 100 Hz, so that a loaded
+        # machine delaying prof's ticks still leaves it sampled (20 ms wakes were missed).
         while True:
             time.sleep(0.2)
-            spin(0.02)
+            spin(0.05)
 
     threading.Thread(target=nap, name="napper", daemon=True).start()
     time.sleep(max(start + seconds - time.time(), 0))
