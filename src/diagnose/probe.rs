@@ -403,20 +403,24 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_wait_carries_over_until_the_thread_runs() {
-        use State::*;
-        if crate::process::memory::skip_without_live_reads("a_wait_carries_over") {
-            return;
-        }
+    /// Two threads of this process: one spinning on a CPU, one parked on a channel (in a
+    /// futex wait), in the order they reported their kernel ids; stopped and joined on drop.
+    struct SpinAndPark {
+        tids: (u32, u32),
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        park: Option<std::sync::mpsc::Sender<()>>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    fn spin_and_park() -> SpinAndPark {
         use std::sync::atomic::{AtomicBool, Ordering};
-        static STOP: AtomicBool = AtomicBool::new(false);
         let gettid = || unsafe { libc::gettid() } as u32;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
         let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u32>();
-        let spin_tx = tid_tx.clone();
+        let (spin_tx, spin_stop) = (tid_tx.clone(), std::sync::Arc::clone(&stop));
         let spinner = std::thread::spawn(move || {
             spin_tx.send(gettid()).unwrap();
-            while !STOP.load(Ordering::Relaxed) {
+            while !spin_stop.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
         });
@@ -425,7 +429,32 @@ mod tests {
             tid_tx.send(gettid()).unwrap();
             let _ = rx.recv();
         });
-        let (a, b) = (tid_rx.recv().unwrap(), tid_rx.recv().unwrap());
+        SpinAndPark {
+            tids: (tid_rx.recv().unwrap(), tid_rx.recv().unwrap()),
+            stop,
+            park: Some(tx),
+            threads: vec![spinner, parked],
+        }
+    }
+
+    impl Drop for SpinAndPark {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.park.take();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+
+    #[test]
+    fn a_wait_carries_over_until_the_thread_runs() {
+        use State::*;
+        if crate::process::memory::skip_without_live_reads("a_wait_carries_over") {
+            return;
+        }
+        let pair = spin_and_park();
+        let (a, b) = pair.tids;
         // Which is which: the spinner uses CPU.
         std::thread::sleep(Duration::from_millis(50));
         let mut p = Prober::new(std::process::id());
@@ -465,10 +494,7 @@ mod tests {
         // Other states are left alone.
         tick(&mut p, &[(park, Other)]);
         assert_eq!(tick(&mut p, &[(park, Native)]), [Native]);
-        STOP.store(true, Ordering::Relaxed);
-        drop(tx);
-        spinner.join().unwrap();
-        parked.join().unwrap();
+        drop(pair);
     }
 
     #[test]
@@ -478,24 +504,9 @@ mod tests {
         if crate::process::memory::skip_without_live_reads("states_of_this_process") {
             return;
         }
-        use std::sync::atomic::{AtomicBool, Ordering};
-        static STOP: AtomicBool = AtomicBool::new(false);
         let me = std::process::id();
-        let gettid = || unsafe { libc::gettid() } as u32;
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u32>();
-        let spin_tx = tid_tx.clone();
-        let spinner = std::thread::spawn(move || {
-            spin_tx.send(gettid()).unwrap();
-            while !STOP.load(Ordering::Relaxed) {
-                std::hint::spin_loop();
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let parked = std::thread::spawn(move || {
-            tid_tx.send(gettid()).unwrap();
-            let _ = rx.recv();
-        });
-        let (a, b) = (tid_rx.recv().unwrap(), tid_rx.recv().unwrap());
+        let pair = spin_and_park();
+        let (a, b) = pair.tids;
         std::thread::sleep(Duration::from_millis(100));
         let mut p = Prober::new(me);
         let mem = crate::process::LiveMemory::new(me);
@@ -507,10 +518,7 @@ mod tests {
                 p.state(call, KernelState::Unknown, facts, &mem).state
             })
             .collect();
-        STOP.store(true, Ordering::Relaxed);
-        drop(tx);
-        spinner.join().unwrap();
-        parked.join().unwrap();
+        drop(pair);
         states.sort();
         assert_eq!(states, [State::Native, State::Lock]);
         // Holding the GIL, the spinner would be running Python.
