@@ -22,7 +22,9 @@
 #endif
 #include "internal/pycore_gil.h"
 #include "internal/pycore_interp.h"
+#include "internal/pycore_dict.h"
 #include "internal/pycore_moduleobject.h"
+#include "internal/pycore_object.h"
 #include "internal/pycore_runtime_init.h"
 #include <stddef.h>
 #include <stdint.h>
@@ -157,7 +159,15 @@ int main(void) {
     R("dict_keys", offsetof(PyDictObject, ma_keys));
     R("dict_values", offsetof(PyDictObject, ma_values));
     R("module_dict", offsetof(PyModuleObject, md_dict));
-    /* The object header: the reader takes sizeof(PyObject) as where a module's dict sits. */
-    R("object_header", sizeof(PyObject));
+    R("object_size", sizeof(PyObject));
+    R("tp_basicsize", offsetof(PyTypeObject, tp_basicsize));
+    R("dict_keys_log2_index_bytes", offsetof(PyDictKeysObject, dk_log2_index_bytes));
+    R("dict_keys_kind", offsetof(PyDictKeysObject, dk_kind));
+    R("dict_keys_nentries", offsetof(PyDictKeysObject, dk_nentries));
+    R("dict_keys_indices", offsetof(PyDictKeysObject, dk_indices));
+    R("dict_values_header", offsetof(PyDictValues, values));
+    R("inline_values_valid", offsetof(PyDictValues, valid));
+    /* Negative: printed as its two's complement, as the test encodes it. */
+    R("managed_dict", MANAGED_DICT_OFFSET);
     return 0;
 }

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 
-use prof::python::layout::{FrameRoot, GilSource, InstrSource, Layout, spec_for};
+use prof::python::layout::{
+    DictKeysFormat, FrameRoot, GilSource, InstrSource, Layout, ManagedDict, spec_for,
+};
 
 const HEADERS: &str = "/opt/prof-pythons/debian-sid/include";
 
@@ -128,8 +130,9 @@ fn reader_values(l: &Layout) -> BTreeMap<String, u64> {
         ("dict_keys", l.dict_keys),
         ("dict_values", l.dict_values),
         ("module_dict", l.module_dict),
-        // The reader also takes module_dict as sizeof(PyObject), where inline values start.
-        ("object_header", l.module_dict),
+        ("object_size", l.object_size),
+        ("tp_basicsize", l.tp_basicsize),
+        ("dict_values_header", l.dict_values_header),
     ];
     let opt = |o: Option<u64>| o.unwrap_or(u64::MAX);
     v.extend([
@@ -150,6 +153,24 @@ fn reader_values(l: &Layout) -> BTreeMap<String, u64> {
     }
     if let Some(t) = l.co_tlbc {
         v.push(("co_tlbc", t));
+    }
+    if let DictKeysFormat::Log2 {
+        log2_index_bytes,
+        kind,
+        nentries,
+        indices,
+    } = l.dict_keys_format
+    {
+        v.push(("dict_keys_log2_index_bytes", log2_index_bytes));
+        v.push(("dict_keys_kind", kind));
+        v.push(("dict_keys_nentries", nentries));
+        v.push(("dict_keys_indices", indices));
+    }
+    if let Some(o) = l.inline_values_valid {
+        v.push(("inline_values_valid", o));
+    }
+    if let ManagedDict::Dict(o) = l.managed_dict {
+        v.push(("managed_dict", o as u64));
     }
     if let FrameRoot::Direct(o) = l.frame_root {
         v.push(("frame_root", o));

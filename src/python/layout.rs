@@ -109,6 +109,74 @@ pub enum GilSource {
     },
 }
 
+/// Where an int keeps its sign and its number of digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongSize {
+    /// ≤3.11: `ob_size` is the digit count, negative for a negative int.
+    Signed,
+    /// 3.12+: `lv_tag` is the digit count shifted left by 3, with the sign in its low two
+    /// bits (2 for negative).
+    Tagged,
+}
+
+/// How a dict's keys object (`PyDictKeysObject`) lays out its entries: a header, an index
+/// table, then the entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DictKeysFormat {
+    /// ≤3.10: `dk_size` slots, `dk_nentries`, then the index table, its entries as wide as
+    /// `dk_size` needs; 24-byte (hash, key, value) entries.
+    Sized {
+        /// `dk_size` (word).
+        size: u64,
+        /// `dk_nentries` (word).
+        nentries: u64,
+        /// `dk_indices`.
+        indices: u64,
+    },
+    /// 3.11+: the index table is `1 << dk_log2_index_bytes` bytes; general keys
+    /// (`dk_kind` 0) have 24-byte entries, str-only keys 16-byte (key, value) ones.
+    Log2 {
+        /// `dk_log2_index_bytes` (byte).
+        log2_index_bytes: u64,
+        /// `dk_kind` (byte).
+        kind: u64,
+        /// `dk_nentries` (word).
+        nentries: u64,
+        /// `dk_indices`.
+        indices: u64,
+    },
+}
+
+/// 3.11+ keys objects, the same with and without the GIL (the free-threaded build's one-byte
+/// mutex fits before `dk_version`'s alignment).
+const DICT_KEYS_LOG2: DictKeysFormat = DictKeysFormat::Log2 {
+    log2_index_bytes: 9,
+    kind: 10,
+    nentries: 24,
+    indices: 32,
+};
+
+/// Where an instance of a class with `Py_TPFLAGS_MANAGED_DICT` keeps its attributes: words
+/// before the object itself (3.11+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagedDict {
+    /// ≤3.10: no managed dicts; `tp_dictoffset` says where the dict is.
+    None,
+    /// 3.11: a values array pointer at `values`, else a dict pointer at `dict`.
+    ValuesOrDict {
+        /// Offset of the values pointer from the object.
+        values: i64,
+        /// Offset of the dict pointer from the object.
+        dict: i64,
+    },
+    /// 3.12: one word, a values array pointer when its bit 0 is set (and cleared by adding
+    /// one), else a dict pointer.
+    Tagged(i64),
+    /// 3.13+: a dict pointer; values without a dict are inline (see
+    /// `Layout::inline_values_valid`).
+    Dict(i64),
+}
+
 /// Every offset the reader uses, for one interpreter build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
@@ -195,6 +263,8 @@ pub struct Layout {
     pub ob_type: u64,
     /// `tp_name` (a C string pointer).
     pub tp_name: u64,
+    /// `tp_basicsize`.
+    pub tp_basicsize: u64,
     /// `tp_flags`.
     pub tp_flags: u64,
     /// `tp_dictoffset`.
@@ -219,6 +289,8 @@ pub struct Layout {
     pub tuple_item: u64,
     /// `ob_size` (≤3.11) or `lv_tag` (3.12+) of ints.
     pub long_size: u64,
+    /// What `long_size` holds.
+    pub long_size_format: LongSize,
     /// First 30-bit digit of an int.
     pub long_digits: u64,
     /// `PyFloatObject.ob_fval`.
@@ -227,8 +299,20 @@ pub struct Layout {
     pub dict_keys: u64,
     /// `PyDictObject.ma_values`.
     pub dict_values: u64,
+    /// How a dict's keys object lays out its entries.
+    pub dict_keys_format: DictKeysFormat,
+    /// Bytes before the first value of a values array (`PyDictValues`' header, 3.13+).
+    pub dict_values_header: u64,
+    /// Where instances of classes with managed dicts keep their attributes.
+    pub managed_dict: ManagedDict,
+    /// Instances of classes with `Py_TPFLAGS_INLINE_VALUES` keep a values array right after
+    /// their `tp_basicsize` bytes (3.13+); this is the offset of its `valid` byte, set while
+    /// the attributes live there rather than in a dict.
+    pub inline_values_valid: Option<u64>,
     /// `PyModuleObject.md_dict`.
     pub module_dict: u64,
+    /// `sizeof(PyObject)`: the smallest instance.
+    pub object_size: u64,
 }
 
 /// Why no layout could be built.
@@ -413,6 +497,7 @@ impl Layout {
             linetable: LineTableFormat::for_version(3, minor),
             ob_type: 8,
             tp_name: 24,
+            tp_basicsize: 32,
             tp_flags: 168,
             tp_dictoffset: 288,
             ht_cached_keys: match minor {
@@ -429,11 +514,37 @@ impl Layout {
             bytes_sval: 32,
             tuple_item: 24,
             long_size: 16,
+            long_size_format: if minor <= 11 {
+                LongSize::Signed
+            } else {
+                LongSize::Tagged
+            },
             long_digits: 24,
             float_val: 16,
             dict_keys: 32,
             dict_values: 40,
+            dict_keys_format: if old {
+                DictKeysFormat::Sized {
+                    size: 8,
+                    nentries: 32,
+                    indices: 40,
+                }
+            } else {
+                DICT_KEYS_LOG2
+            },
+            dict_values_header: 0,
+            // Before the object sit the GC header (two words), then these.
+            managed_dict: match minor {
+                ..=10 => ManagedDict::None,
+                11 => ManagedDict::ValuesOrDict {
+                    values: -32,
+                    dict: -24,
+                },
+                _ => ManagedDict::Tagged(-24),
+            },
+            inline_values_valid: None,
             module_dict: 16,
+            object_size: 16,
         };
         if minor == 7 {
             // 3.7 has the 3.8 frame and thread layout, but a smaller runtime state and no
@@ -535,6 +646,8 @@ impl Layout {
             linetable: LineTableFormat::for_version(3, minor),
             ob_type: g("pyobject.ob_type")?,
             tp_name: g("type_object.tp_name")?,
+            // Not in the table: tp_basicsize follows tp_name in every version.
+            tp_basicsize: g("type_object.tp_name")? + 8,
             tp_flags: g("type_object.tp_flags")?,
             tp_dictoffset: d.get("type_object.tp_dictoffset").unwrap_or(288 + ob - 16),
             ht_cached_keys: d
@@ -552,11 +665,19 @@ impl Layout {
             bytes_sval: g("bytes_object.ob_sval")?,
             tuple_item: g("tuple_object.ob_item")?,
             long_size: g("long_object.lv_tag")?,
+            long_size_format: LongSize::Tagged,
             long_digits: g("long_object.ob_digit")?,
             float_val: g("float_object.ob_fval")?,
             dict_keys: g("dict_object.ma_keys")?,
             dict_values: g("dict_object.ma_values")?,
+            // Not in the table, fixed since 3.13: the keys' and values' headers, and the
+            // managed dict pointer right before the object (before the GC header with the GIL).
+            dict_keys_format: DICT_KEYS_LOG2,
+            dict_values_header: 8,
+            managed_dict: ManagedDict::Dict(if ft { -8 } else { -24 }),
+            inline_values_valid: Some(3),
             module_dict: ob,
+            object_size: ob,
         };
         Ok(l)
     }

@@ -2,7 +2,7 @@
 //! Everything read here is bounded and decoded lossily: the target is not trusted.
 
 use super::PyError;
-use super::layout::Layout;
+use super::layout::{Layout, LongSize};
 use crate::process::memory::{le_u32, le_u64};
 use crate::process::{Memory, MemoryExt};
 
@@ -95,11 +95,12 @@ pub fn read_long<M: Memory + ?Sized>(
     addr: u64,
 ) -> Result<Option<i64>, PyError> {
     let tag = mem.u64(addr + l.long_size)?;
-    let (ndigits, negative) = if l.version.minor >= 12 {
-        (tag >> 3, tag & 3 == 2)
-    } else {
-        let s = tag as i64;
-        (s.unsigned_abs(), s < 0)
+    let (ndigits, negative) = match l.long_size_format {
+        LongSize::Tagged => (tag >> 3, tag & 3 == 2),
+        LongSize::Signed => {
+            let s = tag as i64;
+            (s.unsigned_abs(), s < 0)
+        }
     };
     if ndigits > 3 {
         return Ok(None);

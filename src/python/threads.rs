@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::PyError;
-use super::layout::{GilSource, Layout};
+use super::layout::{DictKeysFormat, GilSource, Layout, ManagedDict};
 use super::objects::{read_long, read_str};
 use crate::process::memory::le_u64;
 use crate::process::{Memory, MemoryExt};
@@ -174,9 +174,7 @@ pub(crate) fn dict_items<M: Memory + ?Sized>(
 ) -> Result<Vec<(u64, u64)>, PyError> {
     let keys = mem.u64(dict + l.dict_keys)?;
     let values = mem.u64(dict + l.dict_values)?;
-    // PyDictValues gained an 8-byte header in 3.13.
-    let skip = if l.version.minor >= 13 { 8 } else { 0 };
-    keys_items(mem, l, keys, values, skip)
+    keys_items(mem, l, keys, values)
 }
 
 const MAX_ENTRIES: u64 = 1 << 16;
@@ -186,37 +184,49 @@ fn keys_items<M: Memory + ?Sized>(
     l: &Layout,
     keys: u64,
     values: u64,
-    values_skip: u64,
 ) -> Result<Vec<(u64, u64)>, PyError> {
-    let (entries_at, n, entry_size) = if l.version.minor <= 10 {
-        let dk_size = mem.u64(keys + 8)?;
-        let n = mem.u64(keys + 32)?;
-        if dk_size > MAX_ENTRIES * 2 || n > dk_size {
-            return Err(PyError::Corrupt("dict size"));
+    let (entries_at, n, entry_size) = match l.dict_keys_format {
+        DictKeysFormat::Sized {
+            size,
+            nentries,
+            indices,
+        } => {
+            let dk_size = mem.u64(keys + size)?;
+            let n = mem.u64(keys + nentries)?;
+            if dk_size > MAX_ENTRIES * 2 || n > dk_size {
+                return Err(PyError::Corrupt("dict size"));
+            }
+            let width = match dk_size {
+                0..=0xff => 1,
+                0x100..=0xffff => 2,
+                0x1_0000..=0xffff_ffff => 4,
+                _ => 8,
+            };
+            (keys + indices + dk_size * width, n, 24)
         }
-        let width = match dk_size {
-            0..=0xff => 1,
-            0x100..=0xffff => 2,
-            0x1_0000..=0xffff_ffff => 4,
-            _ => 8,
-        };
-        (keys + 40 + dk_size * width, n, 24)
-    } else {
-        let mut head = [0u8; 32];
-        mem.read(keys, &mut head)?;
-        let log2_index_bytes = head[9] as u64;
-        let kind = head[10];
-        let n = le_u64(&head, 24);
-        if log2_index_bytes > 40 || n > MAX_ENTRIES {
-            return Err(PyError::Corrupt("dict keys"));
+        DictKeysFormat::Log2 {
+            log2_index_bytes,
+            kind,
+            nentries,
+            indices,
+        } => {
+            let mut head = [0u8; 64];
+            let head = &mut head[..indices.min(64) as usize];
+            mem.read(keys, head)?;
+            let at = |o: u64| head.get(o as usize).copied().unwrap_or(0);
+            let log2_index_bytes = at(log2_index_bytes) as u64;
+            let n = le_u64(head, nentries as usize);
+            if log2_index_bytes > 40 || n > MAX_ENTRIES {
+                return Err(PyError::Corrupt("dict keys"));
+            }
+            let esize = if at(kind) == 0 { 24 } else { 16 };
+            (keys + indices + (1u64 << log2_index_bytes), n, esize)
         }
-        let esize = if kind == 0 { 24 } else { 16 };
-        (keys + 32 + (1u64 << log2_index_bytes), n, esize)
     };
     let raw = mem.bytes(entries_at, (n * entry_size) as usize)?;
     let mut vals = Vec::new();
     if values != 0 && n > 0 {
-        vals = mem.bytes(values + values_skip, (n * 8) as usize)?;
+        vals = mem.bytes(values + l.dict_values_header, (n * 8) as usize)?;
     }
     let mut out = Vec::new();
     for i in 0..n as usize {
@@ -256,45 +266,43 @@ pub(crate) fn instance_attrs<M: Memory + ?Sized>(
     l: &Layout,
     obj: u64,
 ) -> Result<Vec<(u64, u64)>, PyError> {
-    let minor = l.version.minor;
     let tp = mem.u64(obj + l.ob_type)?;
     let flags = mem.u64(tp + l.tp_flags)?;
-    let ob = l.module_dict; // sizeof(PyObject)
-    // The managed dict pointer precedes the object (after the GC header on GIL builds).
-    let managed_dict = if l.free_threaded { obj - 8 } else { obj - 24 };
-    if minor >= 13 && flags & TPFLAGS_INLINE_VALUES != 0 {
+    let before = |off: i64| mem.u64(obj.wrapping_add_signed(off));
+    let cached_keys = || mem.u64(tp + l.ht_cached_keys);
+    if let Some(valid) = l.inline_values_valid
+        && flags & TPFLAGS_INLINE_VALUES != 0
+    {
         // Inline values follow the instance's own fields: right after the header for a
         // class deriving from object, after the C struct for one deriving from a C type
         // (asyncio's `_GatheringFuture` from `Future`).
-        let basicsize = mem.u64(tp + l.tp_name + 8)?;
-        if !(ob..=4096).contains(&basicsize) {
+        let basicsize = mem.u64(tp + l.tp_basicsize)?;
+        if !(l.object_size..=4096).contains(&basicsize) {
             return Err(PyError::Corrupt("tp_basicsize"));
         }
         let values = obj + basicsize;
-        if mem.u8(values + 3)? != 0 {
-            let keys = mem.u64(tp + l.ht_cached_keys)?;
-            return keys_items(mem, l, keys, values, 8);
+        if mem.u8(values + valid)? != 0 {
+            return keys_items(mem, l, cached_keys()?, values);
         }
     }
-    if minor >= 11 && flags & TPFLAGS_MANAGED_DICT != 0 {
-        match minor {
-            11 => {
-                let values = mem.u64(obj - 32)?;
+    if flags & TPFLAGS_MANAGED_DICT != 0 {
+        match l.managed_dict {
+            ManagedDict::None => {}
+            ManagedDict::ValuesOrDict { values, dict } => {
+                let values = before(values)?;
                 if values != 0 {
-                    let keys = mem.u64(tp + l.ht_cached_keys)?;
-                    return keys_items(mem, l, keys, values, 0);
+                    return keys_items(mem, l, cached_keys()?, values);
                 }
-                return dict_items(mem, l, mem.u64(obj - 24)?);
+                return dict_items(mem, l, before(dict)?);
             }
-            12 => {
-                let word = mem.u64(obj - 24)?;
+            ManagedDict::Tagged(at) => {
+                let word = before(at)?;
                 if word & 1 != 0 {
-                    let keys = mem.u64(tp + l.ht_cached_keys)?;
-                    return keys_items(mem, l, keys, word + 1, 0);
+                    return keys_items(mem, l, cached_keys()?, word + 1);
                 }
                 return dict_items(mem, l, word);
             }
-            _ => return dict_items(mem, l, mem.u64(managed_dict)?),
+            ManagedDict::Dict(at) => return dict_items(mem, l, before(at)?),
         }
     }
     let off = mem.i64(tp + l.tp_dictoffset)?;
