@@ -190,6 +190,8 @@ struct Proc {
     gone: bool,
     /// The thread-state reader, with `states` (made at the first sample).
     prober: Option<Prober>,
+    /// `--async` was told this program's tasks cannot be read (said once, not every tick).
+    tasks_unsupported_told: bool,
 }
 
 impl Proc {
@@ -201,6 +203,7 @@ impl Proc {
             next_alive_check: now,
             gone: false,
             prober: None,
+            tasks_unsupported_told: false,
         }
     }
 
@@ -235,6 +238,7 @@ impl Proc {
     fn replaced(&mut self, now: Instant) {
         self.state = pending_state(now);
         self.prober = None;
+        self.tasks_unsupported_told = false;
         self.image = Image::open(self.pid);
         self.gone = self.image.is_none();
     }
@@ -680,12 +684,14 @@ fn sample_process(
     // joined to its thread's stack.
     match capture.tasks {
         Some(Ok(mut tasks)) => stacks = task_stacks(&mut tasks, stacks),
-        Some(Err(PyError::TasksUnsupported(why))) => {
+        Some(Err(PyError::TasksUnsupported(why))) if !p.tasks_unsupported_told => {
+            p.tasks_unsupported_told = true;
             let note = format!("process {}: {why}; --async shows its threads only", p.pid);
             if stats.notices.len() < MAX_NOTICES && !stats.notices.contains(&note) {
                 stats.notices.push(note);
             }
         }
+        Some(Err(PyError::TasksUnsupported(_))) => {}
         Some(Err(_)) => p.read_failed(1, now, stats),
         None => {}
     }

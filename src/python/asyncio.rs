@@ -369,20 +369,23 @@ impl AsyncLayout {
     }
 }
 
-/// Why the tasks of an interpreter with layout `l` cannot be read, if they cannot: 3.7's
-/// registry is not among the ones this reader knows, and free-threaded builds are not
-/// covered.
-pub fn tasks_unsupported(l: &Layout) -> Option<String> {
+/// Why the asyncio tasks of an interpreter cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TasksUnsupported {
+    /// Free-threaded builds are not covered.
+    #[error("asyncio tasks of free-threaded builds are not read (Python {0})")]
+    FreeThreaded(Version),
+    /// 3.7's registry is not among the ones this reader knows.
+    #[error("asyncio tasks are read on Python 3.8 and later, not {0}")]
+    TooOld(Version),
+}
+
+/// Why the tasks of an interpreter with layout `l` cannot be read, if they cannot.
+pub fn tasks_unsupported(l: &Layout) -> Option<TasksUnsupported> {
     if l.free_threaded {
-        Some(format!(
-            "asyncio tasks of free-threaded builds are not read (Python {})",
-            l.version
-        ))
+        Some(TasksUnsupported::FreeThreaded(l.version))
     } else if l.version.major == 3 && l.version.minor < 8 {
-        Some(format!(
-            "asyncio tasks are read on Python 3.8 and later, not {}",
-            l.version
-        ))
+        Some(TasksUnsupported::TooOld(l.version))
     } else {
         None
     }

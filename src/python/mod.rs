@@ -40,9 +40,9 @@ pub enum PyError {
     /// The version is not one prof can read.
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    /// `--async` on an interpreter whose asyncio tasks prof cannot read (the reason).
-    #[error("{0}")]
-    TasksUnsupported(String),
+    /// `--async` on an interpreter whose asyncio tasks prof cannot read.
+    #[error(transparent)]
+    TasksUnsupported(#[from] asyncio::TasksUnsupported),
 }
 
 /// How often thread names are read again from `threading._active`.
