@@ -286,10 +286,11 @@ pub fn scan_for_runtime<M: Memory + ?Sized>(
             {
                 continue;
             }
-            // From 3.11 the main interpreter is embedded in `_PyRuntime` itself, after the
-            // runtime's own fields (x86_64: +58936 in 3.11, +76392 in 3.12).
+            // An embedded main interpreter sits after the runtime's own fields (x86_64:
+            // +58936 in 3.11, +76392 in 3.12).
             let runtime = r.start + off as u64 - l.rt_interp_head;
-            if l.version.minor >= 11 && !(runtime + (16 << 10) < p && p < runtime + (256 << 10)) {
+            if l.main_interp_in_runtime && !(runtime + (16 << 10) < p && p < runtime + (256 << 10))
+            {
                 continue;
             }
             // The main interpreter has id 0, and its first thread state points back at it.

@@ -186,6 +186,9 @@ pub struct Layout {
     pub free_threaded: bool,
     /// `_PyRuntime.interpreters.head`.
     pub rt_interp_head: u64,
+    /// The main interpreter is embedded in `_PyRuntime`, after the runtime's own fields
+    /// (3.11+); before, it is allocated apart.
+    pub main_interp_in_runtime: bool,
     /// `PyInterpreterState.next`.
     pub is_next: u64,
     /// `PyInterpreterState.id`.
@@ -363,6 +366,7 @@ impl Layout {
             version,
             free_threaded: false,
             rt_interp_head: if minor <= 10 { 32 } else { 40 },
+            main_interp_in_runtime: !old,
             is_next: 0,
             is_id: match minor {
                 7 | 8 => 16,
@@ -587,6 +591,7 @@ impl Layout {
             version,
             free_threaded: ft,
             rt_interp_head: g("runtime_state.interpreters_head")?,
+            main_interp_in_runtime: true,
             is_next: g("interpreter_state.next")?,
             is_id: g("interpreter_state.id")?,
             is_threads_head: g("interpreter_state.threads_head")?,
