@@ -1,7 +1,8 @@
 //! `prof diagnose` against targets with known behaviour (testdata/diag_*.py), each of which
-//! measures its own truth (time inside recv, acquire, sleep, hashing, waiting for a child;
-//! GIL holding reconstructed from its progress) and writes it to a file. The verdict's
-//! kind must match, and every state's share must be within 5 points of the truth.
+//! measures its own truth (time inside recv, acquire, sleep, hashing, waiting for a child or
+//! in an asyncio loop's selector; GIL holding reconstructed from its progress) and writes it
+//! to a file. The verdict's kind must match, and every state's share must be within 5
+//! points of the truth.
 //!
 //! Every target runs on the oldest and the newest interpreter found; GIL contention and
 //! sleep (the two whose /proc shape changes with the version) on every one; the others on
@@ -40,7 +41,7 @@ struct Case {
     exit: i32,
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 9] = [
     Case {
         script: "diag_cpu",
         n: 1,
@@ -83,11 +84,25 @@ const CASES: [Case; 7] = [
         kind: "child",
         exit: 0,
     },
+    // An asyncio loop waiting on its timers: I/O that asyncio already overlaps.
+    Case {
+        script: "diag_loop",
+        n: 0,
+        kind: "io",
+        exit: 0,
+    },
+    // The same loop, blocked by a task that calls time.sleep between its awaits.
+    Case {
+        script: "diag_loop",
+        n: 1,
+        kind: "loop-blocked",
+        exit: 0,
+    },
 ];
 
 /// Cases run on every interpreter (indices into CASES); the others rotate.
 const EVERYWHERE: [usize; 2] = [1, 5];
-const ROTATING: [usize; 5] = [0, 2, 3, 4, 6];
+const ROTATING: [usize; 7] = [0, 2, 3, 4, 6, 7, 8];
 
 impl Case {
     fn label(&self) -> String {
@@ -155,6 +170,7 @@ fn check_schema(r: &Value, what: &str) {
             "lock",
             "sleep",
             "child",
+            "loop-blocked",
             "mixed"
         ]
         .contains(&kind),
@@ -208,6 +224,17 @@ fn check_case(py: &Python, case: Case) -> Result<(), String> {
         let text = report["verdict"]["text"].as_str().unwrap();
         if !text.contains(&format!("recv from 127.0.0.1:{port}")) {
             problems.push(format!("no `recv from 127.0.0.1:{port}` in {text:?}"));
+        }
+    }
+    if case.script == "diag_loop" {
+        let text = report["verdict"]["text"].as_str().unwrap();
+        let says = if case.n == 0 {
+            "the asyncio event loop already overlaps these waits"
+        } else {
+            "(sleep in `blocker (diag_loop.py:"
+        };
+        if !text.contains(says) {
+            problems.push(format!("no `{says}` in {text:?}"));
         }
     }
     if problems.is_empty() {

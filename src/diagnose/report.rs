@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::state::{FdKind, IoOp, State, ThreadState};
-use crate::sample::{FrameCode, FrameKind, Sample};
+use crate::sample::{Frame, FrameCode, FrameKind, Sample};
 
 /// Share of its samples above which a thread that waits on a lock no other thread waits
 /// on is parked (joining, an idle worker on its queue): it is listed, but what it waits
@@ -18,6 +18,11 @@ const PARKED: f64 = 0.9;
 const DOMINANT: f64 = 0.5;
 /// Share of GIL waits (of the deciding time) that makes CPU-bound Python a contention.
 const CONTENDED: f64 = 0.2;
+/// Share of an asyncio event loop thread's time blocked inside its callbacks that makes
+/// the blocked loop the verdict: every other task waits while one blocks.
+const LOOP_BLOCKED: f64 = 0.2;
+/// States in which a callback of an event loop blocks the loop.
+const BLOCKING: [State; 4] = [State::Io, State::Lock, State::Sleep, State::Child];
 
 /// One thread's counts over a run.
 #[derive(Debug, Clone)]
@@ -33,6 +38,52 @@ struct Tally {
     io: HashMap<IoKey, u64>,
     /// `lock` samples by futex address.
     locks: HashMap<u64, u64>,
+    /// Samples taken while the thread ran an asyncio event loop (see [`loop_place`]).
+    loop_samples: u64,
+    /// Of those, per state, the samples inside one of the loop's callbacks (a task's step).
+    in_callback: [u64; 8],
+    /// Samples blocked inside a callback, by innermost Python function.
+    blocking_top: HashMap<FnKey, u64>,
+}
+
+/// Where a sample of a thread stands with respect to an asyncio event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopPlace {
+    /// No pure-Python asyncio event loop on the stack (uvloop's is C, so not seen).
+    None,
+    /// In the loop itself: waiting in its selector, or scheduling.
+    Loop,
+    /// Inside a callback the loop runs (`Handle._run`: a task's step).
+    Callback,
+}
+
+/// Does `f` run `func` (by bare or qualified name) of the module file ending in `file`?
+fn runs(f: &Frame, func: &str, file: &str) -> bool {
+    f.kind == FrameKind::Python
+        && f.code.filename.ends_with(file)
+        && f.code
+            .name
+            .strip_suffix(func)
+            .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+}
+
+/// The place of a stack (innermost frame first) in an asyncio event loop:
+/// `BaseEventLoop._run_once` on it means the thread runs a loop, and `Handle._run` inside
+/// that, one of the loop's callbacks.
+fn loop_place(frames: &[Frame]) -> LoopPlace {
+    let mut callback = false;
+    for f in frames {
+        if runs(f, "_run", "asyncio/events.py") {
+            callback = true;
+        } else if runs(f, "_run_once", "asyncio/base_events.py") {
+            return if callback {
+                LoopPlace::Callback
+            } else {
+                LoopPlace::Loop
+            };
+        }
+    }
+    LoopPlace::None
 }
 
 /// A function as reports name it: its code, and the line when the code has no first line.
@@ -100,6 +151,9 @@ impl Diagnosis {
                 top: Default::default(),
                 io: HashMap::new(),
                 locks: HashMap::new(),
+                loop_samples: 0,
+                in_callback: [0; 8],
+                blocking_top: HashMap::new(),
             });
             self.threads.len() - 1
         });
@@ -109,12 +163,22 @@ impl Diagnosis {
         }
         let at = state.state.index();
         t.counts[at] += 1;
+        let place = loop_place(&s.stack.frames);
+        if place != LoopPlace::None {
+            t.loop_samples += 1;
+        }
+        let callback = place == LoopPlace::Callback;
+        if callback {
+            t.in_callback[at] += 1;
+        }
         if let Some(f) = s.stack.frames.iter().find(|f| f.kind == FrameKind::Python) {
             // By function: the line only stands in where the code has no first line.
             let line = if f.code.first_line > 0 { 0 } else { f.line };
-            *t.top[at]
-                .entry(FnKey(Arc::clone(&f.code), line))
-                .or_insert(0) += 1;
+            let key = FnKey(Arc::clone(&f.code), line);
+            if callback && BLOCKING.contains(&state.state) {
+                *t.blocking_top.entry(key.clone()).or_insert(0) += 1;
+            }
+            *t.top[at].entry(key).or_insert(0) += 1;
         }
         if let Some(io) = &state.io {
             *t.io.entry((io.op, io.kind, io.peer.clone())).or_insert(0) += 1;
@@ -315,7 +379,7 @@ fn pct(x: f64) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     /// One of `cpu-python`, `gil-contention`, `native-parallel`, `io`, `lock`, `sleep`,
-    /// `child`, `mixed`.
+    /// `child`, `loop-blocked`, `mixed`.
     pub kind: &'static str,
     /// The verdict in plain words, with its evidence.
     pub text: String,
@@ -535,6 +599,50 @@ fn verdict(all: &[&Tally]) -> Verdict {
     } else {
         String::new()
     };
+    // Threads that run an asyncio event loop most of the time, and how their time splits.
+    let loops: Vec<&&Tally> = deciding
+        .iter()
+        .filter(|t| ratio(t.loop_samples, t.total()) >= 0.5)
+        .collect();
+    // The loops' time is the samples with the loop running (not start-up, not shutdown).
+    let loop_total: u64 = loops.iter().map(|t| t.loop_samples).sum();
+    let in_callbacks = |states: &[State]| -> u64 {
+        loops
+            .iter()
+            .map(|t| states.iter().map(|s| t.in_callback[s.index()]).sum::<u64>())
+            .sum()
+    };
+    let blocked = in_callbacks(&BLOCKING);
+    if !loops.is_empty() && ratio(blocked, loop_total) >= LOOP_BLOCKED {
+        let how = BLOCKING
+            .iter()
+            .copied()
+            .max_by_key(|s| in_callbacks(&[*s]))
+            .unwrap_or(State::Sleep);
+        let mut m: HashMap<FnKey, u64> = HashMap::new();
+        for t in &loops {
+            for (k, c) in &t.blocking_top {
+                *m.entry(k.clone()).or_insert(0) += c;
+            }
+        }
+        let at = hottest(&m).map_or(String::new(), |(k, _)| format!(" in `{}`", k.label()));
+        return Verdict {
+            kind: "loop-blocked",
+            text: format!(
+                "asyncio event loop blocked: {} of the loop's time is spent in blocking calls inside its tasks ({}{at}), and no other task runs meanwhile → await an asyncio form of the call (asyncio.sleep, an async client, asyncio.Lock), or move it to a thread: await asyncio.to_thread(...){note}",
+                pct(ratio(blocked, loop_total)),
+                how.name(),
+            ),
+        };
+    }
+    // The event loops' own share of a state's samples: most of it means asyncio already
+    // overlaps that state.
+    let on_loops = |s: State| {
+        ratio(
+            loops.iter().map(|t| t.counts[s.index()]).sum(),
+            counts[s.index()],
+        )
+    };
     if top_share < DOMINANT || group == Group::Other {
         let mut parts: Vec<(State, f64)> = State::ALL
             .iter()
@@ -562,8 +670,11 @@ fn verdict(all: &[&Tally]) -> Verdict {
         Some((f, _)) => format!(" in `{f}`"),
         None => String::new(),
     };
-    let cure =
-        "threads will not help; use processes (ProcessPoolExecutor) or a free-threaded build";
+    let cure = if on_loops(State::Python) >= 0.5 {
+        "the asyncio event loop runs it between awaits, while every other task waits, and threads will not help; move it to processes (loop.run_in_executor with a ProcessPoolExecutor) or a free-threaded build"
+    } else {
+        "threads will not help; use processes (ProcessPoolExecutor) or a free-threaded build"
+    };
     match group {
         Group::Cpu => {
             let wanting: Vec<&&Tally> = deciding
@@ -646,10 +757,15 @@ fn verdict(all: &[&Tally]) -> Verdict {
                 }
                 None => ("I/O", "".to_string()),
             };
+            let cure = if on_loops(State::Io) >= 0.5 {
+                "the asyncio event loop already overlaps these waits: more tasks in flight (a higher concurrency limit) or a faster peer will help, more threads will not"
+            } else {
+                "asyncio or more concurrent requests will help"
+            };
             Verdict {
                 kind: "io",
                 text: format!(
-                    "I/O-bound: {} of thread time blocked on {what} ({detail}{}) → asyncio or more concurrent requests will help{note}",
+                    "I/O-bound: {} of thread time blocked on {what} ({detail}{}) → {cure}{note}",
                     pct(share(State::Io)),
                     at(&[State::Io])
                 ),
@@ -825,6 +941,143 @@ mod tests {
         add(&mut d, 2, 100, State::Lock, "b", Some(2));
         assert_eq!(d.report(None).verdict.kind, "lock");
         assert_eq!(Diagnosis::new().report(None).verdict.kind, "mixed");
+    }
+
+    /// A sample of thread `tid` of an asyncio program: `inner` (a function of demo.py) run
+    /// by the event loop as 3.12 names its frames, inside a callback or in the loop itself.
+    fn loop_sample(tid: u32, state: State, inner: &str, callback: bool) -> Sample {
+        let mut s = sample(1, tid, state, inner, None);
+        let lib = "/usr/lib/python3.12/asyncio";
+        let mut frames = s.stack.frames.to_vec();
+        if callback {
+            frames.push(Frame::new(
+                "Handle._run",
+                format!("{lib}/events.py"),
+                "asyncio/events.py",
+                84,
+                FrameKind::Python,
+            ));
+        }
+        for (name, line) in [("BaseEventLoop._run_once", 1922), ("run_forever", 608)] {
+            frames.push(Frame::new(
+                name,
+                format!("{lib}/base_events.py"),
+                "asyncio/base_events.py",
+                line,
+                FrameKind::Python,
+            ));
+        }
+        s.stack.frames = frames.into();
+        s
+    }
+
+    #[test]
+    fn loop_places_by_bare_and_qualified_names() {
+        let f = |name: &str, file: &str| Frame::new(name, file, file, 1, FrameKind::Python);
+        let base = "/x/lib/python3.10/asyncio/base_events.py";
+        let events = "/x/lib/python3.10/asyncio/events.py";
+        // ≤3.10 names frames by bare name, 3.11+ by qualified name.
+        for (run, run_once) in [
+            ("_run", "_run_once"),
+            ("Handle._run", "BaseEventLoop._run_once"),
+        ] {
+            let waiting = [f("select", "/x/selectors.py"), f(run_once, base)];
+            assert_eq!(loop_place(&waiting), LoopPlace::Loop);
+            let task = [f("work", "/app.py"), f(run, events), f(run_once, base)];
+            assert_eq!(loop_place(&task), LoopPlace::Callback);
+        }
+        // Functions of the same name elsewhere, or with it as a mere suffix, are not the loop.
+        assert_eq!(
+            loop_place(&[f("_run", "/app/events.py"), f("_run_once", "/app/base.py")]),
+            LoopPlace::None
+        );
+        assert_eq!(
+            loop_place(&[
+                f("my_run_once", base),
+                f("_run_once", "/x/asyncio/other.py")
+            ]),
+            LoopPlace::None
+        );
+    }
+
+    #[test]
+    fn a_task_sleeping_in_the_loop_blocks_it() {
+        let mut d = Diagnosis::new();
+        for _ in 0..30 {
+            d.add(&loop_sample(5, State::Sleep, "blocker", true));
+        }
+        for _ in 0..60 {
+            d.add(&loop_sample(5, State::Io, "EpollSelector.select", false));
+        }
+        for _ in 0..10 {
+            d.add(&loop_sample(5, State::Python, "handler", true));
+        }
+        let v = d.report_all().verdict;
+        assert_eq!(v.kind, "loop-blocked", "{}", v.text);
+        assert!(
+            v.text
+                .starts_with("asyncio event loop blocked: 30% of the loop's time")
+                && v.text.contains("(sleep in `blocker (demo.py:12)`)"),
+            "{}",
+            v.text
+        );
+        // Under the threshold the loop's waits decide, and asyncio already overlaps them.
+        let mut d = Diagnosis::new();
+        for _ in 0..10 {
+            d.add(&loop_sample(5, State::Sleep, "blocker", true));
+        }
+        for _ in 0..90 {
+            d.add(&loop_sample(5, State::Io, "EpollSelector.select", false));
+        }
+        let v = d.report_all().verdict;
+        assert_eq!(v.kind, "io", "{}", v.text);
+        assert!(
+            v.text
+                .contains("the asyncio event loop already overlaps these waits"),
+            "{}",
+            v.text
+        );
+    }
+
+    #[test]
+    fn blocking_outside_a_loop_is_not_a_blocked_loop() {
+        // A thread sleeping outside any loop beside an idle loop: the threads' verdicts.
+        let mut d = Diagnosis::new();
+        add(&mut d, 6, 60, State::Sleep, "nap", None);
+        for _ in 0..40 {
+            d.add(&loop_sample(5, State::Io, "EpollSelector.select", false));
+        }
+        let v = d.report_all().verdict;
+        assert_eq!(v.kind, "sleep", "{}", v.text);
+        // I/O of threads without a loop is still what asyncio would help with.
+        let mut d = Diagnosis::new();
+        add(&mut d, 6, 60, State::Io, "recv_all", None);
+        let v = d.report_all().verdict;
+        assert!(
+            v.text
+                .contains("asyncio or more concurrent requests will help"),
+            "{}",
+            v.text
+        );
+    }
+
+    #[test]
+    fn cpu_in_a_loops_tasks_says_the_other_tasks_wait() {
+        let mut d = Diagnosis::new();
+        for _ in 0..90 {
+            d.add(&loop_sample(5, State::Python, "crunch", true));
+        }
+        for _ in 0..10 {
+            d.add(&loop_sample(5, State::Io, "EpollSelector.select", false));
+        }
+        let v = d.report_all().verdict;
+        assert_eq!(v.kind, "cpu-python", "{}", v.text);
+        assert!(
+            v.text
+                .contains("the asyncio event loop runs it between awaits"),
+            "{}",
+            v.text
+        );
     }
 
     #[test]
