@@ -1,4 +1,4 @@
-"""An asyncio event loop running 20 tasks that only await timers, beside N tasks that
+"""An asyncio event loop running 4 tasks that only await timers, beside N tasks that
 block the loop in time.sleep between their awaits (none when N is 0), for SECONDS.
 
 The loop's thread accounts its time blocked in time.sleep as `sleep`, and its time in the
@@ -18,14 +18,14 @@ import diag_truth
 
 async def waiter(end):
     while time.perf_counter() < end:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
 
 
 async def blocker(end, c):
     while time.perf_counter() < end:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
         t0 = time.perf_counter()
-        time.sleep(0.02)
+        time.sleep(0.05)
         c.add("sleep", time.perf_counter() - t0)
 
 
@@ -43,7 +43,7 @@ async def main(n, seconds, c):
 
     selector.select = timed_select
     end = time.perf_counter() + seconds
-    await asyncio.gather(*[waiter(end) for _ in range(20)], *[blocker(end, c) for _ in range(n)])
+    await asyncio.gather(*[waiter(end) for _ in range(4)], *[blocker(end, c) for _ in range(n)])
 
 
 def run():
