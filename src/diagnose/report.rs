@@ -44,6 +44,8 @@ struct Tally {
     in_callback: [u64; 8],
     /// Samples blocked inside a callback, by innermost Python function.
     blocking_top: HashMap<FnKey, u64>,
+    /// The same samples by the callback's own function (a task's outermost coroutine).
+    blocking_task: HashMap<FnKey, u64>,
 }
 
 /// Where a sample of a thread stands with respect to an asyncio event loop.
@@ -53,8 +55,9 @@ enum LoopPlace {
     None,
     /// In the loop itself: waiting in its selector, or scheduling.
     Loop,
-    /// Inside a callback the loop runs (`Handle._run`: a task's step).
-    Callback,
+    /// Inside a callback the loop runs (`Handle._run`: a task's step); the index of the
+    /// callback's own Python frame (a task's outermost coroutine), when it has one.
+    Callback(Option<usize>),
 }
 
 /// Does `f` run `func` (by bare or qualified name) of the module file ending in `file`?
@@ -71,15 +74,17 @@ fn runs(f: &Frame, func: &str, file: &str) -> bool {
 /// `BaseEventLoop._run_once` on it means the thread runs a loop, and `Handle._run` inside
 /// that, one of the loop's callbacks.
 fn loop_place(frames: &[Frame]) -> LoopPlace {
-    let mut callback = false;
-    for f in frames {
+    let mut callback = None;
+    for (i, f) in frames.iter().enumerate() {
         if runs(f, "_run", "asyncio/events.py") {
-            callback = true;
+            let inner = frames[..i]
+                .iter()
+                .rposition(|f| f.kind == FrameKind::Python);
+            callback = Some(inner);
         } else if runs(f, "_run_once", "asyncio/base_events.py") {
-            return if callback {
-                LoopPlace::Callback
-            } else {
-                LoopPlace::Loop
+            return match callback {
+                Some(inner) => LoopPlace::Callback(inner),
+                None => LoopPlace::Loop,
             };
         }
     }
@@ -91,6 +96,13 @@ fn loop_place(frames: &[Frame]) -> LoopPlace {
 struct FnKey(Arc<FrameCode>, i32);
 
 impl FnKey {
+    /// The function `f` runs in.
+    fn of(f: &Frame) -> FnKey {
+        // By function: the line only stands in where the code has no first line.
+        let line = if f.code.first_line > 0 { 0 } else { f.line };
+        FnKey(Arc::clone(&f.code), line)
+    }
+
     fn label(&self) -> String {
         let line = if self.0.first_line > 0 {
             self.0.first_line
@@ -154,6 +166,7 @@ impl Diagnosis {
                 loop_samples: 0,
                 in_callback: [0; 8],
                 blocking_top: HashMap::new(),
+                blocking_task: HashMap::new(),
             });
             self.threads.len() - 1
         });
@@ -167,18 +180,22 @@ impl Diagnosis {
         if place != LoopPlace::None {
             t.loop_samples += 1;
         }
-        let callback = place == LoopPlace::Callback;
+        let callback = matches!(place, LoopPlace::Callback(_));
         if callback {
             t.in_callback[at] += 1;
         }
+        let blocking = callback && BLOCKING.contains(&state.state);
         if let Some(f) = s.stack.frames.iter().find(|f| f.kind == FrameKind::Python) {
-            // By function: the line only stands in where the code has no first line.
-            let line = if f.code.first_line > 0 { 0 } else { f.line };
-            let key = FnKey(Arc::clone(&f.code), line);
-            if callback && BLOCKING.contains(&state.state) {
+            let key = FnKey::of(f);
+            if blocking {
                 *t.blocking_top.entry(key.clone()).or_insert(0) += 1;
             }
             *t.top[at].entry(key).or_insert(0) += 1;
+        }
+        if blocking && let LoopPlace::Callback(Some(i)) = place {
+            *t.blocking_task
+                .entry(FnKey::of(&s.stack.frames[i]))
+                .or_insert(0) += 1;
         }
         if let Some(io) = &state.io {
             *t.io.entry((io.op, io.kind, io.peer.clone())).or_insert(0) += 1;
@@ -619,13 +636,24 @@ fn verdict(all: &[&Tally]) -> Verdict {
             .copied()
             .max_by_key(|s| in_callbacks(&[*s]))
             .unwrap_or(State::Sleep);
-        let mut m: HashMap<FnKey, u64> = HashMap::new();
-        for t in &loops {
-            for (k, c) in &t.blocking_top {
-                *m.entry(k.clone()).or_insert(0) += c;
+        let top_of = |of: fn(&Tally) -> &HashMap<FnKey, u64>| {
+            let mut m: HashMap<FnKey, u64> = HashMap::new();
+            for t in &loops {
+                for (k, c) in of(t) {
+                    *m.entry(k.clone()).or_insert(0) += c;
+                }
             }
-        }
-        let at = hottest(&m).map_or(String::new(), |(k, _)| format!(" in `{}`", k.label()));
+            hottest(&m).map(|(k, _)| k)
+        };
+        // Where it blocks, and the task's own coroutine when that is another function (a
+        // blocking library call deep under the task that made it).
+        let at = match (top_of(|t| &t.blocking_top), top_of(|t| &t.blocking_task)) {
+            (Some(f), Some(task)) if task != f => {
+                format!(" in `{}`, in a task running `{}`", f.label(), task.label())
+            }
+            (Some(f), _) => format!(" in `{}`", f.label()),
+            (None, _) => String::new(),
+        };
         return Verdict {
             kind: "loop-blocked",
             text: format!(
@@ -984,7 +1012,16 @@ mod tests {
             let waiting = [f("select", "/x/selectors.py"), f(run_once, base)];
             assert_eq!(loop_place(&waiting), LoopPlace::Loop);
             let task = [f("work", "/app.py"), f(run, events), f(run_once, base)];
-            assert_eq!(loop_place(&task), LoopPlace::Callback);
+            assert_eq!(loop_place(&task), LoopPlace::Callback(Some(0)));
+            let native = Frame::new("recv", "libc.so.6", "libc.so.6", 0, FrameKind::Native);
+            let deep = [
+                native.clone(),
+                f("get", "/http.py"),
+                f("fetch", "/app.py"),
+                native,
+            ];
+            let with_loop = [&deep[..], &task[1..]].concat();
+            assert_eq!(loop_place(&with_loop), LoopPlace::Callback(Some(2)));
         }
         // Functions of the same name elsewhere, or with it as a mere suffix, are not the loop.
         assert_eq!(
@@ -1018,6 +1055,32 @@ mod tests {
             v.text
                 .starts_with("asyncio event loop blocked: 30% of the loop's time")
                 && v.text.contains("(sleep in `blocker (demo.py:12)`)"),
+            "{}",
+            v.text
+        );
+        // A blocking call deep in a library names the task's coroutine too.
+        let mut d = Diagnosis::new();
+        for _ in 0..30 {
+            let mut s = loop_sample(5, State::Io, "fetch", true);
+            let mut frames = s.stack.frames.to_vec();
+            frames.insert(
+                0,
+                Frame::new(
+                    "SocketIO.readinto",
+                    "/x/socket.py",
+                    "socket.py",
+                    9,
+                    FrameKind::Python,
+                ),
+            );
+            s.stack.frames = frames.into();
+            d.add(&s);
+        }
+        let v = d.report_all().verdict;
+        assert!(
+            v.text.contains(
+                "(io in `SocketIO.readinto (socket.py:9)`, in a task running `fetch (demo.py:12)`)"
+            ),
             "{}",
             v.text
         );
