@@ -124,6 +124,10 @@ impl SymbolTable {
                 continue;
             }
             let Ok(name) = s.name_bytes() else { continue };
+            // The name is a slice of the file's string table: where in the file.
+            let Some(offset) = (name.as_ptr() as usize).checked_sub(base) else {
+                continue;
+            };
             if name.is_empty() {
                 continue;
             }
@@ -134,8 +138,7 @@ impl SymbolTable {
                 (u8::from(s.size() == 0) << 7) | (u8::from(!s.is_global()) << 6) | underscores;
             self.syms.push(Sym {
                 addr: s.address(),
-                // The name is a slice of the file's string table.
-                name: (name.as_ptr() as usize - base) as u64,
+                name: offset as u64,
                 size: u32::try_from(s.size()).unwrap_or(u32::MAX),
                 image: index,
                 rank,
