@@ -247,6 +247,11 @@ impl ElfImage {
         &self.data
     }
 
+    /// The whole file, as a handle that keeps it mapped.
+    pub fn shared(&self) -> SharedBytes {
+        SharedBytes::whole(self.data.clone())
+    }
+
     /// Release the pages of the file that reading it made resident (see
     /// [`ElfBytes::release`]); a no-op for an image held in memory.
     pub fn release(&self) {

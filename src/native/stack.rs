@@ -25,8 +25,11 @@ const STACK_MARGIN: u64 = 8 << 10;
 /// Bound on cached symbolized pcs, in two generations of half this each (see
 /// [`FrameCache`]). A profile's hot pcs number in the hundreds; the bound matters for a
 /// target that keeps running new code (every instruction a leaf can stop at is a pc of its
-/// own), where it keeps prof's memory flat instead of growing towards every pc it ever saw.
-const MAX_FRAMES_CACHED: usize = 1 << 13;
+/// own: a target compiling and loading code shows ~10 new pcs a second for many minutes),
+/// where prof's memory grows until the bound is reached. A pc costs ~200 bytes here, so
+/// 2,048 of them ~0.4 MiB, reached within minutes; a pc hit at least once per 1,024 new
+/// ones is never named twice.
+const MAX_FRAMES_CACHED: usize = 1 << 11;
 
 /// Bound on stack-copy lengths kept (one per thread stack seen); cleared when exceeded.
 const MAX_STACKS_KEPT: usize = 1 << 12;
@@ -42,8 +45,8 @@ pub struct NativeStacks {
     frames: FrameCache,
     /// The names and files of the cached frames, one allocation per distinct text: the
     /// many pcs of one function share it, so a cached pc costs its line, not its strings
-    /// (and a profile recognises the function by pointer). Cleared with the frames'
-    /// older generation.
+    /// (and a profile recognises the function by pointer). When the frames' older
+    /// generation is dropped, so are the texts no cached frame uses any more.
     codes: HashSet<Arc<FrameCode>>,
     /// Bytes of each thread's stack to copy next time (see [`FIRST_COPY`]).
     copy_len: HashMap<u64, u64>,
@@ -166,7 +169,10 @@ impl NativeStacks {
                 }
                 let module = self.modules.find(pc).map(|m| m.id());
                 if self.frames.insert((pc, exact), (module, nf)) {
-                    self.codes.clear();
+                    // Texts still in use stay the same allocations: a profile knows a
+                    // function by them, and a fresh copy of each hot function's text at
+                    // every turn would be a new entry in its tables each time.
+                    self.codes.retain(|c| Arc::strong_count(c) > 1);
                 }
             }
             // The frames made from them are kept above: the symbolizer's copies would
@@ -298,6 +304,36 @@ mod tests {
         // The pc sampled all along was never dropped: it is the same frame as at first.
         let (_, again) = stacks.frames.get(&(hot.pc, hot.exact)).unwrap();
         assert!(Arc::ptr_eq(&again.frames[0].code, &first[0].frames[0].code));
+    }
+
+    #[test]
+    fn texts_in_use_outlive_a_turn_of_the_cache() {
+        let Some(mut stacks) = own_stacks("texts_in_use_outlive_a_turn_of_the_cache") else {
+            return;
+        };
+        let f = libc::qsort as *const () as u64;
+        let hot = frame(f + 1);
+        let first = stacks.symbolize(&[hot]);
+        if first[0].frames.last().unwrap().line <= 0 {
+            eprintln!("skipped: no DWARF line for qsort here (libc's debug file not found)");
+            return;
+        }
+        // Enough new pcs for the generations to turn over twice, the hot one hit
+        // throughout.
+        for pc in 0..MAX_FRAMES_CACHED as u64 + 1 {
+            stacks.symbolize(&[frame(0x1000 + pc), hot]);
+        }
+        // A pc of the same function, new after the turns, shares the text the hot pc
+        // has had all along (a profile knows the function by that allocation).
+        let later = stacks.symbolize(&[frame(f + 4)]);
+        let (a, b) = (
+            first[0].frames.last().unwrap(),
+            later[0].frames.last().unwrap(),
+        );
+        assert_eq!((a.name(), a.filename()), (b.name(), b.filename()));
+        assert!(Arc::ptr_eq(&a.code, &b.code), "a second copy of {a:?}");
+        // Texts of pcs that left the cache are dropped with them.
+        assert!(stacks.codes.len() <= stacks.frames.len() + 1);
     }
 
     #[test]

@@ -83,73 +83,98 @@ pub struct SymbolSources {
     pub symbols: usize,
 }
 
+/// A function symbol: where its name is in the file, not a copy of it. A large library's
+/// symbol table (libpython: ~17,000 functions) held as copied names cost ~1 MiB for as long
+/// as the module was loaded; as offsets it costs 24 bytes a symbol, and a name is read
+/// from the (mapped) file only when a lookup returns it.
 struct Sym {
     addr: u64,
-    size: u64,
-    name: Box<str>,
+    /// Offset of the NUL-terminated name in `SymbolTable::names[image]`.
+    name: u64,
+    size: u32,
+    image: u8,
+    /// Among aliases, lower is preferred (see [`SymbolTable::add`]).
+    rank: u8,
 }
+
+/// Longest symbol name read (C++ names can be long; a hostile file's need not end).
+const MAX_NAME: usize = 4096;
 
 /// Function symbols sorted by address, aliases collapsed.
 #[derive(Default)]
 struct SymbolTable {
     syms: Vec<Sym>,
+    /// The images the names are in, in the order they were added.
+    names: Vec<SharedBytes>,
 }
 
 impl SymbolTable {
     /// Add the function symbols of `image` (`.symtab` and `.dynsym`).
     fn add(&mut self, image: &ElfImage) {
-        let Ok(elf) = ElfFile64::<object::LittleEndian>::parse(image.bytes()) else {
+        let Ok(index) = u8::try_from(self.names.len()) else {
             return;
         };
-        let mut ranked = Vec::new();
+        let bytes = image.shared();
+        let Ok(elf) = ElfFile64::<object::LittleEndian>::parse(&*bytes) else {
+            return;
+        };
+        let base = bytes.as_ptr() as usize;
         for s in elf.symbols().chain(elf.dynamic_symbols()) {
             if s.kind() != SymbolKind::Text || s.address() == 0 || s.is_undefined() {
                 continue;
             }
-            let Ok(name) = s.name() else { continue };
+            let Ok(name) = s.name_bytes() else { continue };
+            // The name is a slice of the file's string table: where in the file.
+            let Some(offset) = (name.as_ptr() as usize).checked_sub(base) else {
+                continue;
+            };
             if name.is_empty() {
                 continue;
             }
             // Among aliases prefer a sized, global, least-underscored name: `raise` over
             // `__GI_raise`, as a user would call it.
-            let rank = (
-                s.size() == 0,
-                !s.is_global(),
-                name.bytes().take_while(|&b| b == b'_').count(),
-            );
-            ranked.push((
-                s.address(),
+            let underscores = name.iter().take_while(|&&b| b == b'_').count().min(63) as u8;
+            let rank =
+                (u8::from(s.size() == 0) << 7) | (u8::from(!s.is_global()) << 6) | underscores;
+            self.syms.push(Sym {
+                addr: s.address(),
+                name: offset as u64,
+                size: u32::try_from(s.size()).unwrap_or(u32::MAX),
+                image: index,
                 rank,
-                Sym {
-                    addr: s.address(),
-                    size: s.size(),
-                    name: name.into(),
-                },
-            ));
+            });
         }
-        ranked.sort_by_key(|r| (r.0, r.1));
-        self.syms.extend(ranked.into_iter().map(|r| r.2));
+        drop(elf);
+        self.names.push(bytes);
     }
 
     fn finish(&mut self) {
-        // Stable: the first (best ranked, earliest added) of each address survives.
-        self.syms.sort_by_key(|s| s.addr);
+        // Stable: of the aliases at one address the best ranked survives, the earliest
+        // added among equals.
+        self.syms.sort_by_key(|s| (s.addr, s.rank));
         self.syms.dedup_by_key(|s| s.addr);
+        self.syms.shrink_to_fit();
     }
 
     /// The symbol containing `addr`; a size-0 symbol (assembly) covers up to the next one.
     fn lookup(&self, addr: u64) -> Option<&str> {
         let i = self.syms.partition_point(|s| s.addr <= addr);
         let before = &self.syms[..i];
-        if let Some(s) = before
+        let sym = before
             .iter()
             .rev()
             .take(8)
-            .find(|s| s.size > 0 && addr < s.addr.saturating_add(s.size))
-        {
-            return Some(&s.name);
-        }
-        before.last().filter(|s| s.size == 0).map(|s| &*s.name)
+            .find(|s| s.size > 0 && addr < s.addr.saturating_add(s.size.into()))
+            .or_else(|| before.last().filter(|s| s.size == 0))?;
+        let bytes = self.names.get(sym.image as usize)?;
+        let tail = bytes.get(usize::try_from(sym.name).ok()?..)?;
+        let end = tail.iter().take(MAX_NAME).position(|&b| b == 0)?;
+        std::str::from_utf8(&tail[..end]).ok()
+    }
+
+    /// Let go of the file pages that reading names made resident.
+    fn release(&self) {
+        self.names.iter().for_each(SharedBytes::release);
     }
 }
 
@@ -178,16 +203,14 @@ impl ModuleSymbols {
                 && !main.has_section(".symtab")
                 && let Some(mini) = minidebuginfo(main)
             {
+                // Held by the table: the names are read from it.
                 symbols.add(&mini);
                 sources.minidebuginfo = true;
             }
             symbols.finish();
             sources.symbols = symbols.syms.len();
-            // The symbol tables were copied; their pages need not stay resident.
-            main.release();
-            if let Some(img) = debug {
-                img.release();
-            }
+            // Indexed; the pages the walk read need not stay resident.
+            symbols.release();
             symbols
         })
     }
@@ -355,7 +378,7 @@ impl Symbolizer {
             Some(d) => d.find_frames(probes),
             None => vec![Vec::new(); probes.len()],
         };
-        probes
+        let out = probes
             .iter()
             .zip(dwarf)
             .map(|(&probe, levels)| {
@@ -384,7 +407,11 @@ impl Symbolizer {
                 }
                 out
             })
-            .collect()
+            .collect();
+        if let Some(table) = &syms.symbols {
+            table.release();
+        }
+        out
     }
 }
 
@@ -617,23 +644,54 @@ mod tests {
     #[test]
     fn symbol_table_lookup() {
         let mut t = SymbolTable::default();
-        let s = |addr, size, name: &str| Sym {
+        let names = b"f\0asm_stub\0g\0_f_alias\0unterminated";
+        t.names.push(SharedBytes::whole(Arc::new(ElfBytes::Owned(
+            names.to_vec(),
+        ))));
+        let s = |addr, size, name: &str, rank| Sym {
             addr,
             size,
-            name: name.into(),
+            name: names
+                .windows(name.len())
+                .position(|w| w == name.as_bytes())
+                .unwrap() as u64,
+            image: 0,
+            rank,
         };
         t.syms = vec![
-            s(0x1000, 0x100, "f"),
-            s(0x1100, 0, "asm_stub"),
-            s(0x1200, 0x10, "g"),
-            s(0x1000, 0x100, "f_alias"),
+            s(0x1000, 0x100, "_f_alias", 1),
+            s(0x1100, 0, "asm_stub", 0x80),
+            s(0x1200, 0x10, "g", 0),
+            s(0x1000, 0x100, "f", 0),
+            s(0x1300, 0x10, "unterminated", 0),
         ];
         t.finish();
+        assert_eq!(t.syms.len(), 4, "one symbol per address");
         assert_eq!(t.lookup(0x1050), Some("f"));
         assert_eq!(t.lookup(0x1180), Some("asm_stub"));
         assert_eq!(t.lookup(0x1205), Some("g"));
         assert_eq!(t.lookup(0x1210), None);
         assert_eq!(t.lookup(0xfff), None);
+        // A name that runs off the end of the file is no name.
+        assert_eq!(t.lookup(0x1305), None);
+    }
+
+    #[test]
+    fn symbol_names_are_read_from_the_file() {
+        let image = ElfImage::open(Path::new("/proc/self/exe")).unwrap();
+        let mut t = SymbolTable::default();
+        t.add(&image);
+        t.finish();
+        assert!(t.syms.len() > 100, "{} symbols", t.syms.len());
+        let file = image.bytes().as_ptr_range();
+        for s in t.syms.iter().step_by(t.syms.len() / 50) {
+            let name = t
+                .lookup(s.addr)
+                .expect("a symbol's own address has its name");
+            assert!(!name.is_empty());
+            // Not a copy: the table holds where the name is, not the name.
+            assert!(file.contains(&name.as_ptr()), "{name} was copied");
+        }
     }
 
     #[test]

@@ -196,10 +196,12 @@ pub struct UnwindStats {
     pub fp_steps: u64,
 }
 
-/// Default bound on cached plans (see [`Generations`]). A plan is ~200 bytes with its
-/// rules; a target that keeps running new code fills the cache to this bound, which
-/// sampling's few hundred hot pcs never need.
-pub const DEFAULT_CACHE_SLOTS: usize = 4096;
+/// Default bound on cached plans (see [`Generations`]). A plan is ~250 bytes with its
+/// rules and its share of the table; a target that keeps running new code fills the cache
+/// to this bound, which sampling's few hundred hot pcs never need. Computing a plan again
+/// is cheap (a binary search of `.eh_frame_hdr` and one FDE's instructions), so the bound
+/// is low: ~0.25 MiB, reached within a minute or two by a target running new code.
+pub const DEFAULT_CACHE_SLOTS: usize = 1024;
 
 /// Default bound on the number of frames.
 pub const DEFAULT_MAX_DEPTH: usize = 512;
