@@ -164,6 +164,64 @@ const MAX_NAMED_THREADS: usize = 1 << 16;
 /// Bound on [`SamplerStats::notices`] (one per process at most, with -s many processes).
 const MAX_NOTICES: usize = 8;
 
+/// Fewest threads that must be still (not run since they were read) for [`Reuse`] to stay
+/// on, and the least share of all threads they must be.
+const REUSE_MIN_STILL: usize = 16;
+/// Ticks [`Reuse`] is tried for before it decides (the first one learns every thread).
+const REUSE_TRIAL: u32 = 3;
+/// How long [`Reuse`] stays off before it is tried again.
+const REUSE_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether thread states are read with `--idle` when nothing else asks for them, so that
+/// the stacks of threads that have not run since their last read are handed out again
+/// instead of copied and walked (see [`crate::python::Want::Reuse`]). Knowing that costs
+/// reads of its own each tick (the process's CPU time, and the state and CPU time of each
+/// thread that ran lately), which pay only while many threads are still: on, it stays on
+/// while at least half the threads, and [`REUSE_MIN_STILL`], are; off, it is tried again
+/// every [`REUSE_RETRY`].
+#[derive(Debug)]
+struct Reuse {
+    on: bool,
+    /// Ticks left of the current trial.
+    trial: u32,
+    /// When it is tried next, while off.
+    next_try: Instant,
+}
+
+impl Reuse {
+    fn new(now: Instant) -> Reuse {
+        Reuse {
+            on: false,
+            trial: 0,
+            next_try: now,
+        }
+    }
+
+    /// Read states this tick?
+    fn wanted(&mut self, now: Instant) -> bool {
+        if !self.on && now >= self.next_try {
+            self.on = true;
+            self.trial = REUSE_TRIAL;
+        }
+        self.on
+    }
+
+    /// What this tick's states said (when [`Reuse::wanted`] asked for them).
+    fn saw(&mut self, now: Instant, threads: &[crate::target::ThreadInfo]) {
+        if self.trial > 0 {
+            self.trial -= 1;
+            if self.trial > 0 {
+                return;
+            }
+        }
+        let still = threads.iter().filter(|t| t.still_since.is_some()).count();
+        if still < REUSE_MIN_STILL || still * 2 < threads.len() {
+            self.on = false;
+            self.next_try = now + REUSE_RETRY;
+        }
+    }
+}
+
 enum ProcState {
     /// Not (yet) readable as Python: retried until `ATTACH_PATIENCE` passes.
     Pending {
@@ -190,6 +248,8 @@ struct Proc {
     gone: bool,
     /// The thread-state reader, with `states` (made at the first sample).
     prober: Option<Prober>,
+    /// Whether states are read to hand out still threads' stacks again (`--idle` alone).
+    reuse: Reuse,
 }
 
 impl Proc {
@@ -201,6 +261,7 @@ impl Proc {
             next_alive_check: now,
             gone: false,
             prober: None,
+            reuse: Reuse::new(now),
         }
     }
 
@@ -612,10 +673,17 @@ fn sample_process(
     }
     // Kernel threads and their states, read before the stacks (a failed listing leaves
     // the Python threads, whose kernel ids are then unknown).
+    let asked = opts.activity || !opts.include_idle;
+    // (With --native every sampled thread is stopped and unwound anyway: the Python reads
+    // saved would be a small part of a tick.)
+    let reuse = !asked && !opts.native && p.reuse.wanted(now);
     let threads = snap
         .target_mut()
-        .threads(opts.activity || !opts.include_idle)
+        .threads(asked || reuse)
         .unwrap_or_default();
+    if reuse {
+        p.reuse.saw(now, &threads);
+    }
     let capture_opts = CaptureOptions {
         frames: *frame_opts,
         // With --native, the threads to sample are stopped while their stacks are read.
