@@ -517,6 +517,49 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_is_still_since_a_tick_only_while_it_has_not_run() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        let still = |w: &mut StateWatch, p: &mut Fake, now: Instant| -> Vec<Option<Instant>> {
+            let tids = p.tids();
+            w.states(now, &tids, p)
+                .iter()
+                .map(|r| r.still_since)
+                .collect()
+        };
+        // New threads: nothing known yet.
+        assert_eq!(still(&mut w, &mut p, t0), [None, None, None]);
+        // The process's time is explained by the running thread: the others have not run
+        // since the first tick's reads.
+        p.run(1, 3_000_000, 'R');
+        let t1 = t0 + TICK;
+        assert_eq!(still(&mut w, &mut p, t1), [None, Some(t0), Some(t0)]);
+        p.run(1, 3_000_000, 'R');
+        assert_eq!(still(&mut w, &mut p, t1 + TICK), [None, Some(t0), Some(t0)]);
+        // Thread 3 runs for a moment and waits again, in the same state: its time says so.
+        p.run(1, 3_000_000, 'R');
+        p.run(3, 50_000, 'S');
+        let t3 = t1 + TICK * 2;
+        assert_eq!(still(&mut w, &mut p, t3), [None, Some(t0), None]);
+        // Watched from then on, it is still again from the next tick on, by its own time.
+        p.run(1, 3_000_000, 'R');
+        let t4 = t3 + TICK;
+        assert_eq!(still(&mut w, &mut p, t4), [None, Some(t0), Some(t3)]);
+        p.run(3, 1, 'S');
+        assert_eq!(still(&mut w, &mut p, t4 + TICK), [None, Some(t0), None]);
+        // A sweep reads every thread's time: still threads stay still.
+        p.run(1, 3_000_000, 'R');
+        let t6 = t0 + STATE_SWEEP * 2;
+        assert_eq!(still(&mut w, &mut p, t6), [None, Some(t0), Some(t4 + TICK)]);
+        // A watched thread seen on a CPU is not still, even when its time has not grown
+        // yet. (An unwatched one that woke since its time was last counted is caught at
+        // the first tick after the kernel counts it, as its state is.)
+        p.run(3, 0, 'R');
+        assert_eq!(still(&mut w, &mut p, t6 + TICK)[2], None);
+    }
+
+    #[test]
     fn time_accounted_while_the_watch_reads_is_read_again_not_taken_for_an_idle_thread() {
         let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
         let mut w = StateWatch::default();

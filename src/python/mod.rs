@@ -247,20 +247,16 @@ impl<M: Memory> StackReader<M> {
             .map(|i| {
                 let (t, s) = (&threads[i], &self.scratch[i]);
                 matches!(wants[i], Want::Reuse(Some(since))
-                    if !t.holds_gil
-                        && s.kept.as_ref().is_some_and(|k| {
-                            k.at > since
-                                && k.tstate == t.tstate
-                                && k.thread_id == t.thread_id
-                                && k.tid == os_tids[i]
-                        }))
+                if !t.holds_gil
+                    && s.kept.as_ref().is_some_and(|k| {
+                        k.at > since
+                            && k.tstate == t.tstate
+                            && k.thread_id == t.thread_id
+                            && k.tid == os_tids[i]
+                    }))
             })
             .collect();
-        let read: Vec<bool> = read
-            .iter()
-            .zip(&reused)
-            .map(|(r, u)| *r && !*u)
-            .collect();
+        let read: Vec<bool> = read.iter().zip(&reused).map(|(r, u)| *r && !*u).collect();
         // A shared handle, so the caches below can be borrowed mutably while it is in use.
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;

@@ -11,8 +11,7 @@ use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
 use crate::python::asyncio::{AsyncTask, find_debug_section};
 use crate::python::{
-    FrameOptions, Interpreter, Layout, PyError, StackReader, ThreadScratch, Want,
-    find_interpreter,
+    FrameOptions, Interpreter, Layout, PyError, StackReader, ThreadScratch, Want, find_interpreter,
 };
 use crate::sample::ThreadStack;
 
