@@ -18,7 +18,7 @@ use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memo
 use crate::python::asyncio::task_stacks;
 use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
-use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target, ThreadState};
+use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target, ThreadInfo, ThreadState};
 
 /// What to sample and how.
 #[derive(Debug, Clone)]
@@ -38,8 +38,8 @@ pub struct SamplerOptions {
     /// Report functions' first lines instead of the running line (`-F`).
     pub function_lines: bool,
     /// Read whether each thread is on CPU even when idle threads are kept anyway (`top`
-    /// shows it). Without it and with `include_idle`, no thread's state is read: that read
-    /// is a `/proc` file per thread per tick, the largest fixed cost of a sample.
+    /// shows it). Without it, `states` and with `include_idle`, thread states are read
+    /// only while they save more than they cost (see `Reuse`).
     pub activity: bool,
     /// Also take native stacks (stopping each sampled thread while its stack is read), and
     /// sample processes without Python as native programs.
@@ -207,7 +207,7 @@ impl Reuse {
     }
 
     /// What this tick's states said (when [`Reuse::wanted`] asked for them).
-    fn saw(&mut self, now: Instant, threads: &[crate::target::ThreadInfo]) {
+    fn saw(&mut self, now: Instant, threads: &[ThreadInfo]) {
         if self.trial > 0 {
             self.trial -= 1;
             if self.trial > 0 {
@@ -673,7 +673,9 @@ fn sample_process(
     }
     // Kernel threads and their states, read before the stacks (a failed listing leaves
     // the Python threads, whose kernel ids are then unknown).
-    let asked = opts.activity || !opts.include_idle;
+    // States (the prober takes each thread's CPU time and stillness from them), or
+    // activity, asked for.
+    let asked = opts.activity || !opts.include_idle || opts.states;
     // (With --native every sampled thread is stopped and unwound anyway: the Python reads
     // saved would be a small part of a tick.)
     let reuse = !asked && !opts.native && p.reuse.wanted(now);
@@ -716,6 +718,8 @@ fn sample_process(
         let prober = p.prober.get_or_insert_with(|| Prober::new(p.pid));
         let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
         prober.retain(&tids);
+        // By tid: a lookup per thread, with a thousand threads.
+        let info: HashMap<u32, &ThreadInfo> = threads.iter().map(|t| (t.tid, t)).collect();
         let mem = snap.target().memory();
         let layout = &interp.layout;
         let gil = prober.gil(now, || {
@@ -724,15 +728,13 @@ fn sample_process(
         let calls: Vec<_> = stacks
             .iter()
             .filter_map(|s| s.os_thread_id)
-            .map(|tid| (tid, prober.call(tid)))
+            .map(|tid| {
+                let still = info.get(&tid).and_then(|t| t.still_since);
+                (tid, prober.call(tid, still))
+            })
             .collect();
         let holder = crate::python::threads::gil_holder_id(mem, layout, interp.runtime);
-        let stat = |tid| {
-            threads
-                .iter()
-                .find(|t| t.tid == tid)
-                .map_or(ThreadState::Unknown, |t| t.state)
-        };
+        let stat = |tid| info.get(&tid).map_or(ThreadState::Unknown, |t| t.state);
         prober.fill(
             &mut stacks,
             &calls,
@@ -742,7 +744,7 @@ fn sample_process(
             gil,
             mem,
         );
-        prober.settle(&mut stacks);
+        prober.settle(&mut stacks, |tid| info.get(&tid).and_then(|t| t.runtime));
     }
     // Each task becomes a stack of its own, through the tasks awaiting it; the running one
     // joined to its thread's stack.

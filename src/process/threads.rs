@@ -60,6 +60,13 @@ pub fn thread_state(pid: u32, tid: u32) -> Option<char> {
     parse_stat_state(&buf[..n])
 }
 
+/// CPU time of one thread in ns (its `schedstat`), or None if it is gone.
+pub fn thread_runtime(pid: u32, tid: u32) -> Option<u64> {
+    let mut buf = [0u8; 96];
+    let n = read_small(&format!("/proc/{pid}/task/{tid}/schedstat"), &mut buf)?;
+    parse_schedstat_runtime(&buf[..n])
+}
+
 /// Scheduler state of the process as a whole.
 pub fn process_state(pid: u32) -> Option<char> {
     let mut buf = [0u8; 512];
