@@ -84,8 +84,8 @@ struct Kept {
 /// buffers reused so that a warmed-up reader does not allocate.
 #[derive(Default)]
 pub struct ThreadScratch {
-    /// Its last stack, for [`Want::Reuse`]: kept only while every sample since read it or
-    /// handed it out again.
+    /// Its last stack, for [`Want::Reuse`]; dropped when a sample reads the thread without
+    /// keeping, or leaves it out (the flags and addresses beside it then change too).
     kept: Option<Kept>,
     /// The frames walked this sample.
     walked: Vec<frames::RawFrame>,
@@ -214,12 +214,23 @@ impl<M: Memory> StackReader<M> {
         want: Option<&dyn Fn(u32) -> Want>,
     ) -> Result<Vec<ThreadStack>, PyError> {
         let started = std::time::Instant::now();
-        // Which stacks the batch leaves out, by each thread's kernel id at the last sample.
+        // Which stacks the batch leaves out, by each thread's kernel id at the last sample:
+        // those not wanted, and those likely handed out again (a stack read outside the
+        // batch costs reads of its own, and the batch's vouching for every other).
         let skip: Vec<bool> = match want {
             Some(w) => self
                 .last_tids
                 .iter()
-                .map(|t| t.is_some_and(|t| w(t) != Want::Read))
+                .zip(&self.scratch)
+                .map(|(t, s)| {
+                    t.is_some_and(|t| match w(t) {
+                        Want::Read => false,
+                        Want::Skip => true,
+                        Want::Reuse(since) => s.kept.as_ref().is_some_and(|k| {
+                            k.tid == Some(t) && since.is_some_and(|since| k.at > since)
+                        }),
+                    })
+                })
                 .collect(),
             None => Vec::new(),
         };
