@@ -540,6 +540,45 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_has_not_run_keeps_its_call_and_state_unread() {
+        if crate::process::memory::skip_without_live_reads("keeps_its_call") {
+            return;
+        }
+        let me = std::process::id();
+        let pair = spin_and_park();
+        let (a, b) = pair.tids;
+        std::thread::sleep(Duration::from_millis(50));
+        let mut p = Prober::new(me);
+        let mem = crate::process::LiveMemory::new(me);
+        let before = Instant::now();
+        let calls: Vec<(u32, Option<Syscall>)> =
+            [a, b].iter().map(|&t| (t, p.call(t, None))).collect();
+        let mut stacks = vec![stack(a, State::Other), stack(b, State::Other)];
+        let none = |_| KernelState::Unknown;
+        p.fill(&mut stacks, &calls, None, none, false, None, &mem);
+        let seen: Vec<_> = stacks.iter().map(|s| s.state.clone()).collect();
+        // Both threads end: their files can no longer be read.
+        drop(pair);
+        // Still since before the reads: what was read stands, file and decision alike.
+        let again: Vec<(u32, Option<Syscall>)> = [a, b]
+            .iter()
+            .map(|&t| (t, p.call(t, Some(before))))
+            .collect();
+        assert_eq!(again, calls);
+        assert!(calls.iter().all(|c| c.1.is_some()), "{calls:?}");
+        let mut stacks = vec![stack(a, State::Other), stack(b, State::Other)];
+        p.fill(&mut stacks, &again, None, none, false, None, &mem);
+        assert_eq!(
+            stacks.iter().map(|s| s.state.clone()).collect::<Vec<_>>(),
+            seen
+        );
+        // Still only since after them, or not known to be: read again (and gone now).
+        let after = Instant::now();
+        assert_eq!(p.call(a, Some(after)), None);
+        assert_eq!(p.call(b, None), None);
+    }
+
+    #[test]
     fn states_of_this_process() {
         // A spinning thread is running (or runnable: the same to the kernel's file); one
         // parked on a channel waits on a futex, a lock when no GIL is given.
