@@ -18,7 +18,7 @@ use crate::process::events::{Event, Image, ImageState, Watch, shares_parent_memo
 use crate::python::asyncio::task_stacks;
 use crate::python::{FrameOptions, PyError};
 use crate::sample::Sample;
-use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target, ThreadState};
+use crate::target::{CaptureOptions, LivePid, Pause, Snapshot, Target, ThreadInfo, ThreadState};
 
 /// What to sample and how.
 #[derive(Debug, Clone)]
@@ -38,8 +38,8 @@ pub struct SamplerOptions {
     /// Report functions' first lines instead of the running line (`-F`).
     pub function_lines: bool,
     /// Read whether each thread is on CPU even when idle threads are kept anyway (`top`
-    /// shows it). Without it and with `include_idle`, no thread's state is read: that read
-    /// is a `/proc` file per thread per tick, the largest fixed cost of a sample.
+    /// shows it). Without it, `states` and with `include_idle`, thread states are read
+    /// only while they save more than they cost (see `Reuse`).
     pub activity: bool,
     /// Also take native stacks (stopping each sampled thread while its stack is read), and
     /// sample processes without Python as native programs.
@@ -164,6 +164,64 @@ const MAX_NAMED_THREADS: usize = 1 << 16;
 /// Bound on [`SamplerStats::notices`] (one per process at most, with -s many processes).
 const MAX_NOTICES: usize = 8;
 
+/// Fewest threads that must be still (not run since they were read) for [`Reuse`] to stay
+/// on, and the least share of all threads they must be.
+const REUSE_MIN_STILL: usize = 16;
+/// Ticks [`Reuse`] is tried for before it decides (the first one learns every thread).
+const REUSE_TRIAL: u32 = 3;
+/// How long [`Reuse`] stays off before it is tried again.
+const REUSE_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether thread states are read with `--idle` when nothing else asks for them, so that
+/// the stacks of threads that have not run since their last read are handed out again
+/// instead of copied and walked (see [`crate::python::Want::Reuse`]). Knowing that costs
+/// reads of its own each tick (the process's CPU time, and the state and CPU time of each
+/// thread that ran lately), which pay only while many threads are still: on, it stays on
+/// while at least half the threads, and [`REUSE_MIN_STILL`], are; off, it is tried again
+/// every [`REUSE_RETRY`].
+#[derive(Debug)]
+struct Reuse {
+    on: bool,
+    /// Ticks left of the current trial.
+    trial: u32,
+    /// When it is tried next, while off.
+    next_try: Instant,
+}
+
+impl Reuse {
+    fn new(now: Instant) -> Reuse {
+        Reuse {
+            on: false,
+            trial: 0,
+            next_try: now,
+        }
+    }
+
+    /// Read states this tick?
+    fn wanted(&mut self, now: Instant) -> bool {
+        if !self.on && now >= self.next_try {
+            self.on = true;
+            self.trial = REUSE_TRIAL;
+        }
+        self.on
+    }
+
+    /// What this tick's states said (when [`Reuse::wanted`] asked for them).
+    fn saw(&mut self, now: Instant, threads: &[ThreadInfo]) {
+        if self.trial > 0 {
+            self.trial -= 1;
+            if self.trial > 0 {
+                return;
+            }
+        }
+        let still = threads.iter().filter(|t| t.still_since.is_some()).count();
+        if still < REUSE_MIN_STILL || still * 2 < threads.len() {
+            self.on = false;
+            self.next_try = now + REUSE_RETRY;
+        }
+    }
+}
+
 enum ProcState {
     /// Not (yet) readable as Python: retried until `ATTACH_PATIENCE` passes.
     Pending {
@@ -192,6 +250,8 @@ struct Proc {
     prober: Option<Prober>,
     /// `--async` was told this program's tasks cannot be read (said once, not every tick).
     tasks_unsupported_told: bool,
+    /// Whether states are read to hand out still threads' stacks again (`--idle` alone).
+    reuse: Reuse,
 }
 
 impl Proc {
@@ -204,6 +264,7 @@ impl Proc {
             gone: false,
             prober: None,
             tasks_unsupported_told: false,
+            reuse: Reuse::new(now),
         }
     }
 
@@ -616,10 +677,19 @@ fn sample_process(
     }
     // Kernel threads and their states, read before the stacks (a failed listing leaves
     // the Python threads, whose kernel ids are then unknown).
+    // States (the prober takes each thread's CPU time and stillness from them), or
+    // activity, asked for.
+    let asked = opts.activity || !opts.include_idle || opts.states;
+    // (With --native every sampled thread is stopped and unwound anyway: the Python reads
+    // saved would be a small part of a tick.)
+    let reuse = !asked && !opts.native && p.reuse.wanted(now);
     let threads = snap
         .target_mut()
-        .threads(opts.activity || !opts.include_idle)
+        .threads(asked || reuse)
         .unwrap_or_default();
+    if reuse {
+        p.reuse.saw(now, &threads);
+    }
     let capture_opts = CaptureOptions {
         frames: *frame_opts,
         // With --native, the threads to sample are stopped while their stacks are read.
@@ -652,6 +722,8 @@ fn sample_process(
         let prober = p.prober.get_or_insert_with(|| Prober::new(p.pid));
         let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
         prober.retain(&tids);
+        // By tid: a lookup per thread, with a thousand threads.
+        let info: HashMap<u32, &ThreadInfo> = threads.iter().map(|t| (t.tid, t)).collect();
         let mem = snap.target().memory();
         let layout = &interp.layout;
         let gil = prober.gil(now, || {
@@ -660,15 +732,13 @@ fn sample_process(
         let calls: Vec<_> = stacks
             .iter()
             .filter_map(|s| s.os_thread_id)
-            .map(|tid| (tid, prober.call(tid)))
+            .map(|tid| {
+                let still = info.get(&tid).and_then(|t| t.still_since);
+                (tid, prober.call(tid, still))
+            })
             .collect();
         let holder = crate::python::threads::gil_holder_id(mem, layout, interp.runtime);
-        let stat = |tid| {
-            threads
-                .iter()
-                .find(|t| t.tid == tid)
-                .map_or(ThreadState::Unknown, |t| t.state)
-        };
+        let stat = |tid| info.get(&tid).map_or(ThreadState::Unknown, |t| t.state);
         prober.fill(
             &mut stacks,
             &calls,
@@ -678,7 +748,7 @@ fn sample_process(
             gil,
             mem,
         );
-        prober.settle(&mut stacks);
+        prober.settle(&mut stacks, |tid| info.get(&tid).and_then(|t| t.runtime));
     }
     // Each task becomes a stack of its own, through the tasks awaiting it; the running one
     // joined to its thread's stack.

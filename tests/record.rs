@@ -1708,6 +1708,85 @@ fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
     });
 }
 
+/// With `--idle`, a thread that has not run since its stack was last read gets that stack
+/// again instead of a new read (prof knows from the process's CPU time which threads ran).
+/// A thread that wakes for only a moment, changes its stack and sleeps again must show its
+/// new stack from then on: each of the napper's four naps (between them it is on CPU for
+/// microseconds) must have about its share of the napper's samples, whether prof still
+/// watched the thread when it woke (after 0.6 s) or not (after 1.5 s). A profiler that
+/// kept handing out the first stack shows only nap_0.
+#[test]
+fn a_thread_that_wakes_for_a_moment_shows_its_new_stack_with_idle() {
+    crate::skip_without_live_targets!();
+    #[derive(Deserialize)]
+    struct Done {
+        naps: Vec<f64>,
+    }
+    let pythons = common::pythons();
+    assert!(
+        !pythons.is_empty(),
+        "no Python interpreter found: nothing was tested"
+    );
+    common::run_each_parallel("nap: ", &pythons, 2, |py| {
+        let dir = tempdir();
+        let path = dir.path().join("nap.txt").to_string_lossy().into_owned();
+        let outdir = dir.path().to_string_lossy().into_owned();
+        let what = format!("[{}] rec_nap.py", py.name);
+        let out = prof(&strings(&[
+            "record",
+            "-r",
+            "100",
+            "--idle",
+            "-f",
+            "raw",
+            "-o",
+            &path,
+            "--",
+            &py.path.to_string_lossy(),
+            "-u",
+            &script_path("rec_nap"),
+            &outdir,
+        ]));
+        out.assert_code(0, &what);
+        let ready: Ready = read_json(&dir.path().join("ready.json"));
+        let done: Done = read_json(&dir.path().join("done.json"));
+        let folded = Folded::read(&path, &what);
+        assert_eq!(done.naps.len(), 4, "{what}: naps taken");
+        let counts: Vec<u64> = (0..4)
+            .map(|k| {
+                let f = ready.func(&format!("nap_{k}"));
+                folded.count(|s| contains(s, f))
+            })
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let lasted: f64 = done.naps.iter().sum();
+        eprintln!(
+            "nap: {what}: samples per nap {counts:?}, naps {:?} s",
+            done.naps
+        );
+        assert!(
+            total > 0,
+            "{what}: the napper was never sampled\n{}",
+            folded.head()
+        );
+        for (k, (n, secs)) in counts.iter().zip(&done.naps).enumerate() {
+            // Its share of the napper's samples, against its share of the napper's time;
+            // a quarter of it is far from what a missed wake costs (all of it).
+            let expect = total as f64 * secs / lasted;
+            assert!(
+                *n as f64 >= expect / 4.0,
+                "{what}: nap_{k} lasted {secs:.2} s of {lasted:.2}, yet has {n} of the napper's {total} samples (about {expect:.0} expected)\n{}",
+                folded.head()
+            );
+        }
+        assert!(
+            folded.count(|s| contains(s, ready.func("idler_wait"))) > 0,
+            "{what}: the idle threads are missing\n{}",
+            folded.head()
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 8. A known CPU split
 

@@ -191,7 +191,10 @@ fn dumped<T: Target>(
     let threads = snap.target_mut().threads(true)?;
     // What each thread is blocked in, read before anything is paused.
     let calls: Vec<_> = match &mut prober {
-        Some(p) => threads.iter().map(|t| (t.tid, p.call(t.tid))).collect(),
+        Some(p) => threads
+            .iter()
+            .map(|t| (t.tid, p.call(t.tid, None)))
+            .collect(),
         None => Vec::new(),
     };
     let opts = CaptureOptions {

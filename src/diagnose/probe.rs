@@ -33,7 +33,7 @@ const MAX_SELECT_WORDS: u64 = 16;
 const MAX_PEERS: usize = 1 << 16;
 
 /// What the interpreter says of a thread at the same tick.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PyFacts {
     /// It holds the GIL.
     pub holds_gil: bool,
@@ -45,19 +45,30 @@ pub struct PyFacts {
     pub gil: Option<u64>,
 }
 
+/// What was last read of one thread.
+struct Observed {
+    /// Taken before its `syscall` file was read.
+    at: Instant,
+    call: Option<Syscall>,
+    /// This tick's call is that one again: the thread has not run since.
+    again: bool,
+    /// The state decided from it, with the interpreter's facts it was decided with.
+    state: Option<(PyFacts, ThreadState)>,
+}
+
 /// The state reader of one process; keeps its `syscall` files open between ticks.
 pub struct Prober {
     pid: u32,
     arch: ArchKind,
     files: HashMap<u32, File>,
+    /// Each thread's last read, for threads that have not run since.
+    observed: HashMap<u32, Observed>,
     peers: HashMap<u64, Arc<str>>,
     peers_read: Option<Instant>,
     /// Each thread's state as seen at its last sample (before [`Prober::settle`]).
     last: HashMap<u32, State>,
     /// Threads last seen blocked: that wait, and their CPU time then.
     waited: HashMap<u32, (ThreadState, u64)>,
-    /// Open `schedstat` files.
-    schedstat: HashMap<u32, File>,
     /// The GIL state's address, and when it was read.
     gil: Option<(Instant, u64)>,
 }
@@ -69,11 +80,11 @@ impl Prober {
             pid,
             arch: Arch::host().kind,
             files: HashMap::new(),
+            observed: HashMap::new(),
             peers: HashMap::new(),
             peers_read: None,
             last: HashMap::new(),
             waited: HashMap::new(),
-            schedstat: HashMap::new(),
             gil: None,
         }
     }
@@ -94,19 +105,42 @@ impl Prober {
 
     /// Forget threads not in `tids` (they exited).
     pub fn retain(&mut self, tids: &[u32]) {
+        // By tid: a lookup per thread, with a thousand threads.
+        let tids: std::collections::HashSet<u32> = tids.iter().copied().collect();
         self.files.retain(|t, _| tids.contains(t));
+        self.observed.retain(|t, _| tids.contains(t));
         self.last.retain(|t, _| tids.contains(t));
         self.waited.retain(|t, _| tids.contains(t));
-        self.schedstat.retain(|t, _| tids.contains(t));
     }
 
     /// What thread `tid` is doing now, as its `syscall` file says (None: unreadable).
     /// Read every thread's before [`Prober::state`], then the GIL holder again: a thread
     /// that took the GIL between the two reads is running Python, not native code.
-    pub fn call(&mut self, tid: u32) -> Option<Syscall> {
+    /// `still_since`: a moment since which the thread has certainly not run (see
+    /// [`crate::target::ThreadInfo::still_since`]); its call read after that moment is
+    /// its call now, and is not read again.
+    pub fn call(&mut self, tid: u32, still_since: Option<Instant>) -> Option<Syscall> {
+        if let (Some(since), Some(o)) = (still_since, self.observed.get_mut(&tid))
+            && o.at > since
+        {
+            o.again = true;
+            return o.call;
+        }
+        let at = Instant::now();
         let mut buf = [0u8; 256];
-        let n = self.syscall(tid, &mut buf)?;
-        parse_syscall(&buf[..n])
+        let call = self
+            .syscall(tid, &mut buf)
+            .and_then(|n| parse_syscall(&buf[..n]));
+        self.observed.insert(
+            tid,
+            Observed {
+                at,
+                call,
+                again: false,
+                state: None,
+            },
+        );
+        call
     }
 
     /// The state of a thread from its `call`; `stat` is its scheduler state letter when
@@ -138,12 +172,14 @@ impl Prober {
         gil: Option<u64>,
         mem: &M,
     ) {
+        // By tid: a lookup per thread, with a thousand threads.
+        let calls: HashMap<u32, Option<Syscall>> = calls.iter().copied().collect();
         for s in stacks.iter_mut() {
             // A thread whose kernel id is not known (yet) cannot be looked up: counted,
             // as `other`.
             let call = s
                 .os_thread_id
-                .and_then(|tid| calls.iter().find(|c| c.0 == tid).map(|c| (tid, c.1)));
+                .and_then(|tid| calls.get(&tid).map(|c| (tid, *c)));
             let Some((tid, call)) = call else {
                 s.state = Some(ThreadState::plain(State::Other));
                 continue;
@@ -154,7 +190,26 @@ impl Prober {
                 free_threaded,
                 gil,
             };
-            s.state = Some(self.state(call, stat(tid), facts, mem));
+            // A thread that has not run since its last state was decided, with the same
+            // facts, is in that state still (its wait's descriptor and peer included).
+            let again = self
+                .observed
+                .get(&tid)
+                .filter(|o| o.again)
+                .and_then(|o| o.state.as_ref())
+                .filter(|(f, _)| *f == facts)
+                .map(|(_, st)| st.clone());
+            let st = match again {
+                Some(st) => st,
+                None => {
+                    let st = self.state(call, stat(tid), facts, mem);
+                    if let Some(o) = self.observed.get_mut(&tid) {
+                        o.state = Some((facts, st.clone()));
+                    }
+                    st
+                }
+            };
+            s.state = Some(st);
         }
     }
 
@@ -165,10 +220,11 @@ impl Prober {
     /// a GIL request, older versions nothing); on a busy machine it may wait long for a
     /// CPU. So a thread seen blocked and runnable without the GIL now is counted in that
     /// wait at its next sample, and after that as long as it has not used [`RAN_NS`] of
-    /// CPU since (its `schedstat`); a native call right after a wait costs one sample. While
-    /// others wait for the GIL, one that held it at its last sample and runs without it
-    /// now is in the GIL's hand-off (it dropped it on request).
-    pub fn settle(&mut self, stacks: &mut [ThreadStack]) {
+    /// CPU since (`runtime`: each thread's CPU time in ns, as the thread listing read it);
+    /// a native call right after a wait costs one sample. While others wait for the GIL,
+    /// one that held it at its last sample and runs without it now is in the GIL's
+    /// hand-off (it dropped it on request).
+    pub fn settle(&mut self, stacks: &mut [ThreadStack], runtime: impl Fn(u32) -> Option<u64>) {
         let waiting = stacks
             .iter()
             .any(|s| s.state.as_ref().is_some_and(|t| t.state == State::Gil));
@@ -183,9 +239,7 @@ impl Prober {
                     // may have held the GIL and dropped it again on request meanwhile);
                     // after that, only while it has not run.
                     let first = self.last.get(&tid) == Some(&wait.state);
-                    let ran = self
-                        .cpu_time(tid)
-                        .is_none_or(|now| now.saturating_sub(before) >= RAN_NS);
+                    let ran = runtime(tid).is_none_or(|now| now.saturating_sub(before) >= RAN_NS);
                     if first || !ran {
                         *st = wait;
                     }
@@ -199,7 +253,7 @@ impl Prober {
             );
             if blocked {
                 // Its CPU time now, to tell at its next samples whether it has run since.
-                match self.cpu_time(tid) {
+                match runtime(tid) {
                     Some(ns) => self.waited.insert(tid, (seen.clone(), ns)),
                     None => self.waited.remove(&tid),
                 };
@@ -208,21 +262,6 @@ impl Prober {
             }
             self.last.insert(tid, seen.state);
         }
-    }
-
-    /// CPU time thread `tid` has used, in nanoseconds (`/proc/PID/task/TID/schedstat`,
-    /// kept open).
-    fn cpu_time(&mut self, tid: u32) -> Option<u64> {
-        let pid = self.pid;
-        let file = match self.schedstat.entry(tid) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(File::open(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?)
-            }
-        };
-        let mut buf = [0u8; 96];
-        let n = file.read_at(&mut buf, 0).ok()?;
-        crate::process::threads::parse_schedstat_runtime(&buf[..n])
     }
 
     fn decide<M: Memory + ?Sized>(
@@ -396,7 +435,9 @@ mod tests {
     /// Settle one tick of (tid, state seen); the states counted.
     fn tick(p: &mut Prober, seen: &[(u32, State)]) -> Vec<State> {
         let mut stacks: Vec<ThreadStack> = seen.iter().map(|(t, s)| stack(*t, *s)).collect();
-        p.settle(&mut stacks);
+        p.settle(&mut stacks, |t| {
+            crate::process::threads::thread_runtime(std::process::id(), t)
+        });
         stacks
             .iter()
             .map(|s| s.state.as_ref().unwrap().state)
@@ -458,9 +499,10 @@ mod tests {
         // Which is which: the spinner uses CPU.
         std::thread::sleep(Duration::from_millis(50));
         let mut p = Prober::new(std::process::id());
-        let (t1, t2) = (p.cpu_time(a).unwrap(), p.cpu_time(b).unwrap());
+        let cpu_time = |t| crate::process::threads::thread_runtime(std::process::id(), t).unwrap();
+        let (t1, t2) = (cpu_time(a), cpu_time(b));
         std::thread::sleep(Duration::from_millis(50));
-        let (spin, park) = if p.cpu_time(a).unwrap() - t1 > p.cpu_time(b).unwrap() - t2 {
+        let (spin, park) = if cpu_time(a) - t1 > cpu_time(b) - t2 {
             (a, b)
         } else {
             (b, a)
@@ -498,6 +540,45 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_has_not_run_keeps_its_call_and_state_unread() {
+        if crate::process::memory::skip_without_live_reads("keeps_its_call") {
+            return;
+        }
+        let me = std::process::id();
+        let pair = spin_and_park();
+        let (a, b) = pair.tids;
+        std::thread::sleep(Duration::from_millis(50));
+        let mut p = Prober::new(me);
+        let mem = crate::process::LiveMemory::new(me);
+        let before = Instant::now();
+        let calls: Vec<(u32, Option<Syscall>)> =
+            [a, b].iter().map(|&t| (t, p.call(t, None))).collect();
+        let mut stacks = vec![stack(a, State::Other), stack(b, State::Other)];
+        let none = |_| KernelState::Unknown;
+        p.fill(&mut stacks, &calls, None, none, false, None, &mem);
+        let seen: Vec<_> = stacks.iter().map(|s| s.state.clone()).collect();
+        // Both threads end: their files can no longer be read.
+        drop(pair);
+        // Still since before the reads: what was read stands, file and decision alike.
+        let again: Vec<(u32, Option<Syscall>)> = [a, b]
+            .iter()
+            .map(|&t| (t, p.call(t, Some(before))))
+            .collect();
+        assert_eq!(again, calls);
+        assert!(calls.iter().all(|c| c.1.is_some()), "{calls:?}");
+        let mut stacks = vec![stack(a, State::Other), stack(b, State::Other)];
+        p.fill(&mut stacks, &again, None, none, false, None, &mem);
+        assert_eq!(
+            stacks.iter().map(|s| s.state.clone()).collect::<Vec<_>>(),
+            seen
+        );
+        // Still only since after them, or not known to be: read again (and gone now).
+        let after = Instant::now();
+        assert_eq!(p.call(a, Some(after)), None);
+        assert_eq!(p.call(b, None), None);
+    }
+
+    #[test]
     fn states_of_this_process() {
         // A spinning thread is running (or runnable: the same to the kernel's file); one
         // parked on a channel waits on a futex, a lock when no GIL is given.
@@ -514,7 +595,7 @@ mod tests {
         let mut states: Vec<State> = [a, b]
             .iter()
             .map(|t| {
-                let call = p.call(*t);
+                let call = p.call(*t, None);
                 p.state(call, KernelState::Unknown, facts, &mem).state
             })
             .collect();

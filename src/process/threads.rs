@@ -60,6 +60,13 @@ pub fn thread_state(pid: u32, tid: u32) -> Option<char> {
     parse_stat_state(&buf[..n])
 }
 
+/// CPU time of one thread in ns (its `schedstat`), or None if it is gone.
+pub fn thread_runtime(pid: u32, tid: u32) -> Option<u64> {
+    let mut buf = [0u8; 96];
+    let n = read_small(&format!("/proc/{pid}/task/{tid}/schedstat"), &mut buf)?;
+    parse_schedstat_runtime(&buf[..n])
+}
+
 /// Scheduler state of the process as a whole.
 pub fn process_state(pid: u32) -> Option<char> {
     let mut buf = [0u8; 512];
@@ -133,11 +140,32 @@ pub const WATCH_WINDOW: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     state: char,
-    /// Its CPU time at that read, for a watched thread (the others are not asked).
+    /// Its CPU time at its last read (None: unreadable).
     runtime: Option<u64>,
+    /// The tick whose reads last read `runtime`.
+    read_at: Instant,
     /// When it was last seen running, or its CPU time last grew (None: not since prof
     /// first saw it).
     active: Option<Instant>,
+    /// A tick since whose reads it has certainly not run (None: not known).
+    still: Option<Instant>,
+}
+
+/// What [`StateWatch::states`] says of one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// Kernel thread id.
+    pub tid: u32,
+    /// Its state letter.
+    pub state: char,
+    /// The `now` of a tick since whose reads the thread has certainly not run (so whatever
+    /// was read of it after that tick's reads still holds), or None when that is not known.
+    /// A thread that has run since an accounting of its time (a scheduler tick or a
+    /// switch) is always caught; one woken since, and on a CPU for less than a scheduler
+    /// tick, is caught at the next tick after its time is accounted (as its state is).
+    pub still_since: Option<Instant>,
+    /// Its CPU time in ns now, when known (read this tick, or unchanged since it was).
+    pub runtime: Option<u64>,
 }
 
 /// Thread states at a cost that follows the threads that run, not all of them.
@@ -148,13 +176,18 @@ struct Seen {
 /// state and CPU time of the threads that ran lately (see [`WATCH_WINDOW`]); when the
 /// process's time grew by exactly what theirs did, no other thread ran, and their states
 /// stand. Otherwise (or with a new thread, a failed read, and every [`STATE_SWEEP`]) every
-/// thread is read, as when this did not exist. Reads a few µs apart that see a scheduler
-/// tick between them cost a full read, never a wrong state.
+/// thread's state and CPU time are read, as when this did not exist. Reads a few µs apart
+/// that see a scheduler tick between them cost a full read, never a wrong state.
+///
+/// The same facts say which threads have not run since an earlier tick
+/// ([`Reading::still_since`]): a Python thread that has not run has the stack it had then.
 #[derive(Debug, Default)]
 pub struct StateWatch {
     seen: HashMap<u32, Seen>,
     /// The process's CPU time at the last tick.
     clock: Option<u64>,
+    /// The last tick's `now`.
+    last_tick: Option<Instant>,
     /// When every thread is read next, whatever the CPU time says.
     next_sweep: Option<Instant>,
     /// Per-tick scratch: the threads left unread so far.
@@ -171,9 +204,10 @@ impl StateWatch {
         now: Instant,
         tids: &[u32],
         src: &mut impl StateSource,
-    ) -> Vec<(u32, char)> {
+    ) -> Vec<Reading> {
         let mut clock = src.cpu_time();
         let prev_clock = self.clock;
+        let prev_tick = self.last_tick.replace(now);
         if self.seen.len() != tids.len() || tids.iter().any(|t| !self.seen.contains_key(t)) {
             let keep: HashSet<u32> = tids.iter().copied().collect();
             self.seen.retain(|tid, _| keep.contains(tid));
@@ -209,7 +243,10 @@ impl StateWatch {
                                 Seen {
                                     state,
                                     runtime: Some(rt),
+                                    read_at: now,
                                     active,
+                                    // Settled below, once its time is final.
+                                    still: s.still,
                                 },
                             );
                         }
@@ -220,7 +257,9 @@ impl StateWatch {
                                 Seen {
                                     state,
                                     runtime: rt,
+                                    read_at: now,
                                     active: Some(now),
+                                    still: None,
                                 },
                             );
                         }
@@ -256,20 +295,51 @@ impl StateWatch {
             }
             sure &= src.cpu_time() == clock;
         }
+        // A watched thread that is not on a CPU and whose time did not grow since its last
+        // read has not run since then.
+        for &(tid, was) in &self.watched {
+            if let Some(s) = self.seen.get_mut(&tid) {
+                s.still = if s.state != 'R' && s.runtime == Some(was) {
+                    s.still.or(prev_tick)
+                } else {
+                    None
+                };
+            }
+        }
         self.clock = clock;
         sure &= match (prev_clock, clock) {
             (Some(a), Some(b)) => b.checked_sub(a) == Some(explained),
             _ => false,
         };
-        if !sure {
+        if sure {
+            // No other thread ran since the last tick's reads.
+            for &tid in &self.quiet {
+                if let Some(s) = self.seen.get_mut(&tid) {
+                    s.still = s.still.or(prev_tick);
+                }
+            }
+        } else {
             for i in 0..self.quiet.len() {
                 let tid = self.quiet[i];
                 match src.state(tid) {
                     // It runs again: watched from now on.
                     Some('R') => self.fresh(now, tid, Some('R'), src),
                     Some(state) => {
+                        let rt = src.runtime(tid);
                         if let Some(s) = self.seen.get_mut(&tid) {
                             s.state = state;
+                            // Its time tells whether it ran since it was last read; one
+                            // that did is watched for a while, as it may run again.
+                            if rt.is_some() && rt == s.runtime {
+                                s.still = s.still.or(Some(s.read_at));
+                            } else {
+                                s.still = None;
+                                if rt > s.runtime {
+                                    s.active = Some(now);
+                                }
+                            }
+                            s.runtime = rt;
+                            s.read_at = now;
                         }
                     }
                     None => {
@@ -280,7 +350,15 @@ impl StateWatch {
             self.next_sweep = Some(now + STATE_SWEEP);
         }
         tids.iter()
-            .filter_map(|t| self.seen.get(t).map(|s| (*t, s.state)))
+            .filter_map(|&tid| {
+                let s = self.seen.get(&tid)?;
+                Some(Reading {
+                    tid,
+                    state: s.state,
+                    still_since: s.still,
+                    runtime: s.runtime.filter(|_| s.read_at == now || s.still.is_some()),
+                })
+            })
             .collect()
     }
 
@@ -293,8 +371,12 @@ impl StateWatch {
                     tid,
                     Seen {
                         state,
-                        runtime: if running { src.runtime(tid) } else { None },
+                        // Read whatever its state: the next full read tells by it whether
+                        // the thread ran meanwhile.
+                        runtime: src.runtime(tid),
+                        read_at: now,
                         active: running.then_some(now),
+                        still: None,
                     },
                 );
             }
@@ -374,7 +456,7 @@ mod tests {
         fn tick(&mut self, w: &mut StateWatch, now: Instant) -> (Vec<(u32, char)>, Vec<u32>) {
             self.reads.clear();
             let tids = self.tids();
-            let states = w.states(now, &tids, self);
+            let states = pairs(&w.states(now, &tids, self));
             let mut reads = std::mem::take(&mut self.reads);
             reads.sort_unstable();
             (states, reads)
@@ -406,6 +488,10 @@ mod tests {
 
     const TICK: Duration = Duration::from_millis(10);
 
+    fn pairs(readings: &[Reading]) -> Vec<(u32, char)> {
+        readings.iter().map(|r| (r.tid, r.state)).collect()
+    }
+
     #[test]
     fn idle_threads_are_read_only_when_the_process_time_says_one_ran() {
         let mut p = Fake::new(&[(1, 'S'), (2, 'R'), (3, 'S'), (4, 'S')]);
@@ -435,6 +521,49 @@ mod tests {
         p.run(4, 500, 'D');
         let (states, reads) = p.tick(&mut w, t0 + TICK * 12);
         assert_eq!((states, reads), (p.truth(), vec![1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn a_thread_is_still_since_a_tick_only_while_it_has_not_run() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        let still = |w: &mut StateWatch, p: &mut Fake, now: Instant| -> Vec<Option<Instant>> {
+            let tids = p.tids();
+            w.states(now, &tids, p)
+                .iter()
+                .map(|r| r.still_since)
+                .collect()
+        };
+        // New threads: nothing known yet.
+        assert_eq!(still(&mut w, &mut p, t0), [None, None, None]);
+        // The process's time is explained by the running thread: the others have not run
+        // since the first tick's reads.
+        p.run(1, 3_000_000, 'R');
+        let t1 = t0 + TICK;
+        assert_eq!(still(&mut w, &mut p, t1), [None, Some(t0), Some(t0)]);
+        p.run(1, 3_000_000, 'R');
+        assert_eq!(still(&mut w, &mut p, t1 + TICK), [None, Some(t0), Some(t0)]);
+        // Thread 3 runs for a moment and waits again, in the same state: its time says so.
+        p.run(1, 3_000_000, 'R');
+        p.run(3, 50_000, 'S');
+        let t3 = t1 + TICK * 2;
+        assert_eq!(still(&mut w, &mut p, t3), [None, Some(t0), None]);
+        // Watched from then on, it is still again from the next tick on, by its own time.
+        p.run(1, 3_000_000, 'R');
+        let t4 = t3 + TICK;
+        assert_eq!(still(&mut w, &mut p, t4), [None, Some(t0), Some(t3)]);
+        p.run(3, 1, 'S');
+        assert_eq!(still(&mut w, &mut p, t4 + TICK), [None, Some(t0), None]);
+        // A sweep reads every thread's time: still threads stay still.
+        p.run(1, 3_000_000, 'R');
+        let t6 = t0 + STATE_SWEEP * 2;
+        assert_eq!(still(&mut w, &mut p, t6), [None, Some(t0), Some(t4 + TICK)]);
+        // A watched thread seen on a CPU is not still, even when its time has not grown
+        // yet. (An unwatched one that woke since its time was last counted is caught at
+        // the first tick after the kernel counts it, as its state is.)
+        p.run(3, 0, 'R');
+        assert_eq!(still(&mut w, &mut p, t6 + TICK)[2], None);
     }
 
     #[test]
@@ -504,7 +633,7 @@ mod tests {
         p.exited += gone.2 + 100;
         let tids = [1, 2, 3, 4];
         p.reads.clear();
-        let states = w.states(t0 + TICK * 3, &tids, &mut p);
+        let states = pairs(&w.states(t0 + TICK * 3, &tids, &mut p));
         p.reads.sort_unstable();
         assert_eq!((states, p.reads.clone()), (p.truth(), vec![1, 2, 3, 4]));
     }

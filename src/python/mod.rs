@@ -56,10 +56,37 @@ const NAMES_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Bound on cached per-thread facts; cleared wholesale when exceeded.
 const MAX_THREADS_CACHED: usize = 65536;
 
+/// What one sample wants of a thread's stack (see [`StackReader::stacks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Read it.
+    Read,
+    /// Leave it out: it comes with no frames.
+    Skip,
+    /// Hand out again the stack read after this moment, since which the thread has not run
+    /// (it cannot have changed its stack); read it (and keep it for the next sample) when
+    /// there is none, or when the moment is not known.
+    Reuse(Option<std::time::Instant>),
+}
+
+/// A thread's stack kept for [`Want::Reuse`], with what it belongs to.
+struct Kept {
+    /// The thread: its thread state's address, Python thread id and kernel id.
+    tstate: u64,
+    thread_id: u64,
+    tid: Option<u32>,
+    /// When the sample that read it started (before its read).
+    at: std::time::Instant,
+    frames: Frames,
+}
+
 /// What the reader keeps of one thread between samples: what the last sample found, and
 /// buffers reused so that a warmed-up reader does not allocate.
 #[derive(Default)]
 pub struct ThreadScratch {
+    /// Its last stack, for [`Want::Reuse`]; dropped when a sample reads the thread without
+    /// keeping, or leaves it out (the flags and addresses beside it then change too).
+    kept: Option<Kept>,
     /// The frames walked this sample.
     walked: Vec<frames::RawFrame>,
     /// The second copy of [`frames::second_look`].
@@ -177,20 +204,33 @@ impl<M: Memory> StackReader<M> {
 
     /// Every Python thread with its stack, innermost frame first. `tids` are the process's
     /// kernel thread ids (for versions whose thread states do not record them). With
-    /// `keep`, only the threads whose kernel id it keeps get their stack read (the others
-    /// come with no frames): the stacks of idle threads cost nothing when nobody wants them.
+    /// `want`, what to do with each thread's stack, by kernel id (a thread whose kernel id
+    /// is not known is read): the stacks of idle threads cost nothing when nobody wants
+    /// them, and little when their threads have not run since they were last read.
     pub fn stacks(
         &mut self,
         tids: &[u32],
         opts: FrameOptions,
-        keep: Option<&dyn Fn(u32) -> bool>,
+        want: Option<&dyn Fn(u32) -> Want>,
     ) -> Result<Vec<ThreadStack>, PyError> {
-        // Which stacks the batch leaves out, by each thread's kernel id at the last sample.
-        let skip: Vec<bool> = match keep {
-            Some(k) => self
+        let started = std::time::Instant::now();
+        // Which stacks the batch leaves out, by each thread's kernel id at the last sample:
+        // those not wanted, and those likely handed out again (a stack read outside the
+        // batch costs reads of its own, and the batch's vouching for every other).
+        let skip: Vec<bool> = match want {
+            Some(w) => self
                 .last_tids
                 .iter()
-                .map(|t| t.is_some_and(|t| !k(t)))
+                .zip(&self.scratch)
+                .map(|(t, s)| {
+                    t.is_some_and(|t| match w(t) {
+                        Want::Read => false,
+                        Want::Skip => true,
+                        Want::Reuse(since) => s.kept.as_ref().is_some_and(|k| {
+                            k.tid == Some(t) && since.is_some_and(|since| k.at > since)
+                        }),
+                    })
+                })
                 .collect(),
             None => Vec::new(),
         };
@@ -202,20 +242,43 @@ impl<M: Memory> StackReader<M> {
                     .or_else(|| self.tid_from_pthread(t.thread_id, tids))
             })
             .collect();
-        let read: Vec<bool> = os_tids
+        let wants: Vec<Want> = os_tids
             .iter()
-            .map(|t| keep.is_none_or(|k| t.is_some_and(k)))
+            .map(|t| match (want, t) {
+                (Some(w), Some(t)) => w(*t),
+                _ => Want::Read,
+            })
             .collect();
+        let read: Vec<bool> = wants.iter().map(|w| *w != Want::Skip).collect();
+        self.scratch.resize_with(threads.len(), Default::default);
+        // Handed out again: a thread that has not run since its kept stack was read, and
+        // does not hold the GIL now (a thread woken moments ago may not have had its time
+        // counted yet, but it runs Python only with the GIL).
+        let reused: Vec<bool> = (0..threads.len())
+            .map(|i| {
+                let (t, s) = (&threads[i], &self.scratch[i]);
+                matches!(wants[i], Want::Reuse(Some(since))
+                if !t.holds_gil
+                    && s.kept.as_ref().is_some_and(|k| {
+                        k.at > since
+                            && k.tstate == t.tstate
+                            && k.thread_id == t.thread_id
+                            && k.tid == os_tids[i]
+                    }))
+            })
+            .collect();
+        let read: Vec<bool> = read.iter().zip(&reused).map(|(r, u)| *r && !*u).collect();
         // A shared handle, so the caches below can be borrowed mutably while it is in use.
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;
         let n = threads.len();
-        // Reused between samples: no allocation once warmed up.
-        self.scratch.resize_with(n, Default::default);
         let reads_before = self.mem.reads();
         for (i, (t, chunks)) in threads.iter().zip(&chunks).enumerate() {
             let local = Overlay::new(chunks, &self.mem);
             let s = &mut self.scratch[i];
+            if reused[i] {
+                continue;
+            }
             let raw = &mut s.walked;
             if !read[i] {
                 raw.clear();
@@ -243,7 +306,7 @@ impl<M: Memory> StackReader<M> {
             })
             .collect();
         let wanted: Vec<bool> = (0..n)
-            .map(|i| !vouched[i] && self.scratch[i].first.is_some())
+            .map(|i| !reused[i] && !vouched[i] && self.scratch[i].first.is_some())
             .collect();
         let looked = if wanted.contains(&true) {
             frames::second_look(
@@ -260,6 +323,22 @@ impl<M: Memory> StackReader<M> {
         };
         let mut out = Vec::with_capacity(n);
         for (i, t) in threads.iter().enumerate() {
+            let stack = |frames| ThreadStack {
+                thread_id: t.thread_id,
+                os_thread_id: os_tids[i],
+                thread_name: None,
+                active: false,
+                owns_gil: t.holds_gil,
+                gil_requested: t.gil_requested,
+                state: None,
+                frames,
+            };
+            if reused[i] {
+                // Its flags and frame addresses are still those of the kept stack.
+                let kept = self.scratch[i].kept.as_ref().map(|k| k.frames.clone());
+                out.push(stack(kept.unwrap_or_default()));
+                continue;
+            }
             let mut entries = std::mem::take(&mut self.scratch[i].entries);
             let consistent = self.scratch[i].first.is_some() && (vouched[i] || looked[i]);
             let frames = if !read[i] {
@@ -281,6 +360,7 @@ impl<M: Memory> StackReader<M> {
                 // Moved under us (or unreadable): the slow path retries this thread alone.
                 self.thread_frames(t, opts, &mut entries).map(Frames::from)
             };
+            let ok = frames.is_ok();
             let frames = frames.unwrap_or_else(|_| {
                 // One unreadable thread costs its stack, not the whole sample.
                 self.errors += 1;
@@ -288,6 +368,13 @@ impl<M: Memory> StackReader<M> {
             });
             entries.resize(frames.len(), false);
             let s = &mut self.scratch[i];
+            s.kept = (ok && matches!(wants[i], Want::Reuse(_))).then(|| Kept {
+                tstate: t.tstate,
+                thread_id: t.thread_id,
+                tid: os_tids[i],
+                at: started,
+                frames: frames.clone(),
+            });
             s.entries = entries;
             let raw: &[frames::RawFrame] = if consistent { &s.walked } else { &self.raw };
             s.entry_addrs.clear();
@@ -297,16 +384,7 @@ impl<M: Memory> StackReader<M> {
             s.frame_addrs.clear();
             s.frame_addrs
                 .extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
-            out.push(ThreadStack {
-                thread_id: t.thread_id,
-                os_thread_id: os_tids[i],
-                thread_name: None,
-                active: false,
-                owns_gil: t.holds_gil,
-                gil_requested: t.gil_requested,
-                state: None,
-                frames,
-            });
+            out.push(stack(frames));
         }
         self.fill_names(&threads, &mut out);
         self.last_tids = os_tids;

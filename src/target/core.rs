@@ -166,10 +166,7 @@ impl Target for CoreFile {
             .core
             .threads()
             .iter()
-            .map(|t| ThreadInfo {
-                tid: t.tid,
-                state: ThreadState::Unknown,
-            })
+            .map(|t| ThreadInfo::new(t.tid, ThreadState::Unknown))
             .collect())
     }
 

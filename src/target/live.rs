@@ -151,10 +151,7 @@ impl Target for LivePid {
             return Ok(self
                 .tids
                 .iter()
-                .map(|&tid| ThreadInfo {
-                    tid,
-                    state: ThreadState::Unknown,
-                })
+                .map(|&tid| ThreadInfo::new(tid, ThreadState::Unknown))
                 .collect());
         }
         let mut files = ProcFiles {
@@ -164,13 +161,15 @@ impl Target for LivePid {
         let states = self.watch.states(now, &self.tids, &mut files);
         if states.len() != self.tids.len() {
             // Threads that exited (their files were dropped as their reads failed).
-            self.tids = states.iter().map(|s| s.0).collect();
+            self.tids = states.iter().map(|s| s.tid).collect();
         }
         Ok(states
             .into_iter()
-            .map(|(tid, c)| ThreadInfo {
-                tid,
-                state: ThreadState::from_letter(c),
+            .map(|r| ThreadInfo {
+                tid: r.tid,
+                state: ThreadState::from_letter(r.state),
+                still_since: r.still_since,
+                runtime: r.runtime,
             })
             .collect())
     }

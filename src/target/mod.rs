@@ -81,6 +81,24 @@ pub struct ThreadInfo {
     pub tid: u32,
     /// Its scheduler state when listed (before prof stopped anything).
     pub state: ThreadState,
+    /// A moment since which it has certainly not run (see
+    /// [`crate::process::threads::Reading::still_since`]): what was read of it after that
+    /// moment holds now. None when not known.
+    pub still_since: Option<std::time::Instant>,
+    /// Its CPU time in ns, when the listing knows it.
+    pub runtime: Option<u64>,
+}
+
+impl ThreadInfo {
+    /// Thread `tid` in `state`, with nothing known of what it ran.
+    pub fn new(tid: u32, state: ThreadState) -> ThreadInfo {
+        ThreadInfo {
+            tid,
+            state,
+            still_since: None,
+            runtime: None,
+        }
+    }
 }
 
 /// Threads kept paused while this lives; dropping it lets them go.

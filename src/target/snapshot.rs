@@ -11,7 +11,7 @@ use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
 use crate::python::asyncio::{AsyncTask, find_debug_section};
 use crate::python::{
-    FrameOptions, Interpreter, Layout, PyError, StackReader, ThreadScratch, find_interpreter,
+    FrameOptions, Interpreter, Layout, PyError, StackReader, ThreadScratch, Want, find_interpreter,
 };
 use crate::sample::ThreadStack;
 
@@ -185,14 +185,18 @@ impl<T: Target> Snapshot<T> {
     ) -> Result<Capture, TargetError> {
         let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
         // By tid: a lookup per thread, with a thousand threads.
-        let states: HashMap<u32, ThreadState> = threads.iter().map(|t| (t.tid, t.state)).collect();
-        let state = |tid: u32| states.get(&tid).copied().unwrap_or(ThreadState::Unknown);
-        let running = |tid: u32| state(tid).is_running();
-        let keep: Option<&dyn Fn(u32) -> bool> = if opts.idle_stacks || opts.async_tasks {
-            None
-        } else {
-            Some(&running)
+        let infos: HashMap<u32, &ThreadInfo> = threads.iter().map(|t| (t.tid, t)).collect();
+        let state = |tid: u32| infos.get(&tid).map_or(ThreadState::Unknown, |t| t.state);
+        let idle = opts.idle_stacks || opts.async_tasks;
+        // A thread on a CPU is read; one not on a CPU is left out, or, when wanted, handed
+        // out again if it has not run since it was read (kept when that is not known yet).
+        let want = |tid: u32| match infos.get(&tid) {
+            Some(t) if t.state.is_running() => Want::Read,
+            _ if !idle => Want::Skip,
+            Some(t) if t.state != ThreadState::Unknown => Want::Reuse(t.still_since),
+            _ => Want::Read,
         };
+        let want: Option<&dyn Fn(u32) -> Want> = Some(&want);
         let stop: Vec<u32> = match opts.pause {
             Pause::Never => Vec::new(),
             Pause::All => tids.clone(),
@@ -213,7 +217,7 @@ impl<T: Target> Snapshot<T> {
             let python = self
                 .python
                 .as_mut()
-                .map(|r| r.stacks(&tids, opts.frames, keep));
+                .map(|r| r.stacks(&tids, opts.frames, want));
             let target = &self.target;
             let tasks = match (&mut self.python, &python) {
                 (Some(r), Some(Ok(_))) if opts.async_tasks => {
