@@ -199,95 +199,116 @@ impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
     }
 }
 
+/// What [`second_look`] keeps between samples: its lists, so that a warmed-up look does
+/// not allocate.
+#[derive(Debug, Default)]
+pub struct LookScratch {
+    /// Per region of the thread at hand's first copy: the span of its walked frames, and
+    /// the slot of the second copy that holds it.
+    spans: Vec<Option<(u64, u64)>>,
+    span_slots: Vec<Option<usize>>,
+    /// Per walked frame of every looked-at thread, in order: where its bytes are in its
+    /// thread's second copy (slot, offset); `starts[i]` is thread i's first.
+    places: Vec<(u32, u32)>,
+    starts: Vec<usize>,
+    /// Per thread: it is looked at; its re-read frame root (two words for a C frame).
+    wants: Vec<bool>,
+    roots: Vec<[[u8; 8]; 2]>,
+    /// Per thread: its stack stands (the result).
+    stands: Vec<bool>,
+}
+
 /// A second look at the stacks of the `wanted` threads, whose innermost frame pointer was
-/// the same after their copy as before it: the regions of the first copy that hold their
-/// frames are copied again, then each thread's frame root is read again after them, and a
-/// stack is kept only if the root still points at its innermost frame and a walk of the new
-/// copy from there finds the same frames (the innermost one may have moved on to another
-/// instruction). The pointer check alone passes a thread that returned and called back
-/// down to the same depth while it was copied: it leaves the same innermost pointer behind,
-/// over frames the copy saw half rewritten.
+/// the same after their copy as before it: the bytes of the first copy that hold their
+/// frames (for a data-stack chunk, the span from its outermost walked frame to the end of
+/// its innermost one) are copied again, then each thread's frame root is read again after
+/// them, and a stack is kept only if the root still points at its innermost frame and every
+/// walked frame reads the same in the new copy (see [`frame_reads_the_same`]: the words the
+/// walk used, so a walk of the new copy would find the same frames; the innermost one may
+/// have moved on to another instruction). The pointer check alone passes a thread that
+/// returned and called back down to the same depth while it was copied: it leaves the same
+/// innermost pointer behind, over frames the copy saw half rewritten.
 ///
 /// `regions[i]` is thread i's first copy (address-sorted), `looks[i]` its walk of it and
-/// the buffers of its second copy (one per thread, reused between samples); `raw` is a
-/// reused buffer. Returns, per thread, whether its stack stands.
-pub fn second_look<M: Memory + ?Sized, S: Look>(
+/// the buffers of its second copy (one per thread, reused between samples); `scratch`
+/// is reused between samples. Returns, per thread, whether its stack stands.
+pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     mem: &M,
     l: &Layout,
     threads: &[super::threads::PyThread],
     wanted: &[bool],
     regions: &[Vec<(u64, Vec<u8>)>],
     looks: &mut [S],
-    raw: &mut Vec<RawFrame>,
-) -> Vec<bool> {
+    scratch: &'s mut LookScratch,
+) -> &'s [bool] {
     let n = threads.len();
     debug_assert_eq!(looks.len(), n, "one look per thread");
-    let want = |i: usize, walked: &[RawFrame]| {
-        wanted.get(i).copied().unwrap_or(false) && !walked.is_empty()
-    };
-    let wants: Vec<bool> = looks
-        .iter_mut()
-        .enumerate()
-        .map(|(i, s)| want(i, s.parts().0))
-        .collect();
-    let want = |i: usize| wants.get(i).copied().unwrap_or(false);
-    let mut holds = Vec::new();
-    let mut outside = Vec::new();
-    let frame_len = frame_read_len(l);
+    let LookScratch {
+        spans,
+        span_slots,
+        places,
+        starts,
+        wants,
+        roots,
+        stands,
+    } = scratch;
+    wants.clear();
+    wants.extend(
+        looks
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| wanted.get(i).copied().unwrap_or(false) && !s.parts().0.is_empty()),
+    );
+    let frame_len = frame_read_len(l) as u64;
+    places.clear();
+    starts.clear();
     for (i, look) in looks.iter_mut().enumerate() {
+        starts.push(places.len());
         let (walked, copy) = look.parts();
-        // Which regions hold a walked frame: each frame's region is found by a binary
-        // search (the regions are sorted), as deep stacks make a scan of every region for
-        // every frame cost millions of steps.
-        holds.clear();
-        holds.resize(regions[i].len(), false);
-        outside.clear();
-        for f in walked.iter().filter(|_| want(i)) {
+        if !wants[i] {
+            copy.clear();
+            continue;
+        }
+        // Which region of the first copy holds each walked frame whole, found by a binary
+        // search (the regions are sorted; deep stacks made a scan of every region for every
+        // frame cost millions of steps), and the span its frames take there: only that
+        // span is copied again, not the room the first copy left for the stack to grow.
+        let held = |f: &RawFrame| {
             let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
-            match k.checked_sub(1) {
-                Some(k) if f.addr - regions[i][k].0 < regions[i][k].1.len() as u64 => {
-                    holds[k] = true;
-                }
-                _ => outside.push(f.addr),
-            }
-        }
-        // Buffers stay with their slot between samples: no allocation once warmed up.
-        let mut k = 0;
-        let slot = |copy: &mut Vec<(u64, Vec<u8>)>, k: &mut usize, addr: u64, len: usize| {
-            if *k == copy.len() {
-                copy.push((0, Vec::new()));
-            }
-            copy[*k].0 = addr;
-            copy[*k].1.resize(len, 0);
-            *k += 1;
+            k.checked_sub(1).filter(|&k| {
+                let (addr, data) = &regions[i][k];
+                f.addr - addr + frame_len <= data.len() as u64
+            })
         };
-        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
-            slot(copy, &mut k, *addr, data.len());
-        }
-        // Frames the first copy did not hold (every frame before 3.11, where the full walk
-        // read them one by one; generator and entry frames after) are copied in the same
-        // batch, instead of one read each during the walk; one that would overlap a copied
-        // region is left to the walk.
-        let held = k;
-        outside.sort_unstable();
-        let mut end = 0;
-        for &addr in &outside {
-            let overlaps = addr < end || {
-                let j = copy[..held].partition_point(|(a, _)| *a < addr + frame_len as u64);
-                j.checked_sub(1)
-                    .is_some_and(|j| copy[j].0 + copy[j].1.len() as u64 > addr)
-            };
-            if !overlaps {
-                slot(copy, &mut k, addr, frame_len);
-                end = addr + frame_len as u64;
+        spans.clear();
+        spans.resize(regions[i].len(), None);
+        for f in walked {
+            if let Some(k) = held(f) {
+                let (lo, hi) = spans[k].unwrap_or((f.addr, f.addr));
+                spans[k] = Some((lo.min(f.addr), hi.max(f.addr + frame_len)));
             }
         }
-        copy.truncate(k);
-        if k > held {
-            copy.sort_unstable_by_key(|c| c.0);
+        let mut used = 0;
+        span_slots.clear();
+        for s in spans.iter() {
+            span_slots.push(s.map(|(lo, hi)| slot(copy, &mut used, lo, hi - lo)));
         }
+        // Frames the first copy did not hold whole (every frame before 3.11 on the full
+        // walk, which read them one by one; generator and entry frames after it) get a
+        // copy of their own in the same batch.
+        for f in walked {
+            let (s, off) = match held(f).and_then(|k| span_slots[k]) {
+                Some(s) => (s, f.addr - copy[s].0),
+                None => (slot(copy, &mut used, f.addr, frame_len), 0),
+            };
+            places.push((s as u32, off as u32));
+        }
+        copy.truncate(used);
     }
-    let mut roots = vec![[[0u8; 8]; 2]; n];
+    starts.push(places.len());
+    roots.clear();
+    roots.resize(n, [[0u8; 8]; 2]);
+    stands.clear();
     {
         let mut reqs: Vec<(u64, &mut [u8])> = Vec::new();
         for look in looks.iter_mut() {
@@ -297,7 +318,7 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
         }
         let cut = reqs.len();
         for (i, (t, [a, b])) in threads.iter().zip(roots.iter_mut()).enumerate() {
-            if !want(i) {
+            if !wants[i] {
                 continue;
             }
             match l.frame_root {
@@ -312,50 +333,84 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
             }
         }
         if mem.read_many_then(&mut reqs, &[cut]).is_err() {
-            return vec![false; n];
+            stands.resize(n, false);
+            return stands;
         }
     }
-    looks
-        .iter_mut()
-        .enumerate()
-        .map(|(i, look)| {
-            if !want(i) {
-                return false;
+    for (i, look) in looks.iter_mut().enumerate() {
+        if !wants[i] {
+            stands.push(false);
+            continue;
+        }
+        let (walked, copy) = look.parts();
+        let [a, b] = roots[i];
+        let root = match l.frame_root {
+            FrameRoot::Direct(_) => Some(u64::from_le_bytes(a)),
+            FrameRoot::CFrame { cframe, .. } => {
+                let cf = u64::from_le_bytes(a);
+                (cf == le_u64(&threads[i].raw, cframe as usize) && cf != 0)
+                    .then(|| u64::from_le_bytes(b))
             }
-            let (walked, copy) = look.parts();
-            let first = walked[0].addr;
-            let [a, b] = roots[i];
-            let root = match l.frame_root {
-                FrameRoot::Direct(_) => u64::from_le_bytes(a),
-                FrameRoot::CFrame { cframe, .. } => {
-                    let cf = u64::from_le_bytes(a);
-                    if cf != le_u64(&threads[i].raw, cframe as usize) || cf == 0 {
-                        return false;
-                    }
-                    u64::from_le_bytes(b)
-                }
-            };
-            if root != first {
-                return false;
-            }
-            let again = crate::process::Overlay::new(copy, mem);
-            if walk(&again, l, first, raw).is_err() || raw.len() != walked.len() {
-                return false;
-            }
-            raw.iter().zip(walked).enumerate().all(|(k, (x, y))| {
-                x.addr == y.addr
-                    && x.code == y.code
-                    && x.shim == y.shim
-                    && (k == 0 || x.offset == y.offset)
-            }) && frames_fit(
+        };
+        let same = root == Some(walked[0].addr)
+            && walked
+                .iter()
+                .zip(&places[starts[i]..starts[i + 1]])
+                .enumerate()
+                .all(|(k, (f, &(s, off)))| {
+                    let buf = &copy[s as usize].1[off as usize..][..frame_len as usize];
+                    frame_reads_the_same(mem, l, walked, k, f, buf)
+                })
+            && frames_fit(
                 &crate::process::Overlay::new(&regions[i], mem),
                 l,
                 &threads[i].raw,
                 &regions[i],
                 walked,
-            )
-        })
-        .collect()
+            );
+        stands.push(same);
+    }
+    stands
+}
+
+/// Slot `*used` of `copy`, made to hold `len` bytes from `addr`; its index. Buffers stay
+/// with their slot between samples: no allocation once warmed up.
+fn slot(copy: &mut Vec<(u64, Vec<u8>)>, used: &mut usize, addr: u64, len: u64) -> usize {
+    if *used == copy.len() {
+        copy.push((0, Vec::new()));
+    }
+    copy[*used].0 = addr;
+    copy[*used].1.resize(len as usize, 0);
+    *used += 1;
+    *used - 1
+}
+
+/// Does `buf`, a new copy of walked frame `k` (`f`), say what the walk made of the first
+/// one: the same caller (`f_back`: the next walked frame, or the end of the chain where the
+/// walk ended), the same kind (entry shim or Python frame), and for a Python frame the same
+/// code object and, but for the innermost frame, the same instruction. These are the words
+/// [`walk`] reads of a frame, so a walk of the new copy would find the same frames; it is
+/// checked frame by frame at the addresses already known, without walking again.
+fn frame_reads_the_same<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    walked: &[RawFrame],
+    k: usize,
+    f: &RawFrame,
+    buf: &[u8],
+) -> bool {
+    let back = le_u64(buf, l.f_back as usize);
+    let caller_ok = match walked.get(k + 1) {
+        Some(next) => back == next.addr,
+        // A walk cut at the ceiling did not look past it.
+        None => back == 0 || walked.len() >= MAX_DEPTH,
+    };
+    if !caller_ok || is_shim(l, buf) != f.shim {
+        return false;
+    }
+    f.shim
+        || python_frame(mem, l, f.addr, buf)
+            .is_ok_and(|g| g.code == f.code && (k == 0 || g.offset == f.offset))
 }
 
 /// Are the walked frames that sit on the thread's data stack (3.11+) where the interpreter
@@ -460,11 +515,7 @@ pub fn walk<M: Memory + ?Sized>(
             }
         };
         let back = le_u64(buf, l.f_back as usize);
-        let owner = l.f_owner.map(|o| le_u8(buf, o as usize));
-        // Frames owned by the C stack / interpreter are entry shims, not Python code.
-        if let (Some(owner), Some(limit)) = (owner, l.owner_not_python)
-            && owner >= limit
-        {
+        if is_shim(l, buf) {
             if let Some(last) = out.iter_mut().rev().find(|f| !f.shim) {
                 last.is_entry = true;
             }
@@ -482,6 +533,13 @@ pub fn walk<M: Memory + ?Sized>(
         frame = back;
     }
     Ok(false)
+}
+
+/// Is the frame in `buf` an entry shim (owned by the C stack or the interpreter, 3.12+),
+/// not Python code?
+fn is_shim(l: &Layout, buf: &[u8]) -> bool {
+    let owner = l.f_owner.map(|o| le_u8(buf, o as usize));
+    matches!((owner, l.owner_not_python), (Some(owner), Some(limit)) if owner >= limit)
 }
 
 /// The Python frame at `addr` whose first bytes (at least [`Layout::f_size`]) are `buf`:
@@ -1046,7 +1104,7 @@ mod tests {
         let regions = vec![vec![(chunk, first.bytes(chunk, 4096).unwrap())]];
         let mut walked = Vec::new();
         walk(&Overlay::new(&regions[0], &first), &l, inner, &mut walked).unwrap();
-        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        let (mut scratch, mut raw) = (Vec::new(), LookScratch::default());
         let mut look = |now: &ImageMemory| {
             second_look(
                 now,
@@ -1140,7 +1198,7 @@ mod tests {
         let mut walked = Vec::new();
         walk(&m, &l, heap, &mut walked).unwrap();
         assert_eq!(walked.len(), n as usize);
-        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        let (mut scratch, mut raw) = (Vec::new(), LookScratch::default());
         let counting = Counting(&m, std::cell::Cell::new(0));
         let stands = second_look(
             &counting,
@@ -1150,7 +1208,8 @@ mod tests {
             &[Vec::new()],
             &mut [(&walked[..], &mut scratch)],
             &mut raw,
-        );
+        )
+        .to_vec();
         assert_eq!(stands, [true]);
         assert_eq!(counting.1.get(), 1, "frames and root in one batched read");
         // And a frame that changed in between is still caught.

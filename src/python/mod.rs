@@ -125,8 +125,8 @@ pub struct StackReader<M: Memory> {
     scratch: Vec<ThreadScratch>,
     /// The slow path's second copy (see [`frames::second_look`]), reused between samples.
     second: Vec<(u64, Vec<u8>)>,
-    /// The frames [`frames::second_look`] walks in its copy, reused between samples.
-    second_raw: Vec<frames::RawFrame>,
+    /// What [`frames::second_look`] keeps between samples.
+    look: frames::LookScratch,
     /// Each thread's kernel id at the last sample, in its order (see `keep` in
     /// [`StackReader::stacks`]).
     last_tids: Vec<Option<u32>>,
@@ -157,7 +157,7 @@ impl<M: Memory> StackReader<M> {
             errors: 0,
             scratch: Vec::new(),
             second: Vec::new(),
-            second_raw: Vec::new(),
+            look: frames::LookScratch::default(),
             last_tids: Vec::new(),
             spans: Vec::new(),
             regions: Vec::new(),
@@ -253,8 +253,9 @@ impl<M: Memory> StackReader<M> {
                 &wanted,
                 &chunks,
                 &mut self.scratch,
-                &mut self.second_raw,
+                &mut self.look,
             )
+            .to_vec()
         } else {
             vec![false; n]
         };
@@ -390,7 +391,7 @@ impl<M: Memory> StackReader<M> {
                         &[true],
                         std::slice::from_ref(&self.chunks),
                         &mut [(&self.raw[..], &mut self.second)],
-                        &mut self.second_raw,
+                        &mut self.look,
                     )[0]
                 };
             if stands {
