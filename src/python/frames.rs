@@ -1134,6 +1134,29 @@ mod tests {
         )));
         // The thread is elsewhere now: dropped.
         assert!(!look(&image(stack(frames), chunk + 0x100)));
+        // Each word the walk read of each frame is compared in the new copy: one of them
+        // changed (the caller link, the code object, the instruction of a caller, the owner
+        // that makes a frame an entry shim) drops the stack, with the frame root unchanged.
+        let owner = l.f_owner.unwrap();
+        for k in 0..3u64 {
+            let at = 0x40 + 0xc0 * k;
+            let mut words = vec![(l.f_back, 0x7f00_0000_0f00), (l.f_code, 0x60000)];
+            if k < 2 {
+                words.push((instr, frames[k as usize].0 + base + 2));
+            }
+            for (field, value) in words {
+                let mut data = stack(frames);
+                put(&mut data, at + field, value);
+                assert!(!look(&image(data, inner)), "frame {k}, word {field:#x}");
+            }
+            let mut data = stack(frames);
+            data[(at + owner) as usize] = l.owner_not_python.unwrap();
+            assert!(!look(&image(data, inner)), "frame {k}, owner");
+            // Words the walk does not read (here the function object) may change.
+            let mut data = stack(frames);
+            put(&mut data, at + 16, 0x1234);
+            assert!(look(&image(data, inner)), "frame {k}, function object");
+        }
     }
 
     /// Memory that counts its reads (a batch is one, as one process_vm_readv is).
