@@ -273,20 +273,32 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         // search (the regions are sorted; deep stacks made a scan of every region for every
         // frame cost millions of steps), and the span its frames take there: only that
         // span is copied again, not the room the first copy left for the stack to grow.
-        let held = |f: &RawFrame| {
-            let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
-            k.checked_sub(1).filter(|&k| {
+        // A frame's region is most often the last one's (a walk goes down one chunk),
+        // else found by a binary search.
+        let mut last = 0;
+        let mut held = |a: u64| {
+            let fits = |k: usize| {
                 let (addr, data) = &regions[i][k];
-                f.addr - addr + frame_len <= data.len() as u64
-            })
+                *addr <= a && a - addr + frame_len <= data.len() as u64
+            };
+            if last < regions[i].len() && fits(last) {
+                return Some(last);
+            }
+            let k = regions[i].partition_point(|(addr, _)| *addr <= a);
+            let k = k.checked_sub(1).filter(|&k| fits(k))?;
+            last = k;
+            Some(k)
         };
         spans.clear();
         spans.resize(regions[i].len(), None);
+        let first = places.len();
         for f in walked {
-            if let Some(k) = held(f) {
+            let k = held(f.addr);
+            if let Some(k) = k {
                 let (lo, hi) = spans[k].unwrap_or((f.addr, f.addr));
                 spans[k] = Some((lo.min(f.addr), hi.max(f.addr + frame_len)));
             }
+            places.push((k.map_or(u32::MAX, |k| k as u32), 0));
         }
         let mut used = 0;
         span_slots.clear();
@@ -296,12 +308,12 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         // Frames the first copy did not hold whole (every frame before 3.11 on the full
         // walk, which read them one by one; generator and entry frames after it) get a
         // copy of their own in the same batch.
-        for f in walked {
-            let (s, off) = match held(f).and_then(|k| span_slots[k]) {
+        for (f, place) in walked.iter().zip(&mut places[first..]) {
+            let (s, off) = match span_slots.get(place.0 as usize).copied().flatten() {
                 Some(s) => (s, f.addr - copy[s].0),
                 None => (slot(copy, &mut used, f.addr, frame_len), 0),
             };
-            places.push((s as u32, off as u32));
+            *place = (s as u32, off as u32);
         }
         copy.truncate(used);
     }
