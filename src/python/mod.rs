@@ -101,6 +101,17 @@ impl frames::Look for ThreadScratch {
     }
 }
 
+/// What [`StackReader::stacks`] decides per thread, in its order: whether the thread's
+/// stack is read, whether the batch vouches for it, whether it gets a second look, and
+/// whether it stood that look.
+#[derive(Default)]
+struct Verdicts {
+    read: Vec<bool>,
+    vouched: Vec<bool>,
+    wanted: Vec<bool>,
+    looked: Vec<bool>,
+}
+
 /// Reads Python threads and stacks from any [`Memory`]: a live process or a core file.
 pub struct StackReader<M: Memory> {
     mem: M,
@@ -128,8 +139,11 @@ pub struct StackReader<M: Memory> {
     /// What [`frames::second_look`] keeps between samples.
     look: frames::LookScratch,
     /// Each thread's kernel id at the last sample, in its order (see `keep` in
-    /// [`StackReader::stacks`]).
+    /// [`StackReader::stacks`]), and the list before it, reused.
     last_tids: Vec<Option<u32>>,
+    spare_tids: Vec<Option<u32>>,
+    /// Per-thread lists of [`StackReader::stacks`], reused between samples.
+    verdicts: Verdicts,
     /// Scratch lists for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
     regions: Vec<(u64, u64)>,
@@ -159,6 +173,8 @@ impl<M: Memory> StackReader<M> {
             second: Vec::new(),
             look: frames::LookScratch::default(),
             last_tids: Vec::new(),
+            spare_tids: Vec::new(),
+            verdicts: Verdicts::default(),
             spans: Vec::new(),
             regions: Vec::new(),
             asyncio: asyncio::TaskCache::default(),
@@ -195,17 +211,19 @@ impl<M: Memory> StackReader<M> {
             None => Vec::new(),
         };
         let (threads, chunks, still) = self.read_threads(opts.validate, &skip)?;
-        let os_tids: Vec<Option<u32>> = threads
-            .iter()
-            .map(|t| {
-                t.native_id
-                    .or_else(|| self.tid_from_pthread(t.thread_id, tids))
-            })
-            .collect();
-        let read: Vec<bool> = os_tids
-            .iter()
-            .map(|t| keep.is_none_or(|k| t.is_some_and(k)))
-            .collect();
+        let mut os_tids = std::mem::take(&mut self.spare_tids);
+        os_tids.clear();
+        for t in &threads {
+            let tid = t
+                .native_id
+                .or_else(|| self.tid_from_pthread(t.thread_id, tids));
+            os_tids.push(tid);
+        }
+        let mut v = std::mem::take(&mut self.verdicts);
+        v.read.clear();
+        v.read
+            .extend(os_tids.iter().map(|t| keep.is_none_or(|k| t.is_some_and(k))));
+        let read = &v.read;
         // A shared handle, so the caches below can be borrowed mutably while it is in use.
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;
@@ -236,29 +254,28 @@ impl<M: Memory> StackReader<M> {
         // batch::Still), else after a second look (see frames::second_look). A walk that read
         // anything beyond the batch read it later, which voids what the batch says.
         let beyond = self.mem.reads() != reads_before;
-        let vouched: Vec<bool> = (0..n)
-            .map(|i| match &still {
-                Some(s) => !beyond && s[i] == batch::Still::Quiet,
-                None => !opts.validate,
-            })
-            .collect();
-        let wanted: Vec<bool> = (0..n)
-            .map(|i| !vouched[i] && self.scratch[i].first.is_some())
-            .collect();
-        let looked = if wanted.contains(&true) {
-            frames::second_look(
+        v.vouched.clear();
+        v.vouched.extend((0..n).map(|i| match &still {
+            Some(s) => !beyond && s[i] == batch::Still::Quiet,
+            None => !opts.validate,
+        }));
+        v.wanted.clear();
+        v.wanted.extend((0..n).map(|i| !v.vouched[i] && self.scratch[i].first.is_some()));
+        v.looked.clear();
+        if v.wanted.contains(&true) {
+            v.looked.extend_from_slice(frames::second_look(
                 &self.mem,
                 l,
                 &threads,
-                &wanted,
+                &v.wanted,
                 &chunks,
                 &mut self.scratch,
                 &mut self.look,
-            )
-            .to_vec()
+            ));
         } else {
-            vec![false; n]
-        };
+            v.looked.resize(n, false);
+        }
+        let (read, vouched, looked) = (&v.read, &v.vouched, &v.looked);
         let mut out = Vec::with_capacity(n);
         for (i, t) in threads.iter().enumerate() {
             let mut entries = std::mem::take(&mut self.scratch[i].entries);
@@ -310,7 +327,8 @@ impl<M: Memory> StackReader<M> {
             });
         }
         self.fill_names(&threads, &mut out);
-        self.last_tids = os_tids;
+        self.spare_tids = std::mem::replace(&mut self.last_tids, os_tids);
+        self.verdicts = v;
         if let Some(plan) = &mut self.plan {
             plan.recycle(threads, chunks);
         }
