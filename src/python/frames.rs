@@ -203,13 +203,11 @@ impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
 /// not allocate.
 #[derive(Debug, Default)]
 pub struct LookScratch {
-    /// Per region of the thread at hand's first copy: the span of its walked frames, and
-    /// the slot of the second copy that holds it.
+    /// Per region of the thread at hand's first copy: the span of its walked frames.
     spans: Vec<Option<(u64, u64)>>,
-    span_slots: Vec<Option<usize>>,
-    /// Per walked frame of every looked-at thread, in order: where its bytes are in its
-    /// thread's second copy (slot, offset); `starts[i]` is thread i's first.
-    places: Vec<(u32, u32)>,
+    /// Per region of every looked-at thread's first copy: the slot of its second copy
+    /// that holds the region's walked frames; `starts[i]` is thread i's first region.
+    span_slots: Vec<Option<u32>>,
     starts: Vec<usize>,
     /// Per thread: it is looked at; its re-read frame root (two words for a C frame).
     wants: Vec<bool>,
@@ -218,16 +216,97 @@ pub struct LookScratch {
     stands: Vec<bool>,
 }
 
+/// Which of a thread's first-copy regions (address-sorted) holds a frame whole, as the
+/// walk's [`crate::process::Overlay`] decides it.
+struct Held<'a> {
+    regions: &'a [(u64, Vec<u8>)],
+    frame_len: u64,
+    /// The region of the last frame: a walk goes down one chunk, frame after frame.
+    last: usize,
+}
+
+impl Held<'_> {
+    #[inline]
+    fn of(&mut self, a: u64) -> Option<usize> {
+        let fits = |k: usize| {
+            let (addr, data) = &self.regions[k];
+            *addr <= a && a - addr + self.frame_len <= data.len() as u64
+        };
+        if self.last < self.regions.len() && fits(self.last) {
+            return Some(self.last);
+        }
+        let k = self.regions.partition_point(|(addr, _)| *addr <= a);
+        let k = k.checked_sub(1).filter(|&k| fits(k))?;
+        self.last = k;
+        Some(k)
+    }
+}
+
+/// The bytes of a frame that [`walk`] reads, as (offset of an 8-byte load within the
+/// frame's first [`frame_read_len`] bytes, mask of the field's bytes in it): the caller
+/// link, the code object, the owner and entry flags, then (not for the innermost frame,
+/// which may move on to another instruction) the instruction and its bytecode copy.
+/// Returns the words and how many of them the innermost frame compares.
+fn walk_words(l: &Layout) -> ([(usize, u64); 6], usize, usize) {
+    let len = frame_read_len(l);
+    let word = |off: u64, bytes: usize| {
+        let at = (off as usize).min(len - 8);
+        let shift = 8 * (off as usize - at);
+        let mask = if bytes >= 8 { !0 } else { (1u64 << (8 * bytes)) - 1 };
+        (at, mask << shift)
+    };
+    let flags = [l.f_owner.map(|o| word(o, 1)), l.f_is_entry.map(|o| word(o, 1))];
+    let instr = match l.f_instr {
+        InstrSource::LastiBytes(o) | InstrSource::LastiUnits(o) => word(o, 4),
+        InstrSource::Pointer(o) => word(o, 8),
+    };
+    let mut words = [(0, 0); 6];
+    let mut n = 0;
+    for w in [Some(word(l.f_back, 8)), Some(word(l.f_code, 8))]
+        .into_iter()
+        .chain(flags)
+        .flatten()
+    {
+        words[n] = w;
+        n += 1;
+    }
+    let innermost = n;
+    for w in [Some(instr), l.f_tlbc_index.map(|o| word(o, 4))]
+        .into_iter()
+        .flatten()
+    {
+        words[n] = w;
+        n += 1;
+    }
+    (words, n, innermost)
+}
+
+/// Are the `words` (see [`walk_words`]) of the frames starting `a` and `b`, each at least
+/// `len` bytes long (a frame's [`frame_read_len`]), the same?
+#[inline]
+fn same_words(a: &[u8], b: &[u8], len: usize, words: &[(usize, u64)]) -> bool {
+    let (Some(a), Some(b)) = (a.get(..len), b.get(..len)) else {
+        return false;
+    };
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap());
+    words
+        .iter()
+        .fold(0, |diff, &(at, mask)| diff | ((word(a, at) ^ word(b, at)) & mask))
+        == 0
+}
+
 /// A second look at the stacks of the `wanted` threads, whose innermost frame pointer was
 /// the same after their copy as before it: the bytes of the first copy that hold their
 /// frames (for a data-stack chunk, the span from its outermost walked frame to the end of
 /// its innermost one) are copied again, then each thread's frame root is read again after
-/// them, and a stack is kept only if the root still points at its innermost frame and every
-/// walked frame reads the same in the new copy (see [`frame_reads_the_same`]: the words the
-/// walk used, so a walk of the new copy would find the same frames; the innermost one may
-/// have moved on to another instruction). The pointer check alone passes a thread that
-/// returned and called back down to the same depth while it was copied: it leaves the same
-/// innermost pointer behind, over frames the copy saw half rewritten.
+/// them, and a stack is kept only if the root still points at its innermost frame and
+/// every word the walk read of every frame is the same in both copies (the innermost frame
+/// may have moved on to another instruction): a walk of the new copy would find the same
+/// frames. Frames the first copy did not hold (the walk read them on its own) are checked
+/// against what the walk made of them instead (see [`frame_reads_the_same`]). The pointer
+/// check alone passes a thread that returned and called back down to the same depth while
+/// it was copied: it leaves the same innermost pointer behind, over frames the copy saw
+/// half rewritten.
 ///
 /// `regions[i]` is thread i's first copy (address-sorted), `looks[i]` its walk of it and
 /// the buffers of its second copy (one per thread, reused between samples); `scratch`
@@ -246,7 +325,6 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     let LookScratch {
         spans,
         span_slots,
-        places,
         starts,
         wants,
         roots,
@@ -260,64 +338,45 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             .map(|(i, s)| wanted.get(i).copied().unwrap_or(false) && !s.parts().0.is_empty()),
     );
     let frame_len = frame_read_len(l) as u64;
-    places.clear();
+    span_slots.clear();
     starts.clear();
     for (i, look) in looks.iter_mut().enumerate() {
-        starts.push(places.len());
+        starts.push(span_slots.len());
         let (walked, copy) = look.parts();
         if !wants[i] {
             copy.clear();
             continue;
         }
-        // Which region of the first copy holds each walked frame whole, found by a binary
-        // search (the regions are sorted; deep stacks made a scan of every region for every
-        // frame cost millions of steps), and the span its frames take there: only that
+        // The span the walked frames take in each region of the first copy: only that
         // span is copied again, not the room the first copy left for the stack to grow.
-        // A frame's region is most often the last one's (a walk goes down one chunk),
-        // else found by a binary search.
-        let mut last = 0;
-        let mut held = |a: u64| {
-            let fits = |k: usize| {
-                let (addr, data) = &regions[i][k];
-                *addr <= a && a - addr + frame_len <= data.len() as u64
-            };
-            if last < regions[i].len() && fits(last) {
-                return Some(last);
-            }
-            let k = regions[i].partition_point(|(addr, _)| *addr <= a);
-            let k = k.checked_sub(1).filter(|&k| fits(k))?;
-            last = k;
-            Some(k)
+        let mut held = Held {
+            regions: &regions[i],
+            frame_len,
+            last: 0,
         };
         spans.clear();
         spans.resize(regions[i].len(), None);
-        let first = places.len();
         for f in walked {
-            let k = held(f.addr);
-            if let Some(k) = k {
+            if let Some(k) = held.of(f.addr) {
                 let (lo, hi) = spans[k].unwrap_or((f.addr, f.addr));
                 spans[k] = Some((lo.min(f.addr), hi.max(f.addr + frame_len)));
             }
-            places.push((k.map_or(u32::MAX, |k| k as u32), 0));
         }
         let mut used = 0;
-        span_slots.clear();
         for s in spans.iter() {
-            span_slots.push(s.map(|(lo, hi)| slot(copy, &mut used, lo, hi - lo)));
+            span_slots.push(s.map(|(lo, hi)| slot(copy, &mut used, lo, hi - lo) as u32));
         }
         // Frames the first copy did not hold whole (every frame before 3.11 on the full
         // walk, which read them one by one; generator and entry frames after it) get a
-        // copy of their own in the same batch.
-        for (f, place) in walked.iter().zip(&mut places[first..]) {
-            let (s, off) = match span_slots.get(place.0 as usize).copied().flatten() {
-                Some(s) => (s, f.addr - copy[s].0),
-                None => (slot(copy, &mut used, f.addr, frame_len), 0),
-            };
-            *place = (s as u32, off as u32);
+        // copy of their own in the same batch, in walk order after the spans.
+        for f in walked {
+            if held.of(f.addr).is_none() {
+                slot(copy, &mut used, f.addr, frame_len);
+            }
         }
         copy.truncate(used);
     }
-    starts.push(places.len());
+    starts.push(span_slots.len());
     roots.clear();
     roots.resize(n, [[0u8; 8]; 2]);
     stands.clear();
@@ -349,6 +408,7 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             return stands;
         }
     }
+    let (words, all, innermost) = walk_words(l);
     for (i, look) in looks.iter_mut().enumerate() {
         if !wants[i] {
             stands.push(false);
@@ -364,15 +424,33 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
                     .then(|| u64::from_le_bytes(b))
             }
         };
+        let slots = &span_slots[starts[i]..starts[i + 1]];
+        let mut held = Held {
+            regions: &regions[i],
+            frame_len,
+            last: 0,
+        };
+        let mut outside = slots.iter().flatten().count();
         let same = root == Some(walked[0].addr)
-            && walked
-                .iter()
-                .zip(&places[starts[i]..starts[i + 1]])
-                .enumerate()
-                .all(|(k, (f, &(s, off)))| {
-                    let buf = &copy[s as usize].1[off as usize..][..frame_len as usize];
-                    frame_reads_the_same(mem, l, walked, k, f, buf)
-                })
+            && walked.iter().enumerate().all(|(k, f)| {
+                let words = &words[..if k == 0 { innermost } else { all }];
+                match held.of(f.addr) {
+                    Some(r) => {
+                        let (first_at, first) = &regions[i][r];
+                        let (again_at, again) = &copy[slots[r].expect("a span") as usize];
+                        same_words(
+                            &first[(f.addr - first_at) as usize..],
+                            &again[(f.addr - again_at) as usize..],
+                            frame_len as usize,
+                            words,
+                        )
+                    }
+                    None => {
+                        outside += 1;
+                        frame_reads_the_same(mem, l, walked, k, f, &copy[outside - 1].1)
+                    }
+                }
+            })
             && frames_fit(
                 &crate::process::Overlay::new(&regions[i], mem),
                 l,
