@@ -199,118 +199,35 @@ impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
     }
 }
 
-/// What [`second_look`] keeps between samples: its lists, so that a warmed-up look does
-/// not allocate.
+/// What [`second_look`] keeps between samples, so that a warmed-up look does not allocate.
 #[derive(Debug, Default)]
 pub struct LookScratch {
-    /// Per region of the thread at hand's first copy: the span of its walked frames.
-    spans: Vec<Option<(u64, u64)>>,
-    /// Per region of every looked-at thread's first copy: the slot of its second copy
-    /// that holds the region's walked frames; `starts[i]` is thread i's first region.
-    span_slots: Vec<Option<u32>>,
-    starts: Vec<usize>,
-    /// Per thread: it is looked at; its re-read frame root (two words for a C frame).
+    /// The frames of the walk of the second copy.
+    raw: Vec<RawFrame>,
+    /// Per thread: it is looked at.
     wants: Vec<bool>,
+    /// Per region of the thread at hand's first copy: it holds a walked frame.
+    holds: Vec<bool>,
+    /// Walked frames of the thread at hand outside its first copy.
+    outside: Vec<u64>,
+    /// Per thread: its re-read frame root (two words for a C frame).
     roots: Vec<[[u8; 8]; 2]>,
     /// Per thread: its stack stands (the result).
     stands: Vec<bool>,
 }
 
-/// Which of a thread's first-copy regions (address-sorted) holds a frame whole, as the
-/// walk's [`crate::process::Overlay`] decides it.
-struct Held<'a> {
-    regions: &'a [(u64, Vec<u8>)],
-    frame_len: u64,
-    /// The region of the last frame: a walk goes down one chunk, frame after frame.
-    last: usize,
-}
-
-impl Held<'_> {
-    #[inline]
-    fn of(&mut self, a: u64) -> Option<usize> {
-        let fits = |k: usize| {
-            let (addr, data) = &self.regions[k];
-            *addr <= a && a - addr + self.frame_len <= data.len() as u64
-        };
-        if self.last < self.regions.len() && fits(self.last) {
-            return Some(self.last);
-        }
-        let k = self.regions.partition_point(|(addr, _)| *addr <= a);
-        let k = k.checked_sub(1).filter(|&k| fits(k))?;
-        self.last = k;
-        Some(k)
-    }
-}
-
-/// The bytes of a frame that [`walk`] reads, as (offset of an 8-byte load within the
-/// frame's first [`frame_read_len`] bytes, mask of the field's bytes in it): the caller
-/// link, the code object, the owner and entry flags, then (not for the innermost frame,
-/// which may move on to another instruction) the instruction and its bytecode copy.
-/// Returns the words and how many of them the innermost frame compares.
-fn walk_words(l: &Layout) -> ([(usize, u64); 6], usize, usize) {
-    let len = frame_read_len(l);
-    let word = |off: u64, bytes: usize| {
-        let at = (off as usize).min(len - 8);
-        let shift = 8 * (off as usize - at);
-        let mask = if bytes >= 8 { !0 } else { (1u64 << (8 * bytes)) - 1 };
-        (at, mask << shift)
-    };
-    let flags = [l.f_owner.map(|o| word(o, 1)), l.f_is_entry.map(|o| word(o, 1))];
-    let instr = match l.f_instr {
-        InstrSource::LastiBytes(o) | InstrSource::LastiUnits(o) => word(o, 4),
-        InstrSource::Pointer(o) => word(o, 8),
-    };
-    let mut words = [(0, 0); 6];
-    let mut n = 0;
-    for w in [Some(word(l.f_back, 8)), Some(word(l.f_code, 8))]
-        .into_iter()
-        .chain(flags)
-        .flatten()
-    {
-        words[n] = w;
-        n += 1;
-    }
-    let innermost = n;
-    for w in [Some(instr), l.f_tlbc_index.map(|o| word(o, 4))]
-        .into_iter()
-        .flatten()
-    {
-        words[n] = w;
-        n += 1;
-    }
-    (words, n, innermost)
-}
-
-/// Are the `words` (see [`walk_words`]) of the frames starting `a` and `b`, each at least
-/// `len` bytes long (a frame's [`frame_read_len`]), the same?
-#[inline]
-fn same_words(a: &[u8], b: &[u8], len: usize, words: &[(usize, u64)]) -> bool {
-    let (Some(a), Some(b)) = (a.get(..len), b.get(..len)) else {
-        return false;
-    };
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap());
-    words
-        .iter()
-        .fold(0, |diff, &(at, mask)| diff | ((word(a, at) ^ word(b, at)) & mask))
-        == 0
-}
-
 /// A second look at the stacks of the `wanted` threads, whose innermost frame pointer was
-/// the same after their copy as before it: the bytes of the first copy that hold their
-/// frames (for a data-stack chunk, the span from its outermost walked frame to the end of
-/// its innermost one) are copied again, then each thread's frame root is read again after
-/// them, and a stack is kept only if the root still points at its innermost frame and
-/// every word the walk read of every frame is the same in both copies (the innermost frame
-/// may have moved on to another instruction): a walk of the new copy would find the same
-/// frames. Frames the first copy did not hold (the walk read them on its own) are checked
-/// against what the walk made of them instead (see [`frame_reads_the_same`]). The pointer
-/// check alone passes a thread that returned and called back down to the same depth while
-/// it was copied: it leaves the same innermost pointer behind, over frames the copy saw
-/// half rewritten.
+/// the same after their copy as before it: the regions of the first copy that hold their
+/// frames are copied again, then each thread's frame root is read again after them, and a
+/// stack is kept only if the root still points at its innermost frame and a walk of the new
+/// copy from there finds the same frames (the innermost one may have moved on to another
+/// instruction). The pointer check alone passes a thread that returned and called back
+/// down to the same depth while it was copied: it leaves the same innermost pointer behind,
+/// over frames the copy saw half rewritten.
 ///
 /// `regions[i]` is thread i's first copy (address-sorted), `looks[i]` its walk of it and
-/// the buffers of its second copy (one per thread, reused between samples); `scratch`
-/// is reused between samples. Returns, per thread, whether its stack stands.
+/// the buffers of its second copy (one per thread, reused between samples); `scratch` is
+/// reused between samples. Returns, per thread, whether its stack stands.
 pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     mem: &M,
     l: &Layout,
@@ -323,10 +240,10 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     let n = threads.len();
     debug_assert_eq!(looks.len(), n, "one look per thread");
     let LookScratch {
-        spans,
-        span_slots,
-        starts,
+        raw,
         wants,
+        holds,
+        outside,
         roots,
         stands,
     } = scratch;
@@ -337,46 +254,61 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             .enumerate()
             .map(|(i, s)| wanted.get(i).copied().unwrap_or(false) && !s.parts().0.is_empty()),
     );
-    let frame_len = frame_read_len(l) as u64;
-    span_slots.clear();
-    starts.clear();
+    let want = |i: usize| wants.get(i).copied().unwrap_or(false);
+    let frame_len = frame_read_len(l);
     for (i, look) in looks.iter_mut().enumerate() {
-        starts.push(span_slots.len());
         let (walked, copy) = look.parts();
-        if !wants[i] {
-            copy.clear();
-            continue;
+        // Which regions hold a walked frame: each frame's region is found by a binary
+        // search (the regions are sorted), as deep stacks make a scan of every region for
+        // every frame cost millions of steps.
+        holds.clear();
+        holds.resize(regions[i].len(), false);
+        outside.clear();
+        for f in walked.iter().filter(|_| want(i)) {
+            let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
+            match k.checked_sub(1) {
+                Some(k) if f.addr - regions[i][k].0 < regions[i][k].1.len() as u64 => {
+                    holds[k] = true;
+                }
+                _ => outside.push(f.addr),
+            }
         }
-        // The span the walked frames take in each region of the first copy: only that
-        // span is copied again, not the room the first copy left for the stack to grow.
-        let mut held = Held {
-            regions: &regions[i],
-            frame_len,
-            last: 0,
+        // Buffers stay with their slot between samples: no allocation once warmed up.
+        let mut k = 0;
+        let slot = |copy: &mut Vec<(u64, Vec<u8>)>, k: &mut usize, addr: u64, len: usize| {
+            if *k == copy.len() {
+                copy.push((0, Vec::new()));
+            }
+            copy[*k].0 = addr;
+            copy[*k].1.resize(len, 0);
+            *k += 1;
         };
-        spans.clear();
-        spans.resize(regions[i].len(), None);
-        for f in walked {
-            if let Some(k) = held.of(f.addr) {
-                let (lo, hi) = spans[k].unwrap_or((f.addr, f.addr));
-                spans[k] = Some((lo.min(f.addr), hi.max(f.addr + frame_len)));
+        for ((addr, data), _) in regions[i].iter().zip(holds.iter()).filter(|(_, h)| **h) {
+            slot(copy, &mut k, *addr, data.len());
+        }
+        // Frames the first copy did not hold (every frame before 3.11, where the full walk
+        // read them one by one; generator and entry frames after) are copied in the same
+        // batch, instead of one read each during the walk; one that would overlap a copied
+        // region is left to the walk.
+        let held = k;
+        outside.sort_unstable();
+        let mut end = 0;
+        for &addr in outside.iter() {
+            let overlaps = addr < end || {
+                let j = copy[..held].partition_point(|(a, _)| *a < addr + frame_len as u64);
+                j.checked_sub(1)
+                    .is_some_and(|j| copy[j].0 + copy[j].1.len() as u64 > addr)
+            };
+            if !overlaps {
+                slot(copy, &mut k, addr, frame_len);
+                end = addr + frame_len as u64;
             }
         }
-        let mut used = 0;
-        for s in spans.iter() {
-            span_slots.push(s.map(|(lo, hi)| slot(copy, &mut used, lo, hi - lo) as u32));
+        copy.truncate(k);
+        if k > held {
+            copy.sort_unstable_by_key(|c| c.0);
         }
-        // Frames the first copy did not hold whole (every frame before 3.11 on the full
-        // walk, which read them one by one; generator and entry frames after it) get a
-        // copy of their own in the same batch, in walk order after the spans.
-        for f in walked {
-            if held.of(f.addr).is_none() {
-                slot(copy, &mut used, f.addr, frame_len);
-            }
-        }
-        copy.truncate(used);
     }
-    starts.push(span_slots.len());
     roots.clear();
     roots.resize(n, [[0u8; 8]; 2]);
     stands.clear();
@@ -389,7 +321,7 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         }
         let cut = reqs.len();
         for (i, (t, [a, b])) in threads.iter().zip(roots.iter_mut()).enumerate() {
-            if !wants[i] {
+            if !want(i) {
                 continue;
             }
             match l.frame_root {
@@ -408,99 +340,44 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             return stands;
         }
     }
-    let (words, all, innermost) = walk_words(l);
-    for (i, look) in looks.iter_mut().enumerate() {
-        if !wants[i] {
-            stands.push(false);
-            continue;
+    stands.extend(looks.iter_mut().enumerate().map(|(i, look)| {
+        if !want(i) {
+            return false;
         }
         let (walked, copy) = look.parts();
+        let first = walked[0].addr;
         let [a, b] = roots[i];
         let root = match l.frame_root {
-            FrameRoot::Direct(_) => Some(u64::from_le_bytes(a)),
+            FrameRoot::Direct(_) => u64::from_le_bytes(a),
             FrameRoot::CFrame { cframe, .. } => {
                 let cf = u64::from_le_bytes(a);
-                (cf == le_u64(&threads[i].raw, cframe as usize) && cf != 0)
-                    .then(|| u64::from_le_bytes(b))
+                if cf != le_u64(&threads[i].raw, cframe as usize) || cf == 0 {
+                    return false;
+                }
+                u64::from_le_bytes(b)
             }
         };
-        let slots = &span_slots[starts[i]..starts[i + 1]];
-        let mut held = Held {
-            regions: &regions[i],
-            frame_len,
-            last: 0,
-        };
-        let mut outside = slots.iter().flatten().count();
-        let same = root == Some(walked[0].addr)
-            && walked.iter().enumerate().all(|(k, f)| {
-                let words = &words[..if k == 0 { innermost } else { all }];
-                match held.of(f.addr) {
-                    Some(r) => {
-                        let (first_at, first) = &regions[i][r];
-                        let (again_at, again) = &copy[slots[r].expect("a span") as usize];
-                        same_words(
-                            &first[(f.addr - first_at) as usize..],
-                            &again[(f.addr - again_at) as usize..],
-                            frame_len as usize,
-                            words,
-                        )
-                    }
-                    None => {
-                        outside += 1;
-                        frame_reads_the_same(mem, l, walked, k, f, &copy[outside - 1].1)
-                    }
-                }
-            })
-            && frames_fit(
-                &crate::process::Overlay::new(&regions[i], mem),
-                l,
-                &threads[i].raw,
-                &regions[i],
-                walked,
-            );
-        stands.push(same);
-    }
+        if root != first {
+            return false;
+        }
+        let again = crate::process::Overlay::new(copy, mem);
+        if walk(&again, l, first, raw).is_err() || raw.len() != walked.len() {
+            return false;
+        }
+        raw.iter().zip(walked).enumerate().all(|(k, (x, y))| {
+            x.addr == y.addr
+                && x.code == y.code
+                && x.shim == y.shim
+                && (k == 0 || x.offset == y.offset)
+        }) && frames_fit(
+            &crate::process::Overlay::new(&regions[i], mem),
+            l,
+            &threads[i].raw,
+            &regions[i],
+            walked,
+        )
+    }));
     stands
-}
-
-/// Slot `*used` of `copy`, made to hold `len` bytes from `addr`; its index. Buffers stay
-/// with their slot between samples: no allocation once warmed up.
-fn slot(copy: &mut Vec<(u64, Vec<u8>)>, used: &mut usize, addr: u64, len: u64) -> usize {
-    if *used == copy.len() {
-        copy.push((0, Vec::new()));
-    }
-    copy[*used].0 = addr;
-    copy[*used].1.resize(len as usize, 0);
-    *used += 1;
-    *used - 1
-}
-
-/// Does `buf`, a new copy of walked frame `k` (`f`), say what the walk made of the first
-/// one: the same caller (`f_back`: the next walked frame, or the end of the chain where the
-/// walk ended), the same kind (entry shim or Python frame), and for a Python frame the same
-/// code object and, but for the innermost frame, the same instruction. These are the words
-/// [`walk`] reads of a frame, so a walk of the new copy would find the same frames; it is
-/// checked frame by frame at the addresses already known, without walking again.
-fn frame_reads_the_same<M: Memory + ?Sized>(
-    mem: &M,
-    l: &Layout,
-    walked: &[RawFrame],
-    k: usize,
-    f: &RawFrame,
-    buf: &[u8],
-) -> bool {
-    let back = le_u64(buf, l.f_back as usize);
-    let caller_ok = match walked.get(k + 1) {
-        Some(next) => back == next.addr,
-        // A walk cut at the ceiling did not look past it.
-        None => back == 0 || walked.len() >= MAX_DEPTH,
-    };
-    if !caller_ok || is_shim(l, buf) != f.shim {
-        return false;
-    }
-    f.shim
-        || python_frame(mem, l, f.addr, buf)
-            .is_ok_and(|g| g.code == f.code && (k == 0 || g.offset == f.offset))
 }
 
 /// Are the walked frames that sit on the thread's data stack (3.11+) where the interpreter
@@ -605,7 +482,11 @@ pub fn walk<M: Memory + ?Sized>(
             }
         };
         let back = le_u64(buf, l.f_back as usize);
-        if is_shim(l, buf) {
+        let owner = l.f_owner.map(|o| le_u8(buf, o as usize));
+        // Frames owned by the C stack / interpreter are entry shims, not Python code.
+        if let (Some(owner), Some(limit)) = (owner, l.owner_not_python)
+            && owner >= limit
+        {
             if let Some(last) = out.iter_mut().rev().find(|f| !f.shim) {
                 last.is_entry = true;
             }
@@ -623,13 +504,6 @@ pub fn walk<M: Memory + ?Sized>(
         frame = back;
     }
     Ok(false)
-}
-
-/// Is the frame in `buf` an entry shim (owned by the C stack or the interpreter, 3.12+),
-/// not Python code?
-fn is_shim(l: &Layout, buf: &[u8]) -> bool {
-    let owner = l.f_owner.map(|o| le_u8(buf, o as usize));
-    matches!((owner, l.owner_not_python), (Some(owner), Some(limit)) if owner >= limit)
 }
 
 /// The Python frame at `addr` whose first bytes (at least [`Layout::f_size`]) are `buf`:

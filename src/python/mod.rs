@@ -221,8 +221,11 @@ impl<M: Memory> StackReader<M> {
         }
         let mut v = std::mem::take(&mut self.verdicts);
         v.read.clear();
-        v.read
-            .extend(os_tids.iter().map(|t| keep.is_none_or(|k| t.is_some_and(k))));
+        v.read.extend(
+            os_tids
+                .iter()
+                .map(|t| keep.is_none_or(|k| t.is_some_and(k))),
+        );
         let read = &v.read;
         // A shared handle, so the caches below can be borrowed mutably while it is in use.
         let layout = Arc::clone(&self.interp.layout);
@@ -260,7 +263,8 @@ impl<M: Memory> StackReader<M> {
             None => !opts.validate,
         }));
         v.wanted.clear();
-        v.wanted.extend((0..n).map(|i| !v.vouched[i] && self.scratch[i].first.is_some()));
+        v.wanted
+            .extend((0..n).map(|i| !v.vouched[i] && self.scratch[i].first.is_some()));
         v.looked.clear();
         if v.wanted.contains(&true) {
             v.looked.extend_from_slice(frames::second_look(
