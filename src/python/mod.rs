@@ -131,6 +131,10 @@ pub struct StackReader<M: Memory> {
     chunks: Vec<(u64, Vec<u8>)>,
     plan: Option<batch::Plan>,
     errors: u64,
+    /// Threads whose stack could not be read in the last sample (thread state, thread id):
+    /// counted as errors only if the next sample still finds them, since a thread that
+    /// exited while it was read was not misread; it is gone.
+    failed: Vec<(u64, u64)>,
     /// Per thread of the last sample, in its order: what the reader keeps of it, reused
     /// between samples.
     scratch: Vec<ThreadScratch>,
@@ -169,6 +173,7 @@ impl<M: Memory> StackReader<M> {
             chunks: Vec::new(),
             plan: None,
             errors: 0,
+            failed: Vec::new(),
             scratch: Vec::new(),
             second: Vec::new(),
             look: frames::LookScratch::default(),
@@ -211,6 +216,13 @@ impl<M: Memory> StackReader<M> {
             None => Vec::new(),
         };
         let (threads, chunks, still) = self.read_threads(opts.validate, &skip)?;
+        let still_there = self
+            .failed
+            .iter()
+            .filter(|&&(ts, id)| threads.iter().any(|t| t.tstate == ts && t.thread_id == id))
+            .count();
+        self.errors += still_there as u64;
+        self.failed.clear();
         let mut os_tids = std::mem::take(&mut self.spare_tids);
         os_tids.clear();
         for t in &threads {
@@ -304,8 +316,9 @@ impl<M: Memory> StackReader<M> {
                 self.thread_frames(t, opts, &mut entries).map(Frames::from)
             };
             let frames = frames.unwrap_or_else(|_| {
-                // One unreadable thread costs its stack, not the whole sample.
-                self.errors += 1;
+                // One unreadable thread costs its stack, not the whole sample; whether it
+                // was an error, the next sample tells.
+                self.failed.push((t.tstate, t.thread_id));
                 Frames::default()
             });
             entries.resize(frames.len(), false);
@@ -439,7 +452,9 @@ impl<M: Memory> StackReader<M> {
         &self.scratch
     }
 
-    /// Threads whose stack could not be read consistently, since the reader was made.
+    /// Threads whose stack could not be read consistently, since the reader was made, up
+    /// to the sample before the last: a thread whose read failed is counted when the next
+    /// sample finds it still there (one that exited meanwhile is not counted).
     pub fn errors(&self) -> u64 {
         self.errors
     }
@@ -550,6 +565,62 @@ pub fn module_name(short: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A memory whose contents the test replaces between samples.
+    struct Changing(std::cell::RefCell<crate::process::ImageMemory>);
+
+    impl Memory for Changing {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.0.borrow().read(addr, buf)
+        }
+    }
+
+    #[test]
+    fn a_thread_that_exits_while_read_is_not_an_error() {
+        use crate::process::{ImageMemory, MemoryExt};
+        use batch::tests::{CFRAMES, GIL, INTERP, RUNTIME, TSTATES, image_312};
+        let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
+        // Thread 0 has no Python frames; thread 1's innermost frame is not mapped (freed
+        // as it exited), so its read fails.
+        let both = || image_312(&l, 0, 5, [0, 0x7100]);
+        // The same process after thread 1 left the thread list.
+        let one = || {
+            let m = both();
+            let ts = l.ts_size as usize;
+            let mut first = m.bytes(TSTATES[0], ts).unwrap();
+            first[l.ts_next as usize..][..8].copy_from_slice(&0u64.to_le_bytes());
+            let mut out = ImageMemory::new();
+            for (addr, len) in [(RUNTIME, 4096), (INTERP, 4096), (GIL, 64), (CFRAMES[0], 64)] {
+                out.add(addr, m.bytes(addr, len).unwrap());
+            }
+            out.add(TSTATES[0], first);
+            out
+        };
+        let interp = |()| Interpreter {
+            path: String::new(),
+            bias: 0,
+            runtime: RUNTIME,
+            code_type: None,
+            layout: Arc::clone(&l),
+            how: String::new(),
+        };
+        let opts = FrameOptions::default();
+        for (next, errors) in [(one(), 0), (both(), 1)] {
+            let mem = Changing(std::cell::RefCell::new(both()));
+            let mut reader = StackReader::new(&mem, interp(()));
+            let first = reader.stacks(&[], opts, None).unwrap();
+            assert!(first.iter().all(|t| t.frames.is_empty()));
+            *mem.0.borrow_mut() = next;
+            let second = reader.stacks(&[], opts, None).unwrap();
+            assert_eq!(second.len(), 2 - (1 - errors as usize));
+            assert_eq!(
+                reader.errors(),
+                errors,
+                "thread 1 still there: {}",
+                errors == 1
+            );
+        }
+    }
 
     #[test]
     fn short_names() {
