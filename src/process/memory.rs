@@ -170,6 +170,27 @@ pub struct LiveMemory {
     /// visible share of its CPU. A tick makes up to three batches (the batch, the re-read
     /// of a new GIL holder, the second look), each with its own layout.
     layouts: Cell<Vec<BatchLayout>>,
+    /// The iovec lists of a batched read, kept empty between reads so that a read does
+    /// not allocate them (three allocations per read were a visible share of a tick).
+    iovecs: Cell<Iovecs>,
+}
+
+/// See [`LiveMemory::iovecs`]. The local lists borrow the buffers of one read; they are
+/// kept as empty lists of `'static` items and given the lifetime of each read by
+/// [`recycle`].
+#[derive(Default)]
+struct Iovecs {
+    remote: Vec<RemoteIoVec>,
+    local: Vec<IoSliceMut<'static>>,
+    bufs: Vec<Option<&'static mut [u8]>>,
+}
+
+/// An empty list of `U` in the allocation of `v` (the standard library collects a
+/// `filter_map` of a vector's `into_iter` in place when the item sizes agree; otherwise
+/// this is a fresh, empty list): a list of borrows reused for borrows of another lifetime.
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// Batch layouts a [`LiveMemory`] keeps.
@@ -360,16 +381,18 @@ fn coalesce(reqs: &[(u64, usize)], cuts: &[usize]) -> Coalesced {
 impl LiveMemory {
     /// One process_vm_readv of `spans` (at most IOV_MAX) into `local`; all or nothing.
     fn transfer(&self, local: &mut [IoSliceMut], spans: &[(u64, u64)]) -> MemResult<()> {
-        let remote: Vec<RemoteIoVec> = spans
-            .iter()
-            .map(|&(start, end)| RemoteIoVec {
-                base: start as usize,
-                len: (end - start) as usize,
-            })
-            .collect();
+        let mut lists = self.iovecs.take();
+        let remote = &mut lists.remote;
+        remote.clear();
+        remote.extend(spans.iter().map(|&(start, end)| RemoteIoVec {
+            base: start as usize,
+            len: (end - start) as usize,
+        }));
         let total: usize = remote.iter().map(|r| r.len).sum();
         self.reads.set(self.reads.get() + 1);
-        match process_vm_readv(self.pid, local, &remote) {
+        let result = process_vm_readv(self.pid, local, remote);
+        self.iovecs.set(lists);
+        match result {
             Ok(n) if n == total => Ok(()),
             Ok(n) => {
                 // A partial transfer stops at the first unreadable span.
@@ -397,6 +420,7 @@ impl LiveMemory {
             reads: Cell::new(0),
             scratch: Cell::new(Vec::new()),
             layouts: Cell::new(Vec::new()),
+            iovecs: Cell::new(Iovecs::default()),
         }
     }
 
@@ -457,10 +481,12 @@ impl LiveMemory {
         if plan.spans.len() <= IOV_MAX && layout.pieces.len() <= IOV_MAX {
             scratch.resize(layout.gaps, 0);
             let result = {
-                let mut bufs: Vec<Option<&mut [u8]>> =
-                    reqs.iter_mut().map(|(_, b)| Some(&mut **b)).collect();
+                let mut lists = self.iovecs.take();
+                let mut bufs: Vec<Option<&mut [u8]>> = recycle(std::mem::take(&mut lists.bufs));
+                bufs.extend(reqs.iter_mut().map(|(_, b)| Some(&mut **b)));
                 let mut rest = &mut scratch[..];
-                let mut local = Vec::with_capacity(layout.pieces.len());
+                let mut local: Vec<IoSliceMut> = recycle(std::mem::take(&mut lists.local));
+                local.reserve(layout.pieces.len());
                 for piece in &layout.pieces {
                     let buf = match piece.req {
                         Some(i) => bufs[i].take().unwrap_or_default(),
@@ -472,7 +498,14 @@ impl LiveMemory {
                     };
                     local.push(IoSliceMut::new(buf));
                 }
-                self.transfer(&mut local, &plan.spans)
+                // The lists go back empty, before `transfer` takes the remote one.
+                lists.bufs = recycle(bufs);
+                self.iovecs.set(lists);
+                let result = self.transfer(&mut local, &plan.spans);
+                let mut lists = self.iovecs.take();
+                lists.local = recycle(local);
+                self.iovecs.set(lists);
+                result
             };
             if result.is_ok() {
                 let mut tmp = Vec::new();
@@ -646,6 +679,19 @@ pub(crate) fn skip_without_live_reads(test: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_list_of_borrows_keeps_its_allocation() {
+        let mut data = [0u8; 64];
+        let mut v: Vec<IoSliceMut> = Vec::with_capacity(16);
+        v.push(IoSliceMut::new(&mut data));
+        let (at, cap) = (v.as_ptr() as usize, v.capacity());
+        let kept: Vec<IoSliceMut<'static>> = recycle(v);
+        assert!(kept.is_empty());
+        assert_eq!((kept.as_ptr() as usize, kept.capacity()), (at, cap));
+        let bufs: Vec<Option<&mut [u8]>> = recycle(kept);
+        assert_eq!(bufs.as_ptr() as usize, at);
+    }
 
     #[test]
     fn image_reads_inside_regions_only() {

@@ -527,7 +527,7 @@ fn chunk_plan<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: &[u8]) -> Vec<Pla
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A process image read twice: a batched read's groups see `before`, except the last
@@ -554,15 +554,15 @@ mod tests {
         }
     }
 
-    const RUNTIME: u64 = 0x1000;
-    const INTERP: u64 = 0x2000;
-    const GIL: u64 = 0x8000;
-    const TSTATES: [u64; 2] = [0x3000, 0x4000];
-    const CFRAMES: [u64; 2] = [0x5000, 0x6000];
+    pub(crate) const RUNTIME: u64 = 0x1000;
+    pub(crate) const INTERP: u64 = 0x2000;
+    pub(crate) const GIL: u64 = 0x8000;
+    pub(crate) const TSTATES: [u64; 2] = [0x3000, 0x4000];
+    pub(crate) const CFRAMES: [u64; 2] = [0x5000, 0x6000];
 
     /// A 3.12 process with two threads: `holder` (index) last held the GIL, after
     /// `switches` changes of hands; thread i's innermost frame is `frames[i]`.
-    fn image_312(
+    pub(crate) fn image_312(
         l: &Layout,
         holder: usize,
         switches: u64,

@@ -199,6 +199,23 @@ impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
     }
 }
 
+/// What [`second_look`] keeps between samples, so that a warmed-up look does not allocate.
+#[derive(Debug, Default)]
+pub struct LookScratch {
+    /// The frames of the walk of the second copy.
+    raw: Vec<RawFrame>,
+    /// Per thread: it is looked at.
+    wants: Vec<bool>,
+    /// Per region of the thread at hand's first copy: it holds a walked frame.
+    holds: Vec<bool>,
+    /// Walked frames of the thread at hand outside its first copy.
+    outside: Vec<u64>,
+    /// Per thread: its re-read frame root (two words for a C frame).
+    roots: Vec<[[u8; 8]; 2]>,
+    /// Per thread: its stack stands (the result).
+    stands: Vec<bool>,
+}
+
 /// A second look at the stacks of the `wanted` threads, whose innermost frame pointer was
 /// the same after their copy as before it: the regions of the first copy that hold their
 /// frames are copied again, then each thread's frame root is read again after them, and a
@@ -209,30 +226,35 @@ impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
 /// over frames the copy saw half rewritten.
 ///
 /// `regions[i]` is thread i's first copy (address-sorted), `looks[i]` its walk of it and
-/// the buffers of its second copy (one per thread, reused between samples); `raw` is a
-/// reused buffer. Returns, per thread, whether its stack stands.
-pub fn second_look<M: Memory + ?Sized, S: Look>(
+/// the buffers of its second copy (one per thread, reused between samples); `scratch` is
+/// reused between samples. Returns, per thread, whether its stack stands.
+pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     mem: &M,
     l: &Layout,
     threads: &[super::threads::PyThread],
     wanted: &[bool],
     regions: &[Vec<(u64, Vec<u8>)>],
     looks: &mut [S],
-    raw: &mut Vec<RawFrame>,
-) -> Vec<bool> {
+    scratch: &'s mut LookScratch,
+) -> &'s [bool] {
     let n = threads.len();
     debug_assert_eq!(looks.len(), n, "one look per thread");
-    let want = |i: usize, walked: &[RawFrame]| {
-        wanted.get(i).copied().unwrap_or(false) && !walked.is_empty()
-    };
-    let wants: Vec<bool> = looks
-        .iter_mut()
-        .enumerate()
-        .map(|(i, s)| want(i, s.parts().0))
-        .collect();
+    let LookScratch {
+        raw,
+        wants,
+        holds,
+        outside,
+        roots,
+        stands,
+    } = scratch;
+    wants.clear();
+    wants.extend(
+        looks
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| wanted.get(i).copied().unwrap_or(false) && !s.parts().0.is_empty()),
+    );
     let want = |i: usize| wants.get(i).copied().unwrap_or(false);
-    let mut holds = Vec::new();
-    let mut outside = Vec::new();
     let frame_len = frame_read_len(l);
     for (i, look) in looks.iter_mut().enumerate() {
         let (walked, copy) = look.parts();
@@ -261,7 +283,7 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
             copy[*k].1.resize(len, 0);
             *k += 1;
         };
-        for ((addr, data), _) in regions[i].iter().zip(&holds).filter(|(_, h)| **h) {
+        for ((addr, data), _) in regions[i].iter().zip(holds.iter()).filter(|(_, h)| **h) {
             slot(copy, &mut k, *addr, data.len());
         }
         // Frames the first copy did not hold (every frame before 3.11, where the full walk
@@ -271,7 +293,7 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
         let held = k;
         outside.sort_unstable();
         let mut end = 0;
-        for &addr in &outside {
+        for &addr in outside.iter() {
             let overlaps = addr < end || {
                 let j = copy[..held].partition_point(|(a, _)| *a < addr + frame_len as u64);
                 j.checked_sub(1)
@@ -287,7 +309,9 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
             copy.sort_unstable_by_key(|c| c.0);
         }
     }
-    let mut roots = vec![[[0u8; 8]; 2]; n];
+    roots.clear();
+    roots.resize(n, [[0u8; 8]; 2]);
+    stands.clear();
     {
         let mut reqs: Vec<(u64, &mut [u8])> = Vec::new();
         for look in looks.iter_mut() {
@@ -312,50 +336,48 @@ pub fn second_look<M: Memory + ?Sized, S: Look>(
             }
         }
         if mem.read_many_then(&mut reqs, &[cut]).is_err() {
-            return vec![false; n];
+            stands.resize(n, false);
+            return stands;
         }
     }
-    looks
-        .iter_mut()
-        .enumerate()
-        .map(|(i, look)| {
-            if !want(i) {
-                return false;
-            }
-            let (walked, copy) = look.parts();
-            let first = walked[0].addr;
-            let [a, b] = roots[i];
-            let root = match l.frame_root {
-                FrameRoot::Direct(_) => u64::from_le_bytes(a),
-                FrameRoot::CFrame { cframe, .. } => {
-                    let cf = u64::from_le_bytes(a);
-                    if cf != le_u64(&threads[i].raw, cframe as usize) || cf == 0 {
-                        return false;
-                    }
-                    u64::from_le_bytes(b)
+    stands.extend(looks.iter_mut().enumerate().map(|(i, look)| {
+        if !want(i) {
+            return false;
+        }
+        let (walked, copy) = look.parts();
+        let first = walked[0].addr;
+        let [a, b] = roots[i];
+        let root = match l.frame_root {
+            FrameRoot::Direct(_) => u64::from_le_bytes(a),
+            FrameRoot::CFrame { cframe, .. } => {
+                let cf = u64::from_le_bytes(a);
+                if cf != le_u64(&threads[i].raw, cframe as usize) || cf == 0 {
+                    return false;
                 }
-            };
-            if root != first {
-                return false;
+                u64::from_le_bytes(b)
             }
-            let again = crate::process::Overlay::new(copy, mem);
-            if walk(&again, l, first, raw).is_err() || raw.len() != walked.len() {
-                return false;
-            }
-            raw.iter().zip(walked).enumerate().all(|(k, (x, y))| {
-                x.addr == y.addr
-                    && x.code == y.code
-                    && x.shim == y.shim
-                    && (k == 0 || x.offset == y.offset)
-            }) && frames_fit(
-                &crate::process::Overlay::new(&regions[i], mem),
-                l,
-                &threads[i].raw,
-                &regions[i],
-                walked,
-            )
-        })
-        .collect()
+        };
+        if root != first {
+            return false;
+        }
+        let again = crate::process::Overlay::new(copy, mem);
+        if walk(&again, l, first, raw).is_err() || raw.len() != walked.len() {
+            return false;
+        }
+        raw.iter().zip(walked).enumerate().all(|(k, (x, y))| {
+            x.addr == y.addr
+                && x.code == y.code
+                && x.shim == y.shim
+                && (k == 0 || x.offset == y.offset)
+        }) && frames_fit(
+            &crate::process::Overlay::new(&regions[i], mem),
+            l,
+            &threads[i].raw,
+            &regions[i],
+            walked,
+        )
+    }));
+    stands
 }
 
 /// Are the walked frames that sit on the thread's data stack (3.11+) where the interpreter
@@ -1046,7 +1068,7 @@ mod tests {
         let regions = vec![vec![(chunk, first.bytes(chunk, 4096).unwrap())]];
         let mut walked = Vec::new();
         walk(&Overlay::new(&regions[0], &first), &l, inner, &mut walked).unwrap();
-        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        let (mut scratch, mut raw) = (Vec::new(), LookScratch::default());
         let mut look = |now: &ImageMemory| {
             second_look(
                 now,
@@ -1076,6 +1098,29 @@ mod tests {
         )));
         // The thread is elsewhere now: dropped.
         assert!(!look(&image(stack(frames), chunk + 0x100)));
+        // Each word the walk read of each frame is compared in the new copy: one of them
+        // changed (the caller link, the code object, the instruction of a caller, the owner
+        // that makes a frame an entry shim) drops the stack, with the frame root unchanged.
+        let owner = l.f_owner.unwrap();
+        for k in 0..3u64 {
+            let at = 0x40 + 0xc0 * k;
+            let mut words = vec![(l.f_back, 0x7f00_0000_0f00), (l.f_code, 0x60000)];
+            if k < 2 {
+                words.push((instr, frames[k as usize].0 + base + 2));
+            }
+            for (field, value) in words {
+                let mut data = stack(frames);
+                put(&mut data, at + field, value);
+                assert!(!look(&image(data, inner)), "frame {k}, word {field:#x}");
+            }
+            let mut data = stack(frames);
+            data[(at + owner) as usize] = l.owner_not_python.unwrap();
+            assert!(!look(&image(data, inner)), "frame {k}, owner");
+            // Words the walk does not read (here the function object) may change.
+            let mut data = stack(frames);
+            put(&mut data, at + 16, 0x1234);
+            assert!(look(&image(data, inner)), "frame {k}, function object");
+        }
     }
 
     /// Memory that counts its reads (a batch is one, as one process_vm_readv is).
@@ -1140,7 +1185,7 @@ mod tests {
         let mut walked = Vec::new();
         walk(&m, &l, heap, &mut walked).unwrap();
         assert_eq!(walked.len(), n as usize);
-        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        let (mut scratch, mut raw) = (Vec::new(), LookScratch::default());
         let counting = Counting(&m, std::cell::Cell::new(0));
         let stands = second_look(
             &counting,
@@ -1150,7 +1195,8 @@ mod tests {
             &[Vec::new()],
             &mut [(&walked[..], &mut scratch)],
             &mut raw,
-        );
+        )
+        .to_vec();
         assert_eq!(stands, [true]);
         assert_eq!(counting.1.get(), 1, "frames and root in one batched read");
         // And a frame that changed in between is still caught.

@@ -128,6 +128,20 @@ impl frames::Look for ThreadScratch {
     }
 }
 
+/// What [`StackReader::stacks`] decides per thread, in its order: what the caller wants of
+/// the thread's stack, whether its kept stack is handed out again, whether it is read,
+/// whether the batch vouches for it, whether it gets a second look, and whether it stood
+/// that look.
+#[derive(Default)]
+struct Verdicts {
+    wants: Vec<Want>,
+    reused: Vec<bool>,
+    read: Vec<bool>,
+    vouched: Vec<bool>,
+    wanted: Vec<bool>,
+    looked: Vec<bool>,
+}
+
 /// Reads Python threads and stacks from any [`Memory`]: a live process or a core file.
 pub struct StackReader<M: Memory> {
     mem: M,
@@ -147,16 +161,23 @@ pub struct StackReader<M: Memory> {
     chunks: Vec<(u64, Vec<u8>)>,
     plan: Option<batch::Plan>,
     errors: u64,
+    /// Threads whose stack could not be read in the last sample (thread state, thread id):
+    /// counted as errors only if the next sample still finds them, since a thread that
+    /// exited while it was read was not misread; it is gone.
+    failed: Vec<(u64, u64)>,
     /// Per thread of the last sample, in its order: what the reader keeps of it, reused
     /// between samples.
     scratch: Vec<ThreadScratch>,
     /// The slow path's second copy (see [`frames::second_look`]), reused between samples.
     second: Vec<(u64, Vec<u8>)>,
-    /// The frames [`frames::second_look`] walks in its copy, reused between samples.
-    second_raw: Vec<frames::RawFrame>,
+    /// What [`frames::second_look`] keeps between samples.
+    look: frames::LookScratch,
     /// Each thread's kernel id at the last sample, in its order (see `keep` in
-    /// [`StackReader::stacks`]).
+    /// [`StackReader::stacks`]), and the list before it, reused.
     last_tids: Vec<Option<u32>>,
+    spare_tids: Vec<Option<u32>>,
+    /// Per-thread lists of [`StackReader::stacks`], reused between samples.
+    verdicts: Verdicts,
     /// Scratch lists for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
     regions: Vec<(u64, u64)>,
@@ -182,10 +203,13 @@ impl<M: Memory> StackReader<M> {
             chunks: Vec::new(),
             plan: None,
             errors: 0,
+            failed: Vec::new(),
             scratch: Vec::new(),
             second: Vec::new(),
-            second_raw: Vec::new(),
+            look: frames::LookScratch::default(),
             last_tids: Vec::new(),
+            spare_tids: Vec::new(),
+            verdicts: Verdicts::default(),
             spans: Vec::new(),
             regions: Vec::new(),
             asyncio: asyncio::TaskCache::default(),
@@ -235,39 +259,47 @@ impl<M: Memory> StackReader<M> {
             None => Vec::new(),
         };
         let (threads, chunks, still) = self.read_threads(opts.validate, &skip)?;
-        let os_tids: Vec<Option<u32>> = threads
+        let still_there = self
+            .failed
             .iter()
-            .map(|t| {
-                t.native_id
-                    .or_else(|| self.tid_from_pthread(t.thread_id, tids))
-            })
-            .collect();
-        let wants: Vec<Want> = os_tids
-            .iter()
-            .map(|t| match (want, t) {
-                (Some(w), Some(t)) => w(*t),
-                _ => Want::Read,
-            })
-            .collect();
-        let read: Vec<bool> = wants.iter().map(|w| *w != Want::Skip).collect();
+            .filter(|&&(ts, id)| threads.iter().any(|t| t.tstate == ts && t.thread_id == id))
+            .count();
+        self.errors += still_there as u64;
+        self.failed.clear();
+        let mut os_tids = std::mem::take(&mut self.spare_tids);
+        os_tids.clear();
+        for t in &threads {
+            let tid = t
+                .native_id
+                .or_else(|| self.tid_from_pthread(t.thread_id, tids));
+            os_tids.push(tid);
+        }
+        let mut v = std::mem::take(&mut self.verdicts);
+        v.wants.clear();
+        v.wants.extend(os_tids.iter().map(|t| match (want, t) {
+            (Some(w), Some(t)) => w(*t),
+            _ => Want::Read,
+        }));
         self.scratch.resize_with(threads.len(), Default::default);
         // Handed out again: a thread that has not run since its kept stack was read, and
         // does not hold the GIL now (a thread woken moments ago may not have had its time
         // counted yet, but it runs Python only with the GIL).
-        let reused: Vec<bool> = (0..threads.len())
-            .map(|i| {
-                let (t, s) = (&threads[i], &self.scratch[i]);
-                matches!(wants[i], Want::Reuse(Some(since))
-                if !t.holds_gil
-                    && s.kept.as_ref().is_some_and(|k| {
-                        k.at > since
-                            && k.tstate == t.tstate
-                            && k.thread_id == t.thread_id
-                            && k.tid == os_tids[i]
-                    }))
-            })
-            .collect();
-        let read: Vec<bool> = read.iter().zip(&reused).map(|(r, u)| *r && !*u).collect();
+        v.reused.clear();
+        v.reused.extend((0..threads.len()).map(|i| {
+            let (t, s) = (&threads[i], &self.scratch[i]);
+            matches!(v.wants[i], Want::Reuse(Some(since))
+            if !t.holds_gil
+                && s.kept.as_ref().is_some_and(|k| {
+                    k.at > since
+                        && k.tstate == t.tstate
+                        && k.thread_id == t.thread_id
+                        && k.tid == os_tids[i]
+                }))
+        }));
+        v.read.clear();
+        v.read
+            .extend((0..threads.len()).map(|i| v.wants[i] != Want::Skip && !v.reused[i]));
+        let (read, reused) = (&v.read, &v.reused);
         // A shared handle, so the caches below can be borrowed mutably while it is in use.
         let layout = Arc::clone(&self.interp.layout);
         let l = &*layout;
@@ -299,28 +331,30 @@ impl<M: Memory> StackReader<M> {
         // batch::Still), else after a second look (see frames::second_look). A walk that read
         // anything beyond the batch read it later, which voids what the batch says.
         let beyond = self.mem.reads() != reads_before;
-        let vouched: Vec<bool> = (0..n)
-            .map(|i| match &still {
-                Some(s) => !beyond && s[i] == batch::Still::Quiet,
-                None => !opts.validate,
-            })
-            .collect();
-        let wanted: Vec<bool> = (0..n)
-            .map(|i| !reused[i] && !vouched[i] && self.scratch[i].first.is_some())
-            .collect();
-        let looked = if wanted.contains(&true) {
-            frames::second_look(
+        v.vouched.clear();
+        v.vouched.extend((0..n).map(|i| match &still {
+            Some(s) => !beyond && s[i] == batch::Still::Quiet,
+            None => !opts.validate,
+        }));
+        v.wanted.clear();
+        v.wanted.extend(
+            (0..n).map(|i| !v.reused[i] && !v.vouched[i] && self.scratch[i].first.is_some()),
+        );
+        v.looked.clear();
+        if v.wanted.contains(&true) {
+            v.looked.extend_from_slice(frames::second_look(
                 &self.mem,
                 l,
                 &threads,
-                &wanted,
+                &v.wanted,
                 &chunks,
                 &mut self.scratch,
-                &mut self.second_raw,
-            )
+                &mut self.look,
+            ));
         } else {
-            vec![false; n]
-        };
+            v.looked.resize(n, false);
+        }
+        let (read, reused, vouched, looked) = (&v.read, &v.reused, &v.vouched, &v.looked);
         let mut out = Vec::with_capacity(n);
         for (i, t) in threads.iter().enumerate() {
             let stack = |frames| ThreadStack {
@@ -362,13 +396,14 @@ impl<M: Memory> StackReader<M> {
             };
             let ok = frames.is_ok();
             let frames = frames.unwrap_or_else(|_| {
-                // One unreadable thread costs its stack, not the whole sample.
-                self.errors += 1;
+                // One unreadable thread costs its stack, not the whole sample; whether it
+                // was an error, the next sample tells.
+                self.failed.push((t.tstate, t.thread_id));
                 Frames::default()
             });
             entries.resize(frames.len(), false);
             let s = &mut self.scratch[i];
-            s.kept = (ok && matches!(wants[i], Want::Reuse(_))).then(|| Kept {
+            s.kept = (ok && matches!(v.wants[i], Want::Reuse(_))).then(|| Kept {
                 tstate: t.tstate,
                 thread_id: t.thread_id,
                 tid: os_tids[i],
@@ -387,7 +422,8 @@ impl<M: Memory> StackReader<M> {
             out.push(stack(frames));
         }
         self.fill_names(&threads, &mut out);
-        self.last_tids = os_tids;
+        self.spare_tids = std::mem::replace(&mut self.last_tids, os_tids);
+        self.verdicts = v;
         if let Some(plan) = &mut self.plan {
             plan.recycle(threads, chunks);
         }
@@ -468,7 +504,7 @@ impl<M: Memory> StackReader<M> {
                         &[true],
                         std::slice::from_ref(&self.chunks),
                         &mut [(&self.raw[..], &mut self.second)],
-                        &mut self.second_raw,
+                        &mut self.look,
                     )[0]
                 };
             if stands {
@@ -494,7 +530,9 @@ impl<M: Memory> StackReader<M> {
         &self.scratch
     }
 
-    /// Threads whose stack could not be read consistently, since the reader was made.
+    /// Threads whose stack could not be read consistently, since the reader was made, up
+    /// to the sample before the last: a thread whose read failed is counted when the next
+    /// sample finds it still there (one that exited meanwhile is not counted).
     pub fn errors(&self) -> u64 {
         self.errors
     }
@@ -605,6 +643,62 @@ pub fn module_name(short: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A memory whose contents the test replaces between samples.
+    struct Changing(std::cell::RefCell<crate::process::ImageMemory>);
+
+    impl Memory for Changing {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.0.borrow().read(addr, buf)
+        }
+    }
+
+    #[test]
+    fn a_thread_that_exits_while_read_is_not_an_error() {
+        use crate::process::{ImageMemory, MemoryExt};
+        use batch::tests::{CFRAMES, GIL, INTERP, RUNTIME, TSTATES, image_312};
+        let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
+        // Thread 0 has no Python frames; thread 1's innermost frame is not mapped (freed
+        // as it exited), so its read fails.
+        let both = || image_312(&l, 0, 5, [0, 0x7100]);
+        // The same process after thread 1 left the thread list.
+        let one = || {
+            let m = both();
+            let ts = l.ts_size as usize;
+            let mut first = m.bytes(TSTATES[0], ts).unwrap();
+            first[l.ts_next as usize..][..8].copy_from_slice(&0u64.to_le_bytes());
+            let mut out = ImageMemory::new();
+            for (addr, len) in [(RUNTIME, 4096), (INTERP, 4096), (GIL, 64), (CFRAMES[0], 64)] {
+                out.add(addr, m.bytes(addr, len).unwrap());
+            }
+            out.add(TSTATES[0], first);
+            out
+        };
+        let interp = |()| Interpreter {
+            path: String::new(),
+            bias: 0,
+            runtime: RUNTIME,
+            code_type: None,
+            layout: Arc::clone(&l),
+            how: String::new(),
+        };
+        let opts = FrameOptions::default();
+        for (next, errors) in [(one(), 0), (both(), 1)] {
+            let mem = Changing(std::cell::RefCell::new(both()));
+            let mut reader = StackReader::new(&mem, interp(()));
+            let first = reader.stacks(&[], opts, None).unwrap();
+            assert!(first.iter().all(|t| t.frames.is_empty()));
+            *mem.0.borrow_mut() = next;
+            let second = reader.stacks(&[], opts, None).unwrap();
+            assert_eq!(second.len(), 2 - (1 - errors as usize));
+            assert_eq!(
+                reader.errors(),
+                errors,
+                "thread 1 still there: {}",
+                errors == 1
+            );
+        }
+    }
 
     #[test]
     fn short_names() {
