@@ -716,7 +716,7 @@ fn sample_process(
     }
     let mut stacks = capture.stacks;
     if opts.states
-        && let ProcState::Ready(snap) = &p.state
+        && let ProcState::Ready(snap) = &mut p.state
         && let Some(interp) = snap.interpreter()
     {
         let prober = p.prober.get_or_insert_with(|| Prober::new(p.pid));
@@ -748,7 +748,14 @@ fn sample_process(
             gil,
             mem,
         );
-        prober.settle(&mut stacks, |tid| info.get(&tid).and_then(|t| t.runtime));
+        // A still thread's CPU time is the listing's; another's is read now, after its
+        // `syscall`: one that ran up to the moment it blocked must not count that run as
+        // run since.
+        let target = snap.target_mut();
+        prober.settle(&mut stacks, |tid| match info.get(&tid) {
+            Some(t) if t.still_since.is_some() => t.runtime,
+            _ => target.thread_runtime(tid),
+        });
     }
     // Each task becomes a stack of its own, through the tasks awaiting it; the running one
     // joined to its thread's stack.

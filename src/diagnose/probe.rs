@@ -220,11 +220,16 @@ impl Prober {
     /// a GIL request, older versions nothing); on a busy machine it may wait long for a
     /// CPU. So a thread seen blocked and runnable without the GIL now is counted in that
     /// wait at its next sample, and after that as long as it has not used [`RAN_NS`] of
-    /// CPU since (`runtime`: each thread's CPU time in ns, as the thread listing read it);
+    /// CPU since (`runtime`: each thread's CPU time in ns now, from the thread listing's
+    /// reader);
     /// a native call right after a wait costs one sample. While others wait for the GIL,
     /// one that held it at its last sample and runs without it now is in the GIL's
     /// hand-off (it dropped it on request).
-    pub fn settle(&mut self, stacks: &mut [ThreadStack], runtime: impl Fn(u32) -> Option<u64>) {
+    pub fn settle(
+        &mut self,
+        stacks: &mut [ThreadStack],
+        mut runtime: impl FnMut(u32) -> Option<u64>,
+    ) {
         let waiting = stacks
             .iter()
             .any(|s| s.state.as_ref().is_some_and(|t| t.state == State::Gil));

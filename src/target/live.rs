@@ -178,6 +178,14 @@ impl Target for LivePid {
         threads::thread_comm(self.pid, tid)
     }
 
+    fn thread_runtime(&mut self, tid: u32) -> Option<u64> {
+        ProcFiles {
+            pid: self.pid,
+            files: &mut self.stat_files,
+        }
+        .runtime(tid)
+    }
+
     fn registers(&self, tid: u32) -> Result<Registers, TargetError> {
         process::regs::thread_registers(tid).map_err(|e| {
             ProcessError::Ptrace {

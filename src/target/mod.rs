@@ -162,6 +162,11 @@ pub trait Target {
     /// The kernel's name of a thread (`comm`), if known.
     fn thread_name(&self, tid: u32) -> Option<String>;
 
+    /// CPU time of thread `tid` in ns now, when it can be read (a live process).
+    fn thread_runtime(&mut self, _tid: u32) -> Option<u64> {
+        None
+    }
+
     /// The registers of thread `tid`, which must be paused (see [`Target::pause`]).
     fn registers(&self, tid: u32) -> Result<Registers, TargetError>;
 

@@ -196,7 +196,10 @@ impl<T: Target> Snapshot<T> {
             Some(t) if t.state != ThreadState::Unknown => Want::Reuse(t.still_since),
             _ => Want::Read,
         };
-        let want: Option<&dyn Fn(u32) -> Want> = Some(&want);
+        // Every stack is read when idle ones are wanted and no state is known: without the
+        // per-thread lookups, which were a visible share of a tick on small targets.
+        let unknown = idle && threads.iter().all(|t| t.state == ThreadState::Unknown);
+        let want: Option<&dyn Fn(u32) -> Want> = if unknown { None } else { Some(&want) };
         let stop: Vec<u32> = match opts.pause {
             Pause::Never => Vec::new(),
             Pause::All => tids.clone(),
