@@ -10,6 +10,7 @@ fn main() {
     if let Some(code) = prof::process::keeper::main_if_keeper() {
         std::process::exit(code);
     }
+    prof::process::limits::raise_open_files();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => parse_failed(e),

@@ -618,3 +618,68 @@ fn subprocesses_each_then_together() {
         .sum();
     assert_eq!(total, r["process"]["samples"].as_u64().unwrap(), "{what}");
 }
+
+/// A target with more threads than prof's soft limit on open files would allow files for:
+/// prof raises its own limit (every thread keeps its state, none turns `other`), and the
+/// command it launches still runs under the limit prof was given.
+#[test]
+fn many_threads_under_a_low_open_files_limit() {
+    skip_without_live_targets!();
+    let pythons = pythons();
+    let Some(py) = pythons.iter().max_by_key(|p| p.version) else {
+        panic!("no Python interpreter found");
+    };
+    eprintln!(
+        "runs on {} only: the limit is prof's, not the interpreter's",
+        py.name
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let limit_file = dir.path().join("limit.txt");
+    let script = testdata().join("diag_many.py");
+    let args = [
+        "diagnose",
+        "--json",
+        "--",
+        py.path.to_str().unwrap(),
+        script.to_str().unwrap(),
+        limit_file.to_str().unwrap(),
+        "100",
+        "1.5",
+    ];
+    let mut cmd = Command::new(prof_path());
+    cmd.args(args);
+    // SAFETY: only getrlimit and setrlimit between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = 64;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run_with_deadline(&mut cmd, &args);
+    let what = describe(&args, &out);
+    assert_eq!(out.status.code(), Some(0), "exit code\n{what}");
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{what}"));
+    let threads = report["threads"].as_array().unwrap().len();
+    assert!(threads >= 101, "{threads} threads seen\n{what}");
+    let other = report["process"]["states"]["other"].as_f64().unwrap();
+    let lock = report["process"]["states"]["lock"].as_f64().unwrap();
+    assert!(
+        other < 0.02 && lock > 0.9,
+        "other {other:.3}, lock {lock:.3}: the pool's waits were not all seen\n{what}"
+    );
+    let limit = fs::read_to_string(&limit_file).unwrap();
+    assert_eq!(
+        limit.trim(),
+        "64",
+        "the launched command's soft limit on open files"
+    );
+}

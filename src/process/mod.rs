@@ -3,6 +3,7 @@
 pub mod core;
 pub mod events;
 pub mod keeper;
+pub mod limits;
 pub mod maps;
 pub mod memory;
 pub mod ptrace;

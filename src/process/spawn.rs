@@ -127,9 +127,12 @@ fn launch_with(argv: &[String], log: Option<(File, File)>) -> Result<Launched> {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
     }
-    // SAFETY: only fcntl, which is async-signal-safe, between fork and exec.
+    // SAFETY: only fcntl, getrlimit and setrlimit, which are async-signal-safe, between
+    // fork and exec.
     unsafe {
         command.pre_exec(move || {
+            // The keeper, and so the command, runs under the limit prof started with.
+            super::limits::restore_open_files()?;
             for fd in inherit {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
