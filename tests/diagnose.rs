@@ -125,18 +125,26 @@ fn diagnose_launched(py: &Python, case: Case, dir: &std::path::Path) -> (Value, 
         &n,
         SECONDS,
     ];
-    let mut cmd = Command::new(prof_path());
-    cmd.args(args).env("PYTHONDONTWRITEBYTECODE", "1");
-    let out = run_with_deadline(&mut cmd, &args);
-    let what = describe(&args, &out);
-    assert_eq!(out.status.code(), Some(case.exit), "exit code\n{what}");
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{what}"));
+    let (report, what) = diagnose_json(&args, case.exit, |_| {});
     let truth: Value = serde_json::from_str(
         &fs::read_to_string(&truth).unwrap_or_else(|e| panic!("no truth file ({e})\n{what}")),
     )
     .unwrap();
     (report, truth, what)
+}
+
+/// Run prof with `args` (prepared by `prepare`), which must exit with `exit` and print one
+/// JSON object: the object, and the run described for failure messages.
+fn diagnose_json(args: &[&str], exit: i32, prepare: impl FnOnce(&mut Command)) -> (Value, String) {
+    let mut cmd = Command::new(prof_path());
+    cmd.args(args).env("PYTHONDONTWRITEBYTECODE", "1");
+    prepare(&mut cmd);
+    let out = run_with_deadline(&mut cmd, args);
+    let what = describe(args, &out);
+    assert_eq!(out.status.code(), Some(exit), "exit code\n{what}");
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{what}"));
+    (report, what)
 }
 
 /// The truth's share of each state over all its threads: seconds in each state over the
@@ -359,15 +367,13 @@ fn run_case(py: &Python, case: Case) -> Result<(), String> {
 #[test]
 fn diagnose_never_stops_the_target() {
     skip_without_live_targets!();
-    let pythons = pythons();
-    let Some(py) = pythons.iter().max_by_key(|p| p.version) else {
-        eprintln!("skipped: diagnose_never_stops_the_target: no Python interpreter found");
+    let Some(py) = newest_python("diagnose_never_stops_the_target") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("truth.json");
     let mut target = Group::spawn(
-        python_command(py)
+        python_command(&py)
             .arg(testdata().join("diag_sleep.py"))
             .arg(&truth)
             .args(["3", "20"]),
@@ -433,15 +439,13 @@ fn bad_input_is_one_line() {
 #[test]
 fn dump_shows_each_threads_state() {
     skip_without_live_targets!();
-    let pythons = pythons();
-    let Some(py) = pythons.iter().max_by_key(|p| p.version) else {
-        eprintln!("skipped: dump_shows_each_threads_state: no Python interpreter found");
+    let Some(py) = newest_python("dump_shows_each_threads_state") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("truth.json");
     let mut target = Group::spawn(
-        python_command(py)
+        python_command(&py)
             .arg(testdata().join("diag_recv.py"))
             .arg(&truth)
             .args(["2", "20"]),
@@ -578,9 +582,7 @@ fn record_states_adds_a_frame_under_each_thread() {
 #[test]
 fn subprocesses_each_then_together() {
     skip_without_live_targets!();
-    let pythons = pythons();
-    let Some(py) = pythons.iter().max_by_key(|p| p.version) else {
-        eprintln!("skipped: subprocesses_each_then_together: no Python interpreter found");
+    let Some(py) = newest_python("subprocesses_each_then_together") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -597,12 +599,7 @@ fn subprocesses_each_then_together() {
         "2",
         "2",
     ];
-    let mut cmd = Command::new(prof_path());
-    cmd.args(args).env("PYTHONDONTWRITEBYTECODE", "1");
-    let out = run_with_deadline(&mut cmd, &args);
-    let what = describe(&args, &out);
-    assert!(out.status.success(), "{what}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (r, what) = diagnose_json(&args, 0, |_| {});
     check_schema(&r, &what);
     let procs = r["processes"].as_array().expect("processes");
     assert_eq!(procs.len(), 3, "{what}");
@@ -625,9 +622,8 @@ fn subprocesses_each_then_together() {
 #[test]
 fn many_threads_under_a_low_open_files_limit() {
     skip_without_live_targets!();
-    let pythons = pythons();
-    let Some(py) = pythons.iter().max_by_key(|p| p.version) else {
-        panic!("no Python interpreter found");
+    let Some(py) = newest_python("many_threads_under_a_low_open_files_limit") else {
+        return;
     };
     eprintln!(
         "runs on {} only: the limit is prof's, not the interpreter's",
@@ -646,28 +642,23 @@ fn many_threads_under_a_low_open_files_limit() {
         "100",
         "1.5",
     ];
-    let mut cmd = Command::new(prof_path());
-    cmd.args(args);
-    // SAFETY: only getrlimit and setrlimit between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-            lim.rlim_cur = 64;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = run_with_deadline(&mut cmd, &args);
-    let what = describe(&args, &out);
-    assert_eq!(out.status.code(), Some(0), "exit code\n{what}");
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{what}"));
+    let (report, what) = diagnose_json(&args, 0, |cmd| {
+        // SAFETY: only getrlimit and setrlimit between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                lim.rlim_cur = 64;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
     let threads = report["threads"].as_array().unwrap().len();
     assert!(threads >= 101, "{threads} threads seen\n{what}");
     let other = report["process"]["states"]["other"].as_f64().unwrap();

@@ -24,11 +24,7 @@ const SECONDS: &str = "3";
 /// The interpreter the recordings use: one is enough, the reader is tested per format
 /// elsewhere; the newest found, as CI would run.
 fn python() -> Option<Python> {
-    let py = common::pythons().into_iter().max_by_key(|p| p.version);
-    if py.is_none() {
-        eprintln!("skipped: no Python interpreter found");
-    }
-    py
+    common::newest_python("diff")
 }
 
 /// `prof record -r 200 -o OUT [-f FORMAT] -- python diff_target.py SECONDS [--slow]`.

@@ -134,6 +134,16 @@ fn pyenv_minor(dir_name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// The newest interpreter found, for a test that needs one; `None` (after a printed
+/// notice naming `test`) when there is none.
+pub fn newest_python(test: &str) -> Option<Python> {
+    let py = pythons().into_iter().max_by_key(|p| p.version);
+    if py.is_none() {
+        eprintln!("skipped: {test}: no Python interpreter found");
+    }
+    py
+}
+
 /// Every interpreter to test, in a stable order. Missing ones are reported
 /// by name on stderr (a failure instead with `PROF_TEST_REQUIRE_ALL=1`).
 /// `PROF_TEST_PYTHONS=pyenv-3.12,sid-3.15` narrows the run to interpreters
