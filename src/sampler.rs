@@ -720,10 +720,9 @@ fn sample_process(
         && let Some(interp) = snap.interpreter()
     {
         let prober = p.prober.get_or_insert_with(|| Prober::new(p.pid));
-        let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
-        prober.retain(&tids);
         // By tid: a lookup per thread, with a thousand threads.
         let info: HashMap<u32, &ThreadInfo> = threads.iter().map(|t| (t.tid, t)).collect();
+        prober.retain(|tid| info.contains_key(&tid));
         let mem = snap.target().memory();
         let layout = &interp.layout;
         let gil = prober.gil(now, || {

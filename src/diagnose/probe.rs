@@ -103,14 +103,12 @@ impl Prober {
         }
     }
 
-    /// Forget threads not in `tids` (they exited).
-    pub fn retain(&mut self, tids: &[u32]) {
-        // By tid: a lookup per thread, with a thousand threads.
-        let tids: std::collections::HashSet<u32> = tids.iter().copied().collect();
-        self.files.retain(|t, _| tids.contains(t));
-        self.observed.retain(|t, _| tids.contains(t));
-        self.last.retain(|t, _| tids.contains(t));
-        self.waited.retain(|t, _| tids.contains(t));
+    /// Forget the threads `alive` says are not there any more (they exited).
+    pub fn retain(&mut self, alive: impl Fn(u32) -> bool) {
+        self.files.retain(|t, _| alive(*t));
+        self.observed.retain(|t, _| alive(*t));
+        self.last.retain(|t, _| alive(*t));
+        self.waited.retain(|t, _| alive(*t));
     }
 
     /// What thread `tid` is doing now, as its `syscall` file says (None: unreadable).
