@@ -473,6 +473,7 @@ impl<M: Memory> StackReader<M> {
         Ok((threads, chunks, None))
     }
 
+    /// One thread's stack on its own, read until two copies agree (at most three tries).
     fn thread_frames(
         &mut self,
         t: &threads::PyThread,
@@ -480,11 +481,18 @@ impl<M: Memory> StackReader<M> {
         entries: &mut Vec<bool>,
     ) -> Result<Vec<Frame>, PyError> {
         let l = &self.interp.layout;
+        // After a try that failed, the thread state is copied again: a thread that moved
+        // may be in another eval loop (3.11 and 3.12 reach the frames through the loop's C
+        // frame) or on another data-stack chunk, which `t`, copied with the thread list,
+        // does not know. Checked against that old copy, every try failed while the thread
+        // stayed there.
+        let mut again: Option<threads::PyThread> = None;
         let mut first = frames::first_frame(&self.mem, l, &t.raw)?;
         let mut attempts = 0;
         let more;
         loop {
-            frames::snapshot_datastack(&self.mem, l, &t.raw, &mut self.chunks);
+            let now = again.as_ref().unwrap_or(t);
+            frames::snapshot_datastack(&self.mem, l, &now.raw, &mut self.chunks);
             let local = Overlay::new(&self.chunks, &self.mem);
             let walked = frames::walk(&local, l, first, &mut self.raw);
             if !opts.validate {
@@ -500,7 +508,7 @@ impl<M: Memory> StackReader<M> {
                     frames::second_look(
                         &self.mem,
                         l,
-                        std::slice::from_ref(t),
+                        std::slice::from_ref(now),
                         &[true],
                         std::slice::from_ref(&self.chunks),
                         &mut [(&self.raw[..], &mut self.second)],
@@ -518,7 +526,12 @@ impl<M: Memory> StackReader<M> {
                     .unwrap_or(PyError::Corrupt("stack changed during every read")));
             }
             // It moved under us: start again from where it is now.
-            first = frames::current_frame(&self.mem, l, t.tstate)?;
+            let fresh = again.get_or_insert_with(|| t.clone());
+            self.mem.read(t.tstate, &mut fresh.raw)?;
+            if crate::process::memory::le_u64(&fresh.raw, l.ts_thread_id as usize) != t.thread_id {
+                return Err(PyError::Corrupt("thread state taken by another thread"));
+            }
+            first = frames::first_frame(&self.mem, l, &fresh.raw)?;
         }
         let local = Overlay::new(&self.chunks, &self.mem);
         frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, more, opts, entries)
@@ -698,6 +711,83 @@ mod tests {
                 errors == 1
             );
         }
+    }
+
+    #[test]
+    fn a_thread_that_entered_another_eval_loop_is_read_from_where_it_is_now() {
+        use crate::process::{ImageMemory, MemoryExt};
+        use batch::tests::{CFRAMES, TSTATES, image_312};
+        let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
+        let layout::FrameRoot::CFrame { cframe, current } = l.frame_root else {
+            panic!("3.12 reaches frames through C frames");
+        };
+        let put = |buf: &mut Vec<u8>, off: u64, v: u64| {
+            buf[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        // Thread 0 ran `outer` (frame 0x7000) in the eval loop whose C frame the thread list
+        // was copied with; since then it called, through C (an `exec` of an import, say),
+        // into `inner` (0x7200), run by a nested loop with a C frame of its own (0x5800).
+        let (outer, inner, nested) = (0x7000u64, 0x7200u64, 0x5800u64);
+        let before = image_312(&l, 0, 5, [outer, 0]);
+        let code = code::tests::image(&l, "work", 0x30000);
+        let mut now = ImageMemory::new();
+        for (addr, len) in [
+            (0x1000, 4096),
+            (0x2000, 4096),
+            (0x8000, 64),
+            (CFRAMES[0], 64),
+        ] {
+            now.add(addr, before.bytes(addr, len).unwrap());
+        }
+        for (addr, len) in [
+            (0x10000, 256),
+            (0x20000, 64),
+            (0x30000, 128),
+            (0x30100, 128),
+            (0x40000, 40),
+        ] {
+            now.add(addr, code.bytes(addr, len).unwrap());
+        }
+        now.add(0x50000, code.bytes(0x50000, 64).unwrap());
+        let frame = |back: u64| {
+            let mut f = vec![0u8; l.f_size as usize];
+            put(&mut f, l.f_code, 0x10000);
+            put(&mut f, l.f_back, back);
+            if let layout::InstrSource::Pointer(off) = l.f_instr {
+                put(&mut f, off, 0x10000 + l.co_code_adaptive.unwrap());
+            }
+            f
+        };
+        now.add(outer, frame(0)).add(inner, frame(outer));
+        let mut ts = before.bytes(TSTATES[0], l.ts_size as usize).unwrap();
+        put(&mut ts, l.ts_next, 0);
+        put(&mut ts, cframe, nested);
+        now.add(TSTATES[0], ts);
+        let mut cf = vec![0u8; 64];
+        put(&mut cf, current, inner);
+        now.add(nested, cf);
+        // The thread as the thread list copied it: in the outer loop.
+        let listed = threads::thread_states(&before, &l, batch::tests::RUNTIME).unwrap();
+        let interp = Interpreter {
+            path: String::new(),
+            bias: 0,
+            runtime: batch::tests::RUNTIME,
+            code_type: None,
+            layout: Arc::clone(&l),
+            how: String::new(),
+        };
+        let mut reader = StackReader::new(&now, interp);
+        // Checked reads, as without --nonblocking.
+        let opts = FrameOptions {
+            validate: true,
+            ..FrameOptions::default()
+        };
+        let mut entries = Vec::new();
+        let frames = reader
+            .thread_frames(&listed[0], opts, &mut entries)
+            .expect("read from the thread's new eval loop");
+        let names: Vec<&str> = frames.iter().map(|f| &*f.code.name).collect();
+        assert_eq!(names, ["work", "work"], "inner, then outer");
     }
 
     #[test]
