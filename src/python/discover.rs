@@ -7,7 +7,6 @@ use std::sync::Arc;
 use object::elf::{EM_AARCH64, PT_LOAD};
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol};
-use regex::Regex;
 
 use super::PyError;
 use super::layout::{DEBUG_OFFSETS_READ, DebugOffsets, Layout, Version};
@@ -94,12 +93,59 @@ fn read_image(file: &Path) -> Result<ImageInfo, String> {
     Ok(info)
 }
 
-/// Version from a file name such as `libpython3.9.so.1.0` or `python3.10`.
+/// Version from a file name such as `libpython3.9.so.1.0` or `python3.10`: `python`, a
+/// digit, a dot, digits and letters (`t`, `d`), then `.so` or the end of the name.
 fn version_from_path(path: &str) -> Option<Version> {
-    let re = Regex::new(r"python(\d)\.(\d+)[a-z]*(\.so|$)").unwrap();
     let base = path.rsplit('/').next()?;
-    let c = re.captures(base)?;
-    Some(Version::new(c[1].parse().ok()?, c[2].parse().ok()?, 0))
+    base.match_indices("python").find_map(|(at, _)| {
+        let rest = &base[at + "python".len()..];
+        let (major, rest) = digits(rest, 1, 1)?;
+        let (minor, rest) = digits(rest.strip_prefix('.')?, 1, 3)?;
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_lowercase());
+        (rest.is_empty() || rest.starts_with(".so")).then(|| Version::new(major, minor, 0))
+    })
+}
+
+/// The number at the start of `text`, of `min` to `max` ASCII digits (as many as there
+/// are), and what follows it.
+fn digits(text: &str, min: usize, max: usize) -> Option<(u8, &str)> {
+    let n = text
+        .bytes()
+        .take(max)
+        .take_while(u8::is_ascii_digit)
+        .count();
+    (n >= min).then(|| Some((text[..n].parse().ok()?, &text[n..])))?
+}
+
+/// Is this the path of a shared libpython (`…/libpython3.12.so.1.0`, `…/libpython3.13t.so`)?
+fn is_libpython(path: &str) -> bool {
+    path.match_indices("/libpython3.").any(|(at, m)| {
+        let rest = &path[at + m.len()..];
+        digits(rest, 1, 3).is_some_and(|(_, rest)| {
+            rest.trim_start_matches(|c: char| c.is_ascii_lowercase())
+                .starts_with(".so")
+        })
+    })
+}
+
+/// Is this the path of an interpreter executable (`…/python`, `…/python3`, `…/python3.11`,
+/// `…/python3.13t`)? Not `python3.10-config` and the like.
+fn is_python_executable(path: &str) -> bool {
+    let Some((_, base)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let Some(rest) = base.strip_prefix("python") else {
+        return false;
+    };
+    let rest = rest.strip_prefix('3').unwrap_or(rest);
+    let rest = match rest.strip_prefix('.') {
+        Some(after) => match digits(after, 1, 3) {
+            Some((_, after)) => after,
+            None => return false,
+        },
+        None => rest,
+    };
+    rest.bytes().all(|b| b.is_ascii_lowercase())
 }
 
 /// Find the interpreter of `target` (a live process or a core file) from its memory map
@@ -111,20 +157,18 @@ pub fn find_interpreter<T: Target + ?Sized>(
     let mem = target.memory();
     let exe = target.executable();
     let exe = exe.as_deref();
-    let libpython = Regex::new(r"/libpython3\.\d+[a-z]*\.so").unwrap();
-    let python = Regex::new(r"/python3?(\.\d+)?[a-z]*$").unwrap();
     let mut candidates: Vec<&str> = Vec::new();
     for m in maps {
         let Some(p) = m.path.as_deref() else { continue };
         if candidates.contains(&p) {
             continue;
         }
-        if libpython.is_match(p) || python.is_match(p) || Some(p) == exe {
+        if is_libpython(p) || is_python_executable(p) || Some(p) == exe {
             candidates.push(p);
         }
     }
     // A shared build keeps the runtime in libpython even though the executable also matches.
-    candidates.sort_by_key(|p| !libpython.is_match(p));
+    candidates.sort_by_key(|p| !is_libpython(p));
     let page = target.page_size();
     let mut seen = Vec::new();
     for path in candidates {
@@ -149,7 +193,7 @@ pub fn find_interpreter<T: Target + ?Sized>(
         let path_version = version_from_path(path);
         let (runtime, runtime_how) = match info.runtime {
             Some(r) => (r.wrapping_add(bias), info.runtime_how),
-            None if path_version.is_some() || libpython.is_match(path) || python.is_match(path) => {
+            None if path_version.is_some() || is_libpython(path) || is_python_executable(path) => {
                 let version = path_version.or_else(|| version_from_memory(mem, &data));
                 match scan_for_runtime(mem, maps, &data, version, info.aarch64) {
                     Some(r) => (r, "a scan of the image's data (no symbols)"),
@@ -230,18 +274,33 @@ const MAX_SCAN: u64 = 16 << 20;
 /// The version from the `sys.version` text that `Py_GetVersion` leaves in a static buffer
 /// of the image's writable data (3.7–3.10 export nothing better; stripped builds keep it).
 fn version_from_memory<M: Memory + ?Sized>(mem: &M, ranges: &[&MapRange]) -> Option<Version> {
-    let re = regex::bytes::Regex::new(r"\x00(3)\.(\d{1,2})\.(\d{1,2})[a-z0-9+]* \(").ok()?;
     for r in ranges {
         let len = (r.end - r.start).min(MAX_SCAN) as usize;
         let Ok(data) = mem.bytes(r.start, len) else {
             continue;
         };
-        if let Some(c) = re.captures(&data) {
-            let num = |i: usize| std::str::from_utf8(&c[i]).ok()?.parse::<u8>().ok();
-            return Some(Version::new(num(1)?, num(2)?, num(3)?));
+        if let Some(v) = version_text(&data) {
+            return Some(v);
         }
     }
     None
+}
+
+/// The first `sys.version` text in `data`, after a NUL: `3.M.m`, letters, digits or `+`
+/// (`3.13.0rc1`, `3.12.1+`), then ` (` (the build's date follows).
+fn version_text(data: &[u8]) -> Option<Version> {
+    memchr::memmem::find_iter(data, b"\x003.").find_map(|at| {
+        // A version text is short and ASCII: what follows, up to the first other byte.
+        let tail = &data[at + 3..data.len().min(at + 32)];
+        let ascii = tail.iter().take_while(|b| b.is_ascii()).count();
+        let rest = std::str::from_utf8(&tail[..ascii]).ok()?;
+        let (minor, rest) = digits(rest, 1, 2)?;
+        let (micro, rest) = digits(rest.strip_prefix('.')?, 1, 2)?;
+        let rest = rest
+            .trim_start_matches(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+');
+        rest.starts_with(" (")
+            .then(|| Version::new(3, minor, micro))
+    })
 }
 
 /// Find `_PyRuntime` in an image that has neither the symbol nor the `.PyRuntime` section:
@@ -347,5 +406,103 @@ mod tests {
         );
         assert_eq!(version_from_path("/usr/bin/python3"), None);
         assert_eq!(version_from_path("/usr/bin/python3.10-config"), None);
+        assert_eq!(
+            version_from_path("/opt/prof-pythons/debian-sid/bin/python3.15"),
+            Some(Version::new(3, 15, 0))
+        );
+        assert_eq!(
+            version_from_path("/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0"),
+            Some(Version::new(3, 12, 0))
+        );
+        // An extension module under a versioned directory names no interpreter.
+        assert_eq!(
+            version_from_path(
+                "/usr/lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so"
+            ),
+            None
+        );
+    }
+
+    /// Paths from the memory maps of the interpreters on the test machines, and their
+    /// neighbours in those maps.
+    #[test]
+    fn interpreter_files_are_told_from_other_files() {
+        for lib in [
+            "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0",
+            "/root/.pyenv/versions/3.7.16/lib/libpython3.7m.so.1.0",
+            "/usr/lib/x86_64-linux-gnu/libpython3.13t.so.1.0",
+            "/usr/lib/libpython3.9.so",
+        ] {
+            assert!(is_libpython(lib), "{lib}");
+            assert!(!is_python_executable(lib), "{lib}");
+        }
+        for exe in [
+            "/usr/bin/python3.11",
+            "/root/.pyenv/versions/3.12.1/bin/python3.12",
+            "/opt/prof-pythons/debian-sid/bin/python3.15",
+            "/usr/bin/python3",
+            "/usr/bin/python",
+            "/usr/bin/python3.13t",
+            "/usr/local/bin/python3.7m",
+        ] {
+            assert!(is_python_executable(exe), "{exe}");
+            assert!(!is_libpython(exe), "{exe}");
+        }
+        for other in [
+            "/usr/bin/python3.10-config",
+            "/usr/bin/python33",
+            "/usr/lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so",
+            "/usr/lib/x86_64-linux-gnu/libpython3.so",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "python3.11",
+            "/tmp/python3.",
+            "/home/a/mypython3.11",
+        ] {
+            assert!(!is_libpython(other), "{other}");
+            assert!(!is_python_executable(other), "{other}");
+        }
+    }
+
+    /// `sys.version` of interpreters on the test machines, as `Py_GetVersion` leaves them in
+    /// writable data: after a NUL, with other data around.
+    #[test]
+    fn versions_from_the_version_text() {
+        let text = |v: &str| {
+            let mut data = b"\x013.9 (x\x00\x00\x00".to_vec();
+            data.extend_from_slice(v.as_bytes());
+            data.extend_from_slice(b"\x00\xff\xfe3.1");
+            data
+        };
+        for (v, want) in [
+            (
+                "3.7.16 (default, May  9 2026, 07:31:42) \n[GCC 12.2.0]",
+                (7, 16),
+            ),
+            ("3.11.2 (main, Apr 28 2025, 14:11:48) [GCC 12.2.0]", (11, 2)),
+            ("3.15.2 (main, Oct 26 2026, 15:10:10) [GCC 16.2.0]", (15, 2)),
+            (
+                "3.13.0rc1+ (heads/3.13:1b2c3d4, Sep  2 2024) [GCC]",
+                (13, 0),
+            ),
+        ] {
+            assert_eq!(
+                version_text(&text(v)),
+                Some(Version::new(3, want.0, want.1)),
+                "{v}"
+            );
+        }
+        for v in [
+            "3.123.1 (main)",
+            "3.12.1(main)",
+            "3.12 (main)",
+            "3.12.1-x (main)",
+        ] {
+            assert_eq!(version_text(&text(v)), None, "{v}");
+        }
+        // The first complete one wins; a truncated text at the end is no version.
+        let mut two = text("3.10.13 (main, Jan  1 2024)");
+        two.extend_from_slice(b"\x003.9.18 (main");
+        assert_eq!(version_text(&two), Some(Version::new(3, 10, 13)));
+        assert_eq!(version_text(b"\x003.12.1"), None);
     }
 }
