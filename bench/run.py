@@ -28,6 +28,7 @@ figures are medians over the repetitions. The machine is shared: read ratios, no
 absolute numbers. Every process the script starts is killed on exit, Ctrl-C or error.
 """
 import argparse
+import collections
 import glob
 import json
 import math
@@ -790,16 +791,33 @@ FLOOR_KINDS = ("sleep", "read", "prof_reads", "prof")
 VM_READ = re.compile(r"process_vm_readv\(\d+, \[(.*)\], (\d+), \[(.*)\], (\d+), 0\) = (\d+)")
 
 
-def prof_reads(P, a, pid):
+def build_floor(work):
+    """bench/floor.c compiled into `work`, or None without a C compiler."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        return None
+    exe = os.path.join(work, "floor")
+    subprocess.run([gcc, "-O2", "-o", exe, FLOOR_C], check=True)
+    return exe
+
+
+def heap_read(pid):
+    """floor.c's argument for one FLOOR_READ-byte copy from the start of `pid`'s heap."""
+    with open("/proc/%d/maps" % pid) as f:
+        heap = next(l for l in f if l.rstrip().endswith("[heap]"))
+    return "%d/%s+%d" % (FLOOR_READ, heap.split("-")[0], FLOOR_READ)
+
+
+def prof_reads(prof, pid, work):
     """The `process_vm_readv` calls of one tick of `prof record -r 1000` on `pid`, as
     floor.c arguments (LOCAL/REMOTE each), and prof's calls per tick: prof runs 1 s under
-    strace and its last complete tick is kept (a batch read, then the second look's read
-    with fewer iovecs)."""
-    trace = os.path.join(WORK, "floor.strace")
-    out = os.path.join(WORK, "floor-rec.txt")
+    strace, and of the ticks that are a batch read followed by a read with fewer iovecs
+    (the second look), the commonest shape is kept, from its last tick."""
+    trace = os.path.join(work, "floor.strace")
+    out = os.path.join(work, "floor-rec.txt")
     # -s also bounds how many iovecs strace prints; the buffers' contents are dropped below.
-    cmd = ["strace", "-f", "-s", "64", "-e", "trace=process_vm_readv", "-o", trace] + \
-        P.record("prof", pid, 1000, 1, out, idle=True)
+    cmd = ["strace", "-f", "-s", "64", "-e", "trace=process_vm_readv", "-o", trace,
+           prof, "record", "-p", str(pid), "-r", "1000", "-d", "1", "--idle", "-f", "raw", "-o", out]
     run_timed(cmd, 60)
     calls = []
     with open(trace) as f:
@@ -812,14 +830,23 @@ def prof_reads(P, a, pid):
             if len(local) != int(m.group(2)) or len(remote) != int(m.group(4)) or \
                     int(m.group(5)) != sum(local):
                 continue  # abbreviated or short: not one to replay
-            calls.append("%s/%s" % (",".join(map(str, local)),
-                                    ",".join("%s+%s" % r for r in remote)))
+            calls.append(("%s/%s" % (",".join(map(str, local)), ",".join("%s+%s" % r for r in remote)),
+                          (len(local), len(remote), sum(local))))
     ticks = raw_samples(out)
-    # A tick of deep.py in the default mode is the batch, then the second look's shorter read.
-    for i in range(len(calls) - 1, 0, -1):
-        if calls[i - 1].count(",") > calls[i].count(","):
-            return calls[i - 1:i + 1], len(calls) / ticks if ticks else None
-    return None, None
+    pairs = [(calls[i - 1], calls[i]) for i in range(1, len(calls))
+             if calls[i - 1][1][1] > calls[i][1][1]]
+    if not pairs:
+        return None, None
+    shapes = collections.Counter((a[1], b[1]) for a, b in pairs)
+    common = shapes.most_common(1)[0][0]
+    a, b = [p for p in pairs if (p[0][1], p[1][1]) == common][-1]
+    return [a[0], b[0]], (len(calls) / ticks if ticks else None)
+
+
+def describe_reads(reads):
+    return "; ".join("%d local and %d remote iovecs, %d bytes" % (
+        len(r.split("/")[0].split(",")), len(r.split("/")[1].split(",")),
+        sum(int(x) for x in r.split("/")[0].split(","))) for r in reads)
 
 
 def bench_floor(P, a, res):
@@ -828,14 +855,12 @@ def bench_floor(P, a, res):
     one thread-sample."""
     log("== 7. tick floor at 1000 Hz: floor.c (sleep; sleep + one %d-byte read; sleep + prof's "
         "reads of one tick) vs prof on deep" % FLOOR_READ)
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if not gcc:
+    exe = build_floor(WORK)
+    if not exe:
         log("   skipped: no C compiler (gcc or cc) to build bench/floor.c")
         return
     if not shutil.which("strace"):
         log("   no strace: prof's own reads are not replayed")
-    exe = os.path.join(WORK, "floor")
-    subprocess.run([gcc, "-O2", "-o", exe, FLOOR_C], check=True)
     ticks = 1000 * a.record_secs
     got = {k: [] for k in FLOOR_KINDS}
     kinds = FLOOR_KINDS if shutil.which("strace") else tuple(k for k in FLOOR_KINDS if k != "prof_reads")
@@ -850,20 +875,13 @@ def bench_floor(P, a, res):
             t = start_target(DEEP, [a.record_secs + 10], a.python)
             try:
                 if kind == "read":
-                    with open("/proc/%d/maps" % t.pid) as f:
-                        heap = next(l for l in f if l.rstrip().endswith("[heap]"))
-                    addr = heap.split("-")[0]
-                    reads = ["%d/%s+%d" % (FLOOR_READ, addr, FLOOR_READ)]
+                    reads = [heap_read(t.pid)]
                 elif kind == "prof_reads":
-                    reads, per_tick = prof_reads(P, a, t.pid)
+                    reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK)
                     if not reads:
                         log("   prof's reads not found in its strace")
                         continue
-                    log("   prof's reads per tick: %.2f; replayed: %s" % (per_tick or 0, "; ".join(
-                        "%d local and %d remote iovecs, %d bytes" % (
-                            len(r.split("/")[0].split(",")), len(r.split("/")[1].split(",")),
-                            sum(int(x) for x in r.split("/")[0].split(",")))
-                        for r in reads)))
+                    log("   prof's reads per tick: %.2f; replayed: %s" % (per_tick or 0, describe_reads(reads)))
                     res["floor_reads"] = reads
                 else:
                     reads = []

@@ -296,7 +296,8 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         // (thread-local bytecode is read from live memory).
         let mut by_copy = want(i) && l.f_tlbc_index.is_none();
         let mut last = 0;
-        for (n, f) in walked.iter().enumerate().filter(|_| want(i)) {
+        let walked = if want(i) { walked } else { &[] };
+        for (n, f) in walked.iter().enumerate() {
             let within = |k: usize| f.addr.wrapping_sub(region[k].0) < region[k].1.len() as u64;
             let k = if last < region.len() && within(last) {
                 Some(last)
@@ -310,13 +311,13 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
                 Some(k) => {
                     holds[k] = true;
                     last = k;
+                    // Every caller's bytes, as the walk read them, lie in the copy.
                     let end = f.addr.saturating_add(frame_len as u64);
-                    if n == 0 {
-                    } else if end - region[k].0 <= region[k].1.len() as u64 {
+                    let fits = end - region[k].0 <= region[k].1.len() as u64;
+                    if n > 0 && fits {
                         spans[k] = (spans[k].0.min(f.addr), spans[k].1.max(end));
-                    } else {
-                        by_copy = false;
                     }
+                    by_copy &= n == 0 || fits;
                 }
                 None => {
                     outside.push(f.addr);
@@ -501,14 +502,15 @@ pub fn frames_fit<M: Memory + ?Sized>(
     // Recursion repeats a code object frame after frame: its size is read once.
     let mut last: Option<(u64, Option<u64>)> = None;
     let mut head = [0u8; CODE_HEAD];
+    // Each frame's chunk is found once: a caller's is its own callee's in the next pair.
+    let mut callee_chunk = raw.first().and_then(|f| chunk_of(f.addr));
     for pair in raw.windows(2) {
         let (callee, caller) = (&pair[0], &pair[1]);
-        if callee.shim || caller.shim {
+        let caller_chunk = chunk_of(caller.addr);
+        let same_chunk = callee_chunk.is_some() && callee_chunk == caller_chunk;
+        callee_chunk = caller_chunk;
+        if callee.shim || caller.shim || !same_chunk {
             continue;
-        }
-        match (chunk_of(callee.addr), chunk_of(caller.addr)) {
-            (Some(a), Some(b)) if a == b => {}
-            _ => continue,
         }
         let bytes = match last {
             Some((code, bytes)) if code == caller.code => bytes,
