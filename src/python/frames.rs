@@ -218,6 +218,7 @@ pub struct LookScratch {
     /// than the innermost one (a range of `same`), or None when some of those frames lie
     /// outside the first copy; see [`second_look`].
     same_at: Vec<Option<std::ops::Range<usize>>>,
+    /// Those ranges of every thread, as (start, end) addresses.
     same: Vec<(u64, u64)>,
     /// Per region of the thread at hand's first copy: the span of its walked frames.
     spans: Vec<(u64, u64)>,
