@@ -49,6 +49,7 @@ def main():
     try:
         kinds = list(bins)
         if floor:
+            sys.dont_write_bytecode = True  # no __pycache__ in bench/
             import run  # bench/run.py: measurement 7's floor.c and its replay of prof's reads
             exe = run.build_floor(work)
             reads, per_tick = run.prof_reads(bins[0], t.pid, work)
