@@ -1,17 +1,34 @@
 /* The least CPU a sampler at a fixed rate can use on this machine: per tick, sleep until an
- * absolute deadline, then (optionally) copy LEN bytes of the target with one
- * process_vm_readv, and nothing else. bench/run.py (measurement 7) compiles and runs it
- * next to prof, so that prof's per-tick cost on a one-thread target can be read against it.
+ * absolute deadline, then make the given process_vm_readv calls, and nothing else.
+ * bench/run.py (measurement 7) compiles and runs it next to prof, so that prof's per-tick
+ * cost on a one-thread target can be read against it.
  *
- *   floor PID ADDR LEN RATE TICKS     (LEN 0: sleep only)
+ *   floor PID RATE TICKS [READ ...]     (no READ: sleep only)
+ *
+ * Each READ is one process_vm_readv per tick, written LOCAL/REMOTE: LOCAL the lengths of
+ * the local iovecs (comma-separated; they lie end to end in one buffer), REMOTE the remote
+ * iovecs as ADDR+LEN in hex+decimal, comma-separated, e.g.
+ *
+ *   floor 1234 1000 5000 16384/7f00aa000000+16384              (one 16 KiB copy)
+ *   floor 1234 1000 5000 24,256,8/7f00aa000000+24,7f00ab000000+264   (two iovecs each side)
  *
  * Prints the CPU time (user + system) per tick in microseconds. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <sys/resource.h>
 #include <sys/uio.h>
+
+#define MAX_IOV 64
+#define MAX_READS 8
+
+struct read {
+    struct iovec local[MAX_IOV], remote[MAX_IOV];
+    int nlocal, nremote;
+    size_t total;
+};
 
 static double cpu_us(void) {
     struct rusage ru;
@@ -19,17 +36,57 @@ static double cpu_us(void) {
     return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
 }
 
+/* Parse one LOCAL/REMOTE argument; exits with a one-line message on bad input. */
+static void parse(char *arg, struct read *r) {
+    char *slash = strchr(arg, '/');
+    if (!slash) {
+        fprintf(stderr, "floor: bad READ (no '/'): %s\n", arg);
+        exit(2);
+    }
+    *slash = 0;
+    size_t local_total = 0, remote_total = 0;
+    for (char *tok = strtok(arg, ","); tok; tok = strtok(NULL, ",")) {
+        if (r->nlocal == MAX_IOV) {
+            fprintf(stderr, "floor: more than %d local iovecs\n", MAX_IOV);
+            exit(2);
+        }
+        r->local[r->nlocal++].iov_len = strtoul(tok, NULL, 10);
+        local_total += r->local[r->nlocal - 1].iov_len;
+    }
+    for (char *tok = strtok(slash + 1, ","); tok; tok = strtok(NULL, ",")) {
+        char *plus = strchr(tok, '+');
+        if (!plus || r->nremote == MAX_IOV) {
+            fprintf(stderr, "floor: bad remote iovec (ADDR+LEN, at most %d): %s\n", MAX_IOV, tok);
+            exit(2);
+        }
+        r->remote[r->nremote].iov_base = (void *)strtoul(tok, NULL, 16);
+        r->remote[r->nremote++].iov_len = strtoul(plus + 1, NULL, 10);
+        remote_total += r->remote[r->nremote - 1].iov_len;
+    }
+    if (local_total != remote_total || local_total == 0) {
+        fprintf(stderr, "floor: local (%zu) and remote (%zu) bytes differ\n", local_total, remote_total);
+        exit(2);
+    }
+    char *buf = malloc(local_total);
+    for (int i = 0; i < r->nlocal; i++) {
+        r->local[i].iov_base = buf;
+        buf += r->local[i].iov_len;
+    }
+    r->total = local_total;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: floor PID ADDR LEN RATE TICKS\n");
+    if (argc < 4 || argc > 4 + MAX_READS) {
+        fprintf(stderr, "usage: floor PID RATE TICKS [LOCAL/REMOTE ...] (at most %d reads)\n", MAX_READS);
         return 2;
     }
     int pid = atoi(argv[1]);
-    unsigned long addr = strtoul(argv[2], NULL, 16);
-    size_t len = strtoul(argv[3], NULL, 10);
-    long period_ns = (long)(1e9 / atof(argv[4]));
-    long ticks = atol(argv[5]);
-    char *buf = malloc(len ? len : 1);
+    long period_ns = (long)(1e9 / atof(argv[2]));
+    long ticks = atol(argv[3]);
+    int nreads = argc - 4;
+    static struct read reads[MAX_READS];
+    for (int i = 0; i < nreads; i++)
+        parse(argv[4 + i], &reads[i]);
     struct timespec due;
     clock_gettime(CLOCK_MONOTONIC, &due);
     double start = cpu_us();
@@ -40,9 +97,9 @@ int main(int argc, char **argv) {
             due.tv_sec++;
         }
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, NULL);
-        if (len) {
-            struct iovec local = {buf, len}, remote = {(void *)addr, len};
-            if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)len) {
+        for (int k = 0; k < nreads; k++) {
+            struct read *r = &reads[k];
+            if (process_vm_readv(pid, r->local, r->nlocal, r->remote, r->nremote, 0) != (ssize_t)r->total) {
                 perror("floor: process_vm_readv");
                 return 1;
             }

@@ -28,6 +28,7 @@ figures are medians over the repetitions. The machine is shared: read ratios, no
 absolute numbers. Every process the script starts is killed on exit, Ctrl-C or error.
 """
 import argparse
+import collections
 import glob
 import json
 import math
@@ -785,34 +786,106 @@ def bench_soak(P, a, res):
 FLOOR_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
 # What prof copies per tick on deep.py: its 16 KiB data-stack chunk (seen with strace).
 FLOOR_READ = 16384
+FLOOR_KINDS = ("sleep", "read", "prof_reads", "prof")
+
+VM_READ = re.compile(r"process_vm_readv\(\d+, \[(.*)\], (\d+), \[(.*)\], (\d+), 0\) = (\d+)")
+
+
+def build_floor(work):
+    """bench/floor.c compiled into `work`, or None without a C compiler."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        return None
+    exe = os.path.join(work, "floor")
+    subprocess.run([gcc, "-O2", "-o", exe, FLOOR_C], check=True)
+    return exe
+
+
+def heap_read(pid):
+    """floor.c's argument for one FLOOR_READ-byte copy from the start of `pid`'s heap."""
+    with open("/proc/%d/maps" % pid) as f:
+        heap = next(l for l in f if l.rstrip().endswith("[heap]"))
+    return "%d/%s+%d" % (FLOOR_READ, heap.split("-")[0], FLOOR_READ)
+
+
+def prof_reads(prof, pid, work):
+    """The `process_vm_readv` calls of one tick of `prof record -r 1000` on `pid`, as
+    floor.c arguments (LOCAL/REMOTE each), and prof's calls per tick: prof runs 1 s under
+    strace, and of the ticks that are a batch read followed by a read with fewer iovecs
+    (the second look), the commonest shape is kept, from its last tick."""
+    trace = os.path.join(work, "floor.strace")
+    out = os.path.join(work, "floor-rec.txt")
+    # -s also bounds how many iovecs strace prints; the buffers' contents are dropped below.
+    cmd = ["strace", "-f", "-s", "64", "-e", "trace=process_vm_readv", "-o", trace,
+           prof, "record", "-p", str(pid), "-r", "1000", "-d", "1", "--idle", "-f", "raw", "-o", out]
+    run_timed(cmd, 60)
+    calls = []
+    with open(trace) as f:
+        for line in f:
+            m = VM_READ.search(re.sub(r'"(?:[^"\\]|\\.)*"(?:\.\.\.)?', '""', line))
+            if not m:
+                continue
+            local = [int(x) for x in re.findall(r"iov_len=(\d+)", m.group(1))]
+            remote = re.findall(r"iov_base=0x([0-9a-f]+), iov_len=(\d+)", m.group(3))
+            if len(local) != int(m.group(2)) or len(remote) != int(m.group(4)) or \
+                    int(m.group(5)) != sum(local):
+                continue  # abbreviated or short: not one to replay
+            calls.append(("%s/%s" % (",".join(map(str, local)), ",".join("%s+%s" % r for r in remote)),
+                          (len(local), len(remote), sum(local))))
+    ticks = raw_samples(out)
+    pairs = [(calls[i - 1], calls[i]) for i in range(1, len(calls))
+             if calls[i - 1][1][1] > calls[i][1][1]]
+    if not pairs:
+        return None, None
+    shapes = collections.Counter((a[1], b[1]) for a, b in pairs)
+    common = shapes.most_common(1)[0][0]
+    a, b = [p for p in pairs if (p[0][1], p[1][1]) == common][-1]
+    return [a[0], b[0]], (len(calls) / ticks if ticks else None)
+
+
+def describe_reads(reads):
+    return "; ".join("%d local and %d remote iovecs, %d bytes" % (
+        len(r.split("/")[0].split(",")), len(r.split("/")[1].split(",")),
+        sum(int(x) for x in r.split("/")[0].split(","))) for r in reads)
 
 
 def bench_floor(P, a, res):
-    """CPU per tick of a sampler that only sleeps (and copies one block), next to prof's on
-    the one-thread target, where every tick is one thread-sample."""
-    log("== 7. tick floor at 1000 Hz: floor.c (sleep, sleep + one %d-byte read) vs prof on deep" % FLOOR_READ)
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if not gcc:
+    """CPU per tick of a sampler that only sleeps (and copies one block, or makes exactly
+    prof's reads of a tick), next to prof's on the one-thread target, where every tick is
+    one thread-sample."""
+    log("== 7. tick floor at 1000 Hz: floor.c (sleep; sleep + one %d-byte read; sleep + prof's "
+        "reads of one tick) vs prof on deep" % FLOOR_READ)
+    exe = build_floor(WORK)
+    if not exe:
         log("   skipped: no C compiler (gcc or cc) to build bench/floor.c")
         return
-    exe = os.path.join(WORK, "floor")
-    subprocess.run([gcc, "-O2", "-o", exe, FLOOR_C], check=True)
+    if not shutil.which("strace"):
+        log("   no strace: prof's own reads are not replayed")
     ticks = 1000 * a.record_secs
-    got = {"sleep": [], "read": [], "prof": []}
+    got = {k: [] for k in FLOOR_KINDS}
+    kinds = FLOOR_KINDS if shutil.which("strace") else tuple(k for k in FLOOR_KINDS if k != "prof_reads")
     for rep in range(a.reps):
-        for kind in order(rep, ("sleep", "read", "prof")):
+        for kind in order(rep, kinds):
             if kind == "prof":
                 n, wall, c = timed_record(P, a, "prof", DEEP, 1000, True)
                 if n:
                     got["prof"].append(c / n * 1e6)
+                log("   %-10s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
                 continue
-            t = start_target(DEEP, [a.record_secs + 5], a.python)
+            t = start_target(DEEP, [a.record_secs + 10], a.python)
             try:
-                with open("/proc/%d/maps" % t.pid) as f:
-                    heap = next(l for l in f if l.rstrip().endswith("[heap]"))
-                addr = heap.split("-")[0]
-                length = FLOOR_READ if kind == "read" else 0
-                out = subprocess.run([exe, str(t.pid), addr, str(length), "1000", str(ticks)],
+                if kind == "read":
+                    reads = [heap_read(t.pid)]
+                elif kind == "prof_reads":
+                    reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK)
+                    if not reads:
+                        log("   prof's reads not found in its strace")
+                        continue
+                    log("   prof's reads per tick: %.2f; replayed: %s" % (per_tick or 0, describe_reads(reads)))
+                    res["floor_reads"] = reads
+                else:
+                    reads = []
+                out = subprocess.run([exe, str(t.pid), "1000", str(ticks)] + reads,
                                      capture_output=True, text=True, timeout=a.record_secs + 60)
                 if out.returncode == 0:
                     got[kind].append(float(out.stdout))
@@ -820,10 +893,11 @@ def bench_floor(P, a, res):
                     log("   floor failed: %s" % out.stderr.strip())
             finally:
                 end(t)
-            log("   %-6s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
-        log("   prof   %.2f µs/tick" % got["prof"][-1] if got["prof"] else "   prof   no samples")
+            log("   %-10s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
     for kind, xs in got.items():
         res["floor_us", kind] = med(xs)
+        res["floor_runs", kind] = xs
+    res["floor_load"] = os.getloadavg()
 
 
 def ratio(p, s, higher_is_better=False):
@@ -928,14 +1002,22 @@ def table(res, a):
                          verdict(p, s) if kind == "prof_cpu_pct" else ""))
     for kind, label in (("sleep", "floor.c, sleep only"),
                         ("read", "floor.c, sleep + one %d-byte process_vm_readv" % FLOOR_READ),
+                        ("prof_reads", "floor.c, sleep + prof's process_vm_readv calls of one tick"),
                         ("prof", "prof record, deep (default mode)")):
-        if ("floor_us", kind) in res:
+        if res.get(("floor_us", kind)) is not None:
             rows.append(("7. CPU µs per tick at 1000 Hz: %s" % label, fmt(res["floor_us", kind], 2),
                          "", "", "", ""))
-    if res.get(("floor_us", "prof")) is not None and res.get(("floor_us", "read")) is not None:
-        above = res["floor_us", "prof"] - res["floor_us", "read"]
+    floor = lambda k: res.get(("floor_us", k))
+    if floor("prof") is not None and floor("read") is not None:
+        above = floor("prof") - floor("read")
         rows.append(("7. prof above the floor (sleep + read), µs per tick", fmt(above, 2), "", "",
                      "≤ 10", verdict(above, None, 10)))
+    if floor("prof") is not None and floor("prof_reads") is not None:
+        rows.append(("7. prof above the floor of its own reads, µs per tick",
+                     fmt(floor("prof") - floor("prof_reads"), 2), "", "", "", ""))
+    if floor("prof_reads") is not None and floor("sleep") is not None:
+        rows.append(("7. prof's own reads above sleep only, µs per tick",
+                     fmt(floor("prof_reads") - floor("sleep"), 2), "", "", "", ""))
     for key in sorted(k for k in res if isinstance(k, tuple) and k[0] == "native_hwm_mib" and k[2] == "prof"):
         label = key[1]
         row("8. --native peak RSS MiB (VmHWM, -r 100 -d 10), %s" % label, res[key],

@@ -214,6 +214,16 @@ pub struct LookScratch {
     roots: Vec<[[u8; 8]; 2]>,
     /// Per thread: its stack stands (the result).
     stands: Vec<bool>,
+    /// Per thread: the byte ranges of its first copy that hold its walked frames other
+    /// than the innermost one (a range of `same`), or None when some of those frames lie
+    /// outside the first copy; see [`second_look`].
+    same_at: Vec<Option<std::ops::Range<usize>>>,
+    /// Those ranges of every thread, as (start, end) addresses.
+    same: Vec<(u64, u64)>,
+    /// Per region of the thread at hand's first copy: the span of its walked frames.
+    spans: Vec<(u64, u64)>,
+    /// Stacks that stood by the comparison of their bytes, without a second walk.
+    by_bytes: u64,
 }
 
 /// A second look at the stacks of the `wanted` threads, whose innermost frame pointer was
@@ -224,6 +234,14 @@ pub struct LookScratch {
 /// instruction). The pointer check alone passes a thread that returned and called back
 /// down to the same depth while it was copied: it leaves the same innermost pointer behind,
 /// over frames the copy saw half rewritten.
+///
+/// In the steady state the walk of the new copy is known without walking it: when the
+/// bytes that hold the walked frames other than the innermost one are the same in both
+/// copies (one comparison per copied region, from the outermost frame to the end of the
+/// innermost caller's), and the innermost frame still decodes to the same code object and
+/// caller, a walk of the new copy reads the same words and finds the same frames. A
+/// difference anywhere in those bytes, even in words the walk does not read (a caller's
+/// locals), falls back to the walk.
 ///
 /// `regions[i]` is thread i's first copy (address-sorted), `looks[i]` its walk of it and
 /// the buffers of its second copy (one per thread, reused between samples); `scratch` is
@@ -246,6 +264,10 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         outside,
         roots,
         stands,
+        same_at,
+        same,
+        spans,
+        by_bytes,
     } = scratch;
     wants.clear();
     wants.extend(
@@ -256,23 +278,59 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     );
     let want = |i: usize| wants.get(i).copied().unwrap_or(false);
     let frame_len = frame_read_len(l);
+    same_at.clear();
+    same.clear();
     for (i, look) in looks.iter_mut().enumerate() {
         let (walked, copy) = look.parts();
         // Which regions hold a walked frame: each frame's region is found by a binary
         // search (the regions are sorted), as deep stacks make a scan of every region for
-        // every frame cost millions of steps.
+        // every frame cost millions of steps; consecutive frames mostly share a region, so
+        // the last one found is tried first.
+        let region = &regions[i];
         holds.clear();
-        holds.resize(regions[i].len(), false);
+        holds.resize(region.len(), false);
+        spans.clear();
+        spans.resize(region.len(), (u64::MAX, 0));
         outside.clear();
-        for f in walked.iter().filter(|_| want(i)) {
-            let k = regions[i].partition_point(|(addr, _)| *addr <= f.addr);
-            match k.checked_sub(1) {
-                Some(k) if f.addr - regions[i][k].0 < regions[i][k].1.len() as u64 => {
+        // The byte comparison needs every caller's bytes in the first copy, and a walk
+        // whose only reads from outside the copies are of the innermost frame's code object
+        // (thread-local bytecode is read from live memory).
+        let mut by_copy = want(i) && l.f_tlbc_index.is_none();
+        let mut last = 0;
+        let walked = if want(i) { walked } else { &[] };
+        for (n, f) in walked.iter().enumerate() {
+            let within = |k: usize| f.addr.wrapping_sub(region[k].0) < region[k].1.len() as u64;
+            let k = if last < region.len() && within(last) {
+                Some(last)
+            } else {
+                region
+                    .partition_point(|(addr, _)| *addr <= f.addr)
+                    .checked_sub(1)
+                    .filter(|&k| within(k))
+            };
+            match k {
+                Some(k) => {
                     holds[k] = true;
+                    last = k;
+                    // Every caller's bytes, as the walk read them, lie in the copy.
+                    let end = f.addr.saturating_add(frame_len as u64);
+                    let fits = end - region[k].0 <= region[k].1.len() as u64;
+                    if n > 0 && fits {
+                        spans[k] = (spans[k].0.min(f.addr), spans[k].1.max(end));
+                    }
+                    by_copy &= n == 0 || fits;
                 }
-                _ => outside.push(f.addr),
+                None => {
+                    outside.push(f.addr);
+                    by_copy &= n == 0;
+                }
             }
         }
+        same_at.push(by_copy.then(|| {
+            let start = same.len();
+            same.extend(spans.iter().filter(|(lo, hi)| lo < hi));
+            start..same.len()
+        }));
         // Buffers stay with their slot between samples: no allocation once warmed up.
         let mut k = 0;
         let slot = |copy: &mut Vec<(u64, Vec<u8>)>, k: &mut usize, addr: u64, len: usize| {
@@ -361,15 +419,27 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             return false;
         }
         let again = crate::process::Overlay::new(copy, mem);
-        if walk(&again, l, first, raw).is_err() || raw.len() != walked.len() {
+        let before = crate::process::Overlay::new(&regions[i], mem);
+        let unchanged = same_at[i].clone().is_some_and(|r| {
+            same[r].iter().all(|&(lo, hi)| {
+                let len = (hi - lo) as usize;
+                matches!((before.peek(lo, len), again.peek(lo, len)), (Some(a), Some(b)) if a == b)
+            }) && same_innermost(&again, l, walked)
+        });
+        if unchanged {
+            *by_bytes += 1;
+        } else if walk(&again, l, first, raw).is_err()
+            || raw.len() != walked.len()
+            || !raw.iter().zip(walked).enumerate().all(|(k, (x, y))| {
+                x.addr == y.addr
+                    && x.code == y.code
+                    && x.shim == y.shim
+                    && (k == 0 || x.offset == y.offset)
+            })
+        {
             return false;
         }
-        raw.iter().zip(walked).enumerate().all(|(k, (x, y))| {
-            x.addr == y.addr
-                && x.code == y.code
-                && x.shim == y.shim
-                && (k == 0 || x.offset == y.offset)
-        }) && frames_fit(
+        frames_fit(
             &crate::process::Overlay::new(&regions[i], mem),
             l,
             &threads[i].raw,
@@ -378,6 +448,23 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         )
     }));
     stands
+}
+
+/// Would the walk's first step over `mem` find the innermost of the `walked` frames again,
+/// at any instruction: a Python frame of the same code object with the same caller?
+fn same_innermost<M: Memory + ?Sized>(mem: &M, l: &Layout, walked: &[RawFrame]) -> bool {
+    let leaf = walked[0];
+    let Some(buf) = mem.peek(leaf.addr, frame_read_len(l)) else {
+        return false;
+    };
+    let python = match (l.f_owner, l.owner_not_python) {
+        (Some(o), Some(limit)) => le_u8(buf, o as usize) < limit,
+        _ => true,
+    };
+    !leaf.shim
+        && python
+        && le_u64(buf, l.f_back as usize) == walked.get(1).map_or(0, |f| f.addr)
+        && python_frame(mem, l, leaf.addr, buf).is_ok_and(|f| f.code == leaf.code)
 }
 
 /// Are the walked frames that sit on the thread's data stack (3.11+) where the interpreter
@@ -416,14 +503,15 @@ pub fn frames_fit<M: Memory + ?Sized>(
     // Recursion repeats a code object frame after frame: its size is read once.
     let mut last: Option<(u64, Option<u64>)> = None;
     let mut head = [0u8; CODE_HEAD];
+    // Each frame's chunk is found once: a caller's is its own callee's in the next pair.
+    let mut callee_chunk = raw.first().and_then(|f| chunk_of(f.addr));
     for pair in raw.windows(2) {
         let (callee, caller) = (&pair[0], &pair[1]);
-        if callee.shim || caller.shim {
+        let caller_chunk = chunk_of(caller.addr);
+        let same_chunk = callee_chunk.is_some() && callee_chunk == caller_chunk;
+        callee_chunk = caller_chunk;
+        if callee.shim || caller.shim || !same_chunk {
             continue;
-        }
-        match (chunk_of(callee.addr), chunk_of(caller.addr)) {
-            (Some(a), Some(b)) if a == b => {}
-            _ => continue,
         }
         let bytes = match last {
             Some((code, bytes)) if code == caller.code => bytes,
@@ -1069,8 +1157,11 @@ mod tests {
         let mut walked = Vec::new();
         walk(&Overlay::new(&regions[0], &first), &l, inner, &mut walked).unwrap();
         let (mut scratch, mut raw) = (Vec::new(), LookScratch::default());
-        let mut look = |now: &ImageMemory| {
-            second_look(
+        // Whether the stack stands, and whether the comparison of the copies' bytes
+        // settled it without a second walk.
+        let mut looked = |now: &ImageMemory| {
+            let before = raw.by_bytes;
+            let stands = second_look(
                 now,
                 &l,
                 &threads,
@@ -1078,26 +1169,22 @@ mod tests {
                 &regions,
                 &mut [(&walked[..], &mut scratch)],
                 &mut raw,
-            )[0]
+            )[0];
+            (stands, raw.by_bytes > before)
         };
-        // Unchanged; or only the innermost frame moved on to another instruction: kept.
-        assert!(look(&image(stack(frames), inner)));
-        assert!(look(&image(
-            stack([frames[0], frames[1], (0x30000, 30)]),
-            inner
-        )));
+        // Unchanged; or only the innermost frame moved on to another instruction: kept,
+        // by the bytes alone.
+        assert_eq!(looked(&image(stack(frames), inner)), (true, true));
+        assert_eq!(
+            looked(&image(stack([frames[0], frames[1], (0x30000, 30)]), inner)),
+            (true, true)
+        );
         // The middle frame is another call now (returned and called again to the same depth,
         // leaving the same innermost pointer): dropped.
-        assert!(!look(&image(
-            stack([frames[0], (0x20000, 52), frames[2]]),
-            inner
-        )));
-        assert!(!look(&image(
-            stack([frames[0], (0x50000, 40), frames[2]]),
-            inner
-        )));
+        assert!(!looked(&image(stack([frames[0], (0x20000, 52), frames[2]]), inner)).0);
+        assert!(!looked(&image(stack([frames[0], (0x50000, 40), frames[2]]), inner)).0);
         // The thread is elsewhere now: dropped.
-        assert!(!look(&image(stack(frames), chunk + 0x100)));
+        assert!(!looked(&image(stack(frames), chunk + 0x100)).0);
         // Each word the walk read of each frame is compared in the new copy: one of them
         // changed (the caller link, the code object, the instruction of a caller, the owner
         // that makes a frame an entry shim) drops the stack, with the frame root unchanged.
@@ -1111,15 +1198,20 @@ mod tests {
             for (field, value) in words {
                 let mut data = stack(frames);
                 put(&mut data, at + field, value);
-                assert!(!look(&image(data, inner)), "frame {k}, word {field:#x}");
+                assert!(!looked(&image(data, inner)).0, "frame {k}, word {field:#x}");
             }
             let mut data = stack(frames);
             data[(at + owner) as usize] = l.owner_not_python.unwrap();
-            assert!(!look(&image(data, inner)), "frame {k}, owner");
-            // Words the walk does not read (here the function object) may change.
+            assert!(!looked(&image(data, inner)).0, "frame {k}, owner");
+            // Words the walk does not read (here the function object) may change: a
+            // caller's bytes then differ, and the second walk decides.
             let mut data = stack(frames);
             put(&mut data, at + 16, 0x1234);
-            assert!(look(&image(data, inner)), "frame {k}, function object");
+            assert_eq!(
+                looked(&image(data, inner)),
+                (true, k == 2),
+                "frame {k}, function object"
+            );
         }
     }
 
