@@ -258,7 +258,7 @@ impl<M: Memory> StackReader<M> {
                 .collect(),
             None => Vec::new(),
         };
-        let (threads, chunks, still) = self.read_threads(opts.validate, &skip)?;
+        let (threads, mut chunks, still) = self.read_threads(opts.validate, &skip)?;
         let still_there = self
             .failed
             .iter()
@@ -331,6 +331,9 @@ impl<M: Memory> StackReader<M> {
         // batch::Still), else after a second look (see frames::second_look). A walk that read
         // anything beyond the batch read it later, which voids what the batch says.
         let beyond = self.mem.reads() != reads_before;
+        if beyond || still.is_none() {
+            self.fetch_code_heads(&mut chunks, &v.read);
+        }
         v.vouched.clear();
         v.vouched.extend((0..n).map(|i| match &still {
             Some(s) => !beyond && s[i] == batch::Still::Quiet,
@@ -428,6 +431,48 @@ impl<M: Memory> StackReader<M> {
             plan.recycle(threads, chunks);
         }
         Ok(out)
+    }
+
+    /// Add to each thread's copy the heads of the code objects its walked frames run that
+    /// the copy lacks, in one read for all threads. A thread the plan did not know (new
+    /// since the thread list last changed) has none of them, and resolving its stack read
+    /// them one per frame; the batch brings them to every later sample.
+    fn fetch_code_heads(&mut self, chunks: &mut [Vec<(u64, Vec<u8>)>], read: &[bool]) {
+        let mut wanted: Vec<(usize, u64)> = Vec::new();
+        for (i, (s, copy)) in self.scratch.iter().zip(chunks.iter()).enumerate() {
+            if !read[i] || s.first.is_none() {
+                continue;
+            }
+            let local = Overlay::new(copy, &self.mem);
+            wanted.extend(
+                s.walked
+                    .iter()
+                    .filter(|f| !f.shim && local.peek(f.code, code::CODE_HEAD).is_none())
+                    .map(|f| (i, f.code)),
+            );
+        }
+        // Recursion runs one code object in frame after frame.
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return;
+        }
+        let mut heads = vec![0u8; wanted.len() * code::CODE_HEAD];
+        let mut reqs: Vec<(u64, &mut [u8])> = wanted
+            .iter()
+            .zip(heads.chunks_exact_mut(code::CODE_HEAD))
+            .map(|(&(_, code), buf)| (code, buf))
+            .collect();
+        if self.mem.read_many(&mut reqs).is_err() {
+            // One of them is gone (freed and unmapped): each is read when needed.
+            return;
+        }
+        for ((i, code), head) in wanted.into_iter().zip(heads.chunks_exact(code::CODE_HEAD)) {
+            chunks[i].push((code, head.to_vec()));
+        }
+        for copy in chunks.iter_mut() {
+            copy.sort_unstable_by_key(|c| c.0);
+        }
     }
 
     /// Thread states and copies of their data-stack chunks: from the plan's single batched
@@ -723,7 +768,7 @@ mod tests {
     /// A 3.10 process (thread states prepended as they come, like ≤ 3.10's) whose thread
     /// list is `list`, head first: per entry, whose thread state it is (an index into
     /// [`THREADS`]), whose thread id it holds, and whether the thread runs its function
-    /// yet. A thread state that CPython made for a new thread holds its creator's id until
+    /// yet (its own function innermost). A thread state that CPython made for a new thread holds its creator's id until
     /// the thread starts, and no frames.
     fn process_310(l: &Layout, list: &[(usize, usize, bool)]) -> crate::process::ImageMemory {
         use batch::tests::{INTERP, RUNTIME};
@@ -763,12 +808,24 @@ mod tests {
             );
             word(&mut ts, l.ts_thread_id, THREADS[id].0);
             if runs {
-                // One frame, running the thread's own function.
-                let frame = 0x20_0000 + 0x1000 * k as u64;
-                let mut f = vec![0u8; 512];
-                word(&mut f, l.f_code, 0x10000 + 0x1000 * k as u64);
-                word(&mut ts, root, frame);
-                m.add(frame, f);
+                // Three frames: the thread's own function, called from the other two.
+                let frame = |d: usize| 0x20_0000 + 0x1000 * k as u64 + 0x200 * d as u64;
+                for d in 0..THREADS.len() {
+                    let mut f = vec![0u8; 512];
+                    word(
+                        &mut f,
+                        l.f_code,
+                        0x10000 + 0x1000 * ((k + d) % THREADS.len()) as u64,
+                    );
+                    let back = if d + 1 < THREADS.len() {
+                        frame(d + 1)
+                    } else {
+                        0
+                    };
+                    word(&mut f, l.f_back, back);
+                    m.add(frame(d), f);
+                }
+                word(&mut ts, root, frame(0));
             }
             m.add(tstate_310(k), ts);
         }
@@ -811,7 +868,7 @@ mod tests {
             );
             let names: Vec<&str> = s.frames.iter().map(|f| f.name()).collect();
             assert!(
-                names.is_empty() || names == [*name],
+                names.first().is_none_or(|f| f == name),
                 "{what}: thread {name} (tid {tid}) shown with the stack {names:?}"
             );
         }
@@ -912,6 +969,55 @@ mod tests {
         assert_eq!(stacks.len(), 2);
         assert!(stacks.iter().all(|s| !s.frames.is_empty()), "both read");
         assert_eq!(reader.errors(), 0, "a thread that started is not an error");
+    }
+
+    /// A memory that notes the addresses of its single reads.
+    #[derive(Default)]
+    struct Noting {
+        image: std::cell::RefCell<crate::process::ImageMemory>,
+        single: std::cell::RefCell<Vec<u64>>,
+    }
+
+    impl Memory for Noting {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.single.borrow_mut().push(addr);
+            self.image.borrow().read(addr, buf)
+        }
+        fn read_many(
+            &self,
+            reqs: &mut [(u64, &mut [u8])],
+        ) -> crate::process::memory::MemResult<()> {
+            self.image.borrow().read_many(reqs)
+        }
+    }
+
+    #[test]
+    fn a_new_threads_code_heads_come_in_one_read() {
+        let l = Arc::new(Layout::from_table(Version::new(3, 10, 13), false).unwrap());
+        let tids: Vec<u32> = THREADS.iter().map(|t| t.1).collect();
+        let mem = Noting::default();
+        *mem.image.borrow_mut() = process_310(&l, &[(0, 0, true)]);
+        let mut reader = StackReader::new(&mem, interp_at(&l));
+        reader.stacks(&tids, checked(), None).unwrap();
+        // A new thread, running code objects the reader knows: their heads (which vouch
+        // that the cached ones are still the same) come in one batch, not one read each.
+        *mem.image.borrow_mut() = process_310(&l, &[(2, 2, true), (0, 0, true)]);
+        mem.single.borrow_mut().clear();
+        let stacks = reader.stacks(&tids, checked(), None).unwrap();
+        assert_paired(&stacks, "a new thread");
+        assert!(stacks.iter().all(|s| s.frames.len() == THREADS.len()));
+        let codes = 0x10000..0x10000 + 0x1000 * THREADS.len() as u64;
+        let one_by_one: Vec<u64> = mem
+            .single
+            .borrow()
+            .iter()
+            .copied()
+            .filter(|a| codes.contains(a))
+            .collect();
+        assert!(
+            one_by_one.is_empty(),
+            "code heads read one by one: {one_by_one:x?}"
+        );
     }
 
     #[test]
