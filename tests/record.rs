@@ -2346,6 +2346,61 @@ fn stacks_of_churning_threads_are_consistent() {
     });
 }
 
+/// Threads that start all the time: a new thread's stack is shown under its own name, never
+/// its starter's. CPython makes a new thread's state in the starting thread, holding the
+/// starter's id (before 3.12; none after) until the new thread runs; a stack read from where
+/// that state pointed a moment later was the new thread's, labelled with the starter's
+/// name and kernel id and counted active (the flake of
+/// a_thread_waking_from_a_long_sleep_is_active_at_once). Before the fix, 10-30 samples in
+/// 5 s on 3.10 were a starter's label over a worker's stack.
+#[test]
+fn a_new_threads_stack_is_never_its_starters() {
+    crate::skip_without_live_targets!();
+    run_on("starts", Scope::Representative, |py| {
+        let target = Script::start(py, "rec_starts", &[]);
+        let pid = target.pid.to_string();
+        let f = |key: &str| target.ready.func(key);
+        let path = target.out("starts.txt");
+        let out = prof(&strings(&[
+            "record", "-p", &pid, "-r", "1000", "-d", "3", "-t", "-o", &path,
+        ]));
+        let what = target.what();
+        out.assert_code(0, &what);
+        let folded = Folded::read(&path, &what);
+        let (mut starters, mut workers, mut wrong) = (0u64, 0u64, Vec::new());
+        for (frames, count) in &folded.stacks {
+            let stack = labels(&frames[1..]);
+            let root = &frames[0];
+            let worker = contains(&stack, f("worker_call"));
+            // The starters', the main thread's, and a state without an id yet (3.12+).
+            let other = ["starter-", "MainThread ", "thread 0x0 "]
+                .iter()
+                .any(|p| root.starts_with(p));
+            if other && worker {
+                wrong.push(format!("{} x{count}", frames.join(";")));
+            }
+            if root.starts_with("starter-") {
+                starters += count;
+            }
+            if worker {
+                workers += count;
+            }
+        }
+        eprintln!("starts: {what}: {starters} starter samples, {workers} worker samples");
+        assert!(
+            starters >= 50,
+            "{what}: too few samples of the starters to tell ({starters})\n{}",
+            folded.head()
+        );
+        assert!(
+            wrong.is_empty(),
+            "{what}: {} stacks of new threads under another thread's label, e.g.\n{}",
+            wrong.len(),
+            wrong[..wrong.len().min(5)].join("\n")
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Stacks deeper than --depth
 

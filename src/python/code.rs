@@ -245,43 +245,52 @@ pub(crate) mod tests {
     use crate::process::ImageMemory;
     use crate::python::layout::Version;
 
-    /// A compact ASCII str object in the 3.12 layout.
-    fn ascii_str(text: &str) -> Vec<u8> {
-        let mut o = vec![0u8; 40];
-        o[16..24].copy_from_slice(&(text.len() as u64).to_le_bytes());
+    /// A compact ASCII str object in `l`'s layout.
+    fn ascii_str(l: &Layout, text: &str) -> Vec<u8> {
+        let data = l.str_ascii_data as usize;
+        let mut o = vec![0u8; data];
+        o[l.str_length as usize..][..8].copy_from_slice(&(text.len() as u64).to_le_bytes());
         // kind 1, compact, ascii
-        o[32..36].copy_from_slice(&((1u32 << 2) | (1 << 5) | (1 << 6)).to_le_bytes());
+        let state = (1u32 | 8 | 16) << l.str_kind_shift;
+        o[l.str_state as usize..][..4].copy_from_slice(&state.to_le_bytes());
         o.extend_from_slice(text.as_bytes());
         // The reader copies a str's header and first characters in one 128-byte read.
-        o.resize(128, 0);
+        o.resize(o.len().max(128), 0);
         o
     }
 
     /// An address space with a code object at 0x10000 named `name`, its strings at `strs`.
     pub(crate) fn image(l: &Layout, name: &str, strs: u64) -> ImageMemory {
-        let mut code = vec![0u8; CODE_HEAD];
-        let mut put = |off: u64, v: u64| {
-            code[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes())
-        };
-        put(l.ob_type, 0x20000);
-        put(l.co_name, strs);
-        put(l.co_qualname.unwrap(), strs);
-        put(l.co_filename, strs + 0x100);
-        put(l.co_linetable, 0x40000);
         let mut tp = vec![0u8; 64];
         tp[l.tp_name as usize..l.tp_name as usize + 8].copy_from_slice(&0x50000u64.to_le_bytes());
         let mut m = ImageMemory::new();
-        m.add(0x10000, code)
-            .add(0x20000, tp)
-            .add(strs, ascii_str(name))
-            .add(strs + 0x100, ascii_str("app.py"))
+        m.add(0x20000, tp)
             .add(0x40000, vec![0u8; 40])
             .add(0x50000, {
                 let mut n = b"code".to_vec();
                 n.resize(64, 0);
                 n
             });
+        add_code(&mut m, l, name, 0x10000, strs);
         m
+    }
+
+    /// Another code object in an [`image`]: at `at`, named `name`, its strings at `strs`.
+    pub(crate) fn add_code(m: &mut ImageMemory, l: &Layout, name: &str, at: u64, strs: u64) {
+        let mut code = vec![0u8; CODE_HEAD];
+        let mut put = |off: u64, v: u64| {
+            code[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(l.ob_type, 0x20000);
+        put(l.co_name, strs);
+        if let Some(q) = l.co_qualname {
+            put(q, strs);
+        }
+        put(l.co_filename, strs + 0x100);
+        put(l.co_linetable, 0x40000);
+        m.add(at, code)
+            .add(strs, ascii_str(l, name))
+            .add(strs + 0x100, ascii_str(l, "app.py"));
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl<M: Memory> StackReader<M> {
                 .collect(),
             None => Vec::new(),
         };
-        let (threads, chunks, still) = self.read_threads(opts.validate, &skip)?;
+        let (threads, mut chunks, still) = self.read_threads(opts.validate, &skip)?;
         let still_there = self
             .failed
             .iter()
@@ -331,6 +331,9 @@ impl<M: Memory> StackReader<M> {
         // batch::Still), else after a second look (see frames::second_look). A walk that read
         // anything beyond the batch read it later, which voids what the batch says.
         let beyond = self.mem.reads() != reads_before;
+        if beyond || still.is_none() {
+            self.fetch_code_heads(&mut chunks, &v.read);
+        }
         v.vouched.clear();
         v.vouched.extend((0..n).map(|i| match &still {
             Some(s) => !beyond && s[i] == batch::Still::Quiet,
@@ -428,6 +431,48 @@ impl<M: Memory> StackReader<M> {
             plan.recycle(threads, chunks);
         }
         Ok(out)
+    }
+
+    /// Add to each thread's copy the heads of the code objects its walked frames run that
+    /// the copy lacks, in one read for all threads. A thread the plan did not know (new
+    /// since the thread list last changed) has none of them, and resolving its stack read
+    /// them one per frame; the batch brings them to every later sample.
+    fn fetch_code_heads(&mut self, chunks: &mut [Vec<(u64, Vec<u8>)>], read: &[bool]) {
+        let mut wanted: Vec<(usize, u64)> = Vec::new();
+        for (i, (s, copy)) in self.scratch.iter().zip(chunks.iter()).enumerate() {
+            if !read[i] || s.first.is_none() {
+                continue;
+            }
+            let local = Overlay::new(copy, &self.mem);
+            wanted.extend(
+                s.walked
+                    .iter()
+                    .filter(|f| !f.shim && local.peek(f.code, code::CODE_HEAD).is_none())
+                    .map(|f| (i, f.code)),
+            );
+        }
+        // Recursion runs one code object in frame after frame.
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return;
+        }
+        let mut heads = vec![0u8; wanted.len() * code::CODE_HEAD];
+        let mut reqs: Vec<(u64, &mut [u8])> = wanted
+            .iter()
+            .zip(heads.chunks_exact_mut(code::CODE_HEAD))
+            .map(|(&(_, code), buf)| (code, buf))
+            .collect();
+        if self.mem.read_many(&mut reqs).is_err() {
+            // One of them is gone (freed and unmapped): each is read when needed.
+            return;
+        }
+        for ((i, code), head) in wanted.into_iter().zip(heads.chunks_exact(code::CODE_HEAD)) {
+            chunks[i].push((code, head.to_vec()));
+        }
+        for copy in chunks.iter_mut() {
+            copy.sort_unstable_by_key(|c| c.0);
+        }
     }
 
     /// Thread states and copies of their data-stack chunks: from the plan's single batched
@@ -528,10 +573,14 @@ impl<M: Memory> StackReader<M> {
             // It moved under us: start again from where it is now.
             let fresh = again.get_or_insert_with(|| t.clone());
             self.mem.read(t.tstate, &mut fresh.raw)?;
-            if crate::process::memory::le_u64(&fresh.raw, l.ts_thread_id as usize) != t.thread_id {
-                return Err(PyError::Corrupt("thread state taken by another thread"));
-            }
             first = frames::first_frame(&self.mem, l, &fresh.raw)?;
+        }
+        // A stack read from where the thread state points now, not from its copy, is this
+        // thread's only if the state still holds its ids: one made for a new thread holds
+        // its creator's (or none) until the thread starts, then the new thread's frames.
+        let from_copy = attempts == 0 && matches!(l.frame_root, layout::FrameRoot::Direct(_));
+        if !from_copy && !t.ids_unchanged(&self.mem, l)? {
+            return Err(PyError::Corrupt("thread state changed threads while read"));
         }
         let local = Overlay::new(&self.chunks, &self.mem);
         frames::resolve_with_entries(&local, l, &mut self.codes, &self.raw, more, opts, entries)
@@ -711,6 +760,274 @@ mod tests {
                 errors == 1
             );
         }
+    }
+
+    /// The threads of the 3.10 process of the pairing tests: each one's `pthread_t` (its
+    /// Python thread id), kernel id and the function it runs.
+    const THREADS: [(u64, u32, &str); 3] = [
+        (0x7f00_0010_0000, 1000, "main_fn"),
+        (0x7f00_0020_0000, 1001, "worker_b"),
+        (0x7f00_0030_0000, 1002, "worker_c"),
+    ];
+
+    /// Thread k's thread state.
+    fn tstate_310(k: usize) -> u64 {
+        0x10_0000 + 0x1000 * k as u64
+    }
+
+    /// A 3.10 process (thread states prepended as they come, like ≤ 3.10's) whose thread
+    /// list is `list`, head first: per entry, whose thread state it is (an index into
+    /// [`THREADS`]), whose thread id it holds, and whether the thread runs its function
+    /// yet (its own function innermost). A thread state that CPython made for a new thread holds its creator's id until
+    /// the thread starts, and no frames.
+    fn process_310(l: &Layout, list: &[(usize, usize, bool)]) -> crate::process::ImageMemory {
+        use batch::tests::{INTERP, RUNTIME};
+        let word = |buf: &mut Vec<u8>, off: u64, v: u64| {
+            buf[off as usize..][..8].copy_from_slice(&v.to_le_bytes())
+        };
+        let layout::FrameRoot::Direct(root) = l.frame_root else {
+            panic!("3.10 keeps the innermost frame in the thread state");
+        };
+        let mut m = code::tests::image(l, THREADS[0].2, 0x60000);
+        for (k, (pthread, tid, name)) in THREADS.iter().enumerate() {
+            let k = k as u64;
+            if k > 0 {
+                code::tests::add_code(&mut m, l, name, 0x10000 + 0x1000 * k, 0x60000 + 0x1000 * k);
+            }
+            // glibc's `struct pthread`, with the kernel id where glibc keeps it.
+            let mut pt = vec![0u8; 2048];
+            pt[720..724].copy_from_slice(&tid.to_le_bytes());
+            m.add(*pthread, pt);
+        }
+        let mut rt = vec![0u8; 4096];
+        word(&mut rt, l.rt_interp_head, INTERP);
+        let mut interp = vec![0u8; 4096];
+        word(
+            &mut interp,
+            l.is_threads_head,
+            list.first().map_or(0, |e| tstate_310(e.0)),
+        );
+        m.add(RUNTIME, rt).add(INTERP, interp);
+        for (i, &(k, id, runs)) in list.iter().enumerate() {
+            let mut ts = vec![0u8; l.ts_size as usize];
+            word(&mut ts, l.ts_interp, INTERP);
+            word(
+                &mut ts,
+                l.ts_next,
+                list.get(i + 1).map_or(0, |e| tstate_310(e.0)),
+            );
+            word(&mut ts, l.ts_thread_id, THREADS[id].0);
+            if runs {
+                // Three frames: the thread's own function, called from the other two.
+                let frame = |d: usize| 0x20_0000 + 0x1000 * k as u64 + 0x200 * d as u64;
+                for d in 0..THREADS.len() {
+                    let mut f = vec![0u8; 512];
+                    word(
+                        &mut f,
+                        l.f_code,
+                        0x10000 + 0x1000 * ((k + d) % THREADS.len()) as u64,
+                    );
+                    let back = if d + 1 < THREADS.len() {
+                        frame(d + 1)
+                    } else {
+                        0
+                    };
+                    word(&mut f, l.f_back, back);
+                    m.add(frame(d), f);
+                }
+                word(&mut ts, root, frame(0));
+            }
+            m.add(tstate_310(k), ts);
+        }
+        m
+    }
+
+    /// As `prof record` reads: without stopping the target, so every stack is checked.
+    fn checked() -> FrameOptions {
+        FrameOptions {
+            validate: true,
+            ..FrameOptions::default()
+        }
+    }
+
+    fn interp_at(l: &Arc<Layout>) -> Interpreter {
+        Interpreter {
+            path: String::new(),
+            bias: 0,
+            runtime: batch::tests::RUNTIME,
+            code_type: None,
+            layout: Arc::clone(l),
+            how: String::new(),
+        }
+    }
+
+    /// Every stack of `stacks` belongs to one thread of [`THREADS`]: its thread id, its
+    /// kernel id and its frames (when read) are that thread's.
+    fn assert_paired(stacks: &[ThreadStack], what: &str) {
+        for s in stacks {
+            let Some((_, tid, name)) = THREADS.iter().find(|t| t.0 == s.thread_id) else {
+                panic!(
+                    "{what}: a stack with an unknown thread id {:#x}",
+                    s.thread_id
+                );
+            };
+            assert_eq!(
+                s.os_thread_id,
+                Some(*tid),
+                "{what}: thread {name}'s kernel id"
+            );
+            let names: Vec<&str> = s.frames.iter().map(|f| f.name()).collect();
+            assert!(
+                names.first().is_none_or(|f| f == name),
+                "{what}: thread {name} (tid {tid}) shown with the stack {names:?}"
+            );
+        }
+    }
+
+    type WantOf<'a> = dyn Fn(u32) -> Want + 'a;
+
+    #[test]
+    fn stacks_stay_with_their_threads_when_the_thread_list_changes() {
+        let l = Arc::new(Layout::from_table(Version::new(3, 10, 13), false).unwrap());
+        let tids: Vec<u32> = THREADS.iter().map(|t| t.1).collect();
+        // The main thread and a worker; a thread comes at the head of the list; the main
+        // thread leaves it; it comes back behind the others (a new thread state).
+        let moments: [&[(usize, usize, bool)]; 5] = [
+            &[(1, 1, true), (0, 0, true)],
+            &[(2, 2, true), (1, 1, true), (0, 0, true)],
+            &[(2, 2, true), (1, 1, true)],
+            &[(2, 2, true), (1, 1, true)],
+            &[(0, 0, true), (2, 2, true), (1, 1, true)],
+        ];
+        // Each thread's stack read every time, or handed out again while its thread has
+        // not run (kept per thread between samples), or left out for one thread.
+        let since = std::time::Instant::now();
+        let reuse = move |_: u32| Want::Reuse(Some(since));
+        let skip_b = |t: u32| if t == 1001 { Want::Skip } else { Want::Read };
+        let wants: [(&str, Option<&WantOf<'_>>); 3] = [
+            ("read", None),
+            ("reuse", Some(&reuse)),
+            ("skip", Some(&skip_b)),
+        ];
+        for (how, want) in wants {
+            let mem = Changing(std::cell::RefCell::new(process_310(&l, moments[0])));
+            let mut reader = StackReader::new(&mem, interp_at(&l));
+            for (k, list) in moments.iter().enumerate() {
+                *mem.0.borrow_mut() = process_310(&l, list);
+                // Twice: once after the list changed, once with the batch's plan.
+                for again in [false, true] {
+                    let what = format!("{how}, moment {k}, again {again}");
+                    let stacks = reader.stacks(&tids, checked(), want).unwrap();
+                    assert_eq!(stacks.len(), list.len(), "{what}");
+                    assert_paired(&stacks, &what);
+                    let shown = stacks.iter().filter(|s| !s.frames.is_empty()).count();
+                    let skipped = list.iter().filter(|e| how == "skip" && e.0 == 1).count();
+                    assert_eq!(shown, list.len() - skipped, "{what}: stacks read");
+                }
+            }
+            assert_eq!(reader.errors(), 0, "{how}");
+        }
+    }
+
+    /// A memory that turns from `before` into `after` as soon as the thread state at
+    /// `tstate` has been copied whole: a thread that starts running right after prof read
+    /// its new thread state.
+    #[derive(Default)]
+    struct Starting {
+        before: std::cell::RefCell<crate::process::ImageMemory>,
+        after: std::cell::RefCell<crate::process::ImageMemory>,
+        tstate: std::cell::Cell<u64>,
+        started: std::cell::Cell<bool>,
+    }
+
+    impl Memory for Starting {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            let now = if self.started.get() {
+                &self.after
+            } else {
+                &self.before
+            };
+            let r = now.borrow().read(addr, buf);
+            if addr == self.tstate.get() && buf.len() > 8 {
+                self.started.set(true);
+            }
+            r
+        }
+    }
+
+    #[test]
+    fn a_thread_that_starts_while_read_is_not_shown_as_its_creator() {
+        let l = Arc::new(Layout::from_table(Version::new(3, 10, 13), false).unwrap());
+        let tids: Vec<u32> = THREADS.iter().map(|t| t.1).collect();
+        let (main, new) = (0, 2);
+        let mem = Starting::default();
+        *mem.before.borrow_mut() = process_310(&l, &[(main, main, true)]);
+        let mut reader = StackReader::new(&mem, interp_at(&l));
+        let stacks = reader.stacks(&tids, checked(), None).unwrap();
+        assert_paired(&stacks, "before");
+        // The main thread made a thread state for the new thread, which holds the main
+        // thread's id and no frames, and the thread starts (takes its own id, runs its
+        // function) right after prof copied it.
+        *mem.before.borrow_mut() = process_310(&l, &[(new, main, false), (main, main, true)]);
+        *mem.after.borrow_mut() = process_310(&l, &[(new, new, true), (main, main, true)]);
+        mem.tstate.set(tstate_310(new));
+        let stacks = reader.stacks(&tids, checked(), None).unwrap();
+        assert!(mem.started.get(), "the new thread started during the read");
+        assert_paired(&stacks, "while it starts");
+        let stacks = reader.stacks(&tids, checked(), None).unwrap();
+        assert_paired(&stacks, "after it started");
+        assert_eq!(stacks.len(), 2);
+        assert!(stacks.iter().all(|s| !s.frames.is_empty()), "both read");
+        assert_eq!(reader.errors(), 0, "a thread that started is not an error");
+    }
+
+    /// A memory that notes the addresses of its single reads.
+    #[derive(Default)]
+    struct Noting {
+        image: std::cell::RefCell<crate::process::ImageMemory>,
+        single: std::cell::RefCell<Vec<u64>>,
+    }
+
+    impl Memory for Noting {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.single.borrow_mut().push(addr);
+            self.image.borrow().read(addr, buf)
+        }
+        fn read_many(
+            &self,
+            reqs: &mut [(u64, &mut [u8])],
+        ) -> crate::process::memory::MemResult<()> {
+            self.image.borrow().read_many(reqs)
+        }
+    }
+
+    #[test]
+    fn a_new_threads_code_heads_come_in_one_read() {
+        let l = Arc::new(Layout::from_table(Version::new(3, 10, 13), false).unwrap());
+        let tids: Vec<u32> = THREADS.iter().map(|t| t.1).collect();
+        let mem = Noting::default();
+        *mem.image.borrow_mut() = process_310(&l, &[(0, 0, true)]);
+        let mut reader = StackReader::new(&mem, interp_at(&l));
+        reader.stacks(&tids, checked(), None).unwrap();
+        // A new thread, running code objects the reader knows: their heads (which vouch
+        // that the cached ones are still the same) come in one batch, not one read each.
+        *mem.image.borrow_mut() = process_310(&l, &[(2, 2, true), (0, 0, true)]);
+        mem.single.borrow_mut().clear();
+        let stacks = reader.stacks(&tids, checked(), None).unwrap();
+        assert_paired(&stacks, "a new thread");
+        assert!(stacks.iter().all(|s| s.frames.len() == THREADS.len()));
+        let codes = 0x10000..0x10000 + 0x1000 * THREADS.len() as u64;
+        let one_by_one: Vec<u64> = mem
+            .single
+            .borrow()
+            .iter()
+            .copied()
+            .filter(|a| codes.contains(a))
+            .collect();
+        assert!(
+            one_by_one.is_empty(),
+            "code heads read one by one: {one_by_one:x?}"
+        );
     }
 
     #[test]

@@ -53,6 +53,31 @@ impl PyThread {
     }
 }
 
+impl PyThread {
+    /// Does its thread state still hold its ids (read now)? A thread state CPython made
+    /// for a new thread holds its creator's id (≤ 3.11) or none until the thread starts,
+    /// and a freed one may be reused for another thread: a stack read after the copy of
+    /// the thread state, from where it points now, belongs to these ids only if they held.
+    pub fn ids_unchanged<M: Memory + ?Sized>(&self, mem: &M, l: &Layout) -> Result<bool, PyError> {
+        let id = l.ts_thread_id;
+        let native = l.ts_native_thread_id.unwrap_or(id);
+        let (lo, hi) = (id.min(native), id.max(native) + 8);
+        // Both in one read: they sit side by side in every version.
+        let mut buf = [0u8; 64];
+        let ids = if hi - lo <= buf.len() as u64 {
+            mem.read(self.tstate + lo, &mut buf[..(hi - lo) as usize])?;
+            (
+                le_u64(&buf, (id - lo) as usize),
+                le_u64(&buf, (native - lo) as usize) as u32,
+            )
+        } else {
+            (mem.u64(self.tstate + id)?, mem.u32(self.tstate + native)?)
+        };
+        let native = l.ts_native_thread_id.map(|_| ids.1).filter(|t| *t != 0);
+        Ok(ids.0 == self.thread_id && native == self.native_id)
+    }
+}
+
 /// Every thread state of every interpreter, main interpreter first.
 pub fn thread_states<M: Memory + ?Sized>(
     mem: &M,
