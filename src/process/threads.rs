@@ -165,6 +165,12 @@ struct Seen {
 }
 
 impl Seen {
+    /// Is it read on every tick at `now` (it ran within [`WATCH_WINDOW`])?
+    fn watched(&self, now: Instant) -> bool {
+        self.active
+            .is_some_and(|t| now.duration_since(t) < WATCH_WINDOW)
+    }
+
     /// It was read at `now`: its next sweep keeps its phase (a full read does not gather
     /// every thread's sweep on one tick), and comes within a period of now.
     fn swept(&mut self, now: Instant) {
@@ -245,10 +251,7 @@ impl StateWatch {
         for &tid in tids {
             let before = self.seen.get(&tid).copied();
             match before {
-                Some(s)
-                    if s.active
-                        .is_none_or(|t| now.duration_since(t) >= WATCH_WINDOW) =>
-                {
+                Some(s) if !s.watched(now) => {
                     if now >= s.sweep {
                         self.due.push(tid);
                     } else {
@@ -416,9 +419,7 @@ impl StateWatch {
             };
             let mut whole = true;
             for (&tid, s) in self.seen.iter_mut() {
-                if s.active
-                    .is_none_or(|t| now.duration_since(t) >= WATCH_WINDOW)
-                {
+                if !s.watched(now) {
                     continue;
                 }
                 match src.runtime(tid) {
