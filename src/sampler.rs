@@ -462,6 +462,10 @@ pub trait Source {
         stats: &mut SamplerStats,
     ) -> Tick;
 
+    /// Learn the target before the clock starts: what the first tick would otherwise learn
+    /// at the cost of the ticks due meanwhile. Its samples are not kept.
+    fn warm(&mut self, _now: Instant, _stats: &mut SamplerStats) {}
+
     /// Publish what only the source knows to a live display.
     fn publish(&self, _live: &LiveStats) {}
 }
@@ -478,6 +482,7 @@ pub fn timing_loop(
     live: Option<&LiveStats>,
     stats: &mut SamplerStats,
 ) {
+    source.warm(clock.now(), stats);
     let start = clock.now();
     let rate = opts.rate.max(0.001);
     let mut tick: u64 = 0;
@@ -594,6 +599,29 @@ impl Source for LiveProcs {
             return Tick::GaveUp;
         }
         Tick::Sampled
+    }
+
+    /// One tick of an attached target, its samples thrown away: on a thousand threads the
+    /// first tick (two thousand `/proc` files opened, every stack copied and walked for the
+    /// first time) took ~0.1 s, and the ten ticks due meanwhile at 100 Hz were dropped. Not
+    /// with `--native`, whose own warm-up came before (a tick would stop the threads once
+    /// more), nor for a launched command, which is not Python yet.
+    fn warm(&mut self, now: Instant, stats: &mut SamplerStats) {
+        if self.opts.native || !matches!(self.procs[0].state, ProcState::Ready(_)) {
+            return;
+        }
+        let mut thrown = Vec::new();
+        for p in self.procs.iter_mut() {
+            sample_process(
+                p,
+                0.0,
+                now,
+                &self.frame_opts,
+                &self.opts,
+                &mut thrown,
+                stats,
+            );
+        }
     }
 
     fn publish(&self, live: &LiveStats) {
@@ -871,6 +899,8 @@ mod tests {
         stop_after: Option<(u64, &'a AtomicBool)>,
         /// When each tick was taken, seconds into the run.
         times: Vec<f64>,
+        /// What the first tick, or a warm-up, costs on top (learning the target).
+        learning: Duration,
     }
 
     impl<'a> FakeTarget<'a> {
@@ -883,6 +913,7 @@ mod tests {
                 exit_after: None,
                 stop_after: None,
                 times: Vec::new(),
+                learning: Duration::ZERO,
             }
         }
     }
@@ -905,7 +936,8 @@ mod tests {
                 stop.store(true, Ordering::SeqCst);
             }
             self.times.push(time);
-            self.clock.advance(self.cost);
+            self.clock
+                .advance(self.cost + std::mem::take(&mut self.learning));
             if self.fail_every.is_some_and(|k| (n + 1).is_multiple_of(k)) {
                 stats.errors += 1;
                 return Tick::Sampled;
@@ -927,6 +959,10 @@ mod tests {
                 });
             }
             Tick::Sampled
+        }
+
+        fn warm(&mut self, _now: Instant, _stats: &mut SamplerStats) {
+            self.clock.advance(std::mem::take(&mut self.learning));
         }
     }
 
@@ -967,6 +1003,17 @@ mod tests {
         for (k, t) in target.times.iter().enumerate() {
             assert!((t - k as f64 * 0.01).abs() < 1e-9, "tick {k} at {t}");
         }
+    }
+
+    #[test]
+    fn what_the_first_tick_learns_is_learned_before_the_clock_starts() {
+        // Learning the target takes ten periods: none of the window's ticks is lost to it.
+        let clock = FakeClock::new();
+        let mut target = FakeTarget::new(&clock, 1);
+        target.learning = Duration::from_millis(100);
+        let stats = run_fake(&mut target, &opts(100.0, Some(1000)), 1000);
+        assert_eq!((stats.ticks, stats.dropped_ticks), (100, 0), "{stats:?}");
+        assert_eq!(stats.elapsed, Duration::from_secs(1));
     }
 
     #[test]

@@ -621,8 +621,21 @@ fn subprocesses_each_then_together() {
 /// command it launches still runs under the limit prof was given.
 #[test]
 fn many_threads_under_a_low_open_files_limit() {
+    many_threads_under_a_limit("many_threads_under_a_low_open_files_limit", false);
+}
+
+/// The same with the hard limit as low: prof cannot raise its own, keeps as many files open
+/// as its limit allows, and opens the rest for each read; every thread keeps its state.
+#[test]
+fn many_threads_under_a_low_hard_open_files_limit() {
+    many_threads_under_a_limit("many_threads_under_a_low_hard_open_files_limit", true);
+}
+
+/// `diagnose` of 100 threads waiting on an Event, launched by prof under a soft limit of 64
+/// open files (and a hard one, with `hard`).
+fn many_threads_under_a_limit(test: &str, hard: bool) {
     skip_without_live_targets!();
-    let Some(py) = newest_python("many_threads_under_a_low_open_files_limit") else {
+    let Some(py) = newest_python(test) else {
         return;
     };
     eprintln!(
@@ -645,13 +658,16 @@ fn many_threads_under_a_low_open_files_limit() {
     let (report, what) = diagnose_json(&args, 0, |cmd| {
         // SAFETY: only getrlimit and setrlimit between fork and exec.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
                 let mut lim = libc::rlimit {
                     rlim_cur: 0,
                     rlim_max: 0,
                 };
                 libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
                 lim.rlim_cur = 64;
+                if hard {
+                    lim.rlim_max = 64;
+                }
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -3,8 +3,6 @@
 //! call of a sleeping thread without waking it, and says `running` for the others.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +13,7 @@ use super::state::{
 };
 use crate::arch::{Arch, ArchKind};
 use crate::process::Memory;
+use crate::process::limits::{KeptFile, read_kept};
 use crate::sample::ThreadStack;
 use crate::target::ThreadState as KernelState;
 
@@ -56,11 +55,12 @@ struct Observed {
     state: Option<(PyFacts, ThreadState)>,
 }
 
-/// The state reader of one process; keeps its `syscall` files open between ticks.
+/// The state reader of one process; keeps its `syscall` files open between ticks (as many
+/// as prof's budget of open files allows, see [`KeptFile`]).
 pub struct Prober {
     pid: u32,
     arch: ArchKind,
-    files: HashMap<u32, File>,
+    files: HashMap<u32, Option<KeptFile>>,
     /// Each thread's last read, for threads that have not run since.
     observed: HashMap<u32, Observed>,
     peers: HashMap<u64, Arc<str>>,
@@ -329,17 +329,13 @@ impl Prober {
         }
     }
 
-    /// Read `/proc/PID/task/TID/syscall` into `buf`, from a file kept open.
+    /// Read `/proc/PID/task/TID/syscall` into `buf`, from a file kept open while the
+    /// budget allows.
     fn syscall(&mut self, tid: u32, buf: &mut [u8]) -> Option<usize> {
         let pid = self.pid;
-        let file = match self.files.entry(tid) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
-            }
-        };
-        match file.read_at(buf, 0) {
-            Ok(n) if n > 0 => Some(n),
+        let slot = self.files.entry(tid).or_default();
+        match read_kept(slot, || format!("/proc/{pid}/task/{tid}/syscall"), buf) {
+            Some(n) if n > 0 => Some(n),
             _ => {
                 self.files.remove(&tid);
                 None

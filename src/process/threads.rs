@@ -115,10 +115,21 @@ pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&s).trim_end().to_string())
 }
 
-/// How often every thread's state is read even when the process's CPU time says no idle
+/// How often each thread's state is read even when the process's CPU time says no idle
 /// thread ran: it bounds how long the two moments the CPU time cannot show last (a thread
 /// woken but still queued for a CPU, and one that has run less than a scheduler tick).
+/// Each thread has its own phase in this period, so that a tick reads a share of the
+/// threads and not all of them at once (on a thousand threads a tick that read them all
+/// took 10-25 ms, more than a period at 100 Hz).
 pub const STATE_SWEEP: Duration = Duration::from_millis(500);
+
+/// When thread `tid`, read at `now`, is first due for its sweep: a fraction of
+/// [`STATE_SWEEP`] that a multiplicative hash spreads evenly over consecutive tids, so that
+/// threads first read on the same tick do not all come due on the same later one.
+fn first_sweep(now: Instant, tid: u32) -> Instant {
+    let phase = (u64::from(tid).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64;
+    now + STATE_SWEEP.mul_f64((phase + 1.0) / (1u64 << 24) as f64)
+}
 
 /// What [`StateWatch`] asks the kernel: `/proc` and the process's CPU clock for a live
 /// process, vectors in tests.
@@ -149,6 +160,25 @@ struct Seen {
     active: Option<Instant>,
     /// A tick since whose reads it has certainly not run (None: not known).
     still: Option<Instant>,
+    /// When it is read next whatever the CPU time says (see [`STATE_SWEEP`]).
+    sweep: Instant,
+}
+
+impl Seen {
+    /// Is it read on every tick at `now` (it ran within [`WATCH_WINDOW`])?
+    fn watched(&self, now: Instant) -> bool {
+        self.active
+            .is_some_and(|t| now.duration_since(t) < WATCH_WINDOW)
+    }
+
+    /// It was read at `now`: its next sweep keeps its phase (a full read does not gather
+    /// every thread's sweep on one tick), and comes within a period of now.
+    fn swept(&mut self, now: Instant) {
+        if now >= self.sweep {
+            let periods = now.duration_since(self.sweep).as_nanos() / STATE_SWEEP.as_nanos() + 1;
+            self.sweep += STATE_SWEEP * periods as u32;
+        }
+    }
 }
 
 /// What [`StateWatch::states`] says of one thread.
@@ -175,9 +205,10 @@ pub struct Reading {
 /// the kernel sums over its threads. So each tick reads the process's CPU time, and the
 /// state and CPU time of the threads that ran lately (see [`WATCH_WINDOW`]); when the
 /// process's time grew by exactly what theirs did, no other thread ran, and their states
-/// stand. Otherwise (or with a new thread, a failed read, and every [`STATE_SWEEP`]) every
-/// thread's state and CPU time are read, as when this did not exist. Reads a few µs apart
-/// that see a scheduler tick between them cost a full read, never a wrong state.
+/// stand. Otherwise (or with a new thread or a failed read) every thread's state and CPU
+/// time are read, as when this did not exist; and each thread is read once every
+/// [`STATE_SWEEP`] anyway, a share of them on each tick. Reads a few µs apart that see a
+/// scheduler tick between them cost a full read, never a wrong state.
 ///
 /// The same facts say which threads have not run since an earlier tick
 /// ([`Reading::still_since`]): a Python thread that has not run has the stack it had then.
@@ -188,10 +219,10 @@ pub struct StateWatch {
     clock: Option<u64>,
     /// The last tick's `now`.
     last_tick: Option<Instant>,
-    /// When every thread is read next, whatever the CPU time says.
-    next_sweep: Option<Instant>,
     /// Per-tick scratch: the threads left unread so far.
     quiet: Vec<u32>,
+    /// Per-tick scratch: the quiet threads due for their sweep.
+    due: Vec<u32>,
     /// Per-tick scratch: the watched threads' CPU times at the last tick.
     watched: Vec<(u32, u64)>,
 }
@@ -212,18 +243,20 @@ impl StateWatch {
             let keep: HashSet<u32> = tids.iter().copied().collect();
             self.seen.retain(|tid, _| keep.contains(tid));
         }
-        let mut sure = self.next_sweep.is_some_and(|t| now < t);
+        let mut sure = true;
         let mut explained = 0u64;
         self.quiet.clear();
+        self.due.clear();
         self.watched.clear();
         for &tid in tids {
             let before = self.seen.get(&tid).copied();
             match before {
-                Some(s)
-                    if s.active
-                        .is_none_or(|t| now.duration_since(t) >= WATCH_WINDOW) =>
-                {
-                    self.quiet.push(tid);
+                Some(s) if !s.watched(now) => {
+                    if now >= s.sweep {
+                        self.due.push(tid);
+                    } else {
+                        self.quiet.push(tid);
+                    }
                     continue;
                 }
                 // Watched: its CPU time is read whatever its state, so the time it ran
@@ -238,30 +271,30 @@ impl StateWatch {
                             } else {
                                 s.active
                             };
-                            self.seen.insert(
-                                tid,
-                                Seen {
-                                    state,
-                                    runtime: Some(rt),
-                                    read_at: now,
-                                    active,
-                                    // Settled below, once its time is final.
-                                    still: s.still,
-                                },
-                            );
+                            let mut seen = Seen {
+                                state,
+                                runtime: Some(rt),
+                                read_at: now,
+                                active,
+                                // Settled below, once its time is final.
+                                still: s.still,
+                                sweep: s.sweep,
+                            };
+                            seen.swept(now);
+                            self.seen.insert(tid, seen);
                         }
                         rt => {
                             sure = false;
-                            self.seen.insert(
-                                tid,
-                                Seen {
-                                    state,
-                                    runtime: rt,
-                                    read_at: now,
-                                    active: Some(now),
-                                    still: None,
-                                },
-                            );
+                            let mut seen = Seen {
+                                state,
+                                runtime: rt,
+                                read_at: now,
+                                active: Some(now),
+                                still: None,
+                                sweep: s.sweep,
+                            };
+                            seen.swept(now);
+                            self.seen.insert(tid, seen);
                         }
                     },
                     (state, _) => {
@@ -320,34 +353,14 @@ impl StateWatch {
             }
         } else {
             for i in 0..self.quiet.len() {
-                let tid = self.quiet[i];
-                match src.state(tid) {
-                    // It runs again: watched from now on.
-                    Some('R') => self.fresh(now, tid, Some('R'), src),
-                    Some(state) => {
-                        let rt = src.runtime(tid);
-                        if let Some(s) = self.seen.get_mut(&tid) {
-                            s.state = state;
-                            // Its time tells whether it ran since it was last read; one
-                            // that did is watched for a while, as it may run again.
-                            if rt.is_some() && rt == s.runtime {
-                                s.still = s.still.or(Some(s.read_at));
-                            } else {
-                                s.still = None;
-                                if rt > s.runtime {
-                                    s.active = Some(now);
-                                }
-                            }
-                            s.runtime = rt;
-                            s.read_at = now;
-                        }
-                    }
-                    None => {
-                        self.seen.remove(&tid);
-                    }
-                }
+                self.reread(now, self.quiet[i], src);
             }
-            self.next_sweep = Some(now + STATE_SWEEP);
+        }
+        for i in 0..self.due.len() {
+            self.reread(now, self.due[i], src);
+        }
+        if !sure {
+            self.rebase(now, src);
         }
         tids.iter()
             .filter_map(|&tid| {
@@ -360,6 +373,72 @@ impl StateWatch {
                 })
             })
             .collect()
+    }
+
+    /// Read quiet thread `tid` again: its state, and by its time whether it ran since its
+    /// last read.
+    fn reread(&mut self, now: Instant, tid: u32, src: &mut impl StateSource) {
+        match src.state(tid) {
+            // It runs again: watched from now on.
+            Some('R') => self.fresh(now, tid, Some('R'), src),
+            Some(state) => {
+                let rt = src.runtime(tid);
+                if let Some(s) = self.seen.get_mut(&tid) {
+                    s.state = state;
+                    // Its time tells whether it ran since it was last read; one that did
+                    // is watched for a while, as it may run again.
+                    if rt.is_some() && rt == s.runtime {
+                        s.still = s.still.or(Some(s.read_at));
+                    } else {
+                        s.still = None;
+                        if rt > s.runtime {
+                            s.active = Some(now);
+                        }
+                    }
+                    s.runtime = rt;
+                    s.read_at = now;
+                    s.swept(now);
+                }
+            }
+            None => {
+                self.seen.remove(&tid);
+            }
+        }
+    }
+
+    /// After a full read: the process's time read before it and the watched threads' times
+    /// read during it (a long while on many threads, with the busy ones running meanwhile)
+    /// are no snapshot, and the next tick would find the process's time unexplained and
+    /// read every thread again. So both are read again, until the process's time stands
+    /// still across the reads (twice at most; failing, the next tick reads everything, as
+    /// it would have).
+    fn rebase(&mut self, now: Instant, src: &mut impl StateSource) {
+        for _ in 0..2 {
+            let Some(clock) = src.cpu_time() else {
+                return;
+            };
+            let mut whole = true;
+            for (&tid, s) in self.seen.iter_mut() {
+                if !s.watched(now) {
+                    continue;
+                }
+                match src.runtime(tid) {
+                    Some(rt) if s.runtime.is_some_and(|was| rt >= was) => {
+                        if s.runtime != Some(rt) {
+                            // It ran after its read: not still, and its state may be old
+                            // (the next tick reads it, as it is watched).
+                            s.still = None;
+                        }
+                        s.runtime = Some(rt);
+                    }
+                    _ => whole = false,
+                }
+            }
+            if whole && src.cpu_time() == Some(clock) {
+                self.clock = Some(clock);
+                return;
+            }
+        }
     }
 
     /// Thread `tid`, just read as `state` (None: gone): watched from `now` if it runs.
@@ -377,6 +456,7 @@ impl StateWatch {
                         read_at: now,
                         active: running.then_some(now),
                         still: None,
+                        sweep: first_sweep(now, tid),
                     },
                 );
             }
@@ -614,6 +694,61 @@ mod tests {
         p.clock_works = false;
         let (states, reads) = p.tick(&mut w, t0 + STATE_SWEEP + TICK * 2);
         assert_eq!((states, reads), (p.truth(), vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn each_tick_sweeps_a_share_of_the_idle_threads_and_each_one_within_the_period() {
+        let mut p = Fake::new(&[(1, 'R')]);
+        p.threads.extend((2..1002).map(|t| (t, 'S', 1_000)));
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        p.tick(&mut w, t0);
+        let ticks = (STATE_SWEEP.as_millis() / TICK.as_millis()) as u32;
+        let mut last_read: HashMap<u32, u32> = HashMap::default();
+        let mut most = 0;
+        for k in 1..=ticks * 3 {
+            p.run(1, 3_000_000, 'R');
+            let (states, reads) = p.tick(&mut w, t0 + TICK * k);
+            assert_eq!(states, p.truth(), "tick {k}");
+            most = most.max(reads.len());
+            for tid in reads {
+                last_read.insert(tid, k);
+            }
+            if k > ticks {
+                for tid in 2..1002 {
+                    let at = last_read.get(&tid).copied().unwrap_or(0);
+                    assert!(
+                        k - at <= ticks,
+                        "thread {tid} unread since tick {at} at tick {k}"
+                    );
+                }
+            }
+        }
+        // A thousand idle threads over 50 ticks: about 20 a tick, never all at once.
+        assert!(
+            most <= 1 + 3 * 1000 / ticks as usize,
+            "{most} threads read on one tick"
+        );
+    }
+
+    #[test]
+    fn a_full_read_leaves_times_the_next_tick_can_explain() {
+        let mut p = Fake::new(&[(1, 'R'), (2, 'S'), (3, 'S')]);
+        let mut w = StateWatch::default();
+        let t0 = Instant::now();
+        p.tick(&mut w, t0);
+        p.tick(&mut w, t0 + TICK);
+        // A new thread makes this tick a full read, during which the busy thread's time
+        // is accounted after the process's was read.
+        p.threads.push((4, 'S', 7_000));
+        p.run(1, 3_000_000, 'R');
+        p.tick_between = Some(4_000_000);
+        let (states, reads) = p.tick(&mut w, t0 + TICK * 2);
+        assert_eq!((states, reads), (p.truth(), vec![1, 2, 3, 4]));
+        // Only the busy thread ran since: only it is read.
+        p.run(1, 3_000_000, 'R');
+        let (states, reads) = p.tick(&mut w, t0 + TICK * 3);
+        assert_eq!((states, reads), (p.truth(), vec![1]));
     }
 
     #[test]

@@ -1,16 +1,13 @@
 //! A live process as a [`Target`]: `/proc`, `process_vm_readv` and ptrace.
 
-use std::collections::hash_map::Entry;
-
 use foldhash::{HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::error::{is_read_failure, python_fact};
 use super::{Paused, Target, TargetError, ThreadInfo, ThreadState};
 use crate::arch::{Arch, Registers};
+use crate::process::limits::{KeptFile, read_kept};
 use crate::process::ptrace::PauseGuard;
 use crate::process::threads::{self, StateSource, StateWatch};
 use crate::process::{self, LiveMemory, MapRange, MemoryError, ProcessError};
@@ -24,8 +21,8 @@ const THREAD_LISTING: Duration = Duration::from_millis(100);
 pub struct LivePid {
     pid: u32,
     mem: LiveMemory,
-    /// Open `/proc/PID/task/TID/stat` and `schedstat` files, re-read with pread instead of
-    /// reopened.
+    /// `/proc/PID/task/TID/stat` and `schedstat` files, kept open (while the budget
+    /// allows) and re-read with pread instead of reopened.
     stat_files: HashMap<u32, TaskFiles>,
     /// Which threads' files a tick reads.
     watch: StateWatch,
@@ -226,10 +223,11 @@ impl Target for LivePid {
     }
 }
 
-/// A thread's open `/proc` files.
+/// A thread's `/proc` files, kept open while prof's budget allows.
+#[derive(Default)]
 struct TaskFiles {
-    stat: File,
-    schedstat: Option<File>,
+    stat: Option<KeptFile>,
+    schedstat: Option<KeptFile>,
 }
 
 /// The `/proc` files and CPU clock of a live process, for [`StateWatch`].
@@ -238,31 +236,21 @@ struct ProcFiles<'a> {
     files: &'a mut HashMap<u32, TaskFiles>,
 }
 
-impl ProcFiles<'_> {
-    fn task(&mut self, tid: u32) -> Option<&mut TaskFiles> {
-        match self.files.entry(tid) {
-            Entry::Occupied(e) => Some(e.into_mut()),
-            Entry::Vacant(v) => {
-                let stat = File::open(format!("/proc/{}/task/{tid}/stat", self.pid)).ok()?;
-                Some(v.insert(TaskFiles {
-                    stat,
-                    schedstat: None,
-                }))
-            }
-        }
-    }
-}
-
 impl StateSource for ProcFiles<'_> {
     fn cpu_time(&mut self) -> Option<u64> {
         threads::process_cpu_time(self.pid)
     }
 
     fn state(&mut self, tid: u32) -> Option<char> {
+        let pid = self.pid;
         let mut buf = [0u8; 512];
-        let f = self.task(tid)?;
-        match f.stat.read_at(&mut buf, 0) {
-            Ok(n) if n > 0 => threads::parse_stat_state(&buf[..n]),
+        let f = self.files.entry(tid).or_default();
+        match read_kept(
+            &mut f.stat,
+            || format!("/proc/{pid}/task/{tid}/stat"),
+            &mut buf,
+        ) {
+            Some(n) if n > 0 => threads::parse_stat_state(&buf[..n]),
             // The thread exited.
             _ => {
                 self.files.remove(&tid);
@@ -273,12 +261,13 @@ impl StateSource for ProcFiles<'_> {
 
     fn runtime(&mut self, tid: u32) -> Option<u64> {
         let pid = self.pid;
-        let f = self.task(tid)?;
-        if f.schedstat.is_none() {
-            f.schedstat = File::open(format!("/proc/{pid}/task/{tid}/schedstat")).ok();
-        }
         let mut buf = [0u8; 96];
-        let n = f.schedstat.as_ref()?.read_at(&mut buf, 0).ok()?;
+        let f = self.files.entry(tid).or_default();
+        let n = read_kept(
+            &mut f.schedstat,
+            || format!("/proc/{pid}/task/{tid}/schedstat"),
+            &mut buf,
+        )?;
         threads::parse_schedstat_runtime(&buf[..n])
     }
 }
