@@ -114,7 +114,10 @@ fn digits(text: &str, min: usize, max: usize) -> Option<(u8, &str)> {
         .take(max)
         .take_while(u8::is_ascii_digit)
         .count();
-    (n >= min).then(|| Some((text[..n].parse().ok()?, &text[n..])))?
+    if n < min {
+        return None;
+    }
+    Some((text[..n].parse().ok()?, &text[n..]))
 }
 
 /// Is this the path of a shared libpython (`…/libpython3.12.so.1.0`, `…/libpython3.13t.so`)?

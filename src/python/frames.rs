@@ -439,13 +439,7 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         {
             return false;
         }
-        frames_fit(
-            &crate::process::Overlay::new(&regions[i], mem),
-            l,
-            &threads[i].raw,
-            &regions[i],
-            walked,
-        )
+        frames_fit(&before, l, &threads[i].raw, &regions[i], walked)
     }));
     stands
 }
