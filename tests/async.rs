@@ -382,8 +382,14 @@ fn interpreters_without_readable_tasks_get_one_notice_and_their_threads() {
             .collect();
         assert_eq!(notes.len(), 1, "{what}: one notice expected\n{stderr}");
         assert!(notes[0].contains("3.8 and later"), "{what}: {}", notes[0]);
-        // Not counted as a failed read on every tick.
-        assert!(stderr.contains(" 0 errors"), "{what}: {stderr}");
+        // Not counted as a failed read on every tick. A stack can still change during
+        // every read of a tick now and then: the loop switches tasks each millisecond.
+        let (samples, errors) =
+            summary_counts(&stderr).unwrap_or_else(|| panic!("{what}: no summary\n{stderr}"));
+        assert!(
+            samples > 0 && errors * 20 <= samples,
+            "{what}: {samples} samples, {errors} errors\n{stderr}"
+        );
         let folded = fs::read_to_string(path).unwrap();
         assert!(
             folded.contains("spin (") && !folded.contains("task: "),

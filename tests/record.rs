@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Group, PROF_TIMEOUT, Python, READY_TIMEOUT, assert_not_stopped, prof_path, run_each,
-    wait_for_file,
+    summary_counts, wait_for_file,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -2421,12 +2421,8 @@ fn stacks_deeper_than_the_depth_are_samples_not_errors() {
             "record", "-p", &pid, "-r", "50", "-d", "2", "--idle", "-t", "-f", "raw", "-o", &path,
         ]));
         out.assert_code(0, &what);
-        let errors: u64 = regex::Regex::new(r"(\d+) errors")
-            .unwrap()
-            .captures(&out.stderr)
-            .unwrap_or_else(|| panic!("{what}: no error count\n{}", out.describe()))[1]
-            .parse()
-            .unwrap();
+        let (_, errors) = summary_counts(&out.stderr)
+            .unwrap_or_else(|| panic!("{what}: no error count\n{}", out.describe()));
         let folded = Folded::read(&path, &what);
         let mut samples = BTreeMap::new();
         for truth in target.truth.threads.values() {
@@ -2551,11 +2547,9 @@ fn launched_threads_keep_their_python_names() {
 impl ProfOut {
     /// The error count of the summary line.
     fn errors(&self) -> u64 {
-        let re = regex::Regex::new(r"(\d+) errors").unwrap();
-        let c = re
-            .captures(&self.stderr)
-            .unwrap_or_else(|| panic!("no error count in the summary line\n{}", self.describe()));
-        c[1].parse().unwrap()
+        summary_counts(&self.stderr)
+            .unwrap_or_else(|| panic!("no error count in the summary line\n{}", self.describe()))
+            .1
     }
 }
 

@@ -607,6 +607,13 @@ pub fn describe(args: &[&str], out: &Output) -> String {
     )
 }
 
+/// The `(samples, errors)` of record's summary line in `stderr`, if it has one.
+pub fn summary_counts(stderr: &str) -> Option<(u64, u64)> {
+    let re = regex::Regex::new(r"prof: (\d+) samples from .*?, (\d+) errors").unwrap();
+    let c = re.captures(stderr)?;
+    Some((c[1].parse().unwrap(), c[2].parse().unwrap()))
+}
+
 /// `prof dump -p PID --json`, which must succeed and parse.
 pub fn dump_json(pid: u32) -> Vec<Thread> {
     dump_json_with(pid, &[])
