@@ -105,6 +105,14 @@ pub struct ThreadScratch {
     /// asyncio task runs on it (see `asyncio`).
     thread_id: u64,
     frame_addrs: Vec<u64>,
+    /// What its last consistent stack was read from (see [`frames::Steady`]).
+    steady: frames::Steady,
+    /// This sample's copy showed that stack's callers unchanged: only the innermost frame
+    /// was decoded again.
+    settled: bool,
+    /// The regions its walk read outside its data-stack chunks (see
+    /// [`frames::regions_outside`]).
+    regions: Vec<(u64, u64)>,
 }
 
 impl ThreadScratch {
@@ -125,6 +133,10 @@ impl ThreadScratch {
 impl frames::Look for ThreadScratch {
     fn parts(&mut self) -> (&[frames::RawFrame], &mut Vec<(u64, Vec<u8>)>) {
         (&self.walked, &mut self.second)
+    }
+
+    fn fit_known(&self) -> bool {
+        self.settled && self.steady.fit()
     }
 }
 
@@ -178,9 +190,8 @@ pub struct StackReader<M: Memory> {
     spare_tids: Vec<Option<u32>>,
     /// Per-thread lists of [`StackReader::stacks`], reused between samples.
     verdicts: Verdicts,
-    /// Scratch lists for the plan's regions, reused between samples.
+    /// Scratch list for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
-    regions: Vec<(u64, u64)>,
     /// What the asyncio task reader keeps between samples (`--async`).
     asyncio: asyncio::TaskCache,
 }
@@ -211,7 +222,6 @@ impl<M: Memory> StackReader<M> {
             spare_tids: Vec::new(),
             verdicts: Verdicts::default(),
             spans: Vec::new(),
-            regions: Vec::new(),
             asyncio: asyncio::TaskCache::default(),
         }
     }
@@ -308,6 +318,7 @@ impl<M: Memory> StackReader<M> {
         for (i, (t, chunks)) in threads.iter().zip(&chunks).enumerate() {
             let local = Overlay::new(chunks, &self.mem);
             let s = &mut self.scratch[i];
+            s.settled = false;
             if reused[i] {
                 continue;
             }
@@ -315,14 +326,25 @@ impl<M: Memory> StackReader<M> {
             if !read[i] {
                 raw.clear();
                 s.first = None;
+                s.steady.disarm();
                 continue;
             }
+            // The callers as they were: the walk, and the regions it read, are last time's.
+            if s.steady.holds(&local, l, t, opts, chunks, raw) {
+                s.settled = true;
+                s.first = Some(raw[0].addr);
+                if let Some(plan) = &mut self.plan {
+                    plan.remember(i, &s.regions);
+                }
+                continue;
+            }
+            s.steady.disarm();
             let ok = frames::first_frame(&local, l, &t.raw)
                 .and_then(|first| frames::walk(&local, l, first, raw).map(|more| (first, more)));
             if let Some(plan) = &mut self.plan {
                 frames::datastack_spans(l, &t.raw, chunks, &mut self.spans);
-                frames::regions_outside(l, &t.raw, raw, &self.spans, &mut self.regions);
-                plan.remember(i, &self.regions);
+                frames::regions_outside(l, &t.raw, raw, &self.spans, &mut s.regions);
+                plan.remember(i, &s.regions);
             }
             s.first = ok.as_ref().ok().map(|w| w.0);
             s.beyond = ok.is_ok_and(|w| w.1);
@@ -392,6 +414,7 @@ impl<M: Memory> StackReader<M> {
                     opts,
                     &mut entries,
                     &mut s.memo,
+                    s.settled,
                 )
             } else {
                 // Moved under us (or unreadable): the slow path retries this thread alone.
@@ -414,14 +437,33 @@ impl<M: Memory> StackReader<M> {
                 frames: frames.clone(),
             });
             s.entries = entries;
-            let raw: &[frames::RawFrame] = if consistent { &s.walked } else { &self.raw };
-            s.entry_addrs.clear();
-            s.entry_addrs
-                .extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
             s.thread_id = t.thread_id;
-            s.frame_addrs.clear();
-            s.frame_addrs
-                .extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
+            // Kept for the next sample only once it is known to be consistent and resolved.
+            if !(ok && consistent) {
+                s.steady.disarm();
+            } else if !s.settled {
+                s.steady.arm(
+                    &Overlay::new(&chunks[i], &self.mem),
+                    l,
+                    t,
+                    opts,
+                    &chunks[i],
+                    &s.walked,
+                );
+            }
+            if looked[i] {
+                s.steady.fitted();
+            }
+            // A settled stack's frames are where they were.
+            if !(consistent && s.settled) {
+                let raw: &[frames::RawFrame] = if consistent { &s.walked } else { &self.raw };
+                s.entry_addrs.clear();
+                s.entry_addrs
+                    .extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
+                s.frame_addrs.clear();
+                s.frame_addrs
+                    .extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
+            }
             out.push(stack(frames));
         }
         self.fill_names(&threads, &mut out);
