@@ -198,6 +198,44 @@ pub trait Look {
     fn fit_known(&self) -> bool {
         false
     }
+
+    /// Where the thread keeps what its last look worked out, if it does (see
+    /// [`LookLayout`]).
+    fn layout(&mut self) -> Option<&mut LookLayout> {
+        None
+    }
+}
+
+/// What [`second_look`] worked out of one thread's walk and first copy (which regions to
+/// copy again, which bytes to compare), kept for the next look at the same walked frames
+/// over a first copy of regions at the same places and of the same sizes: it then works
+/// out the same.
+#[derive(Debug, Default)]
+pub struct LookLayout {
+    /// Worked out for the thread's walked frames as they are; its owner forgets it when
+    /// they change.
+    valid: bool,
+    /// The first copy's regions it was worked out from: address and length.
+    regions: Vec<(u64, usize)>,
+    /// The ranges of the first copy compared with the second (None: by a walk).
+    same: Option<Vec<(u64, u64)>>,
+}
+
+impl LookLayout {
+    /// The walked frames changed: work it out again.
+    pub fn forget(&mut self) {
+        self.valid = false;
+    }
+
+    fn holds_for(&self, regions: &[(u64, Vec<u8>)]) -> bool {
+        self.valid
+            && self.regions.len() == regions.len()
+            && self
+                .regions
+                .iter()
+                .zip(regions)
+                .all(|(a, b)| a.0 == b.0 && a.1 == b.1.len())
+    }
 }
 
 impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
@@ -288,6 +326,18 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     same_at.clear();
     same.clear();
     for (i, look) in looks.iter_mut().enumerate() {
+        // The second copy's buffers still have the places and sizes this layout gave them.
+        if want(i)
+            && let Some(kept) = look.layout()
+            && kept.holds_for(&regions[i])
+        {
+            same_at.push(kept.same.as_ref().map(|v| {
+                let start = same.len();
+                same.extend_from_slice(v);
+                start..same.len()
+            }));
+            continue;
+        }
         let (walked, copy) = look.parts();
         // Which regions hold a walked frame: each frame's region is found by a binary
         // search (the regions are sorted), as deep stacks make a scan of every region for
@@ -372,6 +422,20 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         copy.truncate(k);
         if k > held {
             copy.sort_unstable_by_key(|c| c.0);
+        }
+        if let Some(kept) = look.layout() {
+            kept.valid = want(i);
+            kept.regions.clear();
+            kept.regions
+                .extend(regions[i].iter().map(|(a, d)| (*a, d.len())));
+            let at = same_at.last().cloned().flatten();
+            match (&mut kept.same, at) {
+                (Some(v), Some(r)) => {
+                    v.clear();
+                    v.extend_from_slice(&same[r]);
+                }
+                (v, r) => *v = r.map(|r| same[r].to_vec()),
+            }
         }
     }
     roots.clear();

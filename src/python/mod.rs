@@ -113,6 +113,8 @@ pub struct ThreadScratch {
     /// The regions its walk read outside its data-stack chunks (see
     /// [`frames::regions_outside`]).
     regions: Vec<(u64, u64)>,
+    /// What its last second look worked out, for the same walked frames.
+    layout: frames::LookLayout,
 }
 
 impl ThreadScratch {
@@ -137,6 +139,10 @@ impl frames::Look for ThreadScratch {
 
     fn fit_known(&self) -> bool {
         self.settled && self.steady.fit()
+    }
+
+    fn layout(&mut self) -> Option<&mut frames::LookLayout> {
+        Some(&mut self.layout)
     }
 }
 
@@ -327,6 +333,7 @@ impl<M: Memory> StackReader<M> {
                 raw.clear();
                 s.first = None;
                 s.steady.disarm();
+                s.layout.forget();
                 continue;
             }
             // The callers as they were: the walk, and the regions it read, are last time's.
@@ -339,6 +346,7 @@ impl<M: Memory> StackReader<M> {
                 continue;
             }
             s.steady.disarm();
+            s.layout.forget();
             let ok = frames::first_frame(&local, l, &t.raw)
                 .and_then(|first| frames::walk(&local, l, first, raw).map(|more| (first, more)));
             if let Some(plan) = &mut self.plan {
