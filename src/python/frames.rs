@@ -598,10 +598,11 @@ impl Steady {
         // Consecutive callers mostly share a region: one range per run of them.
         let mut run: Option<(usize, u64, u64)> = None;
         for f in &walked[1..] {
+            // Wholly inside the region, which also keeps the sums below from overflowing.
             let within = |k: usize| {
                 let (start, data) = &copied[k];
-                f.addr.wrapping_sub(*start) < data.len() as u64
-                    && f.addr + frame_len <= start + data.len() as u64
+                let off = f.addr.wrapping_sub(*start);
+                off < data.len() as u64 && off.saturating_add(frame_len) <= data.len() as u64
             };
             let k = match run {
                 Some((k, ..)) if within(k) => k,
