@@ -1023,6 +1023,9 @@ pub struct Remembered {
 /// frames: a thread that goes back and forth between two lines shares both.
 const RECENT_STACKS: usize = 4;
 
+/// A stack handed out lately: its frames, its marker and its callers' generation.
+type Recent = (Frames, Option<(usize, bool)>, u64);
+
 /// What [`resolve_remembering`] keeps of a thread's previous samples.
 #[derive(Debug, Default)]
 pub struct Memo {
@@ -1030,7 +1033,7 @@ pub struct Memo {
     slots: Vec<Option<Remembered>>,
     /// The stacks handed out lately, most recent first, each with its marker (see
     /// [`marker`]) and the [`Memo::callers`] generation whose callers it is known to share.
-    recent: Vec<(Frames, Option<(usize, bool)>, u64)>,
+    recent: Vec<Recent>,
     /// This sample's shown frames, innermost first, as indices into `slots`.
     order: Vec<usize>,
     /// This sample's frames when they are not remembered (with `--locals`), innermost first.

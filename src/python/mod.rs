@@ -1276,7 +1276,9 @@ mod tests {
         let base = of([main, work, step, leaf], 20);
         // Moments of the target, one sample each, and whether the reader may recognise the
         // last sample's callers in it (and decode only the innermost frame).
-        let moments: Vec<(&str, u64, Vec<(u64, &str, u64)>, bool)> = vec![
+        // What happened, the thread id, the stack, and whether it settles.
+        type Moment<'a> = (&'a str, u64, Vec<(u64, &'a str, u64)>, bool);
+        let moments: Vec<Moment> = vec![
             ("first", 7, base.clone(), false),
             // The batch's copy of the data stack is not the full walk's (it has room to
             // grow): its first sample is read afresh.
