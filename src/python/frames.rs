@@ -191,6 +191,51 @@ pub fn current_frame<M: Memory + ?Sized>(mem: &M, l: &Layout, tstate: u64) -> Re
 pub trait Look {
     /// The walked frames, and the second copy's buffers.
     fn parts(&mut self) -> (&[RawFrame], &mut Vec<(u64, Vec<u8>)>);
+
+    /// Whether [`frames_fit`] is known to hold for the walked frames: it held for the same
+    /// frames, code objects' sizes and data-stack chunks in an earlier sample (see
+    /// [`Steady`]).
+    fn fit_known(&self) -> bool {
+        false
+    }
+
+    /// Where the thread keeps what its last look worked out, if it does (see
+    /// [`LookLayout`]).
+    fn layout(&mut self) -> Option<&mut LookLayout> {
+        None
+    }
+}
+
+/// What [`second_look`] worked out of one thread's walk and first copy (which regions to
+/// copy again, which bytes to compare), kept for the next look at the same walked frames
+/// over a first copy of regions at the same places and of the same sizes: it then works
+/// out the same.
+#[derive(Debug, Default)]
+pub struct LookLayout {
+    /// Worked out for the thread's walked frames as they are; its owner forgets it when
+    /// they change.
+    valid: bool,
+    /// The first copy's regions it was worked out from: address and length.
+    regions: Vec<(u64, usize)>,
+    /// The ranges of the first copy compared with the second (None: by a walk).
+    same: Option<Vec<(u64, u64)>>,
+}
+
+impl LookLayout {
+    /// The walked frames changed: work it out again.
+    pub fn forget(&mut self) {
+        self.valid = false;
+    }
+
+    fn holds_for(&self, regions: &[(u64, Vec<u8>)]) -> bool {
+        self.valid
+            && self.regions.len() == regions.len()
+            && self
+                .regions
+                .iter()
+                .zip(regions)
+                .all(|(a, b)| a.0 == b.0 && a.1 == b.1.len())
+    }
 }
 
 impl Look for (&[RawFrame], &mut Vec<(u64, Vec<u8>)>) {
@@ -281,6 +326,18 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     same_at.clear();
     same.clear();
     for (i, look) in looks.iter_mut().enumerate() {
+        // The second copy's buffers still have the places and sizes this layout gave them.
+        if want(i)
+            && let Some(kept) = look.layout()
+            && kept.holds_for(&regions[i])
+        {
+            same_at.push(kept.same.as_ref().map(|v| {
+                let start = same.len();
+                same.extend_from_slice(v);
+                start..same.len()
+            }));
+            continue;
+        }
         let (walked, copy) = look.parts();
         // Which regions hold a walked frame: each frame's region is found by a binary
         // search (the regions are sorted), as deep stacks make a scan of every region for
@@ -366,6 +423,20 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         if k > held {
             copy.sort_unstable_by_key(|c| c.0);
         }
+        if let Some(kept) = look.layout() {
+            kept.valid = want(i);
+            kept.regions.clear();
+            kept.regions
+                .extend(regions[i].iter().map(|(a, d)| (*a, d.len())));
+            let at = same_at.last().cloned().flatten();
+            match (&mut kept.same, at) {
+                (Some(v), Some(r)) => {
+                    v.clear();
+                    v.extend_from_slice(&same[r]);
+                }
+                (v, r) => *v = r.map(|r| same[r].to_vec()),
+            }
+        }
     }
     roots.clear();
     roots.resize(n, [[0u8; 8]; 2]);
@@ -402,6 +473,7 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         if !want(i) {
             return false;
         }
+        let fit_known = look.fit_known();
         let (walked, copy) = look.parts();
         let first = walked[0].addr;
         let [a, b] = roots[i];
@@ -424,7 +496,7 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             same[r].iter().all(|&(lo, hi)| {
                 let len = (hi - lo) as usize;
                 matches!((before.peek(lo, len), again.peek(lo, len)), (Some(a), Some(b)) if a == b)
-            }) && same_innermost(&again, l, walked)
+            }) && same_innermost(&again, l, walked).is_some()
         });
         if unchanged {
             *by_bytes += 1;
@@ -439,26 +511,259 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         {
             return false;
         }
-        frames_fit(&before, l, &threads[i].raw, &regions[i], walked)
+        fit_known || frames_fit(&before, l, &threads[i].raw, &regions[i], walked)
     }));
     stands
 }
 
+/// Most bytes of a thread's callers kept by [`Steady`]: a deeper stack is walked every sample.
+const MAX_STEADY_BYTES: usize = 256 << 10;
+
+/// What a thread's last stack was read from, kept between samples to recognise it in the
+/// next sample's copy without walking it. A thread busy in one place keeps its callers
+/// still: when the copy's bytes that hold them (every walked frame but the innermost, each
+/// as many bytes as the walk reads of it), the thread state's words the walk starts from,
+/// its data-stack chunks (where, how much copied, their headers) and the identity and frame
+/// size of every code object on the stack are what they were, then a walk of this copy,
+/// [`frames_fit`], [`regions_outside`] and the resolution of the callers would find what
+/// they found last time, from the same bytes. Only the innermost frame is decoded again,
+/// and it must still be a Python frame of the same code object with the same caller.
+///
+/// Nothing is trusted from the last sample that this one's copy does not show again: a
+/// caller that returned and was called again (the same address, other contents), a
+/// freed code object whose address was reused, or another thread state at the same
+/// address all differ somewhere in those bytes and take the full walk.
+#[derive(Debug, Default)]
+pub struct Steady {
+    /// The kept stack is the thread's walked frames (with the memo of their resolution).
+    armed: bool,
+    tstate: u64,
+    thread_id: u64,
+    depth: usize,
+    function_lines: bool,
+    /// The C frame pointer of the thread state (3.11 and 3.12), else 0.
+    cframe: u64,
+    /// The data-stack chunks as the copy held them: address, bytes copied, the header's
+    /// size and previous chunk.
+    chunks: Vec<[u64; 4]>,
+    /// This sample's chunks, compared with `chunks`.
+    chunks_now: Vec<[u64; 4]>,
+    /// The ranges of the copy that hold the callers (address, length), and their bytes.
+    spans: Vec<(u64, u64)>,
+    bytes: Vec<u8>,
+    /// Each code object on the stack: its fingerprint and its frames' size.
+    codes: Vec<(u64, Fingerprint, Option<u64>)>,
+    /// [`frames_fit`] held for the kept stack.
+    fit: bool,
+}
+
+impl Steady {
+    /// Forget the kept stack.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+        self.fit = false;
+    }
+
+    /// Whether [`frames_fit`] held for the kept stack.
+    pub fn fit(&self) -> bool {
+        self.armed && self.fit
+    }
+
+    /// Note that [`frames_fit`] held for the kept stack.
+    pub fn fitted(&mut self) {
+        self.fit = self.armed;
+    }
+
+    /// Keep `walked`, the consistent stack of thread `t` read from `copied` (its first
+    /// copy, address-sorted; `mem` serves it) with `opts`, for the next sample. Nothing is
+    /// kept for a stack the next sample could not recognise from its copy alone.
+    pub fn arm<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        t: &super::threads::PyThread,
+        opts: FrameOptions,
+        copied: &[(u64, Vec<u8>)],
+        walked: &[RawFrame],
+    ) {
+        self.armed = false;
+        self.fit = false;
+        // Thread-local bytecode is read from live memory, not from the copy.
+        if opts.locals || l.f_tlbc_index.is_some() || walked.first().is_none_or(|f| f.shim) {
+            return;
+        }
+        let frame_len = frame_read_len(l) as u64;
+        self.spans.clear();
+        self.bytes.clear();
+        // Consecutive callers mostly share a region: one range per run of them.
+        let mut run: Option<(usize, u64, u64)> = None;
+        for f in &walked[1..] {
+            // Wholly inside the region, which also keeps the sums below from overflowing.
+            let within = |k: usize| {
+                let (start, data) = &copied[k];
+                let off = f.addr.wrapping_sub(*start);
+                off < data.len() as u64 && off.saturating_add(frame_len) <= data.len() as u64
+            };
+            let k = match run {
+                Some((k, ..)) if within(k) => k,
+                _ => match copied
+                    .partition_point(|(a, _)| *a <= f.addr)
+                    .checked_sub(1)
+                    .filter(|&k| within(k))
+                {
+                    Some(k) => k,
+                    None => return,
+                },
+            };
+            run = match run {
+                Some((j, lo, hi)) if j == k => {
+                    Some((k, lo.min(f.addr), hi.max(f.addr + frame_len)))
+                }
+                other => {
+                    if let Some((_, lo, hi)) = other {
+                        self.spans.push((lo, hi - lo));
+                    }
+                    Some((k, f.addr, f.addr + frame_len))
+                }
+            };
+        }
+        if let Some((_, lo, hi)) = run {
+            self.spans.push((lo, hi - lo));
+        }
+        if self.spans.iter().map(|s| s.1).sum::<u64>() > MAX_STEADY_BYTES as u64 {
+            return;
+        }
+        for &(lo, len) in &self.spans {
+            match mem.peek(lo, len as usize) {
+                Some(b) => self.bytes.extend_from_slice(b),
+                None => return,
+            }
+        }
+        self.codes.clear();
+        for f in walked.iter().filter(|f| !f.shim) {
+            if self.codes.iter().any(|c| c.0 == f.code) {
+                continue;
+            }
+            let Some(head) = mem.peek(f.code, CODE_HEAD) else {
+                return;
+            };
+            self.codes.push((
+                f.code,
+                super::code::fingerprint(l, head),
+                l.frame_bytes(head),
+            ));
+        }
+        chunk_chain(l, &t.raw, copied, &mut self.chunks);
+        self.cframe = cframe_of(l, &t.raw);
+        self.tstate = t.tstate;
+        self.thread_id = t.thread_id;
+        self.depth = opts.depth;
+        self.function_lines = opts.function_lines;
+        self.armed = true;
+    }
+
+    /// Does this sample's copy of thread `t` (`copied`, served by `mem`) show the kept
+    /// stack, `walked`, with the same callers? Then `walked[0]` becomes the innermost frame
+    /// as it is now, and the rest stays: what a walk of the copy would find.
+    pub fn holds<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &Layout,
+        t: &super::threads::PyThread,
+        opts: FrameOptions,
+        copied: &[(u64, Vec<u8>)],
+        walked: &mut [RawFrame],
+    ) -> bool {
+        let Some(leaf) = walked.first() else {
+            return false;
+        };
+        if !self.armed
+            || opts.locals
+            || t.tstate != self.tstate
+            || t.thread_id != self.thread_id
+            || opts.depth != self.depth
+            || opts.function_lines != self.function_lines
+            || cframe_of(l, &t.raw) != self.cframe
+            || first_frame(mem, l, &t.raw).ok() != Some(leaf.addr)
+        {
+            return false;
+        }
+        chunk_chain(l, &t.raw, copied, &mut self.chunks_now);
+        if self.chunks_now != self.chunks {
+            return false;
+        }
+        let mut at = 0;
+        for &(lo, len) in &self.spans {
+            let len = len as usize;
+            match mem.peek(lo, len) {
+                Some(b) if b == &self.bytes[at..at + len] => at += len,
+                _ => return false,
+            }
+        }
+        let codes_same = self.codes.iter().all(|(code, print, size)| {
+            mem.peek(*code, CODE_HEAD)
+                .is_some_and(|h| fingerprint_is(l, h, print) && l.frame_bytes(h) == *size)
+        });
+        if !codes_same {
+            return false;
+        }
+        let Some(mut now) = same_innermost(mem, l, walked) else {
+            return false;
+        };
+        // A walk marks the frame inside an entry shim as the first of its C call.
+        now.is_entry |= walked.get(1).is_some_and(|f| f.shim);
+        walked[0] = now;
+        true
+    }
+}
+
+/// The C frame pointer of a thread state (3.11 and 3.12), else 0.
+fn cframe_of(l: &Layout, tstate: &[u8]) -> u64 {
+    match l.frame_root {
+        FrameRoot::CFrame { cframe, .. } => le_u64(tstate, cframe as usize),
+        FrameRoot::Direct(_) => 0,
+    }
+}
+
+/// The thread's data-stack chunks as `copied` holds them, newest first, into `out`: each
+/// one's address, bytes copied, and its header's size and previous chunk.
+fn chunk_chain(l: &Layout, tstate: &[u8], copied: &[(u64, Vec<u8>)], out: &mut Vec<[u64; 4]>) {
+    out.clear();
+    let Some(off) = l.ts_datastack_chunk else {
+        return;
+    };
+    let mut chunk = le_u64(tstate, off as usize);
+    while chunk != 0 && out.len() < MAX_CHUNKS {
+        let Some((_, data)) = copied.iter().find(|(a, _)| *a == chunk) else {
+            break;
+        };
+        let previous = le_u64(data, 0);
+        out.push([chunk, data.len() as u64, le_u64(data, 8), previous]);
+        chunk = previous;
+    }
+}
+
 /// Would the walk's first step over `mem` find the innermost of the `walked` frames again,
 /// at any instruction: a Python frame of the same code object with the same caller?
-fn same_innermost<M: Memory + ?Sized>(mem: &M, l: &Layout, walked: &[RawFrame]) -> bool {
+/// That frame as the walk would find it now, if so.
+fn same_innermost<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    walked: &[RawFrame],
+) -> Option<RawFrame> {
     let leaf = walked[0];
-    let Some(buf) = mem.peek(leaf.addr, frame_read_len(l)) else {
-        return false;
-    };
+    let buf = mem.peek(leaf.addr, frame_read_len(l))?;
     let python = match (l.f_owner, l.owner_not_python) {
         (Some(o), Some(limit)) => le_u8(buf, o as usize) < limit,
         _ => true,
     };
-    !leaf.shim
-        && python
-        && le_u64(buf, l.f_back as usize) == walked.get(1).map_or(0, |f| f.addr)
-        && python_frame(mem, l, leaf.addr, buf).is_ok_and(|f| f.code == leaf.code)
+    if leaf.shim || !python || le_u64(buf, l.f_back as usize) != walked.get(1).map_or(0, |f| f.addr)
+    {
+        return None;
+    }
+    python_frame(mem, l, leaf.addr, buf)
+        .ok()
+        .filter(|f| f.code == leaf.code)
 }
 
 /// Are the walked frames that sit on the thread's data stack (3.11+) where the interpreter
@@ -718,18 +1023,27 @@ pub struct Remembered {
 /// frames: a thread that goes back and forth between two lines shares both.
 const RECENT_STACKS: usize = 4;
 
+/// A stack handed out lately: its frames, its marker and its callers' generation.
+type Recent = (Frames, Option<(usize, bool)>, u64);
+
 /// What [`resolve_remembering`] keeps of a thread's previous samples.
 #[derive(Debug, Default)]
 pub struct Memo {
     /// The frames of the latest sample, by depth from the outermost frame.
     slots: Vec<Option<Remembered>>,
     /// The stacks handed out lately, most recent first, each with its marker (see
-    /// [`marker`]).
-    recent: Vec<(Frames, Option<(usize, bool)>)>,
+    /// [`marker`]) and the [`Memo::callers`] generation whose callers it is known to share.
+    recent: Vec<Recent>,
     /// This sample's shown frames, innermost first, as indices into `slots`.
     order: Vec<usize>,
     /// This sample's frames when they are not remembered (with `--locals`), innermost first.
     unremembered: Vec<Frame>,
+    /// Which callers (the shown frames but the innermost) the slots hold: it changes with
+    /// every sample that changed one of them, so a recent stack of the same generation
+    /// differs from this sample's, if at all, in its innermost frame only.
+    callers: u64,
+    /// The count of frames of the last sample's walk that are not entry shims.
+    all: usize,
 }
 
 impl Memo {
@@ -744,7 +1058,11 @@ impl Memo {
 /// The count of frames left out of a stack of `raw`, and whether it is a lower bound, when
 /// the stack ends in a [`hidden_frames`] marker.
 fn marker(raw: &[RawFrame], more: bool, opts: FrameOptions) -> Option<(usize, bool)> {
-    let all = raw.iter().filter(|f| !f.shim).count();
+    marker_of(raw.iter().filter(|f| !f.shim).count(), more, opts)
+}
+
+/// [`marker`] of a walk of `all` frames that are not entry shims.
+fn marker_of(all: usize, more: bool, opts: FrameOptions) -> Option<(usize, bool)> {
     let depth = all.min(opts.depth);
     (depth < all || more).then_some((all - depth, more))
 }
@@ -764,6 +1082,11 @@ fn same_frame(a: &Frame, b: &Frame) -> bool {
 /// instruction offset, and only if the code object's fingerprint, read in this sample, is
 /// still the one it was resolved with: the same check the code cache makes. A stack of the
 /// same frames as one of the thread's recent samples is that sample's stack again.
+///
+/// With `callers_same`, the caller vouches that every frame of `raw` but the innermost is
+/// the frame of the previous call's `raw` at the same place, and that their code objects
+/// still have the fingerprints they had then (see [`Steady`]): only the innermost frame is
+/// looked at.
 #[allow(clippy::too_many_arguments)]
 pub fn resolve_remembering<M: Memory + ?Sized>(
     mem: &M,
@@ -774,24 +1097,35 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
     opts: FrameOptions,
     entries: &mut Vec<bool>,
     memo: &mut Memo,
+    callers_same: bool,
 ) -> Result<Frames, PyError> {
-    resolve_slots(mem, l, codes, raw, opts, entries, memo)?;
-    let end = marker(raw, more, opts);
+    if !(callers_same && resolve_innermost(mem, l, codes, raw, opts, entries, memo)?) {
+        resolve_slots(mem, l, codes, raw, opts, entries, memo)?;
+    }
+    let end = marker_of(memo.all, more, opts);
     if end.is_some() {
         entries.push(false);
     }
     if !opts.locals {
         let shown = memo.order.len() + usize::from(end.is_some());
-        let found = memo.recent.iter().position(|(stack, m)| {
+        let generation = memo.callers;
+        let found = memo.recent.iter().position(|(stack, m, callers)| {
             *m == end
                 && stack.len() == shown
-                && memo
-                    .order
-                    .iter()
-                    .zip(stack.iter())
-                    .all(|(&i, f)| same_frame(memo.frame(i), f))
+                && if *callers == generation {
+                    memo.order
+                        .first()
+                        .zip(stack.first())
+                        .is_none_or(|(&i, f)| same_frame(memo.frame(i), f))
+                } else {
+                    memo.order
+                        .iter()
+                        .zip(stack.iter())
+                        .all(|(&i, f)| same_frame(memo.frame(i), f))
+                }
         });
         if let Some(k) = found {
+            memo.recent[k].2 = generation;
             memo.recent[..=k].rotate_right(1);
             return Ok(memo.recent[0].0.clone());
         }
@@ -805,7 +1139,7 @@ pub fn resolve_remembering<M: Memory + ?Sized>(
     let frames = Frames::from(frames);
     if !opts.locals {
         memo.recent.truncate(RECENT_STACKS - 1);
-        memo.recent.insert(0, (frames.clone(), end));
+        memo.recent.insert(0, (frames.clone(), end, memo.callers));
     }
     Ok(frames)
 }
@@ -826,12 +1160,19 @@ fn resolve_slots<M: Memory + ?Sized>(
     memo.order.clear();
     memo.unremembered.clear();
     let all = raw.iter().filter(|f| !f.shim).count();
+    memo.all = all;
     // Cut stacks are remembered from their outermost shown frame: still one slot per depth.
     let depth = all.min(opts.depth);
     // Locals change without the frame changing: never remembered.
     if opts.locals {
         memo.slots.clear();
         memo.recent.clear();
+    }
+    // The callers stay the last sample's only if every one of them is served by its slot;
+    // the generation moves on at the first that is not (even if an error ends this call).
+    let mut callers_kept = memo.slots.len() == depth;
+    if !callers_kept {
+        memo.callers += 1;
     }
     memo.slots.resize(depth, None);
     // The last code object whose head matched a fingerprint in this sample: recursion puts
@@ -855,6 +1196,10 @@ fn resolve_slots<M: Memory + ?Sized>(
             entries.push(rf.is_entry);
             memo.order.push(at);
             continue;
+        }
+        if k > 0 && callers_kept {
+            memo.callers += 1;
+            callers_kept = false;
         }
         *slot = None;
         let Some(code) = codes.get(mem, l, rf.code)? else {
@@ -898,6 +1243,70 @@ fn resolve_slots<M: Memory + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// [`resolve_slots`] when the caller vouches that the callers are the last call's (see
+/// [`resolve_remembering`]): only the innermost frame is resolved, into its slot, and the
+/// callers' slots, order and entry flags stay. False, with nothing changed, when the memo
+/// does not hold the last call's stack whole (a frame that was not a code object, `--locals`)
+/// or the innermost frame is not a code object now: the full path then decides.
+fn resolve_innermost<M: Memory + ?Sized>(
+    mem: &M,
+    l: &Layout,
+    codes: &mut CodeCache,
+    raw: &[RawFrame],
+    opts: FrameOptions,
+    entries: &mut Vec<bool>,
+    memo: &mut Memo,
+) -> Result<bool, PyError> {
+    let depth = memo.all.min(opts.depth);
+    let Some(rf) = raw.first().filter(|f| !f.shim) else {
+        return Ok(false);
+    };
+    if opts.locals
+        || depth == 0
+        || memo.slots.len() != depth
+        || memo.order.len() != depth
+        || memo.order[0] != depth - 1
+        || entries.len() < depth
+    {
+        return Ok(false);
+    }
+    let slot = &mut memo.slots[depth - 1];
+    let hit = slot.as_ref().is_some_and(|m| {
+        m.code == rf.code
+            && m.offset == rf.offset
+            && m.function_lines == opts.function_lines
+            && mem
+                .peek(rf.code, CODE_HEAD)
+                .is_some_and(|head| fingerprint_is(l, head, &m.fingerprint))
+    });
+    if !hit {
+        let Some(code) = codes.get(mem, l, rf.code)? else {
+            return Ok(false);
+        };
+        let line = if opts.function_lines {
+            code.info.first_line
+        } else {
+            code.line(l, rf.offset)
+        };
+        *slot = Some(Remembered {
+            code: rf.code,
+            offset: rf.offset,
+            fingerprint: code.fingerprint(),
+            function_lines: opts.function_lines,
+            frame: Frame {
+                code: Arc::clone(&code.info.code),
+                line,
+                kind: FrameKind::Python,
+                locals: None,
+            },
+        });
+    }
+    entries.truncate(depth);
+    entries[0] = rf.is_entry;
+    memo.unremembered.clear();
+    Ok(true)
 }
 
 /// `a == b`, compared field by field in line (the array `==` calls `memcmp`, once per
@@ -948,6 +1357,7 @@ mod tests {
             opts,
             &mut entries,
             &mut memo,
+            false,
         );
         assert_eq!(names(&got.unwrap()), ["first"]);
         // Same frame, same fingerprint: served from the memo, nothing else is read (the
@@ -963,6 +1373,7 @@ mod tests {
             opts,
             &mut entries,
             &mut memo,
+            false,
         );
         assert_eq!(names(&got.unwrap()), ["first"]);
         // Another code object at the same address: never shown under the old name.
@@ -978,6 +1389,7 @@ mod tests {
             opts,
             &mut entries,
             &mut memo,
+            false,
         );
         assert_eq!(names(&got.unwrap()), ["second"]);
         // A deeper stack keeps the outer frames' memo (depth counts from the outermost).
@@ -992,7 +1404,8 @@ mod tests {
                 false,
                 opts,
                 &mut entries,
-                &mut memo
+                &mut memo,
+                false
             )
             .is_ok()
         );
@@ -1033,6 +1446,7 @@ mod tests {
                 opts,
                 &mut entries,
                 &mut memo,
+                false,
             )
             .unwrap()
         };
@@ -1090,6 +1504,7 @@ mod tests {
                 opts,
                 &mut entries,
                 &mut memo,
+                false,
             );
             assert_eq!(names(&got.unwrap()), [name; 3]);
         }
@@ -1509,6 +1924,7 @@ mod tests {
                 opts,
                 &mut entries,
                 &mut memo,
+                false,
             )
             .unwrap();
             assert_eq!(entries.len(), frames.len());

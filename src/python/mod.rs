@@ -105,6 +105,16 @@ pub struct ThreadScratch {
     /// asyncio task runs on it (see `asyncio`).
     thread_id: u64,
     frame_addrs: Vec<u64>,
+    /// What its last consistent stack was read from (see [`frames::Steady`]).
+    steady: frames::Steady,
+    /// This sample's copy showed that stack's callers unchanged: only the innermost frame
+    /// was decoded again.
+    settled: bool,
+    /// The regions its walk read outside its data-stack chunks (see
+    /// [`frames::regions_outside`]).
+    regions: Vec<(u64, u64)>,
+    /// What its last second look worked out, for the same walked frames.
+    layout: frames::LookLayout,
 }
 
 impl ThreadScratch {
@@ -125,6 +135,14 @@ impl ThreadScratch {
 impl frames::Look for ThreadScratch {
     fn parts(&mut self) -> (&[frames::RawFrame], &mut Vec<(u64, Vec<u8>)>) {
         (&self.walked, &mut self.second)
+    }
+
+    fn fit_known(&self) -> bool {
+        self.settled && self.steady.fit()
+    }
+
+    fn layout(&mut self) -> Option<&mut frames::LookLayout> {
+        Some(&mut self.layout)
     }
 }
 
@@ -178,9 +196,8 @@ pub struct StackReader<M: Memory> {
     spare_tids: Vec<Option<u32>>,
     /// Per-thread lists of [`StackReader::stacks`], reused between samples.
     verdicts: Verdicts,
-    /// Scratch lists for the plan's regions, reused between samples.
+    /// Scratch list for the plan's regions, reused between samples.
     spans: Vec<(u64, u64)>,
-    regions: Vec<(u64, u64)>,
     /// What the asyncio task reader keeps between samples (`--async`).
     asyncio: asyncio::TaskCache,
 }
@@ -211,7 +228,6 @@ impl<M: Memory> StackReader<M> {
             spare_tids: Vec::new(),
             verdicts: Verdicts::default(),
             spans: Vec::new(),
-            regions: Vec::new(),
             asyncio: asyncio::TaskCache::default(),
         }
     }
@@ -308,6 +324,7 @@ impl<M: Memory> StackReader<M> {
         for (i, (t, chunks)) in threads.iter().zip(&chunks).enumerate() {
             let local = Overlay::new(chunks, &self.mem);
             let s = &mut self.scratch[i];
+            s.settled = false;
             if reused[i] {
                 continue;
             }
@@ -315,14 +332,27 @@ impl<M: Memory> StackReader<M> {
             if !read[i] {
                 raw.clear();
                 s.first = None;
+                s.steady.disarm();
+                s.layout.forget();
                 continue;
             }
+            // The callers as they were: the walk, and the regions it read, are last time's.
+            if s.steady.holds(&local, l, t, opts, chunks, raw) {
+                s.settled = true;
+                s.first = Some(raw[0].addr);
+                if let Some(plan) = &mut self.plan {
+                    plan.remember(i, &s.regions);
+                }
+                continue;
+            }
+            s.steady.disarm();
+            s.layout.forget();
             let ok = frames::first_frame(&local, l, &t.raw)
                 .and_then(|first| frames::walk(&local, l, first, raw).map(|more| (first, more)));
             if let Some(plan) = &mut self.plan {
                 frames::datastack_spans(l, &t.raw, chunks, &mut self.spans);
-                frames::regions_outside(l, &t.raw, raw, &self.spans, &mut self.regions);
-                plan.remember(i, &self.regions);
+                frames::regions_outside(l, &t.raw, raw, &self.spans, &mut s.regions);
+                plan.remember(i, &s.regions);
             }
             s.first = ok.as_ref().ok().map(|w| w.0);
             s.beyond = ok.is_ok_and(|w| w.1);
@@ -392,6 +422,7 @@ impl<M: Memory> StackReader<M> {
                     opts,
                     &mut entries,
                     &mut s.memo,
+                    s.settled,
                 )
             } else {
                 // Moved under us (or unreadable): the slow path retries this thread alone.
@@ -414,14 +445,33 @@ impl<M: Memory> StackReader<M> {
                 frames: frames.clone(),
             });
             s.entries = entries;
-            let raw: &[frames::RawFrame] = if consistent { &s.walked } else { &self.raw };
-            s.entry_addrs.clear();
-            s.entry_addrs
-                .extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
             s.thread_id = t.thread_id;
-            s.frame_addrs.clear();
-            s.frame_addrs
-                .extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
+            // Kept for the next sample only once it is known to be consistent and resolved.
+            if !(ok && consistent) {
+                s.steady.disarm();
+            } else if !s.settled {
+                s.steady.arm(
+                    &Overlay::new(&chunks[i], &self.mem),
+                    l,
+                    t,
+                    opts,
+                    &chunks[i],
+                    &s.walked,
+                );
+            }
+            if looked[i] {
+                s.steady.fitted();
+            }
+            // A settled stack's frames are where they were.
+            if !(consistent && s.settled) {
+                let raw: &[frames::RawFrame] = if consistent { &s.walked } else { &self.raw };
+                s.entry_addrs.clear();
+                s.entry_addrs
+                    .extend(raw.iter().filter(|f| f.shim).map(|f| f.addr));
+                s.frame_addrs.clear();
+                s.frame_addrs
+                    .extend(raw.iter().filter(|f| !f.shim).map(|f| f.addr));
+            }
             out.push(stack(frames));
         }
         self.fill_names(&threads, &mut out);
@@ -1105,6 +1155,209 @@ mod tests {
             .expect("read from the thread's new eval loop");
         let names: Vec<&str> = frames.iter().map(|f| &*f.code.name).collect();
         assert_eq!(names, ["work", "work"], "inner, then outer");
+    }
+
+    /// A 3.12 process of one thread, `thread_id`, that holds the GIL (so each of its stacks
+    /// gets a second look), its thread state at [`batch::tests::TSTATES`]`[0]`, its stack
+    /// in one data-stack chunk: `stack`, outermost first, each frame's code object (address
+    /// and name) and instruction offset, each frame right after its caller's. The code
+    /// objects of `also` are there too, unless the stack has one at their address.
+    fn process_312_stack(
+        l: &Layout,
+        thread_id: u64,
+        stack: &[(u64, &str, u64)],
+        also: &[(u64, &str)],
+    ) -> crate::process::ImageMemory {
+        use crate::process::{ImageMemory, MemoryExt};
+        use batch::tests::{CFRAMES, GIL, INTERP, RUNTIME, TSTATES};
+        let (
+            layout::GilSource::InterpGil {
+                ceval_gil,
+                locked,
+                last_holder,
+            },
+            layout::FrameRoot::CFrame { cframe, current },
+            layout::InstrSource::Pointer(instr),
+            Some(layout::FrameSize::Words(framesize)),
+        ) = (l.gil, l.frame_root, l.f_instr, l.co_framesize)
+        else {
+            panic!("the 3.12 layout");
+        };
+        let word = |buf: &mut Vec<u8>, off: u64, v: u64| {
+            buf[off as usize..][..8].copy_from_slice(&v.to_le_bytes())
+        };
+        const STRIDE: u64 = 0x100;
+        let chunk = 0x7f00_0000_0000u64;
+        let frame = |k: usize| chunk + 24 + STRIDE * k as u64;
+        // The code objects (with the type, line table and strings they point at), each
+        // name's strings at a place of their own: another code object at an address is
+        // another fingerprint.
+        let mut codes = code::tests::image(l, "unused", 0x30000);
+        let mut m = ImageMemory::new();
+        for (addr, len) in [(0x20000, 64), (0x40000, 40), (0x50000, 64)] {
+            m.add(addr, codes.bytes(addr, len).unwrap());
+        }
+        let mut seen: Vec<u64> = Vec::new();
+        let stacked = stack.iter().map(|&(at, name, _)| (at, name));
+        for (at, name) in stacked.chain(also.iter().copied()) {
+            if seen.contains(&at) {
+                continue;
+            }
+            seen.push(at);
+            let strs = 0x100_0000 + 0x1000 * name.bytes().map(u64::from).sum::<u64>();
+            code::tests::add_code(&mut codes, l, name, 0x90_0000 + at, strs);
+            let mut head = codes.bytes(0x90_0000 + at, code::CODE_HEAD).unwrap();
+            head[framesize as usize..][..4].copy_from_slice(&((STRIDE / 8) as u32).to_le_bytes());
+            m.add(at, head);
+            for s in [strs, strs + 0x100] {
+                if !seen.contains(&s) {
+                    seen.push(s);
+                    m.add(s, codes.bytes(s, 128).unwrap());
+                }
+            }
+        }
+        let mut data = vec![0u8; 16384];
+        word(&mut data, 8, 16384);
+        for (k, &(code, _, offset)) in stack.iter().enumerate() {
+            let at = frame(k) - chunk;
+            word(&mut data, at + l.f_code, code);
+            word(
+                &mut data,
+                at + l.f_back,
+                if k == 0 { 0 } else { frame(k - 1) },
+            );
+            word(
+                &mut data,
+                at + instr,
+                code + l.co_code_adaptive.unwrap() + offset,
+            );
+        }
+        let mut rt = vec![0u8; 4096];
+        word(&mut rt, l.rt_interp_head, INTERP);
+        let mut interp = vec![0u8; 4096];
+        word(&mut interp, l.is_threads_head, TSTATES[0]);
+        word(&mut interp, ceval_gil, GIL);
+        let mut gil = vec![0u8; 64];
+        word(&mut gil, last_holder, TSTATES[0]);
+        word(&mut gil, locked, 1);
+        let mut ts = vec![0u8; l.ts_size as usize];
+        word(&mut ts, l.ts_interp, INTERP);
+        word(&mut ts, l.ts_thread_id, thread_id);
+        word(&mut ts, cframe, CFRAMES[0]);
+        let ds = l.ts_datastack_chunk.unwrap();
+        word(&mut ts, ds, chunk);
+        word(&mut ts, ds + 8, frame(stack.len()));
+        let mut cf = vec![0u8; 64];
+        word(&mut cf, current, frame(stack.len() - 1));
+        m.add(RUNTIME, rt)
+            .add(INTERP, interp)
+            .add(GIL, gil)
+            .add(TSTATES[0], ts)
+            .add(CFRAMES[0], cf)
+            .add(chunk, data);
+        m
+    }
+
+    #[test]
+    fn a_kept_stack_is_never_shown_stale() {
+        let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
+        let (main, work, step, leaf, other) = (
+            (0x10000, "main"),
+            (0x11000, "work"),
+            (0x12000, "step"),
+            (0x13000, "leaf"),
+            (0x14000, "other"),
+        );
+        let of = |frames: [(u64, &'static str); 4], inner: u64| {
+            let mut v: Vec<(u64, &str, u64)> = frames.iter().map(|&(a, n)| (a, n, 8)).collect();
+            v[3].2 = inner;
+            v
+        };
+        let base = of([main, work, step, leaf], 20);
+        // Moments of the target, one sample each, and whether the reader may recognise the
+        // last sample's callers in it (and decode only the innermost frame).
+        // What happened, the thread id, the stack, and whether it settles.
+        type Moment<'a> = (&'a str, u64, Vec<(u64, &'a str, u64)>, bool);
+        let moments: Vec<Moment> = vec![
+            ("first", 7, base.clone(), false),
+            // The batch's copy of the data stack is not the full walk's (it has room to
+            // grow): its first sample is read afresh.
+            ("the batch's first", 7, base.clone(), false),
+            ("unchanged", 7, base.clone(), true),
+            (
+                "innermost moved on",
+                7,
+                of([main, work, step, leaf], 44),
+                true,
+            ),
+            // `step`'s code object freed and another one made at its address: the
+            // callers' bytes are the same, the code object is not.
+            (
+                "a caller's code object replaced",
+                7,
+                of([main, work, (step.0, "stepped"), leaf], 44),
+                false,
+            ),
+            ("back", 7, base.clone(), false),
+            ("again", 7, base.clone(), true),
+            // `work` returned and `other` was called in its place, down to the same depth.
+            (
+                "a caller called again",
+                7,
+                of([main, other, step, leaf], 20),
+                false,
+            ),
+            ("back once more", 7, base.clone(), false),
+            // `work`'s code head was not in this sample's copy (the batch brought the
+            // last stack's): not kept until a copy holds it.
+            ("and again", 7, base.clone(), false),
+            ("still", 7, base.clone(), true),
+            // Another code object innermost, in the same frame.
+            (
+                "the innermost replaced",
+                7,
+                of([main, work, step, other], 20),
+                false,
+            ),
+            ("back a third time", 7, base.clone(), false),
+            ("and once more", 7, base.clone(), false),
+            ("still again", 7, base.clone(), true),
+            // The thread exited and its thread state went to a new thread with the same
+            // stack.
+            ("the thread state reused", 8, base.clone(), false),
+        ];
+        // Every code object stays where it is: freed ones are not unmapped.
+        let all = [main, work, step, leaf, other];
+        let mem = Changing(std::cell::RefCell::new(process_312_stack(
+            &l, 7, &base, &all,
+        )));
+        let mut reader = StackReader::new(&mem, interp_at(&l));
+        for (what, thread_id, stack, settles) in moments {
+            *mem.0.borrow_mut() = process_312_stack(&l, thread_id, &stack, &all);
+            let got = reader.stacks(&[], checked(), None).unwrap();
+            // What a reader that never saw the process reads: the full walk.
+            let fresh = StackReader::new(&mem, interp_at(&l))
+                .stacks(&[], checked(), None)
+                .unwrap();
+            let want: Vec<&str> = stack.iter().rev().map(|f| f.1).collect();
+            let shown = |s: &[ThreadStack]| -> Vec<(String, i32)> {
+                s[0].frames
+                    .iter()
+                    .map(|f| (f.name().to_string(), f.line))
+                    .collect()
+            };
+            assert_eq!(got.len(), 1, "{what}");
+            assert_eq!(got[0].thread_id, thread_id, "{what}");
+            let names: Vec<String> = shown(&got).into_iter().map(|f| f.0).collect();
+            assert_eq!(names, want, "{what}");
+            assert_eq!(
+                shown(&got),
+                shown(&fresh),
+                "{what}: as a full walk reads it"
+            );
+            assert_eq!(reader.scratch[0].settled, settles, "{what}: settled");
+        }
+        assert_eq!(reader.errors(), 0);
     }
 
     #[test]
