@@ -101,6 +101,51 @@ impl ThreadInfo {
     }
 }
 
+/// A listing's threads by kernel id, kept from tick to tick: the capture and the state
+/// reader look each thread up, a thousand of them on some targets, and a map built anew
+/// every tick cost an allocation and a hash per thread. Sorted again only when the
+/// listing's tids change.
+#[derive(Debug, Default)]
+pub struct ThreadIndex {
+    /// The tids of the listing last indexed, in the listing's order.
+    tids: Vec<u32>,
+    /// Positions in that listing, ordered by tid.
+    by_tid: Vec<u32>,
+}
+
+impl ThreadIndex {
+    /// Index `threads`, the listing that [`ThreadIndex::get`] is then asked about.
+    pub fn update(&mut self, threads: &[ThreadInfo]) {
+        let same = self.tids.len() == threads.len()
+            && self.tids.iter().zip(threads).all(|(&a, t)| a == t.tid);
+        if same {
+            return;
+        }
+        self.tids.clear();
+        self.tids.extend(threads.iter().map(|t| t.tid));
+        self.by_tid.clear();
+        self.by_tid.extend(0..threads.len() as u32);
+        let tids = &self.tids;
+        self.by_tid.sort_unstable_by_key(|&i| tids[i as usize]);
+    }
+
+    /// The tids of the listing indexed, in its order.
+    pub fn tids(&self) -> &[u32] {
+        &self.tids
+    }
+
+    /// Thread `tid` of `threads`, the listing last given to [`ThreadIndex::update`].
+    pub fn get<'a>(&self, threads: &'a [ThreadInfo], tid: u32) -> Option<&'a ThreadInfo> {
+        let k = self
+            .by_tid
+            .binary_search_by_key(&tid, |&i| self.tids[i as usize])
+            .ok()?;
+        threads
+            .get(self.by_tid[k] as usize)
+            .filter(|t| t.tid == tid)
+    }
+}
+
 /// Threads kept paused while this lives; dropping it lets them go.
 pub enum Paused {
     /// Live threads in ptrace-stop.

@@ -2,10 +2,9 @@
 //! stacks, and with `--native` the registers, C stacks and their merge, read while the
 //! threads are paused; each thread then marked active or idle from its kernel state.
 
-use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{Target, TargetError, ThreadInfo, ThreadState};
+use super::{Target, TargetError, ThreadIndex, ThreadInfo, ThreadState};
 use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
 use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
@@ -78,6 +77,8 @@ pub struct Snapshot<T: Target> {
     target: T,
     python: Option<StackReader<T::Mem>>,
     native: Option<NativeSide>,
+    /// The threads of the last capture by tid.
+    index: ThreadIndex,
 }
 
 impl<T: Target> Snapshot<T> {
@@ -105,6 +106,7 @@ impl<T: Target> Snapshot<T> {
                 python: Some(StackReader::new(target.reader_memory(), interp)),
                 target,
                 native: None,
+                index: ThreadIndex::default(),
             }),
             Err(e) => Err((e, target)),
         }
@@ -116,6 +118,7 @@ impl<T: Target> Snapshot<T> {
             target,
             python: None,
             native: None,
+            index: ThreadIndex::default(),
         }
     }
 
@@ -127,6 +130,17 @@ impl<T: Target> Snapshot<T> {
     /// The target, to list its threads.
     pub fn target_mut(&mut self) -> &mut T {
         &mut self.target
+    }
+
+    /// The threads of the last capture by tid: ask it about the listing given to
+    /// [`Snapshot::capture`].
+    pub fn thread_index(&self) -> &ThreadIndex {
+        &self.index
+    }
+
+    /// [`Snapshot::thread_index`], and the target, to read more of the threads.
+    pub fn index_and_target(&mut self) -> (&ThreadIndex, &mut T) {
+        (&self.index, &mut self.target)
     }
 
     /// The interpreter, if the target runs Python.
@@ -183,14 +197,18 @@ impl<T: Target> Snapshot<T> {
         threads: &[ThreadInfo],
         opts: &CaptureOptions,
     ) -> Result<Capture, TargetError> {
-        let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
-        // By tid: a lookup per thread, with a thousand threads.
-        let infos: HashMap<u32, &ThreadInfo> = threads.iter().map(|t| (t.tid, t)).collect();
-        let state = |tid: u32| infos.get(&tid).map_or(ThreadState::Unknown, |t| t.state);
+        self.index.update(threads);
+        let index = &self.index;
+        let tids = index.tids();
+        let state = |tid: u32| {
+            index
+                .get(threads, tid)
+                .map_or(ThreadState::Unknown, |t| t.state)
+        };
         let idle = opts.idle_stacks || opts.async_tasks;
         // A thread on a CPU is read; one not on a CPU is left out, or, when wanted, handed
         // out again if it has not run since it was read (kept when that is not known yet).
-        let want = |tid: u32| match infos.get(&tid) {
+        let want = |tid: u32| match index.get(threads, tid) {
             Some(t) if t.state.is_running() => Want::Read,
             _ if !idle => Want::Skip,
             Some(t) if t.state != ThreadState::Unknown => Want::Reuse(t.still_since),
@@ -202,7 +220,7 @@ impl<T: Target> Snapshot<T> {
         let want: Option<&dyn Fn(u32) -> Want> = if unknown { None } else { Some(&want) };
         let stop: Vec<u32> = match opts.pause {
             Pause::Never => Vec::new(),
-            Pause::All => tids.clone(),
+            Pause::All => tids.to_vec(),
             Pause::Sampled { include_idle } if self.native.is_some() => threads
                 .iter()
                 .filter(|t| include_idle || t.state.is_running())
@@ -220,7 +238,7 @@ impl<T: Target> Snapshot<T> {
             let python = self
                 .python
                 .as_mut()
-                .map(|r| r.stacks(&tids, opts.frames, want));
+                .map(|r| r.stacks(tids, opts.frames, want));
             let target = &self.target;
             let tasks = match (&mut self.python, &python) {
                 (Some(r), Some(Ok(_))) if opts.async_tasks => {
