@@ -227,3 +227,43 @@ pub trait Target {
         e
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(tids: &[u32], state: ThreadState) -> Vec<ThreadInfo> {
+        tids.iter().map(|&t| ThreadInfo::new(t, state)).collect()
+    }
+
+    #[test]
+    fn thread_index_follows_the_listing_it_was_given() {
+        let mut index = ThreadIndex::default();
+        // The main thread first, as a live listing puts it, then the others by tid.
+        let first = listing(&[500, 20, 31, 999], ThreadState::Running);
+        index.update(&first);
+        assert_eq!(index.tids(), &[500, 20, 31, 999]);
+        for t in &first {
+            assert_eq!(index.get(&first, t.tid), Some(t));
+        }
+        assert_eq!(index.get(&first, 21), None);
+        // Same tids, new states: the index holds, the states are the new listing's.
+        let again = listing(&[500, 20, 31, 999], ThreadState::Sleeping);
+        index.update(&again);
+        assert_eq!(
+            index.get(&again, 31).map(|t| t.state),
+            Some(ThreadState::Sleeping)
+        );
+        // A thread replaced by another between two listings (same count): the new one is
+        // found, the exited one is not.
+        let replaced = listing(&[500, 20, 1000, 999], ThreadState::Running);
+        index.update(&replaced);
+        assert_eq!(index.tids(), &[500, 20, 1000, 999]);
+        assert_eq!(index.get(&replaced, 1000).map(|t| t.tid), Some(1000));
+        assert_eq!(index.get(&replaced, 31), None);
+        let fewer = listing(&[500, 999], ThreadState::Running);
+        index.update(&fewer);
+        assert_eq!(index.get(&fewer, 20), None);
+        assert_eq!(index.get(&fewer, 999).map(|t| t.tid), Some(999));
+    }
+}
