@@ -1708,6 +1708,56 @@ fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
     });
 }
 
+/// Threads are listed from `/proc` on a timer (every 100 ms), not every tick: a thread
+/// started since the last listing must still be sampled from its first ticks, whatever
+/// the listing says. Forty busy threads each live 30 ms (six ticks at 200 Hz), one at a
+/// time, running or runnable throughout: their samples must come to most of their lives'
+/// ticks at the achieved rate. A sampler that knew a thread only once it was listed saw
+/// a sixth to a third of them.
+#[test]
+fn short_lived_threads_are_sampled_between_listings() {
+    crate::skip_without_live_targets!();
+    #[derive(Deserialize)]
+    struct Done {
+        life: f64,
+    }
+    run_on("short threads", Scope::Representative, |py| {
+        let dir = tempdir();
+        let path = dir.path().join("short.txt").to_string_lossy().into_owned();
+        let outdir = dir.path().to_string_lossy().into_owned();
+        let what = format!("[{}] rec_short_threads.py", py.name);
+        let out = prof(&strings(&[
+            "record",
+            "-r",
+            "200",
+            "-o",
+            &path,
+            "--",
+            &py.path.to_string_lossy(),
+            "-u",
+            &script_path("rec_short_threads"),
+            &outdir,
+        ]));
+        out.assert_code(0, &what);
+        let (achieved, _) = out.rates();
+        let ready: Ready = read_json(&dir.path().join("ready.json"));
+        let done: Done = read_json(&dir.path().join("done.json"));
+        let folded = Folded::read(&path, &what);
+        let n = folded.count(|s| contains(s, ready.func("short_lived")));
+        let expected = done.life * achieved;
+        eprintln!(
+            "short threads: {what}: {n} samples of short_lived in {:.3} s of its threads' lives at {achieved} Hz achieved (about {expected:.0} ticks)",
+            done.life
+        );
+        assert!(
+            n as f64 >= 0.6 * expected,
+            "{what}: {n} samples of busy threads that lived {:.3} s in all at {achieved} Hz (expected about {expected:.0})\n{}",
+            done.life,
+            folded.head()
+        );
+    });
+}
+
 /// With `--idle`, a thread that has not run since its stack was last read gets that stack
 /// again instead of a new read (prof knows from the process's CPU time which threads ran).
 /// A thread that wakes for only a moment, changes its stack and sleeps again must show its

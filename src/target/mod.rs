@@ -204,6 +204,16 @@ pub trait Target {
     /// [`ThreadState::Unknown`] when reading them costs something.
     fn threads(&mut self, states: bool) -> Result<Vec<ThreadInfo>, TargetError>;
 
+    /// The state now of thread `tid`, which the last listing does not have (threads are
+    /// listed on a timer, and it started since); Unknown when it cannot be read.
+    fn unlisted_state(&mut self, _tid: u32) -> ThreadState {
+        ThreadState::Unknown
+    }
+
+    /// Threads that started since the last listing were seen: list them again at the next
+    /// [`Target::threads`].
+    fn list_again(&mut self) {}
+
     /// The kernel's name of a thread (`comm`), if known.
     fn thread_name(&self, tid: u32) -> Option<String>;
 

@@ -79,6 +79,9 @@ pub struct Snapshot<T: Target> {
     native: Option<NativeSide>,
     /// The threads of the last capture by tid.
     index: ThreadIndex,
+    /// Python threads of the last capture whose kernel ids were not found (before 3.11 a
+    /// kernel id is looked up in the listing): a new one among them asks for a listing.
+    unresolved: Vec<u64>,
 }
 
 impl<T: Target> Snapshot<T> {
@@ -107,6 +110,7 @@ impl<T: Target> Snapshot<T> {
                 target,
                 native: None,
                 index: ThreadIndex::default(),
+                unresolved: Vec::new(),
             }),
             Err(e) => Err((e, target)),
         }
@@ -119,6 +123,7 @@ impl<T: Target> Snapshot<T> {
             python: None,
             native: None,
             index: ThreadIndex::default(),
+            unresolved: Vec::new(),
         }
     }
 
@@ -200,16 +205,13 @@ impl<T: Target> Snapshot<T> {
         self.index.update(threads);
         let index = &self.index;
         let tids = index.tids();
-        let state = |tid: u32| {
-            index
-                .get(threads, tid)
-                .map_or(ThreadState::Unknown, |t| t.state)
-        };
         let idle = opts.idle_stacks || opts.async_tasks;
         // A thread on a CPU is read; one not on a CPU is left out, or, when wanted, handed
         // out again if it has not run since it was read (kept when that is not known yet).
+        // One the listing does not have started since: it is read, its state learned below.
         let want = |tid: u32| match index.get(threads, tid) {
             Some(t) if t.state.is_running() => Want::Read,
+            None => Want::Read,
             _ if !idle => Want::Skip,
             Some(t) if t.state != ThreadState::Unknown => Want::Reuse(t.still_since),
             _ => Want::Read,
@@ -280,6 +282,48 @@ impl<T: Target> Snapshot<T> {
             None => Vec::new(),
         };
         let unread = self.python.as_ref().map_or(0, |r| r.errors()) - before;
+        // Threads are listed on a timer: those started since are sampled from their first
+        // tick all the same, with their states read now (when states are read at all), and
+        // the next tick lists them.
+        let states_known = threads.iter().any(|t| t.state != ThreadState::Unknown);
+        let mut unlisted: Vec<(u32, ThreadState)> = Vec::new();
+        let mut list_again = false;
+        for s in &stacks {
+            if let Some(tid) = s.os_thread_id
+                && states_known
+                && index.get(threads, tid).is_none()
+            {
+                // Known to the interpreter, not yet to the listing; gone if it cannot be
+                // read (then no listing is asked for: it would not be in it).
+                let st = self.target.unlisted_state(tid);
+                list_again |= st != ThreadState::Unknown;
+                unlisted.push((tid, st));
+            }
+        }
+        if stacks.iter().any(|s| s.os_thread_id.is_none()) || !self.unresolved.is_empty() {
+            let mut was = std::mem::take(&mut self.unresolved);
+            was.sort_unstable();
+            self.unresolved.extend(
+                stacks
+                    .iter()
+                    .filter(|s| s.os_thread_id.is_none())
+                    .map(|s| s.thread_id),
+            );
+            list_again |= self
+                .unresolved
+                .iter()
+                .any(|id| was.binary_search(id).is_err());
+        }
+        if list_again {
+            self.target.list_again();
+        }
+        let state = |tid: u32| match index.get(threads, tid) {
+            Some(t) => t.state,
+            None => unlisted
+                .iter()
+                .find(|u| u.0 == tid)
+                .map_or(ThreadState::Unknown, |u| u.1),
+        };
         if let Some(n) = &mut self.native
             && !stop.is_empty()
         {
