@@ -1647,9 +1647,11 @@ fn idle_threads_and_gil_filter() {
 /// a thread that wakes after sleeping long enough to be no longer watched must still be
 /// counted active from its first busy samples. Each of three short bursts after 1.5 s
 /// sleeps must be in the profile (a profiler that re-read idle threads every second
-/// would miss most of them), and the sleepers never.
+/// would miss most of them), and the sleepers never once asleep.
 #[test]
 fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
+    /// rec_wake.py's sleepers.
+    const SLEEPERS: u64 = 4;
     crate::skip_without_live_targets!();
     #[derive(Deserialize)]
     struct Done {
@@ -1693,11 +1695,14 @@ fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
                 folded.head()
             );
         }
+        // A sleeper runs for a moment when it starts, before it first blocks, and since
+        // threads are sampled from their first tick (not only once listed) that moment
+        // may be seen: a tick or two each, never more.
         let sleeper = ready.func("sleeper_wait");
-        assert_eq!(
-            folded.count(|s| contains(s, sleeper)),
-            0,
-            "{what}: a sleeper counted active\n{}",
+        let n = folded.count(|s| contains(s, sleeper));
+        assert!(
+            n <= 2 * SLEEPERS,
+            "{what}: sleepers counted active {n} times\n{}",
             folded.head()
         );
         assert!(
