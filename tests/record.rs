@@ -1647,9 +1647,11 @@ fn idle_threads_and_gil_filter() {
 /// a thread that wakes after sleeping long enough to be no longer watched must still be
 /// counted active from its first busy samples. Each of three short bursts after 1.5 s
 /// sleeps must be in the profile (a profiler that re-read idle threads every second
-/// would miss most of them), and the sleepers never.
+/// would miss most of them), and the sleepers never once asleep.
 #[test]
 fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
+    /// rec_wake.py's sleepers.
+    const SLEEPERS: u64 = 4;
     crate::skip_without_live_targets!();
     #[derive(Deserialize)]
     struct Done {
@@ -1693,16 +1695,69 @@ fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
                 folded.head()
             );
         }
+        // A sleeper runs for a moment when it starts, before it first blocks, and since
+        // threads are sampled from their first tick (not only once listed) that moment
+        // may be seen: a tick or two each, never more.
         let sleeper = ready.func("sleeper_wait");
-        assert_eq!(
-            folded.count(|s| contains(s, sleeper)),
-            0,
-            "{what}: a sleeper counted active\n{}",
+        let n = folded.count(|s| contains(s, sleeper));
+        assert!(
+            n <= 2 * SLEEPERS,
+            "{what}: sleepers counted active {n} times\n{}",
             folded.head()
         );
         assert!(
             folded.count(|s| contains(s, ready.func("busy_spin"))) > 0,
             "{what}: the busy thread is missing\n{}",
+            folded.head()
+        );
+    });
+}
+
+/// Threads are listed from `/proc` on a timer (every 100 ms), not every tick: a thread
+/// started since the last listing must still be sampled from its first ticks, whatever
+/// the listing says. Forty busy threads each live 30 ms (six ticks at 200 Hz), one at a
+/// time, running or runnable throughout: their samples must come to most of their lives'
+/// ticks at the achieved rate. A sampler that knew a thread only once it was listed saw
+/// a sixth to a third of them.
+#[test]
+fn short_lived_threads_are_sampled_between_listings() {
+    crate::skip_without_live_targets!();
+    #[derive(Deserialize)]
+    struct Done {
+        life: f64,
+    }
+    run_on("short threads", Scope::Representative, |py| {
+        let dir = tempdir();
+        let path = dir.path().join("short.txt").to_string_lossy().into_owned();
+        let outdir = dir.path().to_string_lossy().into_owned();
+        let what = format!("[{}] rec_short_threads.py", py.name);
+        let out = prof(&strings(&[
+            "record",
+            "-r",
+            "200",
+            "-o",
+            &path,
+            "--",
+            &py.path.to_string_lossy(),
+            "-u",
+            &script_path("rec_short_threads"),
+            &outdir,
+        ]));
+        out.assert_code(0, &what);
+        let (achieved, _) = out.rates();
+        let ready: Ready = read_json(&dir.path().join("ready.json"));
+        let done: Done = read_json(&dir.path().join("done.json"));
+        let folded = Folded::read(&path, &what);
+        let n = folded.count(|s| contains(s, ready.func("short_lived")));
+        let expected = done.life * achieved;
+        eprintln!(
+            "short threads: {what}: {n} samples of short_lived in {:.3} s of its threads' lives at {achieved} Hz achieved (about {expected:.0} ticks)",
+            done.life
+        );
+        assert!(
+            n as f64 >= 0.6 * expected,
+            "{what}: {n} samples of busy threads that lived {:.3} s in all at {achieved} Hz (expected about {expected:.0})\n{}",
+            done.life,
             folded.head()
         );
     });

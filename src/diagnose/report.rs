@@ -206,7 +206,7 @@ impl Diagnosis {
     }
 
     /// Give threads their latest names (a thread may be named after its last sample).
-    pub fn rename(&mut self, names: &HashMap<(u32, u64, Option<u32>), Arc<str>>) {
+    pub fn rename(&mut self, names: &crate::sampler::ThreadNames) {
         for t in &mut self.threads {
             if let Some(n) = names.get(&(t.pid, t.thread_id, t.tid)) {
                 t.name = Some(Arc::clone(n));

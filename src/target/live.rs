@@ -171,6 +171,15 @@ impl Target for LivePid {
             .collect())
     }
 
+    fn unlisted_state(&mut self, tid: u32) -> ThreadState {
+        // Read once, not kept open: the next listing brings it in, or it has exited.
+        threads::thread_state(self.pid, tid).map_or(ThreadState::Unknown, ThreadState::from_letter)
+    }
+
+    fn list_again(&mut self) {
+        self.next_listing = Instant::now();
+    }
+
     fn thread_name(&self, tid: u32) -> Option<String> {
         threads::thread_comm(self.pid, tid)
     }

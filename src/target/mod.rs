@@ -101,6 +101,51 @@ impl ThreadInfo {
     }
 }
 
+/// A listing's threads by kernel id, kept from tick to tick: the capture and the state
+/// reader look each thread up, a thousand of them on some targets, and a map built anew
+/// every tick cost an allocation and a hash per thread. Sorted again only when the
+/// listing's tids change.
+#[derive(Debug, Default)]
+pub struct ThreadIndex {
+    /// The tids of the listing last indexed, in the listing's order.
+    tids: Vec<u32>,
+    /// Positions in that listing, ordered by tid.
+    by_tid: Vec<u32>,
+}
+
+impl ThreadIndex {
+    /// Index `threads`, the listing that [`ThreadIndex::get`] is then asked about.
+    pub fn update(&mut self, threads: &[ThreadInfo]) {
+        let same = self.tids.len() == threads.len()
+            && self.tids.iter().zip(threads).all(|(&a, t)| a == t.tid);
+        if same {
+            return;
+        }
+        self.tids.clear();
+        self.tids.extend(threads.iter().map(|t| t.tid));
+        self.by_tid.clear();
+        self.by_tid.extend(0..threads.len() as u32);
+        let tids = &self.tids;
+        self.by_tid.sort_unstable_by_key(|&i| tids[i as usize]);
+    }
+
+    /// The tids of the listing indexed, in its order.
+    pub fn tids(&self) -> &[u32] {
+        &self.tids
+    }
+
+    /// Thread `tid` of `threads`, the listing last given to [`ThreadIndex::update`].
+    pub fn get<'a>(&self, threads: &'a [ThreadInfo], tid: u32) -> Option<&'a ThreadInfo> {
+        let k = self
+            .by_tid
+            .binary_search_by_key(&tid, |&i| self.tids[i as usize])
+            .ok()?;
+        threads
+            .get(self.by_tid[k] as usize)
+            .filter(|t| t.tid == tid)
+    }
+}
+
 /// Threads kept paused while this lives; dropping it lets them go.
 pub enum Paused {
     /// Live threads in ptrace-stop.
@@ -159,6 +204,16 @@ pub trait Target {
     /// [`ThreadState::Unknown`] when reading them costs something.
     fn threads(&mut self, states: bool) -> Result<Vec<ThreadInfo>, TargetError>;
 
+    /// The state now of thread `tid`, which the last listing does not have (threads are
+    /// listed on a timer, and it started since); Unknown when it cannot be read.
+    fn unlisted_state(&mut self, _tid: u32) -> ThreadState {
+        ThreadState::Unknown
+    }
+
+    /// Threads that started since the last listing were seen: list them again at the next
+    /// [`Target::threads`].
+    fn list_again(&mut self) {}
+
     /// The kernel's name of a thread (`comm`), if known.
     fn thread_name(&self, tid: u32) -> Option<String>;
 
@@ -180,5 +235,45 @@ pub trait Target {
     /// A failure while stopping or unwinding, as the user should see it.
     fn settle(&self, e: TargetError) -> TargetError {
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(tids: &[u32], state: ThreadState) -> Vec<ThreadInfo> {
+        tids.iter().map(|&t| ThreadInfo::new(t, state)).collect()
+    }
+
+    #[test]
+    fn thread_index_follows_the_listing_it_was_given() {
+        let mut index = ThreadIndex::default();
+        // The main thread first, as a live listing puts it, then the others by tid.
+        let first = listing(&[500, 20, 31, 999], ThreadState::Running);
+        index.update(&first);
+        assert_eq!(index.tids(), &[500, 20, 31, 999]);
+        for t in &first {
+            assert_eq!(index.get(&first, t.tid), Some(t));
+        }
+        assert_eq!(index.get(&first, 21), None);
+        // Same tids, new states: the index holds, the states are the new listing's.
+        let again = listing(&[500, 20, 31, 999], ThreadState::Sleeping);
+        index.update(&again);
+        assert_eq!(
+            index.get(&again, 31).map(|t| t.state),
+            Some(ThreadState::Sleeping)
+        );
+        // A thread replaced by another between two listings (same count): the new one is
+        // found, the exited one is not.
+        let replaced = listing(&[500, 20, 1000, 999], ThreadState::Running);
+        index.update(&replaced);
+        assert_eq!(index.tids(), &[500, 20, 1000, 999]);
+        assert_eq!(index.get(&replaced, 1000).map(|t| t.tid), Some(1000));
+        assert_eq!(index.get(&replaced, 31), None);
+        let fewer = listing(&[500, 999], ThreadState::Running);
+        index.update(&fewer);
+        assert_eq!(index.get(&fewer, 20), None);
+        assert_eq!(index.get(&fewer, 999).map(|t| t.tid), Some(999));
     }
 }

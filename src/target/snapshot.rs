@@ -2,10 +2,9 @@
 //! stacks, and with `--native` the registers, C stacks and their merge, read while the
 //! threads are paused; each thread then marked active or idle from its kernel state.
 
-use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{Target, TargetError, ThreadInfo, ThreadState};
+use super::{Target, TargetError, ThreadIndex, ThreadInfo, ThreadState};
 use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
 use crate::native::stack::NativeStacks;
 use crate::native::{Frame as UnwoundFrame, Modules};
@@ -78,6 +77,11 @@ pub struct Snapshot<T: Target> {
     target: T,
     python: Option<StackReader<T::Mem>>,
     native: Option<NativeSide>,
+    /// The threads of the last capture by tid.
+    index: ThreadIndex,
+    /// Python threads of the last capture whose kernel ids were not found (before 3.11 a
+    /// kernel id is looked up in the listing): a new one among them asks for a listing.
+    unresolved: Vec<u64>,
 }
 
 impl<T: Target> Snapshot<T> {
@@ -105,6 +109,8 @@ impl<T: Target> Snapshot<T> {
                 python: Some(StackReader::new(target.reader_memory(), interp)),
                 target,
                 native: None,
+                index: ThreadIndex::default(),
+                unresolved: Vec::new(),
             }),
             Err(e) => Err((e, target)),
         }
@@ -116,6 +122,8 @@ impl<T: Target> Snapshot<T> {
             target,
             python: None,
             native: None,
+            index: ThreadIndex::default(),
+            unresolved: Vec::new(),
         }
     }
 
@@ -127,6 +135,17 @@ impl<T: Target> Snapshot<T> {
     /// The target, to list its threads.
     pub fn target_mut(&mut self) -> &mut T {
         &mut self.target
+    }
+
+    /// The threads of the last capture by tid: ask it about the listing given to
+    /// [`Snapshot::capture`].
+    pub fn thread_index(&self) -> &ThreadIndex {
+        &self.index
+    }
+
+    /// [`Snapshot::thread_index`], and the target, to read more of the threads.
+    pub fn index_and_target(&mut self) -> (&ThreadIndex, &mut T) {
+        (&self.index, &mut self.target)
     }
 
     /// The interpreter, if the target runs Python.
@@ -183,15 +202,16 @@ impl<T: Target> Snapshot<T> {
         threads: &[ThreadInfo],
         opts: &CaptureOptions,
     ) -> Result<Capture, TargetError> {
-        let tids: Vec<u32> = threads.iter().map(|t| t.tid).collect();
-        // By tid: a lookup per thread, with a thousand threads.
-        let infos: HashMap<u32, &ThreadInfo> = threads.iter().map(|t| (t.tid, t)).collect();
-        let state = |tid: u32| infos.get(&tid).map_or(ThreadState::Unknown, |t| t.state);
+        self.index.update(threads);
+        let index = &self.index;
+        let tids = index.tids();
         let idle = opts.idle_stacks || opts.async_tasks;
         // A thread on a CPU is read; one not on a CPU is left out, or, when wanted, handed
         // out again if it has not run since it was read (kept when that is not known yet).
-        let want = |tid: u32| match infos.get(&tid) {
+        // One the listing does not have started since: it is read, its state learned below.
+        let want = |tid: u32| match index.get(threads, tid) {
             Some(t) if t.state.is_running() => Want::Read,
+            None => Want::Read,
             _ if !idle => Want::Skip,
             Some(t) if t.state != ThreadState::Unknown => Want::Reuse(t.still_since),
             _ => Want::Read,
@@ -202,7 +222,7 @@ impl<T: Target> Snapshot<T> {
         let want: Option<&dyn Fn(u32) -> Want> = if unknown { None } else { Some(&want) };
         let stop: Vec<u32> = match opts.pause {
             Pause::Never => Vec::new(),
-            Pause::All => tids.clone(),
+            Pause::All => tids.to_vec(),
             Pause::Sampled { include_idle } if self.native.is_some() => threads
                 .iter()
                 .filter(|t| include_idle || t.state.is_running())
@@ -220,7 +240,7 @@ impl<T: Target> Snapshot<T> {
             let python = self
                 .python
                 .as_mut()
-                .map(|r| r.stacks(&tids, opts.frames, want));
+                .map(|r| r.stacks(tids, opts.frames, want));
             let target = &self.target;
             let tasks = match (&mut self.python, &python) {
                 (Some(r), Some(Ok(_))) if opts.async_tasks => {
@@ -262,6 +282,48 @@ impl<T: Target> Snapshot<T> {
             None => Vec::new(),
         };
         let unread = self.python.as_ref().map_or(0, |r| r.errors()) - before;
+        // Threads are listed on a timer: those started since are sampled from their first
+        // tick all the same, with their states read now (when states are read at all), and
+        // the next tick lists them.
+        let states_known = threads.iter().any(|t| t.state != ThreadState::Unknown);
+        let mut unlisted: Vec<(u32, ThreadState)> = Vec::new();
+        let mut list_again = false;
+        for s in &stacks {
+            if let Some(tid) = s.os_thread_id
+                && states_known
+                && index.get(threads, tid).is_none()
+            {
+                // Known to the interpreter, not yet to the listing; gone if it cannot be
+                // read (then no listing is asked for: it would not be in it).
+                let st = self.target.unlisted_state(tid);
+                list_again |= st != ThreadState::Unknown;
+                unlisted.push((tid, st));
+            }
+        }
+        if stacks.iter().any(|s| s.os_thread_id.is_none()) || !self.unresolved.is_empty() {
+            let mut was = std::mem::take(&mut self.unresolved);
+            was.sort_unstable();
+            self.unresolved.extend(
+                stacks
+                    .iter()
+                    .filter(|s| s.os_thread_id.is_none())
+                    .map(|s| s.thread_id),
+            );
+            list_again |= self
+                .unresolved
+                .iter()
+                .any(|id| was.binary_search(id).is_err());
+        }
+        if list_again {
+            self.target.list_again();
+        }
+        let state = |tid: u32| match index.get(threads, tid) {
+            Some(t) => t.state,
+            None => unlisted
+                .iter()
+                .find(|u| u.0 == tid)
+                .map_or(ThreadState::Unknown, |u| u.1),
+        };
         if let Some(n) = &mut self.native
             && !stop.is_empty()
         {
