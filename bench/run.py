@@ -759,8 +759,10 @@ def bench_soak(P, a, res):
     t = start_target(CHURN, [lib, secs + 30], a.python, wait_ready=True)
     try:
         out = os.path.join(WORK, "soak.txt")
-        p = spawn(P.record("prof", t.pid, 1000, secs, out, native=True),
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = P.record("prof", t.pid, 1000, secs, out, native=True)
+        if a.soak_function:
+            cmd.append("-F")
+        p = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         series = []
         start = time.time()
         for minute in range(1, minutes + 1):
@@ -1099,6 +1101,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--soak", type=int, default=0, metavar="MINUTES",
                     help="also measurement 9: RSS of a MINUTES-long record --native (20 in the README, 60 for the hour)")
+    ap.add_argument("--soak-function", action="store_true",
+                    help="soak with -F (aggregate by function), so new lines of the profile do not count")
     a = ap.parse_args()
     a.python = a.python or default_python()
     a.prof = a.prof or default_prof()

@@ -699,6 +699,9 @@ pub struct Module {
     pub bias: u64,
     /// The image.
     pub image: Arc<ElfImage>,
+    /// Device and inode of the file opened, to tell a file replaced at the same path and
+    /// address (a library rebuilt and loaded again) from the one loaded before.
+    file_id: Option<(u64, u64)>,
     cfi: OnceLock<CfiIndex>,
 }
 
@@ -730,6 +733,7 @@ impl Module {
             end,
             bias,
             image,
+            file_id: None,
             cfi: OnceLock::new(),
         }
     }
@@ -742,7 +746,9 @@ impl Module {
         page: u64,
     ) -> Result<Module, ModuleError> {
         let image = ElfImage::open(file)?;
-        Module::from_image(name, Some(file.to_path_buf()), image, maps, page)
+        let mut module = Module::from_image(name, Some(file.to_path_buf()), image, maps, page)?;
+        module.file_id = file_id(file);
+        Ok(module)
     }
 
     /// A module from an image already parsed (e.g. the vdso read from memory).
@@ -765,6 +771,16 @@ impl Module {
             start,
             end,
         ))
+    }
+
+    /// Is this module the file at `file` (where prof would open it now)? Unknown
+    /// identities (images read from memory, files that cannot be looked at) count as the
+    /// same.
+    fn is_file(&self, file: Option<&Path>) -> bool {
+        match (self.file_id, file.and_then(file_id)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
     }
 
     /// Unique id of this module (for caches; never reused within the process).
@@ -854,7 +870,9 @@ impl Modules {
     }
 
     /// Bring the set in line with `maps` (after a dlopen or dlclose): modules still mapped
-    /// at the same place are kept with their caches, new ones loaded, gone ones dropped.
+    /// at the same place, from the same file, are kept with their caches; new ones are
+    /// loaded, and gone ones dropped with all their data (symbols, unwind and DWARF
+    /// indexes, the file mapping).
     /// Returns whether anything changed.
     pub fn update<M: Memory + ?Sized>(
         &mut self,
@@ -872,20 +890,19 @@ impl Modules {
             let first = group[0];
             let name = first.path.clone().unwrap_or_default();
             let start = first.start;
+            let file = (!name.starts_with('[')).then(|| open(first)).flatten();
             if let Some(old) = self
                 .list
                 .iter()
-                .find(|m| m.name == name && m.start == start)
+                .find(|m| m.name == name && m.start == start && m.is_file(file.as_deref()))
             {
                 next.push(old.clone());
                 continue;
             }
             let module = if name == "[vdso]" {
                 read_vdso(first, mem, page)
-            } else if name.starts_with('[') {
-                None
             } else {
-                open(first).and_then(|file| Module::from_file(&name, &file, &group, page).ok())
+                file.and_then(|file| Module::from_file(&name, &file, &group, page).ok())
             };
             if let Some(m) = module {
                 next.push(Arc::new(m));
@@ -953,6 +970,13 @@ impl Modules {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
+}
+
+/// Device and inode of the file at `path`.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// Split a memory map into the mappings of each loaded file: consecutive mappings of the
@@ -1031,6 +1055,34 @@ mod tests {
             Some(0x7fff_0000_0000u64.wrapping_sub(0xffff_f000))
         );
         assert_eq!(load_bias(&loads, false, &[], 4096), None);
+    }
+
+    #[test]
+    fn a_file_replaced_at_the_same_place_is_loaded_again() {
+        // A library loaded, unloaded, and a new copy of it loaded under the same name at
+        // the same address (bench/churn.py does this 20 times a second).
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libx.so");
+        let copy = |to: &Path| std::fs::copy("/proc/self/exe", to).unwrap();
+        copy(&lib);
+        let maps = vec![map(0x10_0000, 0x20_0000, 0, true, Some("/opt/libx.so"))];
+        let mem = crate::process::ImageMemory::new();
+        let mut modules = Modules::new();
+        let open = |_: &MapRange| Some(lib.clone());
+        assert!(modules.update(&maps, open, &mem, 4096));
+        let first = modules.iter().next().expect("loaded").id();
+        assert!(!modules.update(&maps, open, &mem, 4096), "same file");
+        assert_eq!(modules.iter().next().unwrap().id(), first);
+        // A new file put in its place (the old one stays alive: prof still maps it).
+        let next = dir.path().join("libx.so.new");
+        copy(&next);
+        std::fs::rename(&next, &lib).unwrap();
+        assert!(
+            modules.update(&maps, open, &mem, 4096),
+            "replaced file kept"
+        );
+        assert_eq!(modules.len(), 1);
+        assert_ne!(modules.iter().next().unwrap().id(), first);
     }
 
     #[test]

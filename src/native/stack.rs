@@ -2,6 +2,7 @@
 //! unwinder, the symbolizer.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashSet};
 
@@ -34,6 +35,10 @@ const MAX_FRAMES_CACHED: usize = 1 << 11;
 /// Bound on stack-copy lengths kept (one per thread stack seen); cleared when exceeded.
 const MAX_STACKS_KEPT: usize = 1 << 12;
 
+/// Least time between two returns of freed heap pages to the system (see
+/// [`release_free_heap`]).
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
 /// Unwinds and symbolizes the threads of one process.
 pub struct NativeStacks {
     modules: Modules,
@@ -52,6 +57,8 @@ pub struct NativeStacks {
     copy_len: HashMap<u64, u64>,
     /// The unwinder's plan misses when the modules' pages were last released.
     released_at_miss: u64,
+    /// When freed heap pages were last given back.
+    trimmed_at: Option<Instant>,
 }
 
 impl NativeStacks {
@@ -66,6 +73,7 @@ impl NativeStacks {
             codes: HashSet::default(),
             copy_len: HashMap::default(),
             released_at_miss: 0,
+            trimmed_at: None,
         }
     }
 
@@ -150,8 +158,9 @@ impl NativeStacks {
     }
 
     /// Names for unwound pcs (see [`native_frame`]). Called after the threads run again,
-    /// it also lets go of the file pages that new plans and names read (a steady state
-    /// reads none, so this costs nothing per sample).
+    /// it also lets go of the file pages that new plans and names read, and (at most once
+    /// a second) of the heap pages they freed (a steady state reads none, so this costs
+    /// nothing per sample).
     pub fn symbolize(&mut self, pcs: &[super::Frame]) -> Vec<NativeFrame> {
         let new: Vec<(u64, bool)> = pcs
             .iter()
@@ -180,6 +189,10 @@ impl NativeStacks {
             self.symbolizer.clear_cache();
             self.released_at_miss = misses;
             self.modules.release_pages();
+            if self.trimmed_at.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+                self.trimmed_at = Some(Instant::now());
+                release_free_heap();
+            }
         }
         pcs.iter()
             .map(|f| match self.frames.get(&(f.pc, f.exact)) {
@@ -188,6 +201,19 @@ impl NativeStacks {
                 None => native_frame(&self.symbolizer.symbolize(&self.modules, f.pc, f.exact)),
             })
             .collect()
+    }
+}
+
+/// Give the whole pages of freed heap memory back to the system. Naming a new pc parses a
+/// DWARF unit (~60 KB of abbreviations and line-program header for one of CPython's) and
+/// drops it again; the holes that leaves between long-lived allocations (cached frames,
+/// the profile) stay resident, and a target that keeps running new code keeps making
+/// them. A no-op where the allocator is not glibc's.
+fn release_free_heap() {
+    // SAFETY: malloc_trim only hands free memory back; it touches no live allocation.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -119,8 +119,20 @@ impl SymbolTable {
             return;
         };
         let base = bytes.as_ptr() as usize;
+        let function = |s: &object::read::elf::ElfSymbol64<'_, '_, object::LittleEndian>| {
+            s.kind() == SymbolKind::Text && s.address() != 0 && !s.is_undefined()
+        };
+        // Room for exactly these: grown by doubling, the table of a library with a debug
+        // file (libc: ~9,500 symbols before aliases are collapsed) would pass through
+        // twice the room, a transient peak left as a hole in the heap.
+        let count = elf
+            .symbols()
+            .chain(elf.dynamic_symbols())
+            .filter(function)
+            .count();
+        self.syms.reserve_exact(count);
         for s in elf.symbols().chain(elf.dynamic_symbols()) {
-            if s.kind() != SymbolKind::Text || s.address() == 0 || s.is_undefined() {
+            if !function(&s) {
                 continue;
             }
             let Ok(name) = s.name_bytes() else { continue };
@@ -681,6 +693,8 @@ mod tests {
         let image = ElfImage::open(Path::new("/proc/self/exe")).unwrap();
         let mut t = SymbolTable::default();
         t.add(&image);
+        // One image's symbols take exactly their room, not up to twice as much.
+        assert_eq!(t.syms.capacity(), t.syms.len());
         t.finish();
         assert!(t.syms.len() > 100, "{} symbols", t.syms.len());
         let file = image.bytes().as_ptr_range();

@@ -20,6 +20,10 @@ pub const NATIVE_NONBLOCKING: &str = "--native reads each thread's registers, wh
 /// How often the memory map may be re-read when an unwind meets code outside every known
 /// module (a library loaded after prof started).
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
+/// How often it is re-read anyway: libraries unloaded since (or replaced by another file at
+/// the same place) are then dropped with their symbols and tables, which a target that
+/// keeps loading and unloading code would otherwise leave to grow.
+const MAPS_SWEEP: Duration = Duration::from_secs(10);
 
 /// Which threads a capture pauses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,7 @@ pub struct Capture {
 struct NativeSide {
     stacks: NativeStacks,
     next_refresh: Instant,
+    next_sweep: Instant,
 }
 
 /// A target with its readers: the Python reader (None for a program without Python) and,
@@ -171,6 +176,7 @@ impl<T: Target> Snapshot<T> {
         self.native = Some(NativeSide {
             stacks: NativeStacks::new(modules, maps),
             next_refresh: Instant::now() + MAPS_REFRESH,
+            next_sweep: Instant::now() + MAPS_SWEEP,
         });
         Ok(())
     }
@@ -267,11 +273,12 @@ impl<T: Target> Snapshot<T> {
         if let Some(n) = &mut self.native {
             // After the threads run again: re-reading the maps is slow.
             let unknown = pcs.iter().flatten().any(|f| !n.stacks.knows(f.pc));
-            if unknown
-                && Instant::now() >= n.next_refresh
+            let now = Instant::now();
+            if ((unknown && now >= n.next_refresh) || now >= n.next_sweep)
                 && let Some(maps) = self.target.maps_changed()
             {
-                n.next_refresh = Instant::now() + MAPS_REFRESH;
+                n.next_refresh = now + MAPS_REFRESH;
+                n.next_sweep = now + MAPS_SWEEP;
                 n.stacks
                     .update_maps(self.target.pid(), maps, self.target.memory());
             }
