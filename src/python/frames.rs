@@ -111,17 +111,26 @@ pub fn datastack_spans(
     out: &mut Vec<(u64, u64)>,
 ) {
     out.clear();
-    let Some(off) = l.ts_datastack_chunk else {
-        return;
-    };
-    let mut chunk = le_u64(tstate, off as usize);
-    while chunk != 0 && out.len() < MAX_CHUNKS {
-        let Some((_, data)) = copied.iter().find(|(a, _)| *a == chunk) else {
-            break;
-        };
-        out.push((chunk, data.len() as u64));
+    out.extend(copied_chunks(l, tstate, copied).map(|(chunk, data)| (chunk, data.len() as u64)));
+}
+
+/// The thread's data-stack chunks that `copied` holds, newest first: the current chunk
+/// from the thread state, then the chain behind it (each chunk's header starts with the
+/// previous one), as far as the copy goes.
+fn copied_chunks<'c>(
+    l: &Layout,
+    tstate: &[u8],
+    copied: &'c [(u64, Vec<u8>)],
+) -> impl Iterator<Item = (u64, &'c [u8])> {
+    let mut chunk = l
+        .ts_datastack_chunk
+        .map_or(0, |off| le_u64(tstate, off as usize));
+    std::iter::from_fn(move || {
+        let (at, data) = copied.iter().find(|(a, _)| chunk != 0 && *a == chunk)?;
         chunk = le_u64(data, 0);
-    }
+        Some((*at, data.as_slice()))
+    })
+    .take(MAX_CHUNKS)
 }
 
 /// Bytes read of one frame: its layout's size, bounded so that a wrong size read from the
@@ -729,18 +738,10 @@ fn cframe_of(l: &Layout, tstate: &[u8]) -> u64 {
 /// one's address, bytes copied, and its header's size and previous chunk.
 fn chunk_chain(l: &Layout, tstate: &[u8], copied: &[(u64, Vec<u8>)], out: &mut Vec<[u64; 4]>) {
     out.clear();
-    let Some(off) = l.ts_datastack_chunk else {
-        return;
-    };
-    let mut chunk = le_u64(tstate, off as usize);
-    while chunk != 0 && out.len() < MAX_CHUNKS {
-        let Some((_, data)) = copied.iter().find(|(a, _)| *a == chunk) else {
-            break;
-        };
-        let previous = le_u64(data, 0);
-        out.push([chunk, data.len() as u64, le_u64(data, 8), previous]);
-        chunk = previous;
-    }
+    out.extend(
+        copied_chunks(l, tstate, copied)
+            .map(|(chunk, data)| [chunk, data.len() as u64, le_u64(data, 8), le_u64(data, 0)]),
+    );
 }
 
 /// Would the walk's first step over `mem` find the innermost of the `walked` frames again,
