@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::PyError;
-use super::code::{CODE_HEAD, CodeCache, Fingerprint, fingerprint_is};
+use super::code::{CODE_HEAD, CodeCache, CodeEntry, Fingerprint, fingerprint_is};
 use super::layout::{FrameRoot, InstrSource, Layout};
 use super::locals::read_locals;
 use crate::process::memory::{le_u8, le_u32, le_u64};
@@ -1020,6 +1020,50 @@ pub struct Remembered {
     frame: Frame,
 }
 
+impl Remembered {
+    /// The slot of frame `rf` read with `opts`, which `code` resolved to `frame`.
+    fn new(rf: &RawFrame, code: &CodeEntry, opts: FrameOptions, frame: Frame) -> Remembered {
+        Remembered {
+            code: rf.code,
+            offset: rf.offset,
+            fingerprint: code.fingerprint(),
+            function_lines: opts.function_lines,
+            frame,
+        }
+    }
+
+    /// Was it resolved for the same code object address and instruction as `rf`, read
+    /// with `opts`? (Whether the code object is still the one resolved is the fingerprint's
+    /// check, made apart.)
+    fn is_for(&self, rf: &RawFrame, opts: FrameOptions) -> bool {
+        self.code == rf.code
+            && self.offset == rf.offset
+            && self.function_lines == opts.function_lines
+    }
+}
+
+/// The Python frame `rf` shows, from its code object: at its line, or at its function's
+/// first line with `function_lines`.
+fn shown_frame(
+    l: &Layout,
+    code: &mut CodeEntry,
+    rf: &RawFrame,
+    opts: FrameOptions,
+    locals: Option<Vec<crate::sample::LocalVar>>,
+) -> Frame {
+    let line = if opts.function_lines {
+        code.info.first_line
+    } else {
+        code.line(l, rf.offset)
+    };
+    Frame {
+        code: Arc::clone(&code.info.code),
+        line,
+        kind: FrameKind::Python,
+        locals,
+    }
+}
+
 /// Stacks of a thread's recent samples handed out again when a sample finds the same
 /// frames: a thread that goes back and forth between two lines shares both.
 const RECENT_STACKS: usize = 4;
@@ -1184,9 +1228,7 @@ fn resolve_slots<M: Memory + ?Sized>(
         let at = depth - 1 - k;
         let slot = &mut memo.slots[at];
         if let Some(m) = &*slot
-            && m.code == rf.code
-            && m.offset == rf.offset
-            && m.function_lines == opts.function_lines
+            && m.is_for(rf, opts)
             && ((checked == Some(rf.code) && same_print(&checked_print, &m.fingerprint))
                 || mem
                     .peek(rf.code, CODE_HEAD)
@@ -1218,28 +1260,11 @@ fn resolve_slots<M: Memory + ?Sized>(
         } else {
             None
         };
-        let line = if opts.function_lines {
-            code.info.first_line
-        } else {
-            code.line(l, rf.offset)
-        };
-        let info = &code.info;
-        let frame = Frame {
-            code: Arc::clone(&info.code),
-            line,
-            kind: FrameKind::Python,
-            locals,
-        };
+        let frame = shown_frame(l, code, rf, opts, locals);
         if opts.locals {
             memo.unremembered.push(frame);
         } else {
-            *slot = Some(Remembered {
-                code: rf.code,
-                offset: rf.offset,
-                fingerprint: code.fingerprint(),
-                function_lines: opts.function_lines,
-                frame,
-            });
+            *slot = Some(Remembered::new(rf, code, opts, frame));
             memo.order.push(at);
         }
     }
@@ -1275,9 +1300,7 @@ fn resolve_innermost<M: Memory + ?Sized>(
     }
     let slot = &mut memo.slots[depth - 1];
     let hit = slot.as_ref().is_some_and(|m| {
-        m.code == rf.code
-            && m.offset == rf.offset
-            && m.function_lines == opts.function_lines
+        m.is_for(rf, opts)
             && mem
                 .peek(rf.code, CODE_HEAD)
                 .is_some_and(|head| fingerprint_is(l, head, &m.fingerprint))
@@ -1286,23 +1309,8 @@ fn resolve_innermost<M: Memory + ?Sized>(
         let Some(code) = codes.get(mem, l, rf.code)? else {
             return Ok(false);
         };
-        let line = if opts.function_lines {
-            code.info.first_line
-        } else {
-            code.line(l, rf.offset)
-        };
-        *slot = Some(Remembered {
-            code: rf.code,
-            offset: rf.offset,
-            fingerprint: code.fingerprint(),
-            function_lines: opts.function_lines,
-            frame: Frame {
-                code: Arc::clone(&code.info.code),
-                line,
-                kind: FrameKind::Python,
-                locals: None,
-            },
-        });
+        let frame = shown_frame(l, code, rf, opts, None);
+        *slot = Some(Remembered::new(rf, code, opts, frame));
     }
     entries.truncate(depth);
     entries[0] = rf.is_entry;
