@@ -5,6 +5,7 @@
     python3 bench/run.py --quick         # a smoke run, ~2 minutes
     python3 bench/run.py --only 1,3      # some measurements only
     python3 bench/run.py --breakdown     # also: full syscall breakdown + perf profile
+    python3 bench/run.py --only 7 --pin 1  # measurement 7 also with everything on core 1
 
 Measurements (see bench/README.md):
   1 dump      wall time per dump, remote reads (process_vm_readv) per dumped thread
@@ -68,8 +69,12 @@ def log(msg):
 # ----------------------------------------------------------------------------- processes
 
 
-def spawn(cmd, **kw):
+def spawn(cmd, cores=None, **kw):
+    """Start `cmd` in its own process group; with `cores`, on those cores only (set before
+    it execs, as `taskset -c` would)."""
     kw.setdefault("stdin", subprocess.DEVNULL)
+    if cores is not None:
+        kw["preexec_fn"] = lambda: os.sched_setaffinity(0, cores)
     PROCS[:] = [q for q in PROCS if q.returncode is None]
     p = subprocess.Popen(cmd, start_new_session=True, **kw)
     PROCS.append(p)
@@ -110,12 +115,12 @@ def cleanup():
     PROCS.clear()
 
 
-def run_timed(cmd, timeout, stdout=None, stderr=None):
+def run_timed(cmd, timeout, stdout=None, stderr=None, cores=None):
     """Run a profiler to completion. Returns (returncode, wall seconds, cpu seconds of the
     process and its waited-for children, from wait4's rusage). A watchdog sends SIGINT at
     `timeout` (profilers write their output on SIGINT), then SIGKILL 5 s later."""
     t0 = time.perf_counter()
-    p = spawn(cmd, stdout=stdout or subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
+    p = spawn(cmd, cores=cores, stdout=stdout or subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
 
     def watchdog():
         for sig, delay in ((signal.SIGINT, timeout), (signal.SIGKILL, 5.0)):
@@ -137,9 +142,9 @@ def run_timed(cmd, timeout, stdout=None, stderr=None):
     return p.returncode, wall, ru.ru_utime + ru.ru_stime
 
 
-def start_target(script, args, py, settle=0.5, wait_ready=False):
+def start_target(script, args, py, settle=0.5, wait_ready=False, cores=None):
     """Start a Python target; give it `settle` seconds to create its threads."""
-    p = spawn([py, script] + [str(a) for a in args], stdout=subprocess.PIPE, text=True)
+    p = spawn([py, script] + [str(a) for a in args], cores=cores, stdout=subprocess.PIPE, text=True)
     if wait_ready:
         line = p.stdout.readline()
         if line.strip() != "ready":
@@ -289,18 +294,19 @@ def bench_dump(P, a, res):
 RECORD_TARGETS = (("threads8", THREADS8, True), ("deep", DEEP, True))
 
 
-def timed_record(P, a, who, script, rate, idle, nonblocking=False, native=False):
-    """One `record -f raw` of a fresh target: (thread-samples, wall s, CPU s)."""
+def timed_record(P, a, who, script, rate, idle, nonblocking=False, native=False, cores=None):
+    """One `record -f raw` of a fresh target: (thread-samples, wall s, CPU s); with
+    `cores`, the target and the profiler both on those cores only."""
     # The target outlives -d a little: a profiler that falls behind (py-spy counts samples,
     # not seconds) stops when it exits.
-    t = start_target(script, [a.record_secs + 1.5], a.python)
+    t = start_target(script, [a.record_secs + 1.5], a.python, cores=cores)
     try:
         out = os.path.join(WORK, "rec.txt")
         if os.path.exists(out):
             os.unlink(out)
         cmd = P.record(who, t.pid, rate, a.record_secs, out, idle=idle,
                        nonblocking=nonblocking, native=native)
-        rc, wall, c = run_timed(cmd, a.record_secs + 30)
+        rc, wall, c = run_timed(cmd, a.record_secs + 30, cores=cores)
     finally:
         end(t)
     return raw_samples(out), wall, c
@@ -851,10 +857,19 @@ def describe_reads(reads):
         sum(int(x) for x in r.split("/")[0].split(","))) for r in reads)
 
 
+def floor_placements(a):
+    """Measurement 7's placements: (key suffix, label, cores); pinned too with --pin."""
+    out = [("", "unpinned", None)]
+    if a.pin is not None:
+        out.append(("_pinned", "pinned to core %d" % a.pin, {a.pin}))
+    return out
+
+
 def bench_floor(P, a, res):
     """CPU per tick of a sampler that only sleeps (and copies one block, or makes exactly
     prof's reads of a tick), next to prof's on the one-thread target, where every tick is
-    one thread-sample."""
+    one thread-sample. With --pin, each repetition runs every kind twice: unpinned, and
+    with the target, prof and floor.c all on one core."""
     log("== 7. tick floor at 1000 Hz: floor.c (sleep; sleep + one %d-byte read; sleep + prof's "
         "reads of one tick) vs prof on deep" % FLOOR_READ)
     exe = build_floor(WORK)
@@ -864,41 +879,45 @@ def bench_floor(P, a, res):
     if not shutil.which("strace"):
         log("   no strace: prof's own reads are not replayed")
     ticks = 1000 * a.record_secs
-    got = {k: [] for k in FLOOR_KINDS}
+    places = floor_placements(a)
+    got = {(suffix, k): [] for suffix, _, _ in places for k in FLOOR_KINDS}
     kinds = FLOOR_KINDS if shutil.which("strace") else tuple(k for k in FLOOR_KINDS if k != "prof_reads")
     for rep in range(a.reps):
-        for kind in order(rep, kinds):
-            if kind == "prof":
-                n, wall, c = timed_record(P, a, "prof", DEEP, 1000, True)
-                if n:
-                    got["prof"].append(c / n * 1e6)
-                log("   %-10s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
-                continue
-            t = start_target(DEEP, [a.record_secs + 10], a.python)
-            try:
-                if kind == "read":
-                    reads = [heap_read(t.pid)]
-                elif kind == "prof_reads":
-                    reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK)
-                    if not reads:
-                        log("   prof's reads not found in its strace")
-                        continue
-                    log("   prof's reads per tick: %.2f; replayed: %s" % (per_tick or 0, describe_reads(reads)))
-                    res["floor_reads"] = reads
-                else:
-                    reads = []
-                out = subprocess.run([exe, str(t.pid), "1000", str(ticks)] + reads,
-                                     capture_output=True, text=True, timeout=a.record_secs + 60)
-                if out.returncode == 0:
-                    got[kind].append(float(out.stdout))
-                else:
-                    log("   floor failed: %s" % out.stderr.strip())
-            finally:
-                end(t)
-            log("   %-10s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
-    for kind, xs in got.items():
-        res["floor_us", kind] = med(xs)
-        res["floor_runs", kind] = xs
+        for suffix, label, cores in order(rep, places):
+            for kind in order(rep, kinds):
+                runs = got[suffix, kind]
+                if kind == "prof":
+                    n, wall, c = timed_record(P, a, "prof", DEEP, 1000, True, cores=cores)
+                    if n:
+                        runs.append(c / n * 1e6)
+                    log("   %-10s %-17s %s" % (kind, label, runs[-1:] and "%.2f µs/tick" % runs[-1]))
+                    continue
+                t = start_target(DEEP, [a.record_secs + 10], a.python, cores=cores)
+                try:
+                    if kind == "read":
+                        reads = [heap_read(t.pid)]
+                    elif kind == "prof_reads":
+                        reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK)
+                        if not reads:
+                            log("   prof's reads not found in its strace")
+                            continue
+                        log("   prof's reads per tick: %.2f; replayed: %s" % (per_tick or 0, describe_reads(reads)))
+                        res["floor_reads"] = reads
+                    else:
+                        reads = []
+                    pre = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+                    out = subprocess.run([exe, str(t.pid), "1000", str(ticks)] + reads, preexec_fn=pre,
+                                         capture_output=True, text=True, timeout=a.record_secs + 60)
+                    if out.returncode == 0:
+                        runs.append(float(out.stdout))
+                    else:
+                        log("   floor failed: %s" % out.stderr.strip())
+                finally:
+                    end(t)
+                log("   %-10s %-17s %s" % (kind, label, runs[-1:] and "%.2f µs/tick" % runs[-1]))
+    for (suffix, kind), xs in got.items():
+        res["floor_us" + suffix, kind] = med(xs)
+        res["floor_runs" + suffix, kind] = xs
     res["floor_load"] = os.getloadavg()
 
 
@@ -1002,24 +1021,28 @@ def table(res, a):
             rows.append(("5. (%s), %s @ %d Hz (%s)" % (label, name, rate, mode), fmt(p, 2), fmt(s, 2),
                          ratio(p, s) if kind == "prof_cpu_pct" else "", "",
                          verdict(p, s) if kind == "prof_cpu_pct" else ""))
+    # With --pin, each of measurement 7's rows is followed by the same figure pinned to one
+    # core: unpinned, where the scheduler puts the processes moves a run by ~10 µs.
+    places = [(suffix, "" if not suffix else " [%s]" % label) for suffix, label, _ in floor_placements(a)]
+
+    def floor_rows(label, value, goal_txt="", goal=None):
+        for suffix, where in places:
+            v = value(lambda k: res.get(("floor_us" + suffix, k)))
+            if v is not None:
+                rows.append(("7. %s%s" % (label, where), fmt(v, 2), "", "", goal_txt,
+                             verdict(v, None, goal) if goal is not None else ""))
+
+    def above(a_kind, b_kind):
+        return lambda f: f(a_kind) - f(b_kind) if f(a_kind) is not None and f(b_kind) is not None else None
+
     for kind, label in (("sleep", "floor.c, sleep only"),
                         ("read", "floor.c, sleep + one %d-byte process_vm_readv" % FLOOR_READ),
                         ("prof_reads", "floor.c, sleep + prof's process_vm_readv calls of one tick"),
                         ("prof", "prof record, deep (default mode)")):
-        if res.get(("floor_us", kind)) is not None:
-            rows.append(("7. CPU µs per tick at 1000 Hz: %s" % label, fmt(res["floor_us", kind], 2),
-                         "", "", "", ""))
-    floor = lambda k: res.get(("floor_us", k))
-    if floor("prof") is not None and floor("read") is not None:
-        above = floor("prof") - floor("read")
-        rows.append(("7. prof above the floor (sleep + read), µs per tick", fmt(above, 2), "", "",
-                     "≤ 10", verdict(above, None, 10)))
-    if floor("prof") is not None and floor("prof_reads") is not None:
-        rows.append(("7. prof above the floor of its own reads, µs per tick",
-                     fmt(floor("prof") - floor("prof_reads"), 2), "", "", "", ""))
-    if floor("prof_reads") is not None and floor("sleep") is not None:
-        rows.append(("7. prof's own reads above sleep only, µs per tick",
-                     fmt(floor("prof_reads") - floor("sleep"), 2), "", "", "", ""))
+        floor_rows("CPU µs per tick at 1000 Hz: %s" % label, lambda f, kind=kind: f(kind))
+    floor_rows("prof above the floor (sleep + read), µs per tick", above("prof", "read"), "≤ 10", 10)
+    floor_rows("prof above the floor of its own reads, µs per tick", above("prof", "prof_reads"))
+    floor_rows("prof's own reads above sleep only, µs per tick", above("prof_reads", "sleep"))
     for key in sorted(k for k in res if isinstance(k, tuple) and k[0] == "native_hwm_mib" and k[2] == "prof"):
         label = key[1]
         row("8. --native peak RSS MiB (VmHWM, -r 100 -d 10), %s" % label, res[key],
@@ -1101,6 +1124,9 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--soak", type=int, default=0, metavar="MINUTES",
                     help="also measurement 9: RSS of a MINUTES-long record --native (20 in the README, 60 for the hour)")
+    ap.add_argument("--pin", type=int, default=None, metavar="CORE",
+                    help="measurement 7 also with the target, prof and floor.c all on core CORE, "
+                         "reported beside the unpinned figures")
     ap.add_argument("--soak-function", action="store_true",
                     help="soak with -F (aggregate by function), so new lines of the profile do not count")
     a = ap.parse_args()
@@ -1122,6 +1148,9 @@ def main():
         a.window = min(a.window, 2.0)
         a.warmup = 0.6
     only = set(a.only.split(","))
+    if a.pin is not None and a.pin not in os.sched_getaffinity(0):
+        sys.exit("run.py: --pin %d: not a core this process may run on (%s)" % (
+            a.pin, ",".join(map(str, sorted(os.sched_getaffinity(0))))))
     for tool, path in (("prof", a.prof), ("py-spy", a.pyspy), ("python", a.python)):
         if not path or not os.path.exists(path):
             sys.exit("run.py: %s not found (%s)" % (tool, path))
