@@ -1012,6 +1012,17 @@ mod tests {
     }
 
     #[test]
+    fn timer_slack_is_a_hundredth_of_the_period_and_never_zero() {
+        assert_eq!(timer_slack(10_000.0), Duration::from_micros(1));
+        assert_eq!(timer_slack(1000.0), Duration::from_micros(10));
+        // Slow rates keep the kernel's default: a later wake-up costs them nothing.
+        assert_eq!(timer_slack(100.0), DEFAULT_TIMER_SLACK);
+        assert_eq!(timer_slack(0.5), DEFAULT_TIMER_SLACK);
+        // prctl takes 0 as "back to the default".
+        assert!(timer_slack(1e12) > Duration::ZERO);
+    }
+
+    #[test]
     fn ticks_on_a_fixed_grid_when_sampling_keeps_up() {
         let clock = FakeClock::new();
         let mut target = FakeTarget::new(&clock, 1);
