@@ -418,6 +418,7 @@ def bench_breakdown(P, a, res):
 def bench_rate(P, a, res):
     log("== 4. achieved rate at -r 10000 --nonblocking, deep target, %ss (%d reps)" % (a.rate_secs, a.reps))
     rates = {w: [] for w in WHO}
+    window_rates = {w: [] for w in WHO}
     cpu_pct = {w: [] for w in WHO}
     self_reported = []
     for rep in range(a.reps):
@@ -437,6 +438,10 @@ def bench_rate(P, a, res):
             # thread-samples per second of the profiler's wall time (start-up included, for
             # both); the deep target has one thread, so this is also ticks per second.
             rates[who].append(n / wall if n else None)
+            # ... and per second of -d, the window sampled: what "-r 10000 reaches 10,000/s"
+            # means. The wall time adds attach and the writing of the output, so no profiler
+            # can reach the requested rate by the first figure.
+            window_rates[who].append(n / a.rate_secs if n else None)
             # CPU (user + system, start-up included) per second of the profiler's wall time.
             cpu_pct[who].append(100.0 * cpu / wall)
             if who == "prof":
@@ -446,6 +451,7 @@ def bench_rate(P, a, res):
             log("   %-6s %d thread-samples in %.2fs wall = %.0f/s" % (who, n, wall, n / wall))
     for who in WHO:
         res["rate10k", who] = med(rates[who])
+        res["rate10k_window", who] = med(window_rates[who])
         res["rate10k_cpu_pct", who] = med(cpu_pct[who])
     res["rate10k_prof_self"] = med(self_reported)
 
@@ -985,6 +991,9 @@ def table(res, a):
     if ("rate10k", "prof") in res:
         row("4. thread-samples/s at -r 10000 --nonblocking, deep", res["rate10k", "prof"],
             res.get(("rate10k", "py-spy")), "", None, True, 0)
+        if ("rate10k_window", "prof") in res:
+            row("4. thread-samples per second of -d, in those runs", res["rate10k_window", "prof"],
+                res.get(("rate10k_window", "py-spy")), "≥ 10000", 10000, True, 0)
         if res.get("rate10k_prof_self"):
             rows.append(("4. (prof's own achieved-rate line)", fmt(res["rate10k_prof_self"], 0), "", "", "", ""))
         if ("rate10k_cpu_pct", "prof") in res:
