@@ -649,6 +649,26 @@ impl<M: Memory> StackReader<M> {
         self.errors
     }
 
+    /// Look up again, in `tids` (a listing taken since), the kernel ids of the threads of
+    /// `stacks` (the last [`StackReader::stacks`] result, in its order) that had none:
+    /// before 3.11 a kernel id is found in the listing, which a thread started since lacks.
+    pub fn resolve_tids(&mut self, stacks: &mut [ThreadStack], tids: &[u32]) {
+        for (i, s) in stacks.iter_mut().enumerate() {
+            if s.os_thread_id.is_none() {
+                s.os_thread_id = self.tid_from_pthread(s.thread_id, tids);
+                if let Some(t) = self.last_tids.get_mut(i) {
+                    *t = s.os_thread_id;
+                }
+            }
+        }
+    }
+
+    /// The last [`StackReader::stacks`] result is to be read again (its threads now
+    /// paused): the threads it could not read are not counted against the next.
+    pub fn forget_failures(&mut self) {
+        self.failed.clear();
+    }
+
     fn tid_from_pthread(&mut self, pthread: u64, tids: &[u32]) -> Option<u32> {
         if pthread == 0 || tids.is_empty() {
             return None;
