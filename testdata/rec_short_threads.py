@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rec_common  # noqa: E402
 
 WARMUP = 0.5
-ROUNDS = 40
-LIFE = 0.03
+ROUNDS = 60
+LIFE = 0.0075
 PAUSE = 0.02
 
 

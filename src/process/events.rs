@@ -357,8 +357,8 @@ pub fn descendants(root: u32) -> Vec<u32> {
 // ---------------------------------------------------------------------------
 // The source the sampler uses
 
-/// Listings of `/proc` are this many times their own cost apart, at least: they take at
-/// most 1/20 of the time.
+/// Listings of `/proc` are this many times their own cost (CPU time) apart, at least:
+/// they take at most 1/20 of a CPU.
 const SCAN_COST_SHARE: u32 = 20;
 
 /// Where process events come from: the connector when prof may use it, else listings of
@@ -396,16 +396,27 @@ impl Watch {
             return;
         }
         // Listed: at the start (the connector only tells what happens from now on), after
-        // the connector lost events, and without it as often as costs at most 1/20 of the
-        // time.
+        // the connector lost events, and without it as often as costs at most 1/20 of a
+        // CPU.
         let due = !self.started || lost || (self.connector.is_none() && now >= self.next_scan);
         if due {
             self.started = true;
-            let t = Instant::now();
-            self.scan.scan(out);
-            let cost = t.elapsed();
+            let cost = cpu_cost(|| self.scan.scan(out));
             self.next_scan = now + (cost * SCAN_COST_SHARE).max(Duration::from_millis(1));
         }
+    }
+}
+
+/// What running `f` cost: the CPU time it used (its wall time where that clock cannot be
+/// read). A listing on a loaded machine can wait for a CPU for tens of milliseconds while
+/// it works for a fraction of one, and the wait is no cost of prof's: counted as one, it
+/// put the next listing half a second away, long enough to miss a child's whole life.
+fn cpu_cost(f: impl FnOnce()) -> Duration {
+    let (t, cpu) = (Instant::now(), threads::own_cpu_time());
+    f();
+    match (cpu, threads::own_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => t.elapsed(),
     }
 }
 
@@ -536,6 +547,28 @@ pub fn shares_parent_memory(pid: u32) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listing's cost, which spaces the listings of `/proc`, is the CPU it used: time off
+    /// the CPU (a sleep here; on a loaded machine, the wait for a CPU) costs nothing, time
+    /// on it does.
+    #[test]
+    fn a_listings_cost_is_its_cpu_time_not_its_wait() {
+        let waited = cpu_cost(|| std::thread::sleep(Duration::from_millis(50)));
+        let worked = cpu_cost(|| {
+            let end = Instant::now() + Duration::from_millis(20);
+            while Instant::now() < end {
+                std::hint::spin_loop();
+            }
+        });
+        assert!(
+            waited < Duration::from_millis(5),
+            "50 ms asleep cost {waited:?}"
+        );
+        assert!(
+            worked > waited * 2,
+            "20 ms of work cost {worked:?}, 50 ms asleep {waited:?}"
+        );
+    }
 
     /// A grandchild (a shell's `sleep`) is found below this process, and not below the
     /// shell's sibling.

@@ -109,6 +109,23 @@ pub fn process_cpu_time(pid: u32) -> Option<u64> {
     Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// CPU time the calling thread has used: what work it did costs the machine, without the
+/// time it waited for a CPU (which on a loaded machine can be many times more).
+pub fn own_cpu_time() -> Option<std::time::Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return None;
+    }
+    Some(std::time::Duration::new(
+        ts.tv_sec as u64,
+        ts.tv_nsec as u32,
+    ))
+}
+
 /// The kernel's name for a thread (`comm`, at most 15 bytes).
 pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
     let s = std::fs::read(format!("/proc/{pid}/task/{tid}/comm")).ok()?;

@@ -560,14 +560,28 @@ pub(crate) mod tests {
     pub(crate) const TSTATES: [u64; 2] = [0x3000, 0x4000];
     pub(crate) const CFRAMES: [u64; 2] = [0x5000, 0x6000];
 
-    /// A 3.12 process with two threads: `holder` (index) last held the GIL, after
-    /// `switches` changes of hands; thread i's innermost frame is `frames[i]`.
-    pub(crate) fn image_312(
+    /// One thread of a 3.12 test process: its thread id, the innermost frame its C frame
+    /// points at, and its data stack (the chunk's address, and where its use ends) if any.
+    pub(crate) struct Thread312 {
+        pub thread_id: u64,
+        pub frame: u64,
+        pub datastack: Option<(u64, u64)>,
+    }
+
+    /// A 3.12 process whose thread list is `threads`, thread i's state at `TSTATES[i]` and
+    /// its C frame at `CFRAMES[i]`: `holder` (an index) last held the GIL, after `switches`
+    /// changes of hands. The frames and data stacks are the caller's to add.
+    pub(crate) fn process_312(
         l: &Layout,
         holder: usize,
         switches: u64,
-        frames: [u64; 2],
+        threads: &[Thread312],
     ) -> crate::process::ImageMemory {
+        assert!(
+            threads.len() <= TSTATES.len(),
+            "room for {} threads",
+            TSTATES.len()
+        );
         let (
             GilSource::InterpGil {
                 ceval_gil,
@@ -593,17 +607,43 @@ pub(crate) mod tests {
         word(&mut gil, locked, 1);
         word(&mut gil, gil_switches(l).unwrap(), switches);
         m.add(RUNTIME, rt).add(INTERP, interp).add(GIL, gil);
-        for i in 0..2 {
+        for (i, t) in threads.iter().enumerate() {
             let mut ts = vec![0u8; l.ts_size as usize];
             word(&mut ts, l.ts_interp, INTERP);
-            word(&mut ts, l.ts_next, if i == 0 { TSTATES[1] } else { 0 });
-            word(&mut ts, l.ts_thread_id, 100 + i as u64);
+            let next = if i + 1 < threads.len() {
+                TSTATES[i + 1]
+            } else {
+                0
+            };
+            word(&mut ts, l.ts_next, next);
+            word(&mut ts, l.ts_thread_id, t.thread_id);
             word(&mut ts, cframe, CFRAMES[i]);
+            if let Some((chunk, top)) = t.datastack {
+                let ds = l.ts_datastack_chunk.unwrap();
+                word(&mut ts, ds, chunk);
+                word(&mut ts, ds + 8, top);
+            }
             let mut cf = vec![0u8; 64];
-            word(&mut cf, current, frames[i]);
+            word(&mut cf, current, t.frame);
             m.add(TSTATES[i], ts).add(CFRAMES[i], cf);
         }
         m
+    }
+
+    /// [`process_312`] with two threads (ids 100 and 101) and no data stacks; thread i's
+    /// innermost frame is `frames[i]`.
+    pub(crate) fn image_312(
+        l: &Layout,
+        holder: usize,
+        switches: u64,
+        frames: [u64; 2],
+    ) -> crate::process::ImageMemory {
+        let thread = |i: usize| Thread312 {
+            thread_id: 100 + i as u64,
+            frame: frames[i],
+            datastack: None,
+        };
+        process_312(l, holder, switches, &[thread(0), thread(1)])
     }
 
     /// The GIL's last holder (thread index), its switch count, and each thread's innermost

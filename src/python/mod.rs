@@ -649,6 +649,26 @@ impl<M: Memory> StackReader<M> {
         self.errors
     }
 
+    /// Look up again, in `tids` (a listing taken since), the kernel ids of the threads of
+    /// `stacks` (the last [`StackReader::stacks`] result, in its order) that had none:
+    /// before 3.11 a kernel id is found in the listing, which a thread started since lacks.
+    pub fn resolve_tids(&mut self, stacks: &mut [ThreadStack], tids: &[u32]) {
+        for (i, s) in stacks.iter_mut().enumerate() {
+            if s.os_thread_id.is_none() {
+                s.os_thread_id = self.tid_from_pthread(s.thread_id, tids);
+                if let Some(t) = self.last_tids.get_mut(i) {
+                    *t = s.os_thread_id;
+                }
+            }
+        }
+    }
+
+    /// The last [`StackReader::stacks`] result is to be read again (its threads now
+    /// paused): the threads it could not read are not counted against the next.
+    pub fn forget_failures(&mut self) {
+        self.failed.clear();
+    }
+
     fn tid_from_pthread(&mut self, pthread: u64, tids: &[u32]) -> Option<u32> {
         if pthread == 0 || tids.is_empty() {
             return None;
@@ -1168,18 +1188,10 @@ mod tests {
         stack: &[(u64, &str, u64)],
         also: &[(u64, &str)],
     ) -> crate::process::ImageMemory {
-        use crate::process::{ImageMemory, MemoryExt};
-        use batch::tests::{CFRAMES, GIL, INTERP, RUNTIME, TSTATES};
-        let (
-            layout::GilSource::InterpGil {
-                ceval_gil,
-                locked,
-                last_holder,
-            },
-            layout::FrameRoot::CFrame { cframe, current },
-            layout::InstrSource::Pointer(instr),
-            Some(layout::FrameSize::Words(framesize)),
-        ) = (l.gil, l.frame_root, l.f_instr, l.co_framesize)
+        use crate::process::MemoryExt;
+        use batch::tests::{Thread312, process_312};
+        let (layout::InstrSource::Pointer(instr), Some(layout::FrameSize::Words(framesize))) =
+            (l.f_instr, l.co_framesize)
         else {
             panic!("the 3.12 layout");
         };
@@ -1193,7 +1205,16 @@ mod tests {
         // name's strings at a place of their own: another code object at an address is
         // another fingerprint.
         let mut codes = code::tests::image(l, "unused", 0x30000);
-        let mut m = ImageMemory::new();
+        let mut m = process_312(
+            l,
+            0,
+            0,
+            &[Thread312 {
+                thread_id,
+                frame: frame(stack.len() - 1),
+                datastack: Some((chunk, frame(stack.len()))),
+            }],
+        );
         for (addr, len) in [(0x20000, 64), (0x40000, 40), (0x50000, 64)] {
             m.add(addr, codes.bytes(addr, len).unwrap());
         }
@@ -1232,29 +1253,7 @@ mod tests {
                 code + l.co_code_adaptive.unwrap() + offset,
             );
         }
-        let mut rt = vec![0u8; 4096];
-        word(&mut rt, l.rt_interp_head, INTERP);
-        let mut interp = vec![0u8; 4096];
-        word(&mut interp, l.is_threads_head, TSTATES[0]);
-        word(&mut interp, ceval_gil, GIL);
-        let mut gil = vec![0u8; 64];
-        word(&mut gil, last_holder, TSTATES[0]);
-        word(&mut gil, locked, 1);
-        let mut ts = vec![0u8; l.ts_size as usize];
-        word(&mut ts, l.ts_interp, INTERP);
-        word(&mut ts, l.ts_thread_id, thread_id);
-        word(&mut ts, cframe, CFRAMES[0]);
-        let ds = l.ts_datastack_chunk.unwrap();
-        word(&mut ts, ds, chunk);
-        word(&mut ts, ds + 8, frame(stack.len()));
-        let mut cf = vec![0u8; 64];
-        word(&mut cf, current, frame(stack.len() - 1));
-        m.add(RUNTIME, rt)
-            .add(INTERP, interp)
-            .add(GIL, gil)
-            .add(TSTATES[0], ts)
-            .add(CFRAMES[0], cf)
-            .add(chunk, data);
+        m.add(chunk, data);
         m
     }
 

@@ -53,6 +53,25 @@ impl LivePid {
         }
     }
 
+    /// List the kernel threads (at `now`); the timer starts again.
+    fn list(&mut self, now: Instant) -> Result<(), TargetError> {
+        let pid = self.pid;
+        let tids = threads::list_threads(pid).map_err(|_| {
+            if process::is_alive(pid) {
+                TargetError::from(process::permission_error(pid))
+            } else {
+                ProcessError::Exited(pid).into()
+            }
+        })?;
+        if tids != self.tids {
+            let keep: HashSet<u32> = tids.iter().copied().collect();
+            self.stat_files.retain(|tid, _| keep.contains(tid));
+        }
+        self.tids = tids;
+        self.next_listing = now + THREAD_LISTING;
+        Ok(())
+    }
+
     /// Has the process exited, or is it tearing down its address space? Reads of an
     /// exiting process fail in misleading ways (permission denied, files gone), so every
     /// failure is checked against this before it is reported. A map that cannot be read is
@@ -128,19 +147,7 @@ impl Target for LivePid {
         let now = Instant::now();
         // Listing /proc/PID/task costs several syscalls: done on a timer.
         if now >= self.next_listing || self.tids.is_empty() {
-            let tids = threads::list_threads(pid).map_err(|_| {
-                if process::is_alive(pid) {
-                    TargetError::from(process::permission_error(pid))
-                } else {
-                    ProcessError::Exited(pid).into()
-                }
-            })?;
-            if tids != self.tids {
-                let keep: HashSet<u32> = tids.iter().copied().collect();
-                self.stat_files.retain(|tid, _| keep.contains(tid));
-            }
-            self.tids = tids;
-            self.next_listing = now + THREAD_LISTING;
+            self.list(now)?;
         }
         if !states {
             self.stat_files.clear();
@@ -178,6 +185,11 @@ impl Target for LivePid {
 
     fn list_again(&mut self) {
         self.next_listing = Instant::now();
+    }
+
+    fn list_now(&mut self) -> Option<Vec<u32>> {
+        self.list(Instant::now()).ok()?;
+        Some(self.tids.clone())
     }
 
     fn thread_name(&self, tid: u32) -> Option<String> {

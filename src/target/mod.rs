@@ -214,6 +214,13 @@ pub trait Target {
     /// [`Target::threads`].
     fn list_again(&mut self) {}
 
+    /// List the threads now, not when the timer says (a new Python thread before 3.11 has
+    /// its kernel id only in a listing); the next [`Target::threads`] goes from this one.
+    /// None when the target cannot list again (a core file's threads never change).
+    fn list_now(&mut self) -> Option<Vec<u32>> {
+        None
+    }
+
     /// The kernel's name of a thread (`comm`), if known.
     fn thread_name(&self, tid: u32) -> Option<String>;
 

@@ -41,6 +41,17 @@ pub enum Pause {
     },
 }
 
+impl Pause {
+    /// Is a thread in `state` paused, when native stacks are taken (`native`) or not?
+    fn stops(self, native: bool, state: ThreadState) -> bool {
+        match self {
+            Pause::Never => false,
+            Pause::All => true,
+            Pause::Sampled { include_idle } => native && (include_idle || state.is_running()),
+        }
+    }
+}
+
 /// How to capture.
 #[derive(Debug, Clone, Copy)]
 pub struct CaptureOptions {
@@ -226,16 +237,24 @@ impl<T: Target> Snapshot<T> {
         // per-thread lookups, which were a visible share of a tick on small targets.
         let unknown = idle && threads.iter().all(|t| t.state == ThreadState::Unknown);
         let want: Option<&dyn Fn(u32) -> Want> = if unknown { None } else { Some(&want) };
-        let stop: Vec<u32> = match opts.pause {
-            Pause::Never => Vec::new(),
-            Pause::All => tids.to_vec(),
-            Pause::Sampled { include_idle } if self.native.is_some() => threads
-                .iter()
-                .filter(|t| include_idle || t.state.is_running())
-                .map(|t| t.tid)
-                .collect(),
-            Pause::Sampled { .. } => Vec::new(),
-        };
+        let native = self.native.is_some();
+        let mut stop: Vec<u32> = threads
+            .iter()
+            .filter(|t| opts.pause.stops(native, t.state))
+            .map(|t| t.tid)
+            .collect();
+        // Threads are listed on a timer: those started since are sampled from their first
+        // tick all the same, paused and unwound like the listed ones when those are, with
+        // their states read now (when states are read at all); the next tick lists them.
+        let states_known = threads.iter().any(|t| t.state != ThreadState::Unknown);
+        let pausing = opts.pause.stops(native, ThreadState::Running);
+        let mut unlisted: Vec<(u32, ThreadState)> = Vec::new();
+        // `unlisted` has every unlisted thread of the stacks read.
+        let mut unlisted_read = false;
+        let mut list_again = false;
+        // A listing taken during this capture, for threads whose kernel ids only a listing
+        // tells (before 3.11).
+        let mut listed: Option<Vec<u32>> = None;
         let before = self.python.as_ref().map_or(0, |r| r.errors());
         let (python, pcs, tasks) = {
             let _paused = if stop.is_empty() {
@@ -243,10 +262,46 @@ impl<T: Target> Snapshot<T> {
             } else {
                 Some(self.target.pause(&stop)?)
             };
-            let python = self
+            let mut python = self
                 .python
                 .as_mut()
                 .map(|r| r.stacks(tids, opts.frames, want));
+            let mut more: Vec<u32> = Vec::new();
+            if let (Some(r), Some(Ok(stacks))) = (&mut self.python, &mut python) {
+                if has_new_unresolved(stacks, &self.unresolved)
+                    && let Some(l) = self.target.list_now()
+                {
+                    r.resolve_tids(stacks, &l);
+                    listed = Some(l);
+                }
+                if pausing {
+                    list_again |=
+                        read_unlisted(&mut self.target, index, threads, stacks, &mut unlisted);
+                    unlisted_read = true;
+                    // Only a thread whose state was read is one of the target's: a kernel
+                    // id read from its memory is not trusted with a stop.
+                    more.extend(
+                        unlisted
+                            .iter()
+                            .filter(|u| {
+                                u.1 != ThreadState::Unknown && opts.pause.stops(native, u.1)
+                            })
+                            .map(|u| u.0),
+                    );
+                }
+            }
+            // Those to pause are paused with the others, and every stack read again, so that
+            // each is read in the same stop as it is unwound (only when a thread starts).
+            let _more = match more.is_empty() {
+                true => None,
+                false => self.target.pause(&more).ok(),
+            };
+            if let (Some(_), Some(r)) = (&_more, &mut self.python) {
+                stop.extend_from_slice(&more);
+                r.forget_failures();
+                python = Some(r.stacks(listed.as_deref().unwrap_or(tids), opts.frames, want));
+                unlisted_read = false;
+            }
             let target = &self.target;
             let tasks = match (&mut self.python, &python) {
                 (Some(r), Some(Ok(_))) if opts.async_tasks => {
@@ -289,23 +344,8 @@ impl<T: Target> Snapshot<T> {
             None => Vec::new(),
         };
         let unread = self.python.as_ref().map_or(0, |r| r.errors()) - before;
-        // Threads are listed on a timer: those started since are sampled from their first
-        // tick all the same, with their states read now (when states are read at all), and
-        // the next tick lists them.
-        let states_known = threads.iter().any(|t| t.state != ThreadState::Unknown);
-        let mut unlisted: Vec<(u32, ThreadState)> = Vec::new();
-        let mut list_again = false;
-        for s in &stacks {
-            if let Some(tid) = s.os_thread_id
-                && states_known
-                && index.get(threads, tid).is_none()
-            {
-                // Known to the interpreter, not yet to the listing; gone if it cannot be
-                // read (then no listing is asked for: it would not be in it).
-                let st = self.target.unlisted_state(tid);
-                list_again |= st != ThreadState::Unknown;
-                unlisted.push((tid, st));
-            }
+        if states_known && !unlisted_read {
+            list_again |= read_unlisted(&mut self.target, index, threads, &stacks, &mut unlisted);
         }
         if stacks.iter().any(|s| s.os_thread_id.is_none()) || !self.unresolved.is_empty() {
             let mut was = std::mem::take(&mut self.unresolved);
@@ -321,15 +361,18 @@ impl<T: Target> Snapshot<T> {
                 .iter()
                 .any(|id| was.binary_search(id).is_err());
         }
-        if list_again {
+        // Unless a listing was just taken: it has them.
+        if list_again && listed.is_none() {
             self.target.list_again();
         }
+        // An unlisted thread's state is told only where the listed ones' are.
         let state = |tid: u32| match index.get(threads, tid) {
             Some(t) => t.state,
-            None => unlisted
+            None if states_known => unlisted
                 .iter()
                 .find(|u| u.0 == tid)
                 .map_or(ThreadState::Unknown, |u| u.1),
+            None => ThreadState::Unknown,
         };
         if let Some(n) = &mut self.native
             && !stop.is_empty()
@@ -362,6 +405,40 @@ impl<T: Target> Snapshot<T> {
             tasks,
         })
     }
+}
+
+/// Does a thread of `stacks` have no kernel id, and was it not already without one in
+/// the last capture (`unresolved`)?
+fn has_new_unresolved(stacks: &[ThreadStack], unresolved: &[u64]) -> bool {
+    stacks
+        .iter()
+        .any(|s| s.os_thread_id.is_none() && !unresolved.contains(&s.thread_id))
+}
+
+/// Add to `unlisted` the threads of `stacks` whose kernel ids the listing `threads` lacks
+/// (started since it was taken), each with its state read now, unless there already. True
+/// when one of them could be read: it is there, and the next listing has it.
+fn read_unlisted<T: Target>(
+    target: &mut T,
+    index: &ThreadIndex,
+    threads: &[ThreadInfo],
+    stacks: &[ThreadStack],
+    unlisted: &mut Vec<(u32, ThreadState)>,
+) -> bool {
+    let mut found = false;
+    for s in stacks {
+        if let Some(tid) = s.os_thread_id
+            && index.get(threads, tid).is_none()
+            && !unlisted.iter().any(|u| u.0 == tid)
+        {
+            // Gone if it cannot be read (then no listing is asked for: it would not be
+            // in it).
+            let st = target.unlisted_state(tid);
+            found |= st != ThreadState::Unknown;
+            unlisted.push((tid, st));
+        }
+    }
+    found
 }
 
 /// What the Python reader says about the stacks it returned, for the merge.
