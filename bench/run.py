@@ -788,7 +788,12 @@ def bench_soak(P, a, res):
 FLOOR_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
 # What prof copies per tick on deep.py: its 16 KiB data-stack chunk (seen with strace).
 FLOOR_READ = 16384
-FLOOR_KINDS = ("sleep", "read", "prof_reads", "prof")
+# Each target's kinds of run, as (kind, --nonblocking): floor.c sleeping only, with one
+# FLOOR_READ-byte copy (deep only: the tick goal's floor), with prof's own reads of one tick
+# in that mode; and prof itself in that mode.
+FLOOR_TARGETS = (("deep", DEEP), ("threads8", THREADS8))
+FLOOR_KINDS = (("sleep", False), ("read", False), ("prof_reads", False), ("prof", False),
+               ("prof_reads", True), ("prof", True))
 
 VM_READ = re.compile(r"process_vm_readv\(\d+, \[(.*)\], (\d+), \[(.*)\], (\d+), 0\) = (\d+)")
 
@@ -810,16 +815,24 @@ def heap_read(pid):
     return "%d/%s+%d" % (FLOOR_READ, heap.split("-")[0], FLOOR_READ)
 
 
-def prof_reads(prof, pid, work):
-    """The `process_vm_readv` calls of one tick of `prof record -r 1000` on `pid`, as
+def threads_of(pid):
+    """How many threads `pid` has: the thread-samples of one `--idle` tick."""
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+def prof_reads(prof, pid, work, nonblocking=False):
+    """The `process_vm_readv` calls of one tick of `prof record -r 1000 --idle` on `pid`, as
     floor.c arguments (LOCAL/REMOTE each), and prof's calls per tick: prof runs 1 s under
-    strace, and of the ticks that are a batch read followed by a read with fewer iovecs
-    (the second look), the commonest shape is kept, from its last tick."""
+    strace. In the default mode a tick is a batch read followed by a read with fewer iovecs
+    (the second look): of those pairs the commonest shape (iovec counts) is kept, from its
+    last tick; with `nonblocking` a tick is the batch alone: the commonest call, its last."""
     trace = os.path.join(work, "floor.strace")
     out = os.path.join(work, "floor-rec.txt")
     # -s also bounds how many iovecs strace prints; the buffers' contents are dropped below.
     cmd = ["strace", "-f", "-s", "64", "-e", "trace=process_vm_readv", "-o", trace,
            prof, "record", "-p", str(pid), "-r", "1000", "-d", "1", "--idle", "-f", "raw", "-o", out]
+    if nonblocking:
+        cmd.append("--nonblocking")
     run_timed(cmd, 60)
     calls = []
     with open(trace) as f:
@@ -834,15 +847,19 @@ def prof_reads(prof, pid, work):
                 continue  # abbreviated or short: not one to replay
             calls.append(("%s/%s" % (",".join(map(str, local)), ",".join("%s+%s" % r for r in remote)),
                           (len(local), len(remote), sum(local))))
-    ticks = raw_samples(out)
-    pairs = [(calls[i - 1], calls[i]) for i in range(1, len(calls))
-             if calls[i - 1][1][1] > calls[i][1][1]]
-    if not pairs:
+    ticks = raw_samples(out) / threads_of(pid)
+    if nonblocking:
+        ticks_calls = [(c,) for c in calls]
+    else:
+        ticks_calls = [(calls[i - 1], calls[i]) for i in range(1, len(calls))
+                       if calls[i - 1][1][1] > calls[i][1][1]]
+    if not ticks_calls:
         return None, None
-    shapes = collections.Counter((a[1], b[1]) for a, b in pairs)
-    common = shapes.most_common(1)[0][0]
-    a, b = [p for p in pairs if (p[0][1], p[1][1]) == common][-1]
-    return [a[0], b[0]], (len(calls) / ticks if ticks else None)
+    # A shape is the calls' iovec counts: their lengths follow the stacks' depths.
+    shape = lambda tick: tuple(c[1][:2] for c in tick)
+    common = collections.Counter(map(shape, ticks_calls)).most_common(1)[0][0]
+    tick = [t for t in ticks_calls if shape(t) == common][-1]
+    return [c[0] for c in tick], (len(calls) / ticks if ticks else None)
 
 
 def describe_reads(reads):
@@ -851,54 +868,64 @@ def describe_reads(reads):
         sum(int(x) for x in r.split("/")[0].split(","))) for r in reads)
 
 
+def floor_label(kind, nonblocking):
+    return kind + (" --nonblocking" if nonblocking else "")
+
+
 def bench_floor(P, a, res):
-    """CPU per tick of a sampler that only sleeps (and copies one block, or makes exactly
-    prof's reads of a tick), next to prof's on the one-thread target, where every tick is
-    one thread-sample."""
-    log("== 7. tick floor at 1000 Hz: floor.c (sleep; sleep + one %d-byte read; sleep + prof's "
-        "reads of one tick) vs prof on deep" % FLOOR_READ)
+    """CPU per thread-sample of a sampler that only sleeps (and copies one block, or makes
+    exactly prof's reads of a tick in each mode), next to prof's in both modes, on the
+    one-thread target (where a thread-sample is a tick) and on threads8 (9 a tick)."""
     exe = build_floor(WORK)
     if not exe:
-        log("   skipped: no C compiler (gcc or cc) to build bench/floor.c")
+        log("== 7. tick floor: skipped: no C compiler (gcc or cc) to build bench/floor.c")
         return
     if not shutil.which("strace"):
         log("   no strace: prof's own reads are not replayed")
     ticks = 1000 * a.record_secs
-    got = {k: [] for k in FLOOR_KINDS}
-    kinds = FLOOR_KINDS if shutil.which("strace") else tuple(k for k in FLOOR_KINDS if k != "prof_reads")
-    for rep in range(a.reps):
-        for kind in order(rep, kinds):
-            if kind == "prof":
-                n, wall, c = timed_record(P, a, "prof", DEEP, 1000, True)
-                if n:
-                    got["prof"].append(c / n * 1e6)
-                log("   %-10s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
-                continue
-            t = start_target(DEEP, [a.record_secs + 10], a.python)
-            try:
-                if kind == "read":
-                    reads = [heap_read(t.pid)]
-                elif kind == "prof_reads":
-                    reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK)
-                    if not reads:
-                        log("   prof's reads not found in its strace")
-                        continue
-                    log("   prof's reads per tick: %.2f; replayed: %s" % (per_tick or 0, describe_reads(reads)))
-                    res["floor_reads"] = reads
-                else:
-                    reads = []
-                out = subprocess.run([exe, str(t.pid), "1000", str(ticks)] + reads,
-                                     capture_output=True, text=True, timeout=a.record_secs + 60)
-                if out.returncode == 0:
-                    got[kind].append(float(out.stdout))
-                else:
-                    log("   floor failed: %s" % out.stderr.strip())
-            finally:
-                end(t)
-            log("   %-10s %s" % (kind, got[kind][-1:] and "%.2f µs/tick" % got[kind][-1]))
-    for kind, xs in got.items():
-        res["floor_us", kind] = med(xs)
-        res["floor_runs", kind] = xs
+    for name, script in FLOOR_TARGETS:
+        log("== 7. tick floor at 1000 Hz on %s: floor.c (sleep; sleep + one %d-byte read; sleep + "
+            "prof's reads of one tick, each mode) vs prof (each mode), per thread-sample"
+            % (name, FLOOR_READ))
+        kinds = [k for k in FLOOR_KINDS if (k[0] != "read" or name == "deep")
+                 and (k[0] != "prof_reads" or shutil.which("strace"))]
+        got = {k: [] for k in kinds}
+        for rep in range(a.reps):
+            for kind, nb in order(rep, kinds):
+                label = floor_label(kind, nb)
+                if kind == "prof":
+                    n, wall, c = timed_record(P, a, "prof", script, 1000, True, nonblocking=nb)
+                    if n:
+                        got[kind, nb].append(c / n * 1e6)
+                    log("   %-26s %s" % (label, got[kind, nb][-1:] and "%.2f µs/thread-sample" % got[kind, nb][-1]))
+                    continue
+                t = start_target(script, [a.record_secs + 10], a.python)
+                try:
+                    if kind == "read":
+                        reads = [heap_read(t.pid)]
+                    elif kind == "prof_reads":
+                        reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK, nb)
+                        if not reads:
+                            log("   prof's reads not found in its strace")
+                            continue
+                        log("   prof's reads per tick (%s): %.2f; replayed: %s"
+                            % (label, per_tick or 0, describe_reads(reads)))
+                        res["floor_reads", name, nb] = reads
+                    else:
+                        reads = []
+                    threads = threads_of(t.pid)
+                    out = subprocess.run([exe, str(t.pid), "1000", str(ticks)] + reads,
+                                         capture_output=True, text=True, timeout=a.record_secs + 60)
+                    if out.returncode == 0:
+                        got[kind, nb].append(float(out.stdout) / threads)
+                    else:
+                        log("   floor failed: %s" % out.stderr.strip())
+                finally:
+                    end(t)
+                log("   %-26s %s" % (label, got[kind, nb][-1:] and "%.2f µs/thread-sample" % got[kind, nb][-1]))
+        for (kind, nb), xs in got.items():
+            res["floor_us", name, kind, nb] = med(xs)
+            res["floor_runs", name, kind, nb] = xs
     res["floor_load"] = os.getloadavg()
 
 
@@ -1002,24 +1029,32 @@ def table(res, a):
             rows.append(("5. (%s), %s @ %d Hz (%s)" % (label, name, rate, mode), fmt(p, 2), fmt(s, 2),
                          ratio(p, s) if kind == "prof_cpu_pct" else "", "",
                          verdict(p, s) if kind == "prof_cpu_pct" else ""))
-    for kind, label in (("sleep", "floor.c, sleep only"),
-                        ("read", "floor.c, sleep + one %d-byte process_vm_readv" % FLOOR_READ),
-                        ("prof_reads", "floor.c, sleep + prof's process_vm_readv calls of one tick"),
-                        ("prof", "prof record, deep (default mode)")):
-        if res.get(("floor_us", kind)) is not None:
-            rows.append(("7. CPU µs per tick at 1000 Hz: %s" % label, fmt(res["floor_us", kind], 2),
-                         "", "", "", ""))
-    floor = lambda k: res.get(("floor_us", k))
-    if floor("prof") is not None and floor("read") is not None:
-        above = floor("prof") - floor("read")
-        rows.append(("7. prof above the floor (sleep + read), µs per tick", fmt(above, 2), "", "",
-                     "≤ 10", verdict(above, None, 10)))
-    if floor("prof") is not None and floor("prof_reads") is not None:
-        rows.append(("7. prof above the floor of its own reads, µs per tick",
-                     fmt(floor("prof") - floor("prof_reads"), 2), "", "", "", ""))
-    if floor("prof_reads") is not None and floor("sleep") is not None:
-        rows.append(("7. prof's own reads above sleep only, µs per tick",
-                     fmt(floor("prof_reads") - floor("sleep"), 2), "", "", "", ""))
+    for name, _ in FLOOR_TARGETS:
+        # µs per thread-sample (= ms per 1000); on deep a thread-sample is a tick.
+        floor = lambda k, nb=False: res.get(("floor_us", name, k, nb))
+        for kind, nb in FLOOR_KINDS:
+            label = {"sleep": "floor.c, sleep only",
+                     "read": "floor.c, sleep + one %d-byte process_vm_readv" % FLOOR_READ,
+                     "prof_reads": "floor.c, sleep + prof's process_vm_readv calls of one tick",
+                     "prof": "prof record"}[kind]
+            if floor(kind, nb) is not None:
+                rows.append(("7. CPU µs per thread-sample at 1000 Hz, %s (%s): %s"
+                             % (name, "nonblocking" if nb else "default", label),
+                             fmt(floor(kind, nb), 2), "", "", "", ""))
+        for nb in (False, True):
+            mode = "nonblocking" if nb else "default"
+            if name == "deep" and floor("prof", nb) is not None and floor("read") is not None:
+                above = floor("prof", nb) - floor("read")
+                rows.append(("7. prof above the floor (sleep + read), µs per tick, deep (%s)" % mode,
+                             fmt(above, 2), "", "", "≤ 10", verdict(above, None, 10)))
+            if floor("prof", nb) is not None and floor("prof_reads", nb) is not None:
+                rows.append(("7. prof above the floor of its own reads, µs per thread-sample, %s (%s)"
+                             % (name, mode), fmt(floor("prof", nb) - floor("prof_reads", nb), 2),
+                             "", "", "", ""))
+            if floor("prof_reads", nb) is not None and floor("sleep") is not None:
+                rows.append(("7. prof's own reads above sleep only, µs per thread-sample, %s (%s)"
+                             % (name, mode), fmt(floor("prof_reads", nb) - floor("sleep"), 2),
+                             "", "", "", ""))
     for key in sorted(k for k in res if isinstance(k, tuple) and k[0] == "native_hwm_mib" and k[2] == "prof"):
         label = key[1]
         row("8. --native peak RSS MiB (VmHWM, -r 100 -d 10), %s" % label, res[key],

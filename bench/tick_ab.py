@@ -11,8 +11,10 @@ shared machine read the ratio of the medians, not their values.
 
 With --floor, each round also runs measurement 7's floor.c for 4,000 ticks at 1000 Hz on
 the same target, in the same rotation: sleep only, sleep + one 16 KiB read, and sleep +
-BIN_A's own reads of one tick (taken once, with strace, before the rounds). On deep.py,
-where a tick is one thread-sample, the rows are all CPU µs per tick.
+BIN_A's own reads of one tick in the mode asked (`-- --nonblocking` or not; taken once,
+with strace, before the rounds). The floors' CPU per tick is divided by the target's
+threads (the thread-samples of an `--idle` tick), so every row is µs per thread-sample; on
+deep.py a tick is one thread-sample.
 """
 import glob
 import os
@@ -52,7 +54,8 @@ def main():
             sys.dont_write_bytecode = True  # no __pycache__ in bench/
             import run  # bench/run.py: measurement 7's floor.c and its replay of prof's reads
             exe = run.build_floor(work)
-            reads, per_tick = run.prof_reads(bins[0], t.pid, work)
+            reads, per_tick = run.prof_reads(bins[0], t.pid, work, "--nonblocking" in extra)
+            threads = run.threads_of(t.pid)
             if not exe or not reads:
                 sys.exit("tick_ab: no C compiler for floor.c, or no reads of prof found with strace")
             print("%s's reads per tick %.2f, replayed: %s" % (bins[0], per_tick or 0, run.describe_reads(reads)))
@@ -65,7 +68,7 @@ def main():
                 if b.startswith("floor: "):
                     got = subprocess.run([exe, str(t.pid), "1000", "4000"] + floors[b],
                                          capture_output=True, text=True, check=True)
-                    runs[b].append(float(got.stdout))
+                    runs[b].append(float(got.stdout) / threads)
                     continue
                 cmd = [b, "record", "-p", str(t.pid), "-r", "1000", "-d", "4", "--idle",
                        "-f", "raw", "-o", out] + extra
@@ -79,9 +82,8 @@ def main():
         os.killpg(t.pid, signal.SIGKILL)
     for b in runs:
         xs = runs[b]
-        print("%-28s median %.2f µs/%s  runs %s"
-              % (b, statistics.median(xs), "tick" if b.startswith("floor") else "thread-sample",
-                 " ".join("%.1f" % x for x in xs)))
+        print("%-28s median %.2f µs/thread-sample  runs %s"
+              % (b, statistics.median(xs), " ".join("%.1f" % x for x in xs)))
     print("load average (1 min) at the start and after each round: %s"
           % " ".join("%.1f" % x for x in loads))
 
