@@ -150,6 +150,20 @@ pub struct Snapshot {
     pub chunks: Vec<Vec<(u64, Vec<u8>)>>,
     /// Per thread, when validation was asked for: whether the read itself vouches for it.
     pub still: Option<Vec<Still>>,
+    /// The GIL's hands as the read's first group saw them, where the layout knows its
+    /// switch count (see [`Epoch`]).
+    pub epoch: Option<Epoch>,
+}
+
+/// The GIL's last holder and the count of its changes of hands at one moment. The count
+/// only grows, by one each time another thread takes the GIL, so two readings that agree
+/// mean no thread but that holder took the GIL in between: no other thread ran Python
+/// code, and every other thread's stack stayed as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch {
+    /// The thread state that last took the GIL.
+    pub holder: u64,
+    switches: u64,
 }
 
 /// What a batched read says about one thread's stack.
@@ -467,10 +481,20 @@ impl Plan {
         for cs in chunks.iter_mut() {
             cs.sort_unstable_by_key(|c| c.0);
         }
+        let epoch = match (gil_switches(l), gil_span, l.gil) {
+            (Some(switch), Some((lo, _)), GilSource::InterpGil { last_holder, .. }) => {
+                Some(Epoch {
+                    holder: le_u64(gil_state, (last_holder - lo) as usize),
+                    switches: le_u64(gil_state, (switch - lo) as usize),
+                })
+            }
+            _ => None,
+        };
         Some(Snapshot {
             threads: tstates,
             chunks,
             still,
+            epoch,
         })
     }
 
