@@ -800,7 +800,12 @@ def bench_soak(P, a, res):
 FLOOR_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
 # What prof copies per tick on deep.py: its 16 KiB data-stack chunk (seen with strace).
 FLOOR_READ = 16384
-FLOOR_KINDS = ("sleep", "read", "prof_reads", "prof")
+# Each target's kinds of run, as (kind, --nonblocking): floor.c sleeping only, with one
+# FLOOR_READ-byte copy (deep only: the tick goal's floor), with prof's own reads of one tick
+# in that mode; and prof itself in that mode.
+FLOOR_TARGETS = (("deep", DEEP), ("threads8", THREADS8))
+FLOOR_KINDS = (("sleep", False), ("read", False), ("prof_reads", False), ("prof", False),
+               ("prof_reads", True), ("prof", True))
 
 VM_READ = re.compile(r"process_vm_readv\(\d+, \[(.*)\], (\d+), \[(.*)\], (\d+), 0\) = (\d+)")
 
@@ -822,16 +827,24 @@ def heap_read(pid):
     return "%d/%s+%d" % (FLOOR_READ, heap.split("-")[0], FLOOR_READ)
 
 
-def prof_reads(prof, pid, work):
-    """The `process_vm_readv` calls of one tick of `prof record -r 1000` on `pid`, as
+def threads_of(pid):
+    """How many threads `pid` has: the thread-samples of one `--idle` tick."""
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+def prof_reads(prof, pid, work, nonblocking=False):
+    """The `process_vm_readv` calls of one tick of `prof record -r 1000 --idle` on `pid`, as
     floor.c arguments (LOCAL/REMOTE each), and prof's calls per tick: prof runs 1 s under
-    strace, and of the ticks that are a batch read followed by a read with fewer iovecs
-    (the second look), the commonest shape is kept, from its last tick."""
+    strace. In the default mode a tick is a batch read followed by a read with fewer iovecs
+    (the second look): of those pairs the commonest shape (iovec counts) is kept, from its
+    last tick; with `nonblocking` a tick is the batch alone: the commonest call, its last."""
     trace = os.path.join(work, "floor.strace")
     out = os.path.join(work, "floor-rec.txt")
     # -s also bounds how many iovecs strace prints; the buffers' contents are dropped below.
     cmd = ["strace", "-f", "-s", "64", "-e", "trace=process_vm_readv", "-o", trace,
            prof, "record", "-p", str(pid), "-r", "1000", "-d", "1", "--idle", "-f", "raw", "-o", out]
+    if nonblocking:
+        cmd.append("--nonblocking")
     run_timed(cmd, 60)
     calls = []
     with open(trace) as f:
@@ -846,15 +859,19 @@ def prof_reads(prof, pid, work):
                 continue  # abbreviated or short: not one to replay
             calls.append(("%s/%s" % (",".join(map(str, local)), ",".join("%s+%s" % r for r in remote)),
                           (len(local), len(remote), sum(local))))
-    ticks = raw_samples(out)
-    pairs = [(calls[i - 1], calls[i]) for i in range(1, len(calls))
-             if calls[i - 1][1][1] > calls[i][1][1]]
-    if not pairs:
+    ticks = raw_samples(out) / threads_of(pid)
+    if nonblocking:
+        ticks_calls = [(c,) for c in calls]
+    else:
+        ticks_calls = [(calls[i - 1], calls[i]) for i in range(1, len(calls))
+                       if calls[i - 1][1][1] > calls[i][1][1]]
+    if not ticks_calls:
         return None, None
-    shapes = collections.Counter((a[1], b[1]) for a, b in pairs)
-    common = shapes.most_common(1)[0][0]
-    a, b = [p for p in pairs if (p[0][1], p[1][1]) == common][-1]
-    return [a[0], b[0]], (len(calls) / ticks if ticks else None)
+    # A shape is the calls' iovec counts: their lengths follow the stacks' depths.
+    shape = lambda tick: tuple(c[1][:2] for c in tick)
+    common = collections.Counter(map(shape, ticks_calls)).most_common(1)[0][0]
+    tick = [t for t in ticks_calls if shape(t) == common][-1]
+    return [c[0] for c in tick], (len(calls) / ticks if ticks else None)
 
 
 def describe_reads(reads):
@@ -871,59 +888,71 @@ def floor_placements(a):
     return out
 
 
+def floor_label(kind, nonblocking):
+    return kind + (" --nonblocking" if nonblocking else "")
+
+
 def bench_floor(P, a, res):
-    """CPU per tick of a sampler that only sleeps (and copies one block, or makes exactly
-    prof's reads of a tick), next to prof's on the one-thread target, where every tick is
-    one thread-sample. With --pin, each repetition runs every kind twice: unpinned, and
-    with the target, prof and floor.c all on one core."""
-    log("== 7. tick floor at 1000 Hz: floor.c (sleep; sleep + one %d-byte read; sleep + prof's "
-        "reads of one tick) vs prof on deep" % FLOOR_READ)
+    """CPU per thread-sample of a sampler that only sleeps (and copies one block, or makes
+    exactly prof's reads of a tick in each mode), next to prof's in both modes, on the
+    one-thread target (where a thread-sample is a tick) and on threads8 (9 a tick). With
+    --pin, each repetition runs every kind twice: unpinned, and with the target, prof and
+    floor.c all on one core."""
     exe = build_floor(WORK)
     if not exe:
-        log("   skipped: no C compiler (gcc or cc) to build bench/floor.c")
+        log("== 7. tick floor: skipped: no C compiler (gcc or cc) to build bench/floor.c")
         return
     if not shutil.which("strace"):
         log("   no strace: prof's own reads are not replayed")
     ticks = 1000 * a.record_secs
     places = floor_placements(a)
-    got = {(suffix, k): [] for suffix, _, _ in places for k in FLOOR_KINDS}
-    kinds = FLOOR_KINDS if shutil.which("strace") else tuple(k for k in FLOOR_KINDS if k != "prof_reads")
-    for rep in range(a.reps):
-        for suffix, label, cores in order(rep, places):
-            for kind in order(rep, kinds):
-                runs = got[suffix, kind]
-                if kind == "prof":
-                    n, wall, c = timed_record(P, a, "prof", DEEP, 1000, True, cores=cores)
-                    if n:
-                        runs.append(c / n * 1e6)
-                    log("   %-10s %-17s %s" % (kind, label, runs[-1:] and "%.2f µs/tick" % runs[-1]))
-                    continue
-                t = start_target(DEEP, [a.record_secs + 10], a.python, cores=cores)
-                try:
-                    if kind == "read":
-                        reads = [heap_read(t.pid)]
-                    elif kind == "prof_reads":
-                        reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK)
-                        if not reads:
-                            log("   prof's reads not found in its strace")
-                            continue
-                        log("   prof's reads per tick: %.2f; replayed: %s" % (per_tick or 0, describe_reads(reads)))
-                        res["floor_reads"] = reads
-                    else:
-                        reads = []
-                    pre = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-                    out = subprocess.run([exe, str(t.pid), "1000", str(ticks)] + reads, preexec_fn=pre,
-                                         capture_output=True, text=True, timeout=a.record_secs + 60)
-                    if out.returncode == 0:
-                        runs.append(float(out.stdout))
-                    else:
-                        log("   floor failed: %s" % out.stderr.strip())
-                finally:
-                    end(t)
-                log("   %-10s %-17s %s" % (kind, label, runs[-1:] and "%.2f µs/tick" % runs[-1]))
-    for (suffix, kind), xs in got.items():
-        res["floor_us" + suffix, kind] = med(xs)
-        res["floor_runs" + suffix, kind] = xs
+    for name, script in FLOOR_TARGETS:
+        log("== 7. tick floor at 1000 Hz on %s: floor.c (sleep; sleep + one %d-byte read; sleep + "
+            "prof's reads of one tick, each mode) vs prof (each mode), per thread-sample"
+            % (name, FLOOR_READ))
+        kinds = [k for k in FLOOR_KINDS if (k[0] != "read" or name == "deep")
+                 and (k[0] != "prof_reads" or shutil.which("strace"))]
+        got = {(suffix, k): [] for suffix, _, _ in places for k in kinds}
+        for rep in range(a.reps):
+            for suffix, where, cores in order(rep, places):
+                for kind, nb in order(rep, kinds):
+                    runs = got[suffix, (kind, nb)]
+                    label = floor_label(kind, nb)
+                    if kind == "prof":
+                        n, wall, c = timed_record(P, a, "prof", script, 1000, True, nonblocking=nb,
+                                                  cores=cores)
+                        if n:
+                            runs.append(c / n * 1e6)
+                        log("   %-26s %-17s %s" % (label, where, runs[-1:] and "%.2f µs/thread-sample" % runs[-1]))
+                        continue
+                    t = start_target(script, [a.record_secs + 10], a.python, cores=cores)
+                    try:
+                        if kind == "read":
+                            reads = [heap_read(t.pid)]
+                        elif kind == "prof_reads":
+                            reads, per_tick = prof_reads(P.bin["prof"], t.pid, WORK, nb)
+                            if not reads:
+                                log("   prof's reads not found in its strace")
+                                continue
+                            log("   prof's reads per tick (%s): %.2f; replayed: %s"
+                                % (label, per_tick or 0, describe_reads(reads)))
+                            res["floor_reads", name, nb] = reads
+                        else:
+                            reads = []
+                        threads = threads_of(t.pid)
+                        pre = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores else None
+                        out = subprocess.run([exe, str(t.pid), "1000", str(ticks)] + reads, preexec_fn=pre,
+                                             capture_output=True, text=True, timeout=a.record_secs + 60)
+                        if out.returncode == 0:
+                            runs.append(float(out.stdout) / threads)
+                        else:
+                            log("   floor failed: %s" % out.stderr.strip())
+                    finally:
+                        end(t)
+                    log("   %-26s %-17s %s" % (label, where, runs[-1:] and "%.2f µs/thread-sample" % runs[-1]))
+        for (suffix, (kind, nb)), xs in got.items():
+            res["floor_us" + suffix, name, kind, nb] = med(xs)
+            res["floor_runs" + suffix, name, kind, nb] = xs
     res["floor_load"] = os.getloadavg()
 
 
@@ -1033,25 +1062,38 @@ def table(res, a):
     # With --pin, each of measurement 7's rows is followed by the same figure pinned to one
     # core: unpinned, where the scheduler puts the processes moves a run by ~10 µs.
     places = [(suffix, "" if not suffix else " [%s]" % label) for suffix, label, _ in floor_placements(a)]
+    for name, _ in FLOOR_TARGETS:
+        def floor_rows(label, value, goal_txt="", goal=None):
+            for suffix, where in places:
+                v = value(lambda k, nb=False: res.get(("floor_us" + suffix, name, k, nb)))
+                if v is not None:
+                    rows.append(("7. %s%s" % (label, where), fmt(v, 2), "", "", goal_txt,
+                                 verdict(v, None, goal) if goal is not None else ""))
 
-    def floor_rows(label, value, goal_txt="", goal=None):
-        for suffix, where in places:
-            v = value(lambda k: res.get(("floor_us" + suffix, k)))
-            if v is not None:
-                rows.append(("7. %s%s" % (label, where), fmt(v, 2), "", "", goal_txt,
-                             verdict(v, None, goal) if goal is not None else ""))
+        def above(a_kind, a_nb, b_kind, b_nb=False):
+            def f(floor):
+                x, y = floor(a_kind, a_nb), floor(b_kind, b_nb)
+                return x - y if x is not None and y is not None else None
+            return f
 
-    def above(a_kind, b_kind):
-        return lambda f: f(a_kind) - f(b_kind) if f(a_kind) is not None and f(b_kind) is not None else None
-
-    for kind, label in (("sleep", "floor.c, sleep only"),
-                        ("read", "floor.c, sleep + one %d-byte process_vm_readv" % FLOOR_READ),
-                        ("prof_reads", "floor.c, sleep + prof's process_vm_readv calls of one tick"),
-                        ("prof", "prof record, deep (default mode)")):
-        floor_rows("CPU µs per tick at 1000 Hz: %s" % label, lambda f, kind=kind: f(kind))
-    floor_rows("prof above the floor (sleep + read), µs per tick", above("prof", "read"), "≤ 10", 10)
-    floor_rows("prof above the floor of its own reads, µs per tick", above("prof", "prof_reads"))
-    floor_rows("prof's own reads above sleep only, µs per tick", above("prof_reads", "sleep"))
+        # µs per thread-sample (= ms per 1000); on deep a thread-sample is a tick.
+        for kind, nb in FLOOR_KINDS:
+            label = {"sleep": "floor.c, sleep only",
+                     "read": "floor.c, sleep + one %d-byte process_vm_readv" % FLOOR_READ,
+                     "prof_reads": "floor.c, sleep + prof's process_vm_readv calls of one tick",
+                     "prof": "prof record"}[kind]
+            floor_rows("CPU µs per thread-sample at 1000 Hz, %s (%s): %s"
+                       % (name, "nonblocking" if nb else "default", label),
+                       lambda floor, kind=kind, nb=nb: floor(kind, nb))
+        for nb in (False, True):
+            mode = "nonblocking" if nb else "default"
+            if name == "deep":
+                floor_rows("prof above the floor (sleep + read), µs per tick, deep (%s)" % mode,
+                           above("prof", nb, "read"), "≤ 10", 10)
+            floor_rows("prof above the floor of its own reads, µs per thread-sample, %s (%s)" % (name, mode),
+                       above("prof", nb, "prof_reads", nb))
+            floor_rows("prof's own reads above sleep only, µs per thread-sample, %s (%s)" % (name, mode),
+                       above("prof_reads", nb, "sleep"))
     for key in sorted(k for k in res if isinstance(k, tuple) and k[0] == "native_hwm_mib" and k[2] == "prof"):
         label = key[1]
         row("8. --native peak RSS MiB (VmHWM, -r 100 -d 10), %s" % label, res[key],

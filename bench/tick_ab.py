@@ -14,9 +14,11 @@ shared machine read the ratio of the medians, not their values.
 
 With --floor, each round also runs measurement 7's floor.c for 4 s of ticks at HZ on the
 same target, in the same rotation: sleep only, sleep + one 16 KiB read, and sleep +
-BIN_A's own reads of one tick (taken once, with strace, before the rounds). On deep.py,
-where a tick is one thread-sample, the rows are all CPU µs per tick, and each binary's
-cost above the goal's floor (sleep + one 16 KiB read) is printed.
+BIN_A's own reads of one tick in the mode asked (`-- --nonblocking` or not; taken once,
+with strace, before the rounds). The floors' CPU per tick is divided by the target's
+threads (the thread-samples of an `--idle` tick), so every row is µs per thread-sample; on
+deep.py, where a tick is one thread-sample, each binary's cost above the goal's floor
+(sleep + one 16 KiB read) is printed too.
 
 With --pin CORE, each round runs everything twice: unpinned, and with the target (every
 thread of it), prof and floor.c all on core CORE (as `taskset -c CORE` would put them),
@@ -96,7 +98,8 @@ def main():
             sys.dont_write_bytecode = True  # no __pycache__ in bench/
             import run  # bench/run.py: measurement 7's floor.c and its replay of prof's reads
             exe = run.build_floor(work)
-            reads, per_tick = run.prof_reads(bins[0], t.pid, work)
+            reads, per_tick = run.prof_reads(bins[0], t.pid, work, "--nonblocking" in extra)
+            threads = run.threads_of(t.pid)
             if not exe or not reads:
                 sys.exit("tick_ab: no C compiler for floor.c, or no reads of prof found with strace")
             print("%s's reads per tick %.2f, replayed: %s" % (bins[0], per_tick or 0, run.describe_reads(reads)))
@@ -113,7 +116,7 @@ def main():
                     if b.startswith("floor: "):
                         got = subprocess.run([exe, str(t.pid), str(rate), str(SECS * rate)] + floors[b],
                                              capture_output=True, text=True, check=True, preexec_fn=pre)
-                        runs[b][pname].append(float(got.stdout))
+                        runs[b][pname].append(float(got.stdout) / threads)
                         continue
                     cmd = [b, "record", "-p", str(t.pid), "-r", str(rate), "-d", str(SECS), "--idle",
                            "-f", "raw", "-o", out] + extra
@@ -155,7 +158,7 @@ def report(runs, placements, bins, floor, rate):
         for k, by in runs.items():
             xs = by[pname]
             if k.startswith("floor: "):
-                print("%-*s median %7.2f µs/tick            runs %s"
+                print("%-*s median %7.2f µs/thread-sample   runs %s"
                       % (width, k, median_of(xs), " ".join("%.1f" % x for x in xs)))
                 continue
             print("%-*s median %7.2f µs/thread-sample   runs %s" % (

@@ -193,8 +193,14 @@ fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.into_iter().filter_map(|_| None).collect()
 }
 
-/// Batch layouts a [`LiveMemory`] keeps.
+/// Batch layouts a [`LiveMemory`] always keeps (the last ones used).
 const LAYOUTS_KEPT: usize = 4;
+/// Batch layouts it keeps while they hold at most [`LAYOUT_RANGES_KEPT`] requests together:
+/// a batch that leaves out the stacks the GIL shows still has one shape per holder of the
+/// GIL (8 on eight busy threads), and laying one out again cost ~1k instructions a read.
+const LAYOUTS_KEPT_SMALL: usize = 16;
+/// See [`LAYOUTS_KEPT_SMALL`]: a thousand threads' batch alone is ~3,000 requests.
+const LAYOUT_RANGES_KEPT: usize = 4096;
 
 /// A batched read's requests and how they are issued.
 #[derive(Debug)]
@@ -224,7 +230,9 @@ impl BatchLayout {
         if let Some(k) = kept.iter().position(same) {
             return kept.remove(k);
         }
-        let oldest = (kept.len() >= LAYOUTS_KEPT).then(|| kept.pop()).flatten();
+        let oldest = (kept.len() >= LAYOUTS_KEPT_SMALL)
+            .then(|| kept.pop())
+            .flatten();
         let mut ranges = oldest.map(|l| l.ranges).unwrap_or_default();
         ranges.clear();
         ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
@@ -500,7 +508,16 @@ impl Memory for LiveMemory {
         let batch = BatchLayout::for_requests(&mut kept, reqs, cuts);
         let result = self.read_laid_out(reqs, &batch);
         kept.insert(0, batch);
-        kept.truncate(LAYOUTS_KEPT);
+        let mut ranges = 0;
+        let small = kept
+            .iter()
+            .take(LAYOUTS_KEPT_SMALL)
+            .take_while(|l| {
+                ranges += l.ranges.len();
+                ranges <= LAYOUT_RANGES_KEPT
+            })
+            .count();
+        kept.truncate(small.max(LAYOUTS_KEPT));
         self.layouts.set(kept);
         result
     }

@@ -150,6 +150,20 @@ pub struct Snapshot {
     pub chunks: Vec<Vec<(u64, Vec<u8>)>>,
     /// Per thread, when validation was asked for: whether the read itself vouches for it.
     pub still: Option<Vec<Still>>,
+    /// The GIL's hands as the read's first group saw them, where the layout knows its
+    /// switch count (see [`Epoch`]).
+    pub epoch: Option<Epoch>,
+}
+
+/// The GIL's last holder and the count of its changes of hands at one moment. The count
+/// only grows, by one each time another thread takes the GIL, so two readings that agree
+/// mean no thread but that holder took the GIL in between: no other thread ran Python
+/// code, and every other thread's stack stayed as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch {
+    /// The thread state that last took the GIL.
+    pub holder: u64,
+    switches: u64,
 }
 
 /// What a batched read says about one thread's stack.
@@ -467,10 +481,20 @@ impl Plan {
         for cs in chunks.iter_mut() {
             cs.sort_unstable_by_key(|c| c.0);
         }
+        let epoch = match (gil_switches(l), gil_span, l.gil) {
+            (Some(switch), Some((lo, _)), GilSource::InterpGil { last_holder, .. }) => {
+                Some(Epoch {
+                    holder: le_u64(gil_state, (last_holder - lo) as usize),
+                    switches: le_u64(gil_state, (switch - lo) as usize),
+                })
+            }
+            _ => None,
+        };
         Some(Snapshot {
             threads: tstates,
             chunks,
             still,
+            epoch,
         })
     }
 
@@ -569,11 +593,12 @@ pub(crate) mod tests {
     }
 
     /// A 3.12 process whose thread list is `threads`, thread i's state at `TSTATES[i]` and
-    /// its C frame at `CFRAMES[i]`: `holder` (an index) last held the GIL, after `switches`
-    /// changes of hands. The frames and data stacks are the caller's to add.
+    /// its C frame at `CFRAMES[i]`: the thread state at `holder` (one of them, or none)
+    /// last held the GIL, after `switches` changes of hands. The frames and data stacks are
+    /// the caller's to add.
     pub(crate) fn process_312(
         l: &Layout,
-        holder: usize,
+        holder: u64,
         switches: u64,
         threads: &[Thread312],
     ) -> crate::process::ImageMemory {
@@ -603,7 +628,7 @@ pub(crate) mod tests {
         word(&mut interp, l.is_threads_head, TSTATES[0]);
         word(&mut interp, ceval_gil, GIL);
         let mut gil = vec![0u8; 64];
-        word(&mut gil, last_holder, TSTATES[holder]);
+        word(&mut gil, last_holder, holder);
         word(&mut gil, locked, 1);
         word(&mut gil, gil_switches(l).unwrap(), switches);
         m.add(RUNTIME, rt).add(INTERP, interp).add(GIL, gil);
@@ -643,7 +668,7 @@ pub(crate) mod tests {
             frame: frames[i],
             datastack: None,
         };
-        process_312(l, holder, switches, &[thread(0), thread(1)])
+        process_312(l, TSTATES[holder], switches, &[thread(0), thread(1)])
     }
 
     /// The GIL's last holder (thread index), its switch count, and each thread's innermost

@@ -11,7 +11,7 @@ pub mod locals;
 pub mod objects;
 pub mod threads;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -77,6 +77,10 @@ struct Kept {
     tid: Option<u32>,
     /// When the sample that read it started (before its read).
     at: std::time::Instant,
+    /// The GIL's hands at the start of the batch that copied it, when the thread was not
+    /// their last holder then and the stack is consistent: while a later batch starts with
+    /// the same, the thread has not run Python code since, and the stack stands.
+    epoch: Option<batch::Epoch>,
     frames: Frames,
 }
 
@@ -117,6 +121,16 @@ pub struct ThreadScratch {
     layout: frames::LookLayout,
 }
 
+impl Kept {
+    /// Does the batch that found thread `t` at the GIL's hands `now` show this stack still?
+    fn stands(&self, t: &threads::PyThread, now: Option<batch::Epoch>) -> bool {
+        self.epoch.is_some()
+            && self.epoch == now
+            && self.tstate == t.tstate
+            && self.thread_id == t.thread_id
+    }
+}
+
 impl ThreadScratch {
     /// The `is_entry` flag of each frame of the thread's last stack (see
     /// [`frames::RawFrame::is_entry`]).
@@ -152,6 +166,12 @@ impl frames::Look for ThreadScratch {
 /// that look.
 #[derive(Default)]
 struct Verdicts {
+    /// By position in the last sample's list: left out of the batch because not wanted or
+    /// likely handed out again; likely still since its kept stack (the GIL's hands have not
+    /// changed since); either, as the batch left them out.
+    skip: Vec<bool>,
+    still: Vec<bool>,
+    left_out: Vec<bool>,
     wants: Vec<Want>,
     reused: Vec<bool>,
     read: Vec<bool>,
@@ -200,6 +220,12 @@ pub struct StackReader<M: Memory> {
     spans: Vec<(u64, u64)>,
     /// What the asyncio task reader keeps between samples (`--async`).
     asyncio: asyncio::TaskCache,
+    /// The GIL's hands at the start of the last batch (see [`Kept::epoch`]), and whether
+    /// the batch before showed the same: only then are stacks left out on the guess that
+    /// the GIL has not changed hands since (at `-r 100` it has, most ticks, and every
+    /// wrong guess reads the batch twice).
+    epoch: Option<batch::Epoch>,
+    epoch_held: bool,
 }
 
 impl<M: Memory> StackReader<M> {
@@ -210,12 +236,12 @@ impl<M: Memory> StackReader<M> {
             mem,
             interp,
             codes,
-            names: HashMap::new(),
+            names: HashMap::default(),
             unnamed: Vec::new(),
             names_read: std::time::Instant::now(),
             names_renewed: std::time::Instant::now(),
             tid_offset: None,
-            pthread_tids: HashMap::new(),
+            pthread_tids: HashMap::default(),
             raw: Vec::new(),
             chunks: Vec::new(),
             plan: None,
@@ -229,6 +255,8 @@ impl<M: Memory> StackReader<M> {
             verdicts: Verdicts::default(),
             spans: Vec::new(),
             asyncio: asyncio::TaskCache::default(),
+            epoch: None,
+            epoch_held: false,
         }
     }
 
@@ -254,15 +282,14 @@ impl<M: Memory> StackReader<M> {
         want: Option<&dyn Fn(u32) -> Want>,
     ) -> Result<Vec<ThreadStack>, PyError> {
         let started = std::time::Instant::now();
+        let mut v = std::mem::take(&mut self.verdicts);
         // Which stacks the batch leaves out, by each thread's kernel id at the last sample:
         // those not wanted, and those likely handed out again (a stack read outside the
         // batch costs reads of its own, and the batch's vouching for every other).
-        let skip: Vec<bool> = match want {
-            Some(w) => self
-                .last_tids
-                .iter()
-                .zip(&self.scratch)
-                .map(|(t, s)| {
+        v.skip.clear();
+        if let Some(w) = want {
+            v.skip
+                .extend(self.last_tids.iter().zip(&self.scratch).map(|(t, s)| {
                     t.is_some_and(|t| match w(t) {
                         Want::Read => false,
                         Want::Skip => true,
@@ -270,11 +297,40 @@ impl<M: Memory> StackReader<M> {
                             k.tid == Some(t) && since.is_some_and(|since| k.at > since)
                         }),
                     })
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        let (threads, mut chunks, still) = self.read_threads(opts.validate, &skip)?;
+                }));
+        }
+        // And those whose kept stack the last batch found still, when the GIL stayed with
+        // one holder over the last two batches: it has likely not changed hands since, and
+        // the batch tells (see batch::Epoch).
+        let last_epoch = self.epoch.filter(|_| self.epoch_held);
+        v.still.clear();
+        v.still.extend(self.scratch.iter().map(|s| {
+            last_epoch.is_some() && s.kept.as_ref().is_some_and(|k| k.epoch == last_epoch)
+        }));
+        v.left_out.clear();
+        v.left_out
+            .extend((0..self.scratch.len()).map(|i| v.still[i] || v.skip.get(i) == Some(&true)));
+        let (mut threads, mut chunks, mut still, mut epoch) =
+            self.read_threads(opts.validate, &mut v.left_out)?;
+        // Left out on that guess, and it was wrong: read again, with those.
+        let guessed_wrong = (0..threads.len()).any(|i| {
+            v.left_out.get(i) == Some(&true)
+                && v.skip.get(i) != Some(&true)
+                && !self.scratch[i]
+                    .kept
+                    .as_ref()
+                    .is_some_and(|k| k.stands(&threads[i], epoch))
+        });
+        if guessed_wrong {
+            if let Some(plan) = &mut self.plan {
+                plan.recycle(threads, chunks);
+            }
+            v.left_out.clear();
+            v.left_out.extend_from_slice(&v.skip);
+            (threads, chunks, still, epoch) = self.read_threads(opts.validate, &mut v.left_out)?;
+        }
+        self.epoch_held = epoch.is_some() && epoch == self.epoch;
+        self.epoch = epoch;
         let still_there = self
             .failed
             .iter()
@@ -290,7 +346,6 @@ impl<M: Memory> StackReader<M> {
                 .or_else(|| self.tid_from_pthread(t.thread_id, tids));
             os_tids.push(tid);
         }
-        let mut v = std::mem::take(&mut self.verdicts);
         v.wants.clear();
         v.wants.extend(os_tids.iter().map(|t| match (want, t) {
             (Some(w), Some(t)) => w(*t),
@@ -299,18 +354,22 @@ impl<M: Memory> StackReader<M> {
         self.scratch.resize_with(threads.len(), Default::default);
         // Handed out again: a thread that has not run since its kept stack was read, and
         // does not hold the GIL now (a thread woken moments ago may not have had its time
-        // counted yet, but it runs Python only with the GIL).
+        // counted yet, but it runs Python only with the GIL); or one the batch left out
+        // whose kept stack the GIL's hands show still.
         v.reused.clear();
         v.reused.extend((0..threads.len()).map(|i| {
             let (t, s) = (&threads[i], &self.scratch[i]);
-            matches!(v.wants[i], Want::Reuse(Some(since))
-            if !t.holds_gil
-                && s.kept.as_ref().is_some_and(|k| {
-                    k.at > since
-                        && k.tstate == t.tstate
-                        && k.thread_id == t.thread_id
-                        && k.tid == os_tids[i]
-                }))
+            let same = |k: &Kept| {
+                k.tstate == t.tstate && k.thread_id == t.thread_id && k.tid == os_tids[i]
+            };
+            let by_state = matches!(v.wants[i], Want::Reuse(Some(since))
+            if !t.holds_gil && s.kept.as_ref().is_some_and(|k| k.at > since && same(k)));
+            let by_gil = v.wants[i] != Want::Skip
+                && v.left_out.get(i) == Some(&true)
+                && s.kept
+                    .as_ref()
+                    .is_some_and(|k| k.stands(t, epoch) && same(k));
+            by_state || by_gil
         }));
         v.read.clear();
         v.read
@@ -437,13 +496,18 @@ impl<M: Memory> StackReader<M> {
             });
             entries.resize(frames.len(), false);
             let s = &mut self.scratch[i];
-            s.kept = (ok && matches!(v.wants[i], Want::Reuse(_))).then(|| Kept {
-                tstate: t.tstate,
-                thread_id: t.thread_id,
-                tid: os_tids[i],
-                at: started,
-                frames: frames.clone(),
-            });
+            let still_from = epoch.filter(|e| ok && consistent && e.holder != t.tstate);
+            s.kept =
+                (ok && (matches!(v.wants[i], Want::Reuse(_)) || still_from.is_some())).then(|| {
+                    Kept {
+                        tstate: t.tstate,
+                        thread_id: t.thread_id,
+                        tid: os_tids[i],
+                        at: started,
+                        epoch: still_from,
+                        frames: frames.clone(),
+                    }
+                });
             s.entries = entries;
             s.thread_id = t.thread_id;
             // Kept for the next sample only once it is known to be consistent and resolved.
@@ -526,19 +590,20 @@ impl<M: Memory> StackReader<M> {
     }
 
     /// Thread states and copies of their data-stack chunks: from the plan's single batched
-    /// read when nothing moved, else from a full walk (which makes a new plan).
-    /// With `validate`, also each thread's innermost frame pointer re-read after the rest,
-    /// where the batched read could do that.
+    /// read when nothing moved, else from a full walk (which makes a new plan, reads every
+    /// stack, and so clears `skip`). With `validate`, also each thread's innermost frame
+    /// pointer re-read after the rest, where the batched read could do that.
     #[allow(clippy::type_complexity)]
     fn read_threads(
         &mut self,
         validate: bool,
-        skip: &[bool],
+        skip: &mut Vec<bool>,
     ) -> Result<
         (
             Vec<threads::PyThread>,
             Vec<Vec<(u64, Vec<u8>)>>,
             Option<Vec<batch::Still>>,
+            Option<batch::Epoch>,
         ),
         PyError,
     > {
@@ -546,10 +611,11 @@ impl<M: Memory> StackReader<M> {
         let mut old = None;
         if let Some(plan) = &mut self.plan {
             if let Some(snap) = plan.read(&self.mem, l, self.interp.runtime, validate, skip) {
-                return Ok((snap.threads, snap.chunks, snap.still));
+                return Ok((snap.threads, snap.chunks, snap.still, snap.epoch));
             }
             old = self.plan.take();
         }
+        skip.clear();
         let threads = threads::thread_states(&self.mem, l, self.interp.runtime)?;
         self.plan = batch::Plan::learn(&self.mem, l, &threads);
         let mut chunks: Vec<Vec<(u64, Vec<u8>)>> = threads
@@ -565,7 +631,7 @@ impl<M: Memory> StackReader<M> {
         if let Some(old) = old {
             old.prefetch(&self.mem, &threads, &mut chunks);
         }
-        Ok((threads, chunks, None))
+        Ok((threads, chunks, None, None))
     }
 
     /// One thread's stack on its own, read until two copies agree (at most three tries).
@@ -1177,8 +1243,9 @@ mod tests {
         assert_eq!(names, ["work", "work"], "inner, then outer");
     }
 
-    /// A 3.12 process of one thread, `thread_id`, that holds the GIL (so each of its stacks
-    /// gets a second look), its thread state at [`batch::tests::TSTATES`]`[0]`, its stack
+    /// A 3.12 process of one thread, `thread_id`, its thread state at
+    /// [`batch::tests::TSTATES`]`[0]`, the GIL's last holder and count of changes of hands
+    /// `gil` (the thread itself: each of its stacks gets a second look), its stack
     /// in one data-stack chunk: `stack`, outermost first, each frame's code object (address
     /// and name) and instruction offset, each frame right after its caller's. The code
     /// objects of `also` are there too, unless the stack has one at their address.
@@ -1187,6 +1254,7 @@ mod tests {
         thread_id: u64,
         stack: &[(u64, &str, u64)],
         also: &[(u64, &str)],
+        gil: (u64, u64),
     ) -> crate::process::ImageMemory {
         use crate::process::MemoryExt;
         use batch::tests::{Thread312, process_312};
@@ -1205,10 +1273,11 @@ mod tests {
         // name's strings at a place of their own: another code object at an address is
         // another fingerprint.
         let mut codes = code::tests::image(l, "unused", 0x30000);
+        let (holder, switches) = gil;
         let mut m = process_312(
             l,
-            0,
-            0,
+            holder,
+            switches,
             &[Thread312 {
                 thread_id,
                 frame: frame(stack.len() - 1),
@@ -1327,12 +1396,13 @@ mod tests {
         ];
         // Every code object stays where it is: freed ones are not unmapped.
         let all = [main, work, step, leaf, other];
+        let held = (batch::tests::TSTATES[0], 0);
         let mem = Changing(std::cell::RefCell::new(process_312_stack(
-            &l, 7, &base, &all,
+            &l, 7, &base, &all, held,
         )));
         let mut reader = StackReader::new(&mem, interp_at(&l));
         for (what, thread_id, stack, settles) in moments {
-            *mem.0.borrow_mut() = process_312_stack(&l, thread_id, &stack, &all);
+            *mem.0.borrow_mut() = process_312_stack(&l, thread_id, &stack, &all, held);
             let got = reader.stacks(&[], checked(), None).unwrap();
             // What a reader that never saw the process reads: the full walk.
             let fresh = StackReader::new(&mem, interp_at(&l))
@@ -1357,6 +1427,144 @@ mod tests {
             assert_eq!(reader.scratch[0].settled, settles, "{what}: settled");
         }
         assert_eq!(reader.errors(), 0);
+    }
+
+    #[test]
+    fn a_stack_the_gil_shows_still_is_handed_out_again_never_stale() {
+        let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
+        let (main, work, step, leaf, other) = (
+            (0x10000, "main"),
+            (0x11000, "work"),
+            (0x12000, "step"),
+            (0x13000, "leaf"),
+            (0x14000, "other"),
+        );
+        let of = |frames: [(u64, &'static str); 4]| -> Vec<(u64, &'static str, u64)> {
+            frames.iter().map(|&(a, n)| (a, n, 8)).collect()
+        };
+        let base = of([main, work, step, leaf]);
+        let ran = of([main, other, step, leaf]);
+        let this = batch::tests::TSTATES[0];
+        // A thread state not in the list: another thread (or none living) holds the GIL.
+        let elsewhere = 0x9000;
+        // Moments of the target, one sample each: what happened, the thread id, the stack,
+        // the GIL's last holder and count of changes of hands, and whether the reader may
+        // hand out its last stack again without reading it.
+        type Moment<'a> = (&'a str, u64, Vec<(u64, &'a str, u64)>, (u64, u64), bool);
+        let moments: Vec<Moment> = vec![
+            ("first", 7, base.clone(), (elsewhere, 5), false),
+            ("the batch's first", 7, base.clone(), (elsewhere, 5), false),
+            // Left out only once two batches in a row showed the same hands.
+            ("the GIL stayed", 7, base.clone(), (elsewhere, 5), false),
+            (
+                "the GIL stayed still",
+                7,
+                base.clone(),
+                (elsewhere, 5),
+                true,
+            ),
+            ("and still", 7, base.clone(), (elsewhere, 5), true),
+            // The thread took the GIL, ran, and gave it back to the other holder: two
+            // changes of hands, and the last holder as before.
+            ("it ran in between", 7, ran.clone(), (elsewhere, 7), false),
+            (
+                "the GIL stayed again",
+                7,
+                ran.clone(),
+                (elsewhere, 7),
+                false,
+            ),
+            (
+                "the GIL stayed still again",
+                7,
+                ran.clone(),
+                (elsewhere, 7),
+                true,
+            ),
+            ("it holds the GIL", 7, base.clone(), (this, 8), false),
+            // Its own stack changes under it while it holds the GIL: read every time.
+            ("it kept the GIL", 7, ran.clone(), (this, 8), false),
+            ("it kept the GIL still", 7, base.clone(), (this, 8), false),
+            (
+                "it gave the GIL away",
+                7,
+                ran.clone(),
+                (elsewhere, 9),
+                false,
+            ),
+            (
+                "the GIL stayed once more",
+                7,
+                ran.clone(),
+                (elsewhere, 9),
+                false,
+            ),
+            (
+                "the GIL stayed still once more",
+                7,
+                ran.clone(),
+                (elsewhere, 9),
+                true,
+            ),
+            // The thread state went to another thread: not the kept stack's thread.
+            (
+                "the thread state reused",
+                8,
+                base.clone(),
+                (elsewhere, 9),
+                false,
+            ),
+        ];
+        let all = [main, work, step, leaf, other];
+        let mem = Changing(std::cell::RefCell::new(process_312_stack(
+            &l,
+            7,
+            &base,
+            &all,
+            (elsewhere, 5),
+        )));
+        for validate in [true, false] {
+            let opts = FrameOptions {
+                validate,
+                ..checked()
+            };
+            let mut reader = StackReader::new(&mem, interp_at(&l));
+            let mut last: Option<Frames> = None;
+            for (what, thread_id, stack, gil, again) in moments.clone() {
+                let what = format!("{what} (validate {validate})");
+                *mem.0.borrow_mut() = process_312_stack(&l, thread_id, &stack, &all, gil);
+                let got = reader.stacks(&[], opts, None).unwrap();
+                let fresh = StackReader::new(&mem, interp_at(&l))
+                    .stacks(&[], opts, None)
+                    .unwrap();
+                let shown = |s: &[ThreadStack]| -> Vec<(String, i32)> {
+                    s[0].frames
+                        .iter()
+                        .map(|f| (f.name().to_string(), f.line))
+                        .collect()
+                };
+                assert_eq!(got.len(), 1, "{what}");
+                assert_eq!(got[0].thread_id, thread_id, "{what}");
+                assert_eq!(reader.verdicts.reused[0], again, "{what}: handed out again");
+                if again {
+                    assert!(
+                        last.as_ref().is_some_and(|f| got[0].frames.same(f)),
+                        "{what}"
+                    );
+                }
+                // What a reader that never saw the process reads: the stack as it is.
+                let want: Vec<&str> = stack.iter().rev().map(|f| f.1).collect();
+                let names: Vec<String> = shown(&got).into_iter().map(|f| f.0).collect();
+                assert_eq!(names, want, "{what}");
+                assert_eq!(
+                    shown(&got),
+                    shown(&fresh),
+                    "{what}: as a full walk reads it"
+                );
+                last = Some(got[0].frames.clone());
+            }
+            assert_eq!(reader.errors(), 0);
+        }
     }
 
     #[test]
