@@ -1326,16 +1326,19 @@ mod tests {
         m
     }
 
+    /// The code objects (address, name) of the kept-stack tests' stacks.
+    const KEPT_CODES: [(u64, &str); 5] = [
+        (0x10000, "main"),
+        (0x11000, "work"),
+        (0x12000, "step"),
+        (0x13000, "leaf"),
+        (0x14000, "other"),
+    ];
+
     #[test]
     fn a_kept_stack_is_never_shown_stale() {
         let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
-        let (main, work, step, leaf, other) = (
-            (0x10000, "main"),
-            (0x11000, "work"),
-            (0x12000, "step"),
-            (0x13000, "leaf"),
-            (0x14000, "other"),
-        );
+        let [main, work, step, leaf, other] = KEPT_CODES;
         let of = |frames: [(u64, &'static str); 4], inner: u64| {
             let mut v: Vec<(u64, &str, u64)> = frames.iter().map(|&(a, n)| (a, n, 8)).collect();
             v[3].2 = inner;
@@ -1432,13 +1435,7 @@ mod tests {
     #[test]
     fn a_stack_the_gil_shows_still_is_handed_out_again_never_stale() {
         let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
-        let (main, work, step, leaf, other) = (
-            (0x10000, "main"),
-            (0x11000, "work"),
-            (0x12000, "step"),
-            (0x13000, "leaf"),
-            (0x14000, "other"),
-        );
+        let [main, work, step, leaf, other] = KEPT_CODES;
         let of = |frames: [(u64, &'static str); 4]| -> Vec<(u64, &'static str, u64)> {
             frames.iter().map(|&(a, n)| (a, n, 8)).collect()
         };
@@ -1451,61 +1448,29 @@ mod tests {
         // the GIL's last holder and count of changes of hands, and whether the reader may
         // hand out its last stack again without reading it.
         type Moment<'a> = (&'a str, u64, Vec<(u64, &'a str, u64)>, (u64, u64), bool);
+        // Thread 7 throughout, but for the last moment.
+        let at = |what, stack: &Vec<(u64, &'static str, u64)>, gil, again| -> Moment {
+            (what, 7, stack.clone(), gil, again)
+        };
         let moments: Vec<Moment> = vec![
-            ("first", 7, base.clone(), (elsewhere, 5), false),
-            ("the batch's first", 7, base.clone(), (elsewhere, 5), false),
+            at("first", &base, (elsewhere, 5), false),
+            at("the batch's first", &base, (elsewhere, 5), false),
             // Left out only once two batches in a row showed the same hands.
-            ("the GIL stayed", 7, base.clone(), (elsewhere, 5), false),
-            (
-                "the GIL stayed still",
-                7,
-                base.clone(),
-                (elsewhere, 5),
-                true,
-            ),
-            ("and still", 7, base.clone(), (elsewhere, 5), true),
+            at("the GIL stayed", &base, (elsewhere, 5), false),
+            at("the GIL stayed still", &base, (elsewhere, 5), true),
+            at("and still", &base, (elsewhere, 5), true),
             // The thread took the GIL, ran, and gave it back to the other holder: two
             // changes of hands, and the last holder as before.
-            ("it ran in between", 7, ran.clone(), (elsewhere, 7), false),
-            (
-                "the GIL stayed again",
-                7,
-                ran.clone(),
-                (elsewhere, 7),
-                false,
-            ),
-            (
-                "the GIL stayed still again",
-                7,
-                ran.clone(),
-                (elsewhere, 7),
-                true,
-            ),
-            ("it holds the GIL", 7, base.clone(), (this, 8), false),
+            at("it ran in between", &ran, (elsewhere, 7), false),
+            at("the GIL stayed again", &ran, (elsewhere, 7), false),
+            at("the GIL stayed still again", &ran, (elsewhere, 7), true),
+            at("it holds the GIL", &base, (this, 8), false),
             // Its own stack changes under it while it holds the GIL: read every time.
-            ("it kept the GIL", 7, ran.clone(), (this, 8), false),
-            ("it kept the GIL still", 7, base.clone(), (this, 8), false),
-            (
-                "it gave the GIL away",
-                7,
-                ran.clone(),
-                (elsewhere, 9),
-                false,
-            ),
-            (
-                "the GIL stayed once more",
-                7,
-                ran.clone(),
-                (elsewhere, 9),
-                false,
-            ),
-            (
-                "the GIL stayed still once more",
-                7,
-                ran.clone(),
-                (elsewhere, 9),
-                true,
-            ),
+            at("it kept the GIL", &ran, (this, 8), false),
+            at("it kept the GIL still", &base, (this, 8), false),
+            at("it gave the GIL away", &ran, (elsewhere, 9), false),
+            at("the GIL stayed once more", &ran, (elsewhere, 9), false),
+            at("the GIL stayed still once more", &ran, (elsewhere, 9), true),
             // The thread state went to another thread: not the kept stack's thread.
             (
                 "the thread state reused",

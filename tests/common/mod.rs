@@ -664,17 +664,22 @@ pub fn assert_one_line_error(args: &[&str], out: &Output) -> String {
 // ---------------------------------------------------------------------------
 // /proc checks
 
+/// Every task of `pid` with its /proc directory (empty once the process is gone).
+pub fn tasks(pid: u32) -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect()
+}
+
 /// State letter of every task of `pid` (empty once the process is gone).
 pub fn task_states(pid: u32) -> Vec<(u32, char)> {
     let mut states = Vec::new();
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return states;
-    };
-    for entry in entries.flatten() {
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+    for (tid, dir) in tasks(pid) {
+        let Ok(stat) = fs::read_to_string(dir.join("stat")) else {
             continue;
         };
         // The command name may contain spaces and parentheses: skip past the
