@@ -1326,6 +1326,14 @@ mod tests {
         m
     }
 
+    /// The first stack's frames as users see them: name and line.
+    fn shown(s: &[ThreadStack]) -> Vec<(String, i32)> {
+        s[0].frames
+            .iter()
+            .map(|f| (f.name().to_string(), f.line))
+            .collect()
+    }
+
     /// The code objects (address, name) of the kept-stack tests' stacks.
     const KEPT_CODES: [(u64, &str); 5] = [
         (0x10000, "main"),
@@ -1412,12 +1420,6 @@ mod tests {
                 .stacks(&[], checked(), None)
                 .unwrap();
             let want: Vec<&str> = stack.iter().rev().map(|f| f.1).collect();
-            let shown = |s: &[ThreadStack]| -> Vec<(String, i32)> {
-                s[0].frames
-                    .iter()
-                    .map(|f| (f.name().to_string(), f.line))
-                    .collect()
-            };
             assert_eq!(got.len(), 1, "{what}");
             assert_eq!(got[0].thread_id, thread_id, "{what}");
             let names: Vec<String> = shown(&got).into_iter().map(|f| f.0).collect();
@@ -1502,12 +1504,6 @@ mod tests {
                 let fresh = StackReader::new(&mem, interp_at(&l))
                     .stacks(&[], opts, None)
                     .unwrap();
-                let shown = |s: &[ThreadStack]| -> Vec<(String, i32)> {
-                    s[0].frames
-                        .iter()
-                        .map(|f| (f.name().to_string(), f.line))
-                        .collect()
-                };
                 assert_eq!(got.len(), 1, "{what}");
                 assert_eq!(got[0].thread_id, thread_id, "{what}");
                 assert_eq!(reader.verdicts.reused[0], again, "{what}: handed out again");
