@@ -160,6 +160,102 @@ fn c_program_is_profiled_natively() {
     assert!(parked > 0, "no sample of the parked worker\n{ctx}");
 }
 
+/// A library that spins in `lib_spin` for a while.
+const LOADED_C: &str = r#"
+#include <time.h>
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+volatile unsigned long lib_sink;
+__attribute__((noinline)) void lib_step(void) {
+    for (int i = 0; i < 20000; i++) lib_sink = lib_sink * 6364136223846793005UL + 1;
+}
+void lib_spin(double seconds) {
+    double end = now() + seconds;
+    while (now() < end) lib_step();
+}
+"#;
+
+/// Every 100 ms a new copy of the library (argv[2]) is made in argv[3], loaded (each at
+/// a new place: the earlier ones stay loaded) and run in.
+const LOADER_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+static void copy(const char *from, const char *to) {
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, a)) > 0) fwrite(buf, 1, n, b);
+    fclose(a);
+    fclose(b);
+}
+int main(int argc, char **argv) {
+    FILE *f = fopen(argv[1], "w");
+    fputs("ready", f);
+    fclose(f);
+    char path[4096];
+    for (int k = 0; k < 300; k++) {
+        snprintf(path, sizeof path, "%s/copy%d.so", argv[3], k);
+        copy(argv[2], path);
+        void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!h) return 1;
+        ((void (*)(double))dlsym(h, "lib_spin"))(0.1);
+    }
+    for (;;) pause();
+}
+"#;
+
+/// A library loaded while prof samples is named from its first samples on, even when
+/// another was loaded just before: before, the memory map was read again at most once a
+/// second, and a library loaded within that second showed as bare addresses until then
+/// (and one loaded where an unloaded one had been, until the next sweep of the map). Its
+/// first sample is whole too: unwound again once the map names its code, not left with
+/// the callers a frame-pointer guess made up (a bare address made of stack bytes).
+#[test]
+fn libraries_loaded_while_sampling_are_named_at_once() {
+    crate::skip_without_live_targets!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib_src = dir.path().join("loaded.c");
+    let lib = dir.path().join("libloaded.so");
+    fs::write(&lib_src, LOADED_C).unwrap();
+    gcc(&["-O1", "-g", "-shared", "-fPIC"], &lib_src, &lib);
+    let src = dir.path().join("loader.c");
+    let bin = dir.path().join("loader");
+    fs::write(&src, LOADER_C).unwrap();
+    gcc(&["-O1", "-g"], &src, &bin);
+    let copies = dir.path().join("copies");
+    fs::create_dir(&copies).unwrap();
+    let ready = dir.path().join("loader.ready");
+    let mut group = Group::spawn(
+        Command::new(&bin)
+            .arg(&ready)
+            .arg(&lib)
+            .arg(&copies)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    let pid = group.pid();
+    wait_ready(&mut group, &ready, "loader");
+    let (stacks, ctx) = record_raw(pid, "2", &[], dir.path());
+    let in_lib = total(&stacks, |s| {
+        s.names
+            .iter()
+            .any(|n| n.starts_with("lib_s") || n.starts_with("0x"))
+    });
+    assert!(
+        in_lib >= 50,
+        "too few samples in the libraries ({in_lib})\n{ctx}"
+    );
+    let bare = total(&stacks, |s| s.names.iter().any(|n| n.starts_with("0x")));
+    assert!(
+        bare * 50 <= in_lib,
+        "{bare} of {in_lib} samples in the loaded libraries show bare addresses\n{ctx}"
+    );
+}
+
 #[test]
 fn native_record_refuses_nonblocking() {
     crate::skip_without_live_targets!();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use foldhash::{HashMap, HashSet};
 
 use crate::cache::Generations;
-use crate::process::{MapRange, Memory, Overlay};
+use crate::process::{ImageMemory, MapRange, Memory, Overlay};
 use crate::sample::{Frame, FrameCode, FrameKind};
 
 use super::merge::NativeFrame;
@@ -108,6 +108,13 @@ impl NativeStacks {
         self.modules.find(pc).is_some()
     }
 
+    /// Is `pc` in an executable range of the memory map last read? One that is not came
+    /// with a mapping made since (a library loaded, or loaded again where an unloaded one
+    /// was), which reading the map again will show.
+    pub fn mapped(&self, pc: u64) -> bool {
+        self.maps.iter().any(|m| m.exec && m.contains(pc))
+    }
+
     /// The native stack of the thread whose registers are `regs`, innermost first. An
     /// unwind that stops early still gives the frames found so far, with its error.
     pub fn stack<M: Memory + ?Sized>(
@@ -115,18 +122,14 @@ impl NativeStacks {
         mem: &M,
         regs: &Registers,
     ) -> (Vec<NativeFrame>, Option<UnwindError>) {
-        let (pcs, err) = self.unwind(mem, regs);
-        (self.symbolize(&pcs), err)
+        let u = self.unwind(mem, regs);
+        (self.symbolize(&u.frames), u.err)
     }
 
     /// Only the unwind (which reads the target: do it while the thread is stopped), with
     /// the pcs left to [`NativeStacks::symbolize`] (which does not read the target, so it
     /// can run after the thread is resumed).
-    pub fn unwind<M: Memory + ?Sized>(
-        &mut self,
-        mem: &M,
-        regs: &Registers,
-    ) -> (Vec<super::Frame>, Option<UnwindError>) {
+    pub fn unwind<M: Memory + ?Sized>(&mut self, mem: &M, regs: &Registers) -> Unwound {
         let mut snapshot = Vec::new();
         let sp = regs.sp();
         // Threads are told apart by their stack's mapping: tids are not known here.
@@ -154,7 +157,39 @@ impl NativeStacks {
             }
             self.copy_len.insert(key, used.clamp(4096, STACK_COPY));
         }
-        (pcs, err)
+        // Rare (code loaded since the map was read): the copy is kept for a second try.
+        let retry = pcs.iter().find(|f| !self.knows(f.pc)).map(|f| {
+            let mut copy = ImageMemory::new();
+            for (addr, bytes) in snapshot {
+                copy.add(addr, bytes);
+            }
+            Retry {
+                regs: *regs,
+                copy,
+                unknown: f.pc,
+            }
+        });
+        Unwound {
+            frames: pcs,
+            err,
+            retry,
+        }
+    }
+
+    /// Unwind `u` again, from the stack copied for it while its thread was stopped, when
+    /// it met code that no module knew then and one knows now (the memory map was read
+    /// again since): from there on its frames were guessed through the frame pointer.
+    /// Only the copy is read, the thread having run on since.
+    pub fn unwind_again(&mut self, u: &mut Unwound) {
+        let Some(r) = u.retry.take_if(|r| self.knows(r.unknown)) else {
+            return;
+        };
+        let mut frames = Vec::new();
+        u.err = self
+            .unwinder
+            .unwind_frames(&self.modules, &r.regs, &r.copy, &mut frames)
+            .err();
+        u.frames = frames;
     }
 
     /// Names for unwound pcs (see [`native_frame`]). Called after the threads run again,
@@ -202,6 +237,24 @@ impl NativeStacks {
             })
             .collect()
     }
+}
+
+/// What [`NativeStacks::unwind`] found for one thread.
+pub struct Unwound {
+    /// The frames, innermost first.
+    pub frames: Vec<super::Frame>,
+    /// Why the unwind stopped early, if it did.
+    pub err: Option<UnwindError>,
+    /// Kept when a frame's pc was in no known module (see [`NativeStacks::unwind_again`]).
+    retry: Option<Retry>,
+}
+
+/// A thread's registers and stack copy, kept from an unwind that met unknown code.
+struct Retry {
+    regs: Registers,
+    copy: ImageMemory,
+    /// The first pc no module knew.
+    unknown: u64,
 }
 
 /// Give the whole pages of freed heap memory back to the system. Naming a new pc parses a

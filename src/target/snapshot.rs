@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Target, TargetError, ThreadIndex, ThreadInfo, ThreadState};
 use crate::native::merge::{EntryRule, NativeFrame, merge, uncertain_frame};
-use crate::native::stack::NativeStacks;
+use crate::native::stack::{NativeStacks, Unwound};
 use crate::native::{Frame as UnwoundFrame, Modules};
 use crate::python::asyncio::{AsyncTask, find_debug_section};
 use crate::python::{
@@ -18,7 +18,8 @@ use crate::sample::ThreadStack;
 pub const NATIVE_NONBLOCKING: &str = "--native reads each thread's registers, which needs a brief stop: it cannot be used with --nonblocking";
 
 /// How often the memory map may be re-read when an unwind meets code outside every known
-/// module (a library loaded after prof started).
+/// module that is in an executable mapping prof already read (code made at run time, which
+/// reading the map again does not name). Code in a mapping made since is read at once.
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
 /// How often it is re-read anyway: libraries unloaded since (or replaced by another file at
 /// the same place) are then dropped with their symbols and tables, which a target that
@@ -80,11 +81,64 @@ pub struct Capture {
     pub tasks: Option<Result<Vec<AsyncTask>, PyError>>,
 }
 
+/// Most pcs remembered as outside every mapping (see [`MapsClock::stray`]).
+const STRAY_PCS: usize = 256;
+
 /// The native side: modules, unwinder and symbolizer of one target.
 struct NativeSide {
     stacks: NativeStacks,
+    clock: MapsClock,
+}
+
+/// When the target's memory map is read again.
+#[derive(Debug)]
+struct MapsClock {
     next_refresh: Instant,
     next_sweep: Instant,
+    /// Pcs that no mapping held even in a map read after they were seen: not code but a
+    /// wrong return address, which reading the map again will not explain. They wait for
+    /// [`MAPS_REFRESH`] like code made at run time. Forgotten at each sweep.
+    stray: Vec<u64>,
+}
+
+impl MapsClock {
+    /// The map was just read, at `now`.
+    fn new(now: Instant) -> MapsClock {
+        MapsClock {
+            next_refresh: now + MAPS_REFRESH,
+            next_sweep: now + MAPS_SWEEP,
+            stray: Vec::new(),
+        }
+    }
+
+    /// Is the map to be read again now, given the pcs of this capture that no module
+    /// knows and whether a pc is in an executable range of the map last read? At once for
+    /// a pc outside every such range (a library loaded since, even where one was unloaded
+    /// since the last read): waiting for the refresh would show it as a bare address.
+    fn due(&self, now: Instant, unknown: &[u64], mapped: impl Fn(u64) -> bool) -> bool {
+        now >= self.next_sweep
+            || (!unknown.is_empty() && now >= self.next_refresh)
+            || unknown
+                .iter()
+                .any(|&pc| !mapped(pc) && !self.stray.contains(&pc))
+    }
+
+    /// The map was read again at `now` for a capture with these `unknown` pcs; `mapped`
+    /// tells by the new map.
+    fn read(&mut self, now: Instant, unknown: &[u64], mapped: impl Fn(u64) -> bool) {
+        if now >= self.next_sweep {
+            self.stray.clear();
+            self.next_sweep = now + MAPS_SWEEP;
+        }
+        if !unknown.is_empty() {
+            self.next_refresh = now + MAPS_REFRESH;
+        }
+        for &pc in unknown {
+            if !mapped(pc) && !self.stray.contains(&pc) && self.stray.len() < STRAY_PCS {
+                self.stray.push(pc);
+            }
+        }
+    }
 }
 
 /// A target with its readers: the Python reader (None for a program without Python) and,
@@ -186,8 +240,7 @@ impl<T: Target> Snapshot<T> {
         modules.update(&maps, |m| t.open_image(m), t.memory(), t.page_size());
         self.native = Some(NativeSide {
             stacks: NativeStacks::new(modules, maps),
-            next_refresh: Instant::now() + MAPS_REFRESH,
-            next_sweep: Instant::now() + MAPS_SWEEP,
+            clock: MapsClock::new(Instant::now()),
         });
         Ok(())
     }
@@ -256,7 +309,7 @@ impl<T: Target> Snapshot<T> {
         // tells (before 3.11).
         let mut listed: Option<Vec<u32>> = None;
         let before = self.python.as_ref().map_or(0, |r| r.errors());
-        let (python, pcs, tasks) = {
+        let (python, mut pcs, tasks) = {
             let _paused = if stop.is_empty() {
                 None
             } else {
@@ -313,12 +366,12 @@ impl<T: Target> Snapshot<T> {
             };
             // Only the unwinds need the stop; symbolizing (which may load DWARF) comes
             // after.
-            let pcs: Vec<Vec<UnwoundFrame>> = match &mut self.native {
+            let pcs: Vec<Option<Unwound>> = match &mut self.native {
                 Some(n) => stop
                     .iter()
-                    .map(|&tid| match self.target.registers(tid) {
-                        Ok(regs) => n.stacks.unwind(self.target.memory(), &regs).0,
-                        Err(_) => Vec::new(),
+                    .map(|&tid| {
+                        let regs = self.target.registers(tid).ok()?;
+                        Some(n.stacks.unwind(self.target.memory(), &regs))
                     })
                     .collect(),
                 None => Vec::new(),
@@ -327,17 +380,29 @@ impl<T: Target> Snapshot<T> {
         };
         if let Some(n) = &mut self.native {
             // After the threads run again: re-reading the maps is slow.
-            let unknown = pcs.iter().flatten().any(|f| !n.stacks.knows(f.pc));
+            let unknown: Vec<u64> = pcs
+                .iter()
+                .flatten()
+                .flat_map(|u| &u.frames)
+                .map(|f| f.pc)
+                .filter(|&pc| !n.stacks.knows(pc))
+                .collect();
             let now = Instant::now();
-            if ((unknown && now >= n.next_refresh) || now >= n.next_sweep)
+            if n.clock.due(now, &unknown, |pc| n.stacks.mapped(pc))
                 && let Some(maps) = self.target.maps_changed()
             {
-                n.next_refresh = now + MAPS_REFRESH;
-                n.next_sweep = now + MAPS_SWEEP;
                 n.stacks
                     .update_maps(self.target.pid(), maps, self.target.memory());
+                n.clock.read(now, &unknown, |pc| n.stacks.mapped(pc));
+                for u in pcs.iter_mut().flatten() {
+                    n.stacks.unwind_again(u);
+                }
             }
         }
+        let pcs: Vec<Vec<UnwoundFrame>> = pcs
+            .into_iter()
+            .map(|u| u.map(|u| u.frames).unwrap_or_default())
+            .collect();
         let mut stacks = match python {
             Some(Ok(s)) => s,
             Some(Err(e)) => return Err(self.target.classify(e)),
@@ -547,5 +612,90 @@ fn native_thread(tid: u32, state: ThreadState, name: Option<String>) -> ThreadSt
         gil_requested: false,
         state: None,
         frames: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The executable ranges of a map read: `[0x1000, 0x2000)` is a library, `[0x5000,
+    /// 0x6000)` code made at run time (no module knows either pc below; what matters is
+    /// whether the map shows them).
+    fn in_exec(ranges: &'static [(u64, u64)]) -> impl Fn(u64) -> bool {
+        move |pc| ranges.iter().any(|&(a, b)| a <= pc && pc < b)
+    }
+
+    #[test]
+    fn code_in_a_mapping_made_since_the_last_read_has_the_map_read_at_once() {
+        let t0 = Instant::now();
+        let mut c = MapsClock::new(t0);
+        let before: &[(u64, u64)] = &[(0x5000, 0x6000)];
+        let t1 = t0 + Duration::from_millis(10);
+        assert!(!c.due(t1, &[], in_exec(before)), "nothing unknown");
+        // A library loaded since: its pc is in no range of the last read.
+        assert!(c.due(t1, &[0x1800], in_exec(before)));
+        c.read(
+            t1,
+            &[0x1800],
+            in_exec(&[(0x1000, 0x2000), (0x5000, 0x6000)]),
+        );
+        // Another, loaded right after that read: at once again, not after MAPS_REFRESH.
+        let t2 = t1 + Duration::from_millis(5);
+        assert!(c.due(t2, &[0x9000], in_exec(&[(0x1000, 0x2000)])));
+    }
+
+    #[test]
+    fn code_the_map_already_shows_waits_for_the_refresh() {
+        let t0 = Instant::now();
+        let mut c = MapsClock::new(t0);
+        let map = in_exec(&[(0x5000, 0x6000)]);
+        let soon = t0 + MAPS_REFRESH / 2;
+        assert!(
+            !c.due(soon, &[0x5800], &map),
+            "run-time code, read just now"
+        );
+        let later = t0 + MAPS_REFRESH;
+        assert!(c.due(later, &[0x5800], &map));
+        c.read(later, &[0x5800], &map);
+        assert!(!c.due(later + MAPS_REFRESH / 2, &[0x5800], &map));
+    }
+
+    #[test]
+    fn a_pc_no_map_explains_is_not_read_for_again_until_the_refresh() {
+        let t0 = Instant::now();
+        let mut c = MapsClock::new(t0);
+        let map = in_exec(&[(0x1000, 0x2000)]);
+        let t1 = t0 + Duration::from_millis(1);
+        assert!(
+            c.due(t1, &[0xdead_0000], &map),
+            "might be a library loaded since"
+        );
+        c.read(t1, &[0xdead_0000], &map);
+        let t2 = t1 + Duration::from_millis(1);
+        assert!(
+            !c.due(t2, &[0xdead_0000], &map),
+            "the new map did not show it"
+        );
+        assert!(
+            c.due(t2, &[0xbeef_0000], &map),
+            "another pc is asked about once"
+        );
+        // The sweep forgets it: by then a library may have come there.
+        let swept = t0 + MAPS_SWEEP;
+        assert!(c.due(swept, &[], &map));
+        c.read(swept, &[], &map);
+        assert!(c.due(swept + Duration::from_millis(1), &[0xdead_0000], &map));
+    }
+
+    #[test]
+    fn the_map_is_swept_on_its_timer_with_nothing_unknown() {
+        let t0 = Instant::now();
+        let mut c = MapsClock::new(t0);
+        let map = in_exec(&[]);
+        assert!(!c.due(t0 + MAPS_SWEEP / 2, &[], &map));
+        assert!(c.due(t0 + MAPS_SWEEP, &[], &map));
+        c.read(t0 + MAPS_SWEEP, &[], &map);
+        assert!(!c.due(t0 + MAPS_SWEEP + MAPS_SWEEP / 2, &[], &map));
     }
 }
