@@ -12,6 +12,11 @@
  *   floor 1234 1000 5000 16384/7f00aa000000+16384              (one 16 KiB copy)
  *   floor 1234 1000 5000 24,256,8/7f00aa000000+24,7f00ab000000+264   (two iovecs each side)
  *
+ * An argument touch:KIB also touches KIB KiB of floor.c's own memory each tick, after the
+ * reads (a load and a store per 64-byte line): a working set of that size, to tell what a
+ * tick's own memory costs where the core's caches went cold between ticks (e.g. a vCPU
+ * that halted) from what it costs where they stayed warm.
+ *
  * Prints the CPU time (user + system) per tick in microseconds. */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -77,16 +82,29 @@ static void parse(char *arg, struct read *r) {
 
 int main(int argc, char **argv) {
     if (argc < 4 || argc > 4 + MAX_READS) {
-        fprintf(stderr, "usage: floor PID RATE TICKS [LOCAL/REMOTE ...] (at most %d reads)\n", MAX_READS);
+        fprintf(stderr, "usage: floor PID RATE TICKS [LOCAL/REMOTE ...] [touch:KIB] (at most %d reads)\n", MAX_READS);
         return 2;
     }
     int pid = atoi(argv[1]);
     long period_ns = (long)(1e9 / atof(argv[2]));
     long ticks = atol(argv[3]);
-    int nreads = argc - 4;
+    int nreads = 0;
     static struct read reads[MAX_READS];
-    for (int i = 0; i < nreads; i++)
-        parse(argv[4 + i], &reads[i]);
+    size_t touch = 0;
+    for (int i = 4; i < argc; i++) {
+        if (strncmp(argv[i], "touch:", 6) == 0)
+            touch = strtoul(argv[i] + 6, NULL, 10) << 10;
+        else
+            parse(argv[i], &reads[nreads++]);
+    }
+    /* Faulted in before the clock starts: only the ticks' touches are timed. */
+    volatile unsigned char *mine = touch ? calloc(touch, 1) : NULL;
+    if (touch && !mine) {
+        fprintf(stderr, "floor: cannot allocate %zu bytes to touch\n", touch);
+        return 2;
+    }
+    for (size_t b = 0; b < touch; b += 64)
+        mine[b] = 1;
     struct timespec due;
     clock_gettime(CLOCK_MONOTONIC, &due);
     double start = cpu_us();
@@ -104,6 +122,8 @@ int main(int argc, char **argv) {
                 return 1;
             }
         }
+        for (size_t b = 0; b < touch; b += 64)
+            mine[b] += 1;
     }
     printf("%.3f\n", (cpu_us() - start) / ticks);
     return 0;
