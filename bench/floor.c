@@ -13,9 +13,11 @@
  *   floor 1234 1000 5000 24,256,8/7f00aa000000+24,7f00ab000000+264   (two iovecs each side)
  *
  * An argument touch:KIB also touches KIB KiB of floor.c's own memory each tick, after the
- * reads (a load and a store per 64-byte line): a working set of that size, to tell what a
- * tick's own memory costs where the core's caches went cold between ticks (e.g. a vCPU
- * that halted) from what it costs where they stayed warm.
+ * reads: every 64-byte line once, in a random order fixed at the start, each line's address
+ * read from the line before (a pointer chase, as a walk of structures is, which the
+ * hardware's prefetchers cannot run ahead of). A working set of that size, to tell what a
+ * tick's own memory costs where the core's caches went cold between ticks (e.g. a vCPU that
+ * halted) from what it costs where they stayed warm.
  *
  * Prints the CPU time (user + system) per tick in microseconds. */
 #define _GNU_SOURCE
@@ -97,14 +99,27 @@ int main(int argc, char **argv) {
         else
             parse(argv[i], &reads[nreads++]);
     }
-    /* Faulted in before the clock starts: only the ticks' touches are timed. */
-    volatile unsigned char *mine = touch ? calloc(touch, 1) : NULL;
-    if (touch && !mine) {
+    /* One cycle through all lines in a random order, laid out (and faulted in) before the
+     * clock starts: only the ticks' touches are timed. */
+    size_t lines = touch / 64;
+    void **mine = lines ? aligned_alloc(64, lines * 64) : NULL;
+    size_t *order = lines ? malloc(lines * sizeof *order) : NULL;
+    if (lines && (!mine || !order)) {
         fprintf(stderr, "floor: cannot allocate %zu bytes to touch\n", touch);
         return 2;
     }
-    for (size_t b = 0; b < touch; b += 64)
-        mine[b] = 1;
+    for (size_t k = 0; k < lines; k++)
+        order[k] = k;
+    srand(1);
+    for (size_t k = lines; k > 1; k--) {
+        size_t j = (size_t)rand() % k, x = order[k - 1];
+        order[k - 1] = order[j];
+        order[j] = x;
+    }
+    for (size_t k = 0; k < lines; k++)
+        mine[order[k] * 8] = &mine[order[(k + 1) % lines] * 8];
+    free(order);
+    void **at = mine;
     struct timespec due;
     clock_gettime(CLOCK_MONOTONIC, &due);
     double start = cpu_us();
@@ -122,9 +137,11 @@ int main(int argc, char **argv) {
                 return 1;
             }
         }
-        for (size_t b = 0; b < touch; b += 64)
-            mine[b] += 1;
+        for (size_t k = 0; k < lines; k++)
+            at = (void **)*at;
     }
     printf("%.3f\n", (cpu_us() - start) / ticks);
+    if (at == (void **)1) /* never: keeps the chase from being optimized away */
+        puts("");
     return 0;
 }
