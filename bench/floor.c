@@ -94,9 +94,14 @@ int main(int argc, char **argv) {
     static struct read reads[MAX_READS];
     size_t touch = 0;
     for (int i = 4; i < argc; i++) {
-        if (strncmp(argv[i], "touch:", 6) == 0)
-            touch = strtoul(argv[i] + 6, NULL, 10) << 10;
-        else
+        if (strncmp(argv[i], "touch:", 6) == 0) {
+            char *end;
+            touch = strtoul(argv[i] + 6, &end, 10) << 10;
+            if (end == argv[i] + 6 || *end) {
+                fprintf(stderr, "floor: bad touch:KIB (a number of KiB): %s\n", argv[i]);
+                return 2;
+            }
+        } else
             parse(argv[i], &reads[nreads++]);
     }
     /* One cycle through all lines in a random order, laid out (and faulted in) before the
@@ -116,8 +121,9 @@ int main(int argc, char **argv) {
         order[k - 1] = order[j];
         order[j] = x;
     }
+    const size_t per_line = 64 / sizeof(void *);
     for (size_t k = 0; k < lines; k++)
-        mine[order[k] * 8] = &mine[order[(k + 1) % lines] * 8];
+        mine[order[k] * per_line] = &mine[order[(k + 1) % lines] * per_line];
     free(order);
     void **at = mine;
     struct timespec due;
