@@ -12,6 +12,13 @@
  *   floor 1234 1000 5000 16384/7f00aa000000+16384              (one 16 KiB copy)
  *   floor 1234 1000 5000 24,256,8/7f00aa000000+24,7f00ab000000+264   (two iovecs each side)
  *
+ * An argument touch:KIB also touches KIB KiB of floor.c's own memory each tick, after the
+ * reads: every 64-byte line once, in a random order fixed at the start, each line's address
+ * read from the line before (a pointer chase, as a walk of structures is, which the
+ * hardware's prefetchers cannot run ahead of). A working set of that size, to tell what a
+ * tick's own memory costs where the core's caches went cold between ticks (e.g. a vCPU that
+ * halted) from what it costs where they stayed warm.
+ *
  * Prints the CPU time (user + system) per tick in microseconds; on stderr, how many ticks
  * woke a whole period or more after their due instant (those a sampler that keeps to its
  * clock, as prof does, drops). The timer slack is set as prof's sampling thread sets its
@@ -81,16 +88,48 @@ static void parse(char *arg, struct read *r) {
 
 int main(int argc, char **argv) {
     if (argc < 4 || argc > 4 + MAX_READS) {
-        fprintf(stderr, "usage: floor PID RATE TICKS [LOCAL/REMOTE ...] (at most %d reads)\n", MAX_READS);
+        fprintf(stderr, "usage: floor PID RATE TICKS [LOCAL/REMOTE ...] [touch:KIB] (at most %d reads)\n", MAX_READS);
         return 2;
     }
     int pid = atoi(argv[1]);
     long period_ns = (long)(1e9 / atof(argv[2]));
     long ticks = atol(argv[3]);
-    int nreads = argc - 4;
+    int nreads = 0;
     static struct read reads[MAX_READS];
-    for (int i = 0; i < nreads; i++)
-        parse(argv[4 + i], &reads[i]);
+    size_t touch = 0;
+    for (int i = 4; i < argc; i++) {
+        if (strncmp(argv[i], "touch:", 6) == 0) {
+            char *end;
+            touch = strtoul(argv[i] + 6, &end, 10) << 10;
+            if (end == argv[i] + 6 || *end) {
+                fprintf(stderr, "floor: bad touch:KIB (a number of KiB): %s\n", argv[i]);
+                return 2;
+            }
+        } else
+            parse(argv[i], &reads[nreads++]);
+    }
+    /* One cycle through all lines in a random order, laid out (and faulted in) before the
+     * clock starts: only the ticks' touches are timed. */
+    size_t lines = touch / 64;
+    void **mine = lines ? aligned_alloc(64, lines * 64) : NULL;
+    size_t *order = lines ? malloc(lines * sizeof *order) : NULL;
+    if (lines && (!mine || !order)) {
+        fprintf(stderr, "floor: cannot allocate %zu bytes to touch\n", touch);
+        return 2;
+    }
+    for (size_t k = 0; k < lines; k++)
+        order[k] = k;
+    srand(1);
+    for (size_t k = lines; k > 1; k--) {
+        size_t j = (size_t)rand() % k, x = order[k - 1];
+        order[k - 1] = order[j];
+        order[j] = x;
+    }
+    const size_t per_line = 64 / sizeof(void *);
+    for (size_t k = 0; k < lines; k++)
+        mine[order[k] * per_line] = &mine[order[(k + 1) % lines] * per_line];
+    free(order);
+    void **at = mine;
     long slack = period_ns / 20 < 50000 ? period_ns / 20 : 50000;
     prctl(PR_SET_TIMERSLACK, slack > 0 ? slack : 1, 0, 0, 0);
     struct timespec due, woke;
@@ -114,8 +153,12 @@ int main(int argc, char **argv) {
                 return 1;
             }
         }
+        for (size_t k = 0; k < lines; k++)
+            at = (void **)*at;
     }
     printf("%.3f\n", (cpu_us() - start) / ticks);
     fprintf(stderr, "late: %ld of %ld ticks a period or more after their due instant\n", late, ticks);
+    if (at == (void **)1) /* never: keeps the chase from being optimized away */
+        puts("");
     return 0;
 }
