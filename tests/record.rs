@@ -2582,13 +2582,17 @@ fn launched_threads_keep_their_python_names() {
     crate::skip_without_live_targets!();
     run_on("names", Scope::All, |py| {
         let mut problems = Vec::new();
-        for mode in ["busy", "sleep"] {
+        // busy: 2 s of spinning; sleep: napper's 4 wakes, then it ends the process.
+        for (mode, count) in [("busy", "2"), ("sleep", "4")] {
             let dir = tempdir();
             let d = dir.path().to_string_lossy().into_owned();
             let path = format!("{d}/names.txt");
             let py_path = py.path.to_string_lossy().into_owned();
-            // The recording ends before the target does: its exit does not wake the
-            // sleeping main thread into a last, named sample.
+            // The recording lasts as long as the target, so its window is the target's
+            // own timeline (a loaded machine once ran a slow interpreter's imports past
+            // a 2 s -d, before napper's first wake). The target ends with os._exit from
+            // napper: its exit does not wake the sleeping main thread into a last,
+            // named sample.
             let out = prof(&strings(&[
                 "record",
                 "-o",
@@ -2596,15 +2600,13 @@ fn launched_threads_keep_their_python_names() {
                 "-f",
                 "raw",
                 "-t",
-                "-d",
-                "2",
                 "--",
                 &py_path,
                 "-u",
                 &script_path("rec_names"),
                 &d,
                 mode,
-                "4",
+                count,
             ]));
             let what = format!("[{}] rec_names.py {mode} launched", py.name);
             out.assert_code(0, &what);
