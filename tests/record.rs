@@ -1710,6 +1710,32 @@ fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
             "{what}: the busy thread is missing\n{}",
             folded.head()
         );
+        // Each function's stacks are under its own thread, whatever the load: a thread
+        // that started during a read was once shown under its creator's ids (≤ 3.10), and
+        // so with the main thread's running state, a sleeper counted active (CI, load 10+).
+        let owners = [
+            ("burst_0", "waker "),
+            ("burst_1", "waker "),
+            ("burst_2", "waker "),
+            ("sleeper_wait", "sleeper-"),
+            ("busy_spin", "busy-worker "),
+        ];
+        let misplaced: Vec<String> = folded
+            .stacks
+            .iter()
+            .filter(|(frames, _)| {
+                let l = labels(frames);
+                owners
+                    .iter()
+                    .any(|(f, owner)| contains(&l, ready.func(f)) && !frames[0].starts_with(owner))
+            })
+            .map(|(frames, n)| format!("  {} {n}", frames.join(";")))
+            .collect();
+        assert!(
+            misplaced.is_empty(),
+            "{what}: stacks under another thread than their own:\n{}",
+            misplaced.join("\n")
+        );
     });
 }
 
