@@ -1710,6 +1710,32 @@ fn a_thread_waking_from_a_long_sleep_is_active_at_once() {
             "{what}: the busy thread is missing\n{}",
             folded.head()
         );
+        // Each function's stacks are under its own thread, whatever the load: a thread
+        // that started during a read was once shown under its creator's ids (≤ 3.10), and
+        // so with the main thread's running state, a sleeper counted active (CI, load 10+).
+        let owners = [
+            ("burst_0", "waker "),
+            ("burst_1", "waker "),
+            ("burst_2", "waker "),
+            ("sleeper_wait", "sleeper-"),
+            ("busy_spin", "busy-worker "),
+        ];
+        let misplaced: Vec<String> = folded
+            .stacks
+            .iter()
+            .filter(|(frames, _)| {
+                let l = labels(frames);
+                owners
+                    .iter()
+                    .any(|(f, owner)| contains(&l, ready.func(f)) && !frames[0].starts_with(owner))
+            })
+            .map(|(frames, n)| format!("  {} {n}", frames.join(";")))
+            .collect();
+        assert!(
+            misplaced.is_empty(),
+            "{what}: stacks under another thread than their own:\n{}",
+            misplaced.join("\n")
+        );
     });
 }
 
@@ -2582,13 +2608,17 @@ fn launched_threads_keep_their_python_names() {
     crate::skip_without_live_targets!();
     run_on("names", Scope::All, |py| {
         let mut problems = Vec::new();
-        for mode in ["busy", "sleep"] {
+        // busy: 2 s of spinning; sleep: napper's 4 wakes, then it ends the process.
+        for (mode, count) in [("busy", "2"), ("sleep", "4")] {
             let dir = tempdir();
             let d = dir.path().to_string_lossy().into_owned();
             let path = format!("{d}/names.txt");
             let py_path = py.path.to_string_lossy().into_owned();
-            // The recording ends before the target does: its exit does not wake the
-            // sleeping main thread into a last, named sample.
+            // The recording lasts as long as the target, so its window is the target's
+            // own timeline (a loaded machine once ran a slow interpreter's imports past
+            // a 2 s -d, before napper's first wake). The target ends with os._exit from
+            // napper: its exit does not wake the sleeping main thread into a last,
+            // named sample.
             let out = prof(&strings(&[
                 "record",
                 "-o",
@@ -2596,15 +2626,13 @@ fn launched_threads_keep_their_python_names() {
                 "-f",
                 "raw",
                 "-t",
-                "-d",
-                "2",
                 "--",
                 &py_path,
                 "-u",
                 &script_path("rec_names"),
                 &d,
                 mode,
-                "4",
+                count,
             ]));
             let what = format!("[{}] rec_names.py {mode} launched", py.name);
             out.assert_code(0, &what);

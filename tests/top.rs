@@ -437,7 +437,13 @@ fn terminal_hangup_ends_prof() {
 
 /// At 1000 Hz, drawing must not cost the sampler: top achieves what record achieves.
 /// Both sample the same target over the same seconds (top is reset as record starts),
-/// so that the machine's load, whatever it is, weighs on both alike.
+/// so that the machine's load, whatever it is, weighs on both alike. For that, record runs
+/// in a tmux window of its own, as top does in its pane: the kernel's autogroups share
+/// the CPU between sessions first, so a record started from the test's session competed
+/// with whatever else ran there, and one session's luck against another's (measured under
+/// load: 612-786 Hz from the test's session, 912-968 Hz from a session of its own) decided
+/// the comparison, not prof. A shared machine's noise still weighs on one run: a second
+/// run is made before failing, and a top whose drawing cost ticks falls behind in both.
 #[test]
 fn top_samples_as_fast_as_record() {
     crate::skip_without_live_targets!();
@@ -454,43 +460,52 @@ fn top_samples_as_fast_as_record() {
         prof_path()
     ));
     tmux.wait_for("the busy functions", |s| s.contains("crunch_alpha"));
-    tmux.keys(&["r"]);
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("p.txt");
-    let rec = common::run_prof(&[
-        "record",
-        "-p",
-        &pid.to_string(),
-        "-r",
-        "1000",
-        "-d",
-        "5",
-        "-f",
-        "raw",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let s = tmux.screen();
-    let top_rate = figure(&s, "Rate");
-    let stderr = String::from_utf8_lossy(&rec.stderr).into_owned();
-    assert!(rec.status.success(), "{stderr}");
-    let record_rate = stderr
-        .split(" Hz achieved")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no achieved rate in {stderr:?}"));
-    assert!(
-        figure(&s, "Elapsed") >= 4.5,
-        "top was not reset with record:\n{s}"
-    );
+    let mut runs = Vec::new();
+    for attempt in 0..2 {
+        tmux.keys(&["r"]);
+        let path = |name: &str| dir.path().join(format!("{name}{attempt}"));
+        let (out, err, code) = (path("p.txt"), path("stderr"), path("code"));
+        let record = format!(
+            "{} record -p {pid} -r 1000 -d 5 -f raw -o {} 2> {}; echo $? > {}.tmp; mv {}.tmp {}",
+            prof_path(),
+            out.display(),
+            err.display(),
+            code.display(),
+            code.display(),
+            code.display()
+        );
+        let started = tmux.run(&["new-window", "-d", "-n", "record", &record]);
+        assert!(started.status.success(), "tmux new-window: {started:?}");
+        common::wait_for_file(&code, || None, "record in its own tmux window");
+        let s = tmux.screen();
+        let top_rate = figure(&s, "Rate");
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        let status = std::fs::read_to_string(&code).unwrap_or_default();
+        assert_eq!(status.trim(), "0", "record failed: {stderr}");
+        let record_rate = stderr
+            .split(" Hz achieved")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no achieved rate in {stderr:?}"));
+        assert!(
+            figure(&s, "Elapsed") >= 4.5,
+            "top was not reset with record:\n{s}"
+        );
+        eprintln!("achieved at 1000 Hz: record {record_rate:.1} Hz, top {top_rate:.1} Hz");
+        // Equal up to the noise of a shared machine.
+        if top_rate >= record_rate * 0.9 {
+            break;
+        }
+        runs.push(format!("top {top_rate} Hz, record {record_rate} Hz:\n{s}"));
+    }
     tmux.keys(&["q"]);
     tmux.wait_for("prof's exit", |s| s.contains("prof-exit=0"));
-    eprintln!("achieved at 1000 Hz: record {record_rate:.1} Hz, top {top_rate:.1} Hz");
-    // Equal up to the noise of a shared machine.
     assert!(
-        top_rate >= record_rate * 0.9,
-        "top achieved {top_rate} Hz, record {record_rate} Hz:\n{s}"
+        runs.len() < 2,
+        "top fell behind record in both runs:\n{}",
+        runs.join("\n")
     );
 }
 
