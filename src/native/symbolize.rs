@@ -226,6 +226,18 @@ impl ModuleSymbols {
             symbols
         })
     }
+
+    /// Let go of the file pages a lookup read outside the DWARF sections (which
+    /// [`LazyDwarf`] releases itself): the symbol names, and the separate debug file's
+    /// section table and `.symtab`, which no module's release covers.
+    fn release(&self) {
+        if let Some(table) = &self.symbols {
+            table.release();
+        }
+        if let Some(debug) = &self.debug {
+            debug.release();
+        }
+    }
 }
 
 /// Largest MiniDebugInfo image decompressed (a target's file could be hostile).
@@ -420,9 +432,7 @@ impl Symbolizer {
                 out
             })
             .collect();
-        if let Some(table) = &syms.symbols {
-            table.release();
-        }
+        syms.release();
         out
     }
 }
@@ -651,6 +661,30 @@ mod tests {
         assert_eq!((sym.loaded_modules(), sym.cache.len()), (1, 1));
         sym.retain(&Modules::new());
         assert_eq!((sym.loaded_modules(), sym.cache.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_lookup_leaves_the_debug_file_unresident() {
+        let test = "a_lookup_leaves_the_debug_file_unresident";
+        if crate::process::memory::skip_without_live_reads(test) {
+            return;
+        }
+        let pid = std::process::id();
+        let maps = crate::process::read_maps(pid).unwrap();
+        let mem = crate::process::LiveMemory::new(pid);
+        let modules = Modules::for_pid(pid, &maps, &mem);
+        let pc = libc::qsort as *const () as u64;
+        let libc = modules.find(pc).expect("libc is loaded").clone();
+        let mut sym = Symbolizer::new();
+        sym.symbolize(&modules, pc + 1, true);
+        let Some(debug) = sym.modules[&libc.id()].debug.clone() else {
+            eprintln!("skipped: {test}: no separate debug file for {}", libc.name);
+            return;
+        };
+        // Finding and indexing it read its section table (and a symbol lookup, its
+        // .symtab): nothing else lets those pages go.
+        let at = debug.bytes().as_ptr() as usize;
+        assert_eq!(crate::native::modules::resident_kb(at), 0);
     }
 
     #[test]

@@ -338,6 +338,10 @@ impl Unwinder {
         } else {
             self.stats.misses += 1;
             let plan = compute_plan(&mut self.ctx, module, pc, exact);
+            // The code at pc and its FDE are a few bytes, but each fault maps 64 KiB: the
+            // first tick's dozens of new plans held them all until its batch ended (most
+            // of the start-up peak on a static interpreter). A miss is rare after it.
+            module.image.release();
             self.plans.insert(key, plan);
         }
         self.plans.get(&key).expect("just cached")
