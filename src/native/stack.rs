@@ -249,6 +249,13 @@ pub struct Unwound {
     retry: Option<Retry>,
 }
 
+impl Unwound {
+    /// The first pc of the frames that no module knew when they were unwound.
+    pub fn unknown(&self) -> Option<u64> {
+        self.retry.as_ref().map(|r| r.unknown)
+    }
+}
+
 /// A thread's registers and stack copy, kept from an unwind that met unknown code.
 struct Retry {
     regs: Registers,
@@ -331,10 +338,10 @@ pub fn native_frame(s: &Symbolized) -> NativeFrame {
 mod tests {
     use super::*;
     use crate::native::modules::resident_kb;
-    use crate::native::{Frame as Unwound, Via};
+    use crate::native::{Frame as UnwoundFrame, Via};
 
-    fn frame(pc: u64) -> Unwound {
-        Unwound {
+    fn frame(pc: u64) -> UnwoundFrame {
+        UnwoundFrame {
             pc,
             exact: true,
             via: Via::Registers,

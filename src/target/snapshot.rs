@@ -379,14 +379,9 @@ impl<T: Target> Snapshot<T> {
             (python, pcs, tasks)
         };
         if let Some(n) = &mut self.native {
-            // After the threads run again: re-reading the maps is slow.
-            let unknown: Vec<u64> = pcs
-                .iter()
-                .flatten()
-                .flat_map(|u| &u.frames)
-                .map(|f| f.pc)
-                .filter(|&pc| !n.stacks.knows(pc))
-                .collect();
+            // After the threads run again: re-reading the maps is slow. A stack's first
+            // unknown pc tells whether the map changed; the unwind found it already.
+            let unknown: Vec<u64> = pcs.iter().flatten().filter_map(Unwound::unknown).collect();
             let now = Instant::now();
             if n.clock.due(now, &unknown, |pc| n.stacks.mapped(pc))
                 && let Some(maps) = self.target.maps_changed()
