@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Group, Python, READY_TIMEOUT, assert_not_stopped, assert_one_line_error, describe,
-    for_each_python, gcc, python_command, run_prof, spawn_c_program,
+    Group, Python, READY_TIMEOUT, assert_not_stopped, assert_one_line_error, build_c, describe,
+    for_each_python, python_command, run_prof, spawn_c_program,
 };
 
 /// A busy main thread (`spin_inner` called from `spin_outer` from `main`) and a worker
@@ -218,14 +218,13 @@ int main(int argc, char **argv) {
 fn libraries_loaded_while_sampling_are_named_at_once() {
     crate::skip_without_live_targets!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let lib_src = dir.path().join("loaded.c");
-    let lib = dir.path().join("libloaded.so");
-    fs::write(&lib_src, LOADED_C).unwrap();
-    gcc(&["-O1", "-g", "-shared", "-fPIC"], &lib_src, &lib);
-    let src = dir.path().join("loader.c");
-    let bin = dir.path().join("loader");
-    fs::write(&src, LOADER_C).unwrap();
-    gcc(&["-O1", "-g"], &src, &bin);
+    let lib = build_c(
+        dir.path(),
+        "libloaded.so",
+        LOADED_C,
+        &["-O1", "-g", "-shared", "-fPIC"],
+    );
+    let bin = build_c(dir.path(), "loader", LOADER_C, &["-O1", "-g"]);
     let copies = dir.path().join("copies");
     fs::create_dir(&copies).unwrap();
     let ready = dir.path().join("loader.ready");
@@ -296,10 +295,12 @@ fn has_ctypes(py: &Python) -> bool {
 fn python_and_c_threads_merged_over_time() {
     crate::skip_without_live_targets!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("lib.c");
-    let lib = dir.path().join("libspin.so");
-    fs::write(&src, LIB_C).unwrap();
-    gcc(&["-O1", "-g", "-shared", "-fPIC", "-pthread"], &src, &lib);
+    let lib = build_c(
+        dir.path(),
+        "libspin.so",
+        LIB_C,
+        &["-O1", "-g", "-shared", "-fPIC", "-pthread"],
+    );
     let script = dir.path().join("mixed.py");
     fs::write(&script, MIXED_PY).unwrap();
     for_each_python(|py| {

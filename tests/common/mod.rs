@@ -516,14 +516,21 @@ pub fn gcc(args: &[&str], src: &Path, out: &Path) {
     );
 }
 
+/// Build the C `source` with gcc and `flags` into `dir/name` (a program, or a library with
+/// `-shared`), its source written beside it as `name.c`; returns the built file's path.
+pub fn build_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    let out = dir.join(name);
+    fs::write(&src, source).unwrap();
+    gcc(flags, &src, &out);
+    out
+}
+
 /// Build the C program `source` in `dir` with gcc and `flags`, and start it with the path
 /// of a file it must write when ready as its argument. Returns the program (in its own
 /// process group) and that path.
 pub fn spawn_c_program(dir: &Path, name: &str, source: &str, flags: &[&str]) -> (Group, PathBuf) {
-    let src = dir.join(format!("{name}.c"));
-    let bin = dir.join(name);
-    fs::write(&src, source).unwrap();
-    gcc(flags, &src, &bin);
+    let bin = build_c(dir, name, source, flags);
     let ready = dir.join(format!("{name}.ready"));
     let group = Group::spawn(
         Command::new(&bin)
