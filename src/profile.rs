@@ -185,6 +185,7 @@ impl ThreadInfo {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TimelineEntry {
     time: f64,
+    tick: u64,
     thread: u32,
     stack: u32,
 }
@@ -204,17 +205,19 @@ impl TimelineEntry {
     }
 }
 
-/// The sampler's ticks, rebuilt from the timeline's timestamps.
+/// The sampler's ticks, rebuilt from the timeline: the samples of one tick carry its
+/// number (its period on the sampler's grid) and its time.
 ///
-/// Timestamps less than half a nominal interval (1/requested rate) apart are one
-/// tick: the sampler reads the threads of one tick one after the other. A tick
-/// lasts until the next one when that comes within 1.5 intervals (a late tick is
-/// still the next one); otherwise ticks were dropped or nothing was sampled in
-/// between (every thread idle), nobody looked, and the tick is given one interval,
-/// leaving a gap rather than stretching the last stack seen over it.
+/// A tick lasts until the next one when that is the next period's (ticks fall anywhere in
+/// their periods, so that is anywhere from a moment to two intervals later); otherwise
+/// periods were dropped or nothing was sampled in them (every thread idle), nobody
+/// looked, and the tick is given one nominal interval (1/requested rate), leaving a gap
+/// rather than stretching the last stack seen over it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ticks {
     starts: Vec<f64>,
+    /// Each tick's period.
+    numbers: Vec<u64>,
     interval: f64,
 }
 
@@ -238,17 +241,18 @@ impl Ticks {
         self.starts[tick]
     }
     /// When tick `tick` ended: the next tick's start if it follows without a gap,
-    /// else one nominal interval after its start.
+    /// else one nominal interval after its start, but never after the next tick's start
+    /// (a tick woken late, past its own period, may have the next one close behind).
     pub fn end(&self, tick: usize) -> f64 {
-        if self.contiguous(tick, tick + 1) {
-            self.starts[tick + 1]
-        } else {
-            self.starts[tick] + self.interval
+        match self.starts.get(tick + 1) {
+            Some(&next) if self.contiguous(tick, tick + 1) => next,
+            Some(&next) => next.min(self.starts[tick] + self.interval),
+            None => self.starts[tick] + self.interval,
         }
     }
     /// True when tick `b` directly follows tick `a`, with no gap in time.
     pub fn contiguous(&self, a: usize, b: usize) -> bool {
-        b == a + 1 && b < self.starts.len() && self.starts[b] - self.starts[a] < 1.5 * self.interval
+        b == a + 1 && b < self.starts.len() && self.numbers[b] == self.numbers[a] + 1
     }
 }
 
@@ -464,6 +468,7 @@ impl Profile {
         if let Some(tl) = &mut self.timeline {
             let entry = TimelineEntry {
                 time,
+                tick: sample.tick,
                 thread,
                 stack: node,
             };
@@ -735,21 +740,25 @@ impl Profile {
     /// The sampler's ticks, rebuilt from the timeline (empty without one).
     pub fn ticks(&self) -> Ticks {
         let interval = self.nominal_interval();
-        let mut times: Vec<f64> = self
+        let mut entries: Vec<(u64, f64)> = self
             .timeline()
             .unwrap_or(&[])
             .iter()
-            .map(|e| e.time)
+            .map(|e| (e.tick, e.time))
             .collect();
-        times.sort_unstable_by(f64::total_cmp);
-        let mut starts: Vec<f64> = Vec::new();
-        for t in times {
-            match starts.last() {
-                Some(&s) if t - s < interval / 2.0 => {}
-                _ => starts.push(t),
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let (mut starts, mut numbers) = (Vec::new(), Vec::new());
+        for (tick, time) in entries {
+            if numbers.last() != Some(&tick) {
+                numbers.push(tick);
+                starts.push(time);
             }
         }
-        Ticks { starts, interval }
+        Ticks {
+            starts,
+            numbers,
+            interval,
+        }
     }
 
     /// The file name shown for a function, per `full_filenames`.
@@ -1068,6 +1077,12 @@ pub(crate) mod fixtures {
     pub fn sample(time: f64, tid: u64, name: &str, frames: &[(&str, i32)]) -> Sample {
         Sample {
             time,
+            // The period of 100 Hz (as [`meta`]) it falls nearest to.
+            tick: if time.is_finite() {
+                (time * 100.0).round() as u64
+            } else {
+                0
+            },
             pid: 42,
             stack: ThreadStack {
                 thread_id: tid,
@@ -1671,6 +1686,29 @@ mod tests {
             (ticks.end(2) - 0.033).abs() < 1e-12,
             "one interval, not 50 ms"
         );
+    }
+
+    #[test]
+    fn a_tick_woken_past_its_period_ends_where_the_next_begins() {
+        let mut p = Profile::new(
+            meta(),
+            ProfileOptions {
+                keep_timeline: true,
+                ..Default::default()
+            },
+        );
+        // 100 Hz: period 0's tick woke 9.5 ms late, at 19.5 ms; period 1 was dropped;
+        // period 2's tick came early in it. Period 0's tick may not overlap period 2's.
+        for (t, tick) in [(0.0195, 0), (0.0201, 2), (0.0305, 3)] {
+            let mut s = sample(t, 1, "m", &[("f", 1)]);
+            s.tick = tick;
+            p.add(&s);
+        }
+        let ticks = p.ticks();
+        assert_eq!(ticks.len(), 3);
+        assert!(!ticks.contiguous(0, 1) && ticks.contiguous(1, 2));
+        assert!((ticks.end(0) - 0.0201).abs() < 1e-12, "{}", ticks.end(0));
+        assert!((ticks.end(1) - 0.0305).abs() < 1e-12);
     }
 
     #[test]

@@ -201,6 +201,9 @@ impl Serialize for Frames {
 pub struct Sample {
     /// Seconds since the start of the recording.
     pub time: f64,
+    /// The sampler's tick it was taken at: its period's number on the grid from the start
+    /// (see [`crate::sampler::Stamp`]); the samples of one tick share it.
+    pub tick: u64,
     /// Process the thread belongs to.
     pub pid: u32,
     /// The stack and its thread.

@@ -1,9 +1,10 @@
 //! The sampler: ticks at a fixed rate, reads every Python thread of the target (and, with
 //! `--subprocesses`, of its descendants) and sends samples to the profile.
 //!
-//! Timing is honest: ticks are scheduled on a fixed grid from the start; when a sample takes
-//! longer than a period the missed ticks are dropped and counted, never caught up in a burst,
-//! and `--duration` is wall-clock time.
+//! Timing is honest: each period of a fixed grid from the start gets one tick, at a moment
+//! drawn afresh within it (see [`phase`]); when a sample takes longer than a period the
+//! periods it overran are dropped and counted, never caught up in a burst, and
+//! `--duration` is wall-clock time.
 
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -381,7 +382,7 @@ pub fn run_live(
     {
         t.warm_native();
     }
-    let clock = SystemClock;
+    let clock = SystemClock::new();
     // This thread's only: the target's threads, and prof's others, keep theirs. A failure
     // leaves the default, which costs ticks at high rates and nothing else.
     let _ = nix::sys::prctl::set_timerslack(timer_slack(opts.rate).as_nanos() as _);
@@ -425,6 +426,27 @@ pub trait Clock {
     fn now(&self) -> Instant;
     /// Sleep until `when`, waking early if a stop is requested.
     fn sleep_until(&self, when: Instant, stop: &AtomicBool);
+    /// Where in its period tick `tick` falls, in [0, 1) (see [`phase`]).
+    fn phase(&self, tick: u64) -> f64;
+}
+
+/// Where in its period tick `tick` of a run seeded `seed` falls, in [0, 1): drawn afresh
+/// for each period, the same for the same seed and tick (a fake clock's runs repeat).
+///
+/// On a fixed grid a target whose own rhythm keeps step with the period is always seen at
+/// the same point of it: two threads taking turns on the GIL every 5 ms, sampled at
+/// 100 Hz, showed one thread on CPU at every tick and the other at none, for as long as
+/// the two rhythms kept step (rec_wake.py on 3.7: a burst of 0.1 s of CPU with 0 of its 20
+/// ticks, 1 run in 8; 0 to 20 from run to run, 5 to 10 at 73 Hz). A moment drawn anew in
+/// each period is uniform in any rhythm's cycle up to the period; each period still gets
+/// one tick, so rates and dropped ticks mean what they did.
+pub fn phase(seed: u64, tick: u64) -> f64 {
+    // splitmix64's output function over the tick's place in the seed's sequence.
+    let mut z = seed.wrapping_add(tick.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The kernel's timer slack for a thread that does not set one.
@@ -439,12 +461,36 @@ pub fn timer_slack(rate: f64) -> Duration {
     (period / 20).clamp(Duration::from_nanos(1), DEFAULT_TIMER_SLACK)
 }
 
-/// The system's monotonic clock.
-pub struct SystemClock;
+/// The system's monotonic clock, with ticks' phases seeded per run.
+pub struct SystemClock {
+    seed: u64,
+}
+
+impl SystemClock {
+    /// A clock whose ticks' phases no other run shares (seeded by the time and prof's pid).
+    pub fn new() -> SystemClock {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        SystemClock {
+            seed: nanos ^ u64::from(std::process::id()).rotate_left(32),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> SystemClock {
+        SystemClock::new()
+    }
+}
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn phase(&self, tick: u64) -> f64 {
+        phase(self.seed, tick)
     }
 
     fn sleep_until(&self, when: Instant, stop: &AtomicBool) {
@@ -470,14 +516,23 @@ pub enum Tick {
     GaveUp,
 }
 
+/// When a tick was taken: what its samples carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stamp {
+    /// Seconds since the start of the run.
+    pub time: f64,
+    /// Its period's number on the grid from the start.
+    pub tick: u64,
+}
+
 /// What the timing loop samples on each tick: the live processes, or a fake in tests.
 pub trait Source {
-    /// Take one tick at `now`, `time` seconds into the run: samples into `out`, failures
-    /// into `stats`.
+    /// Take one tick at `now` (`at` into the run): samples into `out`, failures into
+    /// `stats`.
     fn tick(
         &mut self,
         now: Instant,
-        time: f64,
+        at: Stamp,
         out: &mut Vec<Sample>,
         stats: &mut SamplerStats,
     ) -> Tick;
@@ -490,9 +545,10 @@ pub trait Source {
     fn publish(&self, _live: &LiveStats) {}
 }
 
-/// The timing loop: ticks on a fixed grid from the start, each tick's samples sent to `tx`
-/// as one message; ticks whose time has passed are dropped and counted, never caught up in
-/// a burst; `opts.duration` is wall-clock time from the start.
+/// The timing loop: one tick in each period of a fixed grid from the start, at the moment
+/// [`Clock::phase`] draws in what is left of that period; each tick's samples sent to `tx`
+/// as one message; periods that ended while a tick ran are dropped and counted, never
+/// caught up in a burst; `opts.duration` is wall-clock time from the start.
 pub fn timing_loop(
     clock: &impl Clock,
     source: &mut impl Source,
@@ -505,6 +561,7 @@ pub fn timing_loop(
     source.warm(clock.now(), stats);
     let start = clock.now();
     let rate = opts.rate.max(0.001);
+    let window = opts.duration.map(|d| d.as_secs_f64());
     let mut tick: u64 = 0;
     // Whether the run went the whole of -d: its window is then exactly -d long (each tick
     // stands for one period), however soon after the last tick the loop ends.
@@ -513,22 +570,28 @@ pub fn timing_loop(
     loop {
         // From the tick's number, not a sum of rounded periods: 3 Hz for 1 s is 3 ticks,
         // not a 4th at 0.999999999 s.
-        let due = start + Duration::from_secs_f64(tick as f64 / rate);
-        if let Some(d) = opts.duration
-            && due >= start + d
-        {
+        let begins = tick as f64 / rate;
+        if window.is_some_and(|d| begins >= d) {
             full_window = true;
             break;
         }
-        clock.sleep_until(due, stop);
+        // What is left of the period (all of it unless the last tick ran into it), and of
+        // the window: a tick drawn past either would stand for time nobody asked for.
+        let ends = ((tick + 1) as f64 / rate).min(window.unwrap_or(f64::INFINITY));
+        let from = begins.max(clock.now().duration_since(start).as_secs_f64());
+        let at = from + (ends - from).max(0.0) * clock.phase(tick);
+        clock.sleep_until(start + Duration::from_secs_f64(at), stop);
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let now = clock.now();
-        let time = now.duration_since(start).as_secs_f64();
+        let at = Stamp {
+            time: now.duration_since(start).as_secs_f64(),
+            tick,
+        };
         // As long as the last tick's: a tick usually gives as many samples as the one before.
         let mut batch = Vec::with_capacity(last_len);
-        let ended = source.tick(now, time, &mut batch, stats);
+        let ended = source.tick(now, at, &mut batch, stats);
         last_len = batch.len();
         if ended == Tick::Exited {
             stats.target_exited = true;
@@ -546,16 +609,15 @@ pub fn timing_loop(
         }
         stats.ticks += 1;
         tick += 1;
-        // Ticks whose time has already passed are dropped, not caught up in a burst. Only
-        // the window's own ticks count as dropped: a stall past the end of -d (a tick that
-        // overran it, prof descheduled) skipped nothing that was asked for, and counting it
-        // made ticks plus dropped ticks exceed the window's.
+        // Periods that ended while this tick ran are dropped, not caught up in a burst; the
+        // one it ended in still gets its tick, in what is left of it. Only the window's own
+        // periods count as dropped: a stall past the end of -d (a tick that overran it,
+        // prof descheduled) skipped nothing that was asked for, and counting it made ticks
+        // plus dropped ticks exceed the window's.
         let behind = clock.now().duration_since(start).as_secs_f64() * rate;
-        let next = behind.ceil() as u64;
+        let next = behind.floor() as u64;
         if next > tick {
-            let window_end = opts
-                .duration
-                .map_or(u64::MAX, |d| (d.as_secs_f64() * rate).ceil() as u64);
+            let window_end = window.map_or(u64::MAX, |d| (d * rate).ceil() as u64);
             stats.dropped_ticks += next.min(window_end).saturating_sub(tick);
             tick = next;
         }
@@ -586,7 +648,7 @@ impl Source for LiveProcs {
     fn tick(
         &mut self,
         now: Instant,
-        time: f64,
+        at: Stamp,
         out: &mut Vec<Sample>,
         stats: &mut SamplerStats,
     ) -> Tick {
@@ -609,7 +671,7 @@ impl Source for LiveProcs {
             return Tick::Exited;
         }
         for p in self.procs.iter_mut() {
-            sample_process(p, time, now, &self.frame_opts, &self.opts, out, stats);
+            sample_process(p, at, now, &self.frame_opts, &self.opts, out, stats);
         }
         if !self.opts.subprocesses
             && self.procs.len() == 1
@@ -640,7 +702,7 @@ impl Source for LiveProcs {
             for p in self.procs.iter_mut() {
                 sample_process(
                     p,
-                    0.0,
+                    Stamp { time: 0.0, tick: 0 },
                     now,
                     &self.frame_opts,
                     &self.opts,
@@ -667,7 +729,7 @@ impl Source for LiveProcs {
 
 fn sample_process(
     p: &mut Proc,
-    time: f64,
+    at: Stamp,
     now: Instant,
     frame_opts: &FrameOptions,
     opts: &SamplerOptions,
@@ -859,7 +921,8 @@ fn sample_process(
             continue;
         }
         out.push(Sample {
-            time,
+            time: at.time,
+            tick: at.tick,
             pid: p.pid,
             stack,
         });
@@ -887,15 +950,25 @@ mod tests {
     use super::*;
     use crate::sample::{Frame, FrameKind, ThreadStack};
 
-    /// A clock that moves only when slept on, or when a fake tick says it worked.
+    /// A clock that moves only when slept on, or when a fake tick says it worked; its ticks
+    /// fall at the start of their periods unless it is `seeded`.
     struct FakeClock {
         t: Cell<Instant>,
+        seed: Option<u64>,
     }
 
     impl FakeClock {
         fn new() -> FakeClock {
             FakeClock {
                 t: Cell::new(Instant::now()),
+                seed: None,
+            }
+        }
+
+        fn seeded(seed: u64) -> FakeClock {
+            FakeClock {
+                seed: Some(seed),
+                ..FakeClock::new()
             }
         }
 
@@ -914,6 +987,10 @@ mod tests {
                 self.t.set(when);
             }
         }
+
+        fn phase(&self, tick: u64) -> f64 {
+            self.seed.map_or(0.0, |s| phase(s, tick))
+        }
     }
 
     /// A target in memory: each tick costs `cost` of the fake clock, gives one sample per
@@ -928,6 +1005,8 @@ mod tests {
         stop_after: Option<(u64, &'a AtomicBool)>,
         /// When each tick was taken, seconds into the run.
         times: Vec<f64>,
+        /// Each tick's period.
+        ticks: Vec<u64>,
         /// What the first tick, or a warm-up, costs on top (learning the target).
         learning: Duration,
     }
@@ -942,6 +1021,7 @@ mod tests {
                 exit_after: None,
                 stop_after: None,
                 times: Vec::new(),
+                ticks: Vec::new(),
                 learning: Duration::ZERO,
             }
         }
@@ -951,7 +1031,7 @@ mod tests {
         fn tick(
             &mut self,
             _now: Instant,
-            time: f64,
+            at: Stamp,
             out: &mut Vec<Sample>,
             stats: &mut SamplerStats,
         ) -> Tick {
@@ -964,7 +1044,8 @@ mod tests {
             {
                 stop.store(true, Ordering::SeqCst);
             }
-            self.times.push(time);
+            self.times.push(at.time);
+            self.ticks.push(at.tick);
             self.clock
                 .advance(self.cost + std::mem::take(&mut self.learning));
             if self.fail_every.is_some_and(|k| (n + 1).is_multiple_of(k)) {
@@ -973,7 +1054,8 @@ mod tests {
             }
             for t in 0..self.threads {
                 out.push(Sample {
-                    time,
+                    time: at.time,
+                    tick: at.tick,
                     pid: 1,
                     stack: ThreadStack {
                         thread_id: t as u64,
@@ -1060,20 +1142,79 @@ mod tests {
 
     #[test]
     fn late_ticks_are_dropped_and_counted_never_caught_up() {
-        // 100 Hz, but each tick takes 25 ms: a tick lands every third slot of the grid.
+        // 100 Hz, but each tick takes 25 ms: each tick overruns the next period whole and
+        // ends half-way through the one after, whose tick then comes at once.
         let clock = FakeClock::new();
         let mut target = FakeTarget::new(&clock, 25);
         let stats = run_fake(&mut target, &opts(100.0, Some(1000)), 1000);
-        assert_eq!(stats.ticks, 34, "{stats:?}");
-        // The two slots each tick overran, up to the window's end: the last tick (slot 99)
-        // overran past it, which skipped nothing asked for. Taken and dropped ticks make up
-        // the window's 100.
-        assert_eq!(stats.dropped_ticks, 66, "{stats:?}");
+        assert_eq!(stats.ticks, 40, "{stats:?}");
+        // The periods each tick overran whole, up to the window's end: the last tick
+        // (period 97) overran past it, which skipped nothing asked for. Taken and dropped
+        // ticks make up the window's 100.
+        assert_eq!(stats.dropped_ticks, 60, "{stats:?}");
         assert_eq!(stats.elapsed, Duration::from_secs(1));
-        assert!((stats.achieved_rate() - 34.0).abs() < 1e-9);
-        // No burst: ticks stay a whole number of periods apart, never closer than one.
+        assert!((stats.achieved_rate() - 40.0).abs() < 1e-9);
+        // No burst: one tick a period at most, and never two closer than the tick took.
+        assert!(
+            target.ticks.windows(2).all(|w| w[1] > w[0]),
+            "{:?}",
+            target.ticks
+        );
         for w in target.times.windows(2) {
-            assert!((w[1] - w[0] - 0.03).abs() < 1e-9, "{:?}", target.times);
+            assert!((w[1] - w[0] - 0.025).abs() < 1e-9, "{:?}", target.times);
+        }
+    }
+
+    #[test]
+    fn each_period_gets_one_tick_at_a_moment_drawn_in_it() {
+        let clock = FakeClock::seeded(7);
+        let mut target = FakeTarget::new(&clock, 1);
+        let stats = run_fake(&mut target, &opts(100.0, Some(10_000)), 2000);
+        assert_eq!((stats.ticks, stats.dropped_ticks), (1000, 0), "{stats:?}");
+        assert_eq!(target.ticks, (0..1000).collect::<Vec<u64>>());
+        // Each tick inside its own period, and not always at the same point of it: each
+        // quarter of the period holds about a quarter of the ticks (binomial sd ~1.4%).
+        let mut quarters = [0u32; 4];
+        for (&k, &t) in target.ticks.iter().zip(&target.times) {
+            let p = t * 100.0 - k as f64;
+            assert!((0.0..1.0).contains(&p), "tick {k} at {t}");
+            quarters[(p * 4.0) as usize] += 1;
+        }
+        assert!(
+            quarters.iter().all(|&q| (200..300).contains(&q)),
+            "{quarters:?}"
+        );
+        // A tick that overruns into the next period moves that period's tick past it, and
+        // still inside the period.
+        let clock = FakeClock::seeded(11);
+        let mut target = FakeTarget::new(&clock, 8);
+        let stats = run_fake(&mut target, &opts(100.0, Some(10_000)), 2000);
+        assert_eq!(stats.ticks + stats.dropped_ticks, 1000, "{stats:?}");
+        for (w, k) in target.times.windows(2).zip(target.ticks.windows(2)) {
+            assert!(w[1] - w[0] >= 0.008 - 1e-9, "{w:?}");
+            assert!(k[1] > k[0] && (0.0..1.0).contains(&(w[1] * 100.0 - k[1] as f64)));
+        }
+    }
+
+    #[test]
+    fn a_rhythm_in_step_with_the_period_is_seen_in_its_share() {
+        // A thread on CPU for the first half of every 10 ms, sampled at 100 Hz: on a fixed
+        // grid every tick sees it running, and (5 ms later in its cycle) would see it at
+        // none; drawn moments see it in half of them, wherever its cycle starts.
+        let running = |t: f64, offset: f64| (t * 100.0 + offset).fract() < 0.5;
+        for offset in [0.1, 0.35, 0.6] {
+            let grid = FakeClock::new();
+            let mut target = FakeTarget::new(&grid, 1);
+            run_fake(&mut target, &opts(100.0, Some(5000)), 1000);
+            let seen = target.times.iter().filter(|&&t| running(t, offset)).count();
+            let all = if offset < 0.5 { 500 } else { 0 };
+            assert_eq!(seen, all, "offset {offset}: on the grid");
+
+            let drawn = FakeClock::seeded(offset.to_bits());
+            let mut target = FakeTarget::new(&drawn, 1);
+            run_fake(&mut target, &opts(100.0, Some(5000)), 1000);
+            let seen = target.times.iter().filter(|&&t| running(t, offset)).count();
+            assert!((200..300).contains(&seen), "offset {offset}: {seen} of 500");
         }
     }
 

@@ -850,6 +850,7 @@ mod tests {
     fn sample(pid: u32, tid: u32, state: State, func: &str, futex: Option<u64>) -> Sample {
         Sample {
             time: 0.0,
+            tick: 0,
             pid,
             stack: ThreadStack {
                 thread_id: tid as u64,

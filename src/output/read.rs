@@ -219,6 +219,7 @@ impl Builder {
             .or_insert_with(|| parse_thread_title(thread, next));
         let sample = Sample {
             time: 0.0,
+            tick: 0,
             pid: *pid,
             stack: ThreadStack {
                 frames: frames.into(),

@@ -710,6 +710,7 @@ mod tests {
             for _ in 0..n {
                 d.add(&Sample {
                     time: 0.0,
+                    tick: 0,
                     pid: 4242,
                     stack: ThreadStack {
                         thread_id: tid as u64,
