@@ -84,12 +84,23 @@ impl Spare {
         if b.capacity() == 0 {
             return;
         }
-        // Bounded: a plan never needs more than one sample's worth.
+        // Bounded within one read too (see `Spare::trim` for the bound between samples).
         const MAX_SPARE: usize = 4096;
         if self.bufs.len() < MAX_SPARE {
             let at = self.bufs.partition_point(|s| s.len() < b.len());
             self.bufs.insert(at, b);
         }
+    }
+
+    /// Keep at most `keep` spare buffers, the longest. Buffers also come from outside the
+    /// plan (the code heads the reader fetches for new code, copies of a full walk), and
+    /// each would otherwise stay in the pool for good: on a target that keeps making code,
+    /// the pool filled towards its 4,096 buffers over ten minutes (~1.1 MiB, the soak's
+    /// growth). A sample needs from the pool only buffers for regions at new addresses,
+    /// never more than one sample's worth.
+    fn trim(&mut self, keep: usize) {
+        let extra = self.bufs.len().saturating_sub(keep);
+        self.bufs.drain(..extra);
     }
 }
 
@@ -506,6 +517,7 @@ impl Plan {
     }
 
     fn recycle_parts(&mut self, raws: Vec<Vec<u8>>, chunks: Vec<Vec<(u64, Vec<u8>)>>) {
+        let held = raws.len() + chunks.iter().map(Vec::len).sum::<usize>();
         let spare = &mut self.spare;
         for b in std::mem::replace(&mut spare.raws, raws) {
             spare.give(b);
@@ -516,6 +528,7 @@ impl Plan {
             }
         }
         spare.outer = std::mem::take(&mut spare.outer_next);
+        spare.trim(held);
     }
 }
 
@@ -757,6 +770,28 @@ pub(crate) mod tests {
         let mut out = vec![Vec::new(), Vec::new()];
         plan.prefetch(&m, &now, &mut out);
         assert!(out.iter().all(|o| o.is_empty()));
+    }
+
+    #[test]
+    fn buffers_from_outside_the_plan_do_not_pile_up_in_the_pool() {
+        let l = Layout::from_table(super::super::layout::Version::new(3, 12, 1), false).unwrap();
+        let m = image_312(&l, 0, 5, [0x7000, 0x7100]);
+        let threads = super::super::threads::thread_states(&m, &l, RUNTIME).unwrap();
+        let mut plan = Plan::learn(&m, &l, &threads).unwrap();
+        // A target that keeps making code: every sample, the reader adds the head of a new
+        // code object to a thread's copy (as `fetch_code_heads` does), which the plan did
+        // not ask for and the next read hands to the pool.
+        for k in 0..200u64 {
+            let mut snap = plan.read(&m, &l, RUNTIME, true, &[]).unwrap();
+            snap.chunks[0].push((0x10_0000 + k * 0x100, vec![0u8; 256]));
+            let held = snap.threads.len() + snap.chunks.iter().map(Vec::len).sum::<usize>();
+            plan.recycle(snap.threads, snap.chunks);
+            assert!(
+                plan.spare.bufs.len() <= held,
+                "{} spare buffers after sample {k}, for samples of {held}",
+                plan.spare.bufs.len()
+            );
+        }
     }
 
     #[test]
