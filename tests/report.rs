@@ -145,7 +145,7 @@ fn report_names_the_hot_function_with_the_targets_share() {
         let pid = target.pid.to_string();
         for format in ["pprof", "speedscope", "raw"] {
             let file = target.path(&format!("split-{format}.profile"));
-            let before = target.totals();
+            let what = format!("[{}] {format}", py.name);
             let record = [
                 "record",
                 "-p",
@@ -160,32 +160,49 @@ fn report_names_the_hot_function_with_the_targets_share() {
                 &file,
                 "--summary",
             ];
-            let recorded = ok(&record);
-            let after = target.totals();
-            let measured = (after.a - before.a) / (after.elapsed - before.elapsed);
-            let what = format!("[{}] {format}", py.name);
-            assert!(
-                (0.6..0.8).contains(&(after.a / (after.a + after.b))),
-                "{what}: the target's split is off, the target is broken: {after:?}"
-            );
-
-            let v = report_json(&["report", "--json", &file]);
-            let samples = v["samples"].as_u64().unwrap();
-            assert!(samples >= 1000, "{what}: only {samples} samples\n{v}");
+            // The target's own share is measured between two of its reports (every 0.2 s)
+            // around prof's window, and it evens out split_a against split_b over time: on
+            // a loaded machine a preempted slice is followed by a long run of the other
+            // function, and the windows' edges then see different shares (CI, two helpers
+            // at work: 70.5% against 74.2%, either side over). A second recording is taken
+            // before failing; a fault of prof's fails both.
+            let mut misses = Vec::new();
+            let (recorded, v, own) = loop {
+                let before = target.totals();
+                let recorded = ok(&record);
+                let after = target.totals();
+                let measured = (after.a - before.a) / (after.elapsed - before.elapsed);
+                assert!(
+                    (0.6..0.8).contains(&(after.a / (after.a + after.b))),
+                    "{what}: the target's split is off, the target is broken: {after:?}"
+                );
+                let v = report_json(&["report", "--json", &file]);
+                let samples = v["samples"].as_u64().unwrap();
+                assert!(samples >= 1000, "{what}: only {samples} samples\n{v}");
+                let top = &v["functions"][0];
+                assert_eq!(top["name"], "split_a", "{what}: the hottest function\n{v}");
+                let own = top["own"].as_f64().unwrap();
+                eprintln!(
+                    "report: {what}: split_a {:.2}% of {samples} samples, the target measured {:.2}%",
+                    own * 100.0,
+                    measured * 100.0
+                );
+                if (own - measured).abs() <= TOLERANCE {
+                    break (recorded, v, own);
+                }
+                misses.push(format!(
+                    "prof report gives split_a {:.2}%, the target measured {:.2}%",
+                    own * 100.0,
+                    measured * 100.0
+                ));
+                assert!(
+                    misses.len() < 2,
+                    "{what}: in two recordings: {}\n{v}",
+                    misses.join("; ")
+                );
+            };
             let top = &v["functions"][0];
-            assert_eq!(top["name"], "split_a", "{what}: the hottest function\n{v}");
-            let own = top["own"].as_f64().unwrap();
-            eprintln!(
-                "report: {what}: split_a {:.2}% of {samples} samples, the target measured {:.2}%",
-                own * 100.0,
-                measured * 100.0
-            );
-            assert!(
-                (own - measured).abs() <= TOLERANCE,
-                "{what}: prof report gives split_a {:.2}%, the target measured {:.2}%\n{v}",
-                own * 100.0,
-                measured * 100.0
-            );
+            let samples = v["samples"].as_u64().unwrap();
             let own_samples = top["own_samples"].as_u64().unwrap();
             assert!((own - own_samples as f64 / samples as f64).abs() < 1e-9);
             assert!(
