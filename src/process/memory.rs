@@ -169,7 +169,7 @@ pub struct LiveMemory {
     /// same ranges tick after tick, and sorting and merging them again each time was a
     /// visible share of its CPU. A tick makes up to three batches (the batch, the re-read
     /// of a new GIL holder, the second look), each with its own layout.
-    layouts: Cell<Vec<BatchLayout>>,
+    layouts: Cell<Layouts>,
     /// The iovec lists of a batched read, kept empty between reads so that a read does
     /// not allocate them (three allocations per read were a visible share of a tick).
     iovecs: Cell<Iovecs>,
@@ -197,53 +197,92 @@ fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
 const LAYOUTS_KEPT: usize = 4;
 /// Batch layouts it keeps while they hold at most [`LAYOUT_RANGES_KEPT`] requests together:
 /// a batch that leaves out the stacks the GIL shows still has one shape per holder of the
-/// GIL (8 on eight busy threads), and laying one out again cost ~1k instructions a read.
-const LAYOUTS_KEPT_SMALL: usize = 16;
+/// GIL, and one per pair of holders when the GIL changed hands (the re-read of the new
+/// holder): on eight busy threads, ~90 shapes with their second looks. With 16 kept, a
+/// change of hands laid out three batches anew (~9k instructions each, mostly sorting).
+const LAYOUTS_KEPT_SMALL: usize = 128;
 /// See [`LAYOUTS_KEPT_SMALL`]: a thousand threads' batch alone is ~3,000 requests.
 const LAYOUT_RANGES_KEPT: usize = 4096;
+
+/// The batch layouts kept (see [`LAYOUTS_KEPT_SMALL`]), found by a hash of their requests,
+/// the least recently used given up first.
+#[derive(Debug, Default)]
+struct Layouts {
+    kept: Vec<BatchLayout>,
+    /// Counts the reads: each layout notes the last one that used it.
+    clock: u64,
+}
 
 /// A batched read's requests and how they are issued.
 #[derive(Debug)]
 struct BatchLayout {
+    /// [`batch_key`] of its requests.
+    key: u64,
+    /// When it was last used (see [`Layouts::clock`]).
+    used: u64,
     ranges: Vec<(u64, usize)>,
     cuts: Vec<usize>,
     plan: Coalesced,
     scatter: Scatter,
 }
 
-impl BatchLayout {
-    /// The layout for `reqs`: taken out of `kept` when one there is for the same requests,
-    /// else laid out anew (in the allocations of the oldest kept, when `kept` is full).
-    fn for_requests(
-        kept: &mut Vec<BatchLayout>,
-        reqs: &[(u64, &mut [u8])],
-        cuts: &[usize],
-    ) -> BatchLayout {
+/// A hash of a batch's requests (address and length) and group cuts.
+fn batch_key(reqs: &[(u64, &mut [u8])], cuts: &[usize]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, x: u64| (h.rotate_left(26) ^ x).wrapping_mul(K);
+    let h = cuts
+        .iter()
+        .fold(reqs.len() as u64, |h, &c| mix(h, c as u64));
+    reqs.iter()
+        .fold(h, |h, (a, b)| mix(mix(h, *a), b.len() as u64))
+}
+
+impl Layouts {
+    /// The position in `kept` of the layout for `reqs`: the one kept for the same
+    /// requests, else one laid out anew (in the allocations of the least recently used,
+    /// when there are too many).
+    fn for_requests(&mut self, reqs: &[(u64, &mut [u8])], cuts: &[usize]) -> usize {
+        self.clock += 1;
+        let key = batch_key(reqs, cuts);
         let same = |l: &BatchLayout| {
-            l.cuts == cuts
+            l.key == key
+                && l.cuts == cuts
                 && l.ranges.len() == reqs.len()
                 && l.ranges
                     .iter()
                     .zip(reqs)
                     .all(|(r, (a, b))| r.0 == *a && r.1 == b.len())
         };
-        if let Some(k) = kept.iter().position(same) {
-            return kept.remove(k);
+        if let Some(k) = self.kept.iter().position(same) {
+            self.kept[k].used = self.clock;
+            return k;
         }
-        let oldest = (kept.len() >= LAYOUTS_KEPT_SMALL)
-            .then(|| kept.pop())
-            .flatten();
+        let mut total: usize = self.kept.iter().map(|l| l.ranges.len()).sum();
+        let mut oldest = None;
+        while self.kept.len() >= LAYOUTS_KEPT
+            && (self.kept.len() >= LAYOUTS_KEPT_SMALL || total + reqs.len() > LAYOUT_RANGES_KEPT)
+        {
+            let lru = (0..self.kept.len())
+                .min_by_key(|&k| self.kept[k].used)
+                .expect("kept layouts");
+            let gone = self.kept.swap_remove(lru);
+            total -= gone.ranges.len();
+            oldest = Some(gone);
+        }
         let mut ranges = oldest.map(|l| l.ranges).unwrap_or_default();
         ranges.clear();
         ranges.extend(reqs.iter().map(|(a, b)| (*a, b.len())));
         let plan = coalesce(&ranges, cuts);
         let scatter = scatter(&plan, &ranges);
-        BatchLayout {
+        self.kept.push(BatchLayout {
+            key,
+            used: self.clock,
             ranges,
             cuts: cuts.to_vec(),
             plan,
             scatter,
-        }
+        });
+        self.kept.len() - 1
     }
 }
 
@@ -380,8 +419,14 @@ fn scatter(c: &Coalesced, reqs: &[(u64, usize)]) -> Scatter {
 fn coalesce(reqs: &[(u64, usize)], cuts: &[usize]) -> Coalesced {
     let group = |i: usize| cuts.partition_point(|&c| c <= i);
     // An empty request touches no page, so it must not stretch a span.
-    let mut order: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].1 > 0).collect();
-    order.sort_unstable_by_key(|&i| (group(i), reqs[i].0));
+    // Sorted by keys worked out once: a key per comparison (a binary search of the cuts
+    // each) made this sort most of the cost of laying out a batch.
+    let mut keyed: Vec<(usize, u64, usize)> = (0..reqs.len())
+        .filter(|&i| reqs[i].1 > 0)
+        .map(|i| (group(i), reqs[i].0, i))
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<usize> = keyed.iter().map(|k| k.2).collect();
     let mut spans: Vec<(u64, u64)> = Vec::new();
     let mut span_of = vec![usize::MAX; reqs.len()];
     // The group of the last span: spans never mix groups.
@@ -465,7 +510,7 @@ impl LiveMemory {
             pid: Pid::from_raw(pid as i32),
             reads: Cell::new(0),
             scratch: Cell::new(Vec::new()),
-            layouts: Cell::new(Vec::new()),
+            layouts: Cell::new(Layouts::default()),
             iovecs: Cell::new(Iovecs::default()),
         }
     }
@@ -504,21 +549,10 @@ impl Memory for LiveMemory {
     }
 
     fn read_many_then(&self, reqs: &mut [(u64, &mut [u8])], cuts: &[usize]) -> MemResult<()> {
-        let mut kept = self.layouts.take();
-        let batch = BatchLayout::for_requests(&mut kept, reqs, cuts);
-        let result = self.read_laid_out(reqs, &batch);
-        kept.insert(0, batch);
-        let mut ranges = 0;
-        let small = kept
-            .iter()
-            .take(LAYOUTS_KEPT_SMALL)
-            .take_while(|l| {
-                ranges += l.ranges.len();
-                ranges <= LAYOUT_RANGES_KEPT
-            })
-            .count();
-        kept.truncate(small.max(LAYOUTS_KEPT));
-        self.layouts.set(kept);
+        let mut layouts = self.layouts.take();
+        let k = layouts.for_requests(reqs, cuts);
+        let result = self.read_laid_out(reqs, &layouts.kept[k]);
+        self.layouts.set(layouts);
         result
     }
 
@@ -842,32 +876,51 @@ mod tests {
             (0x7f1e_300d_b000, &mut b[..]),
             (0x55b8_8de5_9168, &mut c[..]),
         ];
-        let mut kept = Vec::new();
-        let first = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
-        assert_eq!(first.plan.spans.len(), 3);
+        let mut layouts = Layouts::default();
+        let first = layouts.for_requests(&reqs, &[2]);
+        assert_eq!(layouts.kept[first].plan.spans.len(), 3);
         // A layout is known by its allocations.
-        let at = first.ranges.as_ptr();
-        kept.push(first);
-        let again = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
-        assert_eq!(again.ranges.as_ptr(), at);
-        assert!(kept.is_empty(), "taken out of the kept layouts");
-        kept.push(again);
+        let at = layouts.kept[first].ranges.as_ptr();
+        let again = layouts.for_requests(&reqs, &[2]);
+        assert_eq!(layouts.kept[again].ranges.as_ptr(), at);
+        assert_eq!(layouts.kept.len(), 1, "not laid out again");
         // The same addresses split differently into the two groups: laid out anew, and the
         // first layout stays kept.
-        let regrouped = BatchLayout::for_requests(&mut kept, &reqs, &[3]);
-        assert_eq!(regrouped.plan.spans.len(), 2);
-        assert_eq!(kept.len(), 1);
-        kept.insert(0, regrouped);
+        let regrouped = layouts.for_requests(&reqs, &[3]);
+        assert_eq!(layouts.kept[regrouped].plan.spans.len(), 2);
+        assert_eq!(layouts.kept.len(), 2);
         // Batches that take turns (the sampler's batch and its second look) each find their
         // own layout.
-        let back = BatchLayout::for_requests(&mut kept, &reqs, &[2]);
-        assert_eq!(back.ranges.as_ptr(), at);
-        kept.insert(0, back);
+        let back = layouts.for_requests(&reqs, &[2]);
+        assert_eq!(layouts.kept[back].ranges.as_ptr(), at);
         // A request that moved: laid out anew.
         reqs[1].0 += 4096;
-        let moved = BatchLayout::for_requests(&mut kept, &reqs, &[3]);
-        assert_eq!(moved.plan.spans[1].0, 0x7f1e_300d_c000);
-        assert_eq!(kept.len(), 2);
+        let moved = layouts.for_requests(&reqs, &[3]);
+        assert_eq!(layouts.kept[moved].plan.spans[1].0, 0x7f1e_300d_c000);
+        assert_eq!(layouts.kept.len(), 3);
+        // Too many: the least recently used ones go, and their allocations serve anew.
+        reqs[1].0 -= 4096;
+        for k in 0..LAYOUTS_KEPT_SMALL as u64 {
+            reqs[0].0 = 0x1000 * (k + 1);
+            layouts.for_requests(&reqs, &[2]);
+            // The first layout, used every time between the others, stays.
+            reqs[0].0 = 0x55b8_8de5_9130;
+            let first = layouts.for_requests(&reqs, &[2]);
+            assert_eq!(layouts.kept[first].ranges.as_ptr(), at);
+        }
+        assert_eq!(layouts.kept.len(), LAYOUTS_KEPT_SMALL);
+        // A batch of too many requests to keep beside the others: only the latest few stay.
+        let mut big: Vec<[u8; 8]> = vec![[0; 8]; LAYOUT_RANGES_KEPT];
+        let mut many: Vec<(u64, &mut [u8])> = big
+            .iter_mut()
+            .enumerate()
+            .map(|(k, b)| (0x10_0000 + 0x10 * k as u64, &mut b[..]))
+            .collect();
+        layouts.for_requests(&many, &[]);
+        assert_eq!(layouts.kept.len(), LAYOUTS_KEPT);
+        many[0].0 = 8;
+        layouts.for_requests(&many, &[]);
+        assert_eq!(layouts.kept.len(), LAYOUTS_KEPT);
     }
 
     #[test]

@@ -169,12 +169,50 @@ pub struct Snapshot {
 /// The GIL's last holder and the count of its changes of hands at one moment. The count
 /// only grows, by one each time another thread takes the GIL, so two readings that agree
 /// mean no thread but that holder took the GIL in between: no other thread ran Python
-/// code, and every other thread's stack stayed as it was.
+/// code, and every other thread's stack stayed as it was. Two exact readings one change
+/// apart mean that only the later one's holder took it in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Epoch {
     /// The thread state that last took the GIL.
     pub holder: u64,
     switches: u64,
+    /// The read's end saw the same hands as its start. A single reading can be torn (the
+    /// holder from before a change of hands, the count from after it); two that agree
+    /// around a read of microseconds are not.
+    exact: bool,
+}
+
+impl Epoch {
+    /// Was the thread state `tstate`, still at `earlier` and not the GIL's last holder then,
+    /// still from then to this reading? Yes when the hands are the same; and when they
+    /// changed once, between exact readings, to another thread than `tstate`: the one
+    /// change is that thread taking the GIL. (At 1000 Hz on busy threads that swap the GIL
+    /// every 5 ms, a tick sees one change in five; two or more mean some thread in between
+    /// is not known, and every stack is read again.)
+    pub fn still_since(&self, earlier: &Epoch, tstate: u64) -> bool {
+        let same = self.holder == earlier.holder && self.switches == earlier.switches;
+        let one_change =
+            self.exact && earlier.exact && self.switches == earlier.switches.wrapping_add(1);
+        earlier.holder != tstate && self.holder != tstate && (same || one_change)
+    }
+
+    /// Did the read's end see the same hands as its start?
+    pub fn exact(&self) -> bool {
+        self.exact
+    }
+
+    /// Did the GIL change hands at most once from `earlier` to this reading?
+    pub fn follows(&self, earlier: &Epoch) -> bool {
+        self.switches.wrapping_sub(earlier.switches) <= 1
+    }
+
+    /// This reading as an exact one: what a guess assumes of the next.
+    pub fn assumed_exact(self) -> Epoch {
+        Epoch {
+            exact: true,
+            ..self
+        }
+    }
 }
 
 /// What a batched read says about one thread's stack.
@@ -297,7 +335,8 @@ impl Plan {
     }
 
     /// Read everything in one batch and check it; None when anything moved. With
-    /// `validate`, the batch ends with a re-read of every thread's innermost frame pointer.
+    /// `validate`, the snapshot says which stacks the read itself vouches for (see
+    /// [`Still`]).
     /// The threads `skip` marks (by list position) get their thread state read but not
     /// their stack: no chunk copies, and their plan is kept for when they are read again.
     pub fn read<M: Memory + ?Sized>(
@@ -323,7 +362,9 @@ impl Plan {
         // With a GIL, only its holder can change Python frames. When the GIL's holder and
         // switch count are the same at the end of the read as at its start, every other
         // thread was still, and only the holder's stack needs a second look.
-        let switches = gil_switches(l).filter(|_| validate && gil_span.is_some());
+        // The GIL is read again at the end in both modes: an exact reading (see Epoch) lets
+        // a later sample hand out stacks over one change of hands.
+        let switches = gil_switches(l).filter(|_| gil_span.is_some());
         let spare = &mut self.spare;
         let mut tstates: Vec<PyThread> = std::mem::take(&mut spare.threads);
         // Each thread state and region gets back the buffer it had last time.
@@ -438,13 +479,15 @@ impl Plan {
         // Did the GIL stay with one thread (or free) from the start of the read to its end?
         // Then every thread but that one was still while it was copied.
         let mut still = validate.then(|| vec![Still::Unknown; n]);
-        if let (Some(v), Some(switch), Some((lo, _)), GilSource::InterpGil { last_holder, .. }) =
-            (&mut still, switches, gil_span, l.gil)
+        let mut exact = false;
+        if let (Some(switch), Some((lo, _)), GilSource::InterpGil { last_holder, .. }) =
+            (switches, gil_span, l.gil)
         {
             let at = |b: &[u8], off: u64| le_u64(b, (off - lo) as usize);
             let last = at(gil_state, last_holder);
-            if last == at(gil_again, last_holder) && at(gil_state, switch) == at(gil_again, switch)
-            {
+            exact = last == at(gil_again, last_holder)
+                && at(gil_state, switch) == at(gil_again, switch);
+            if let (Some(v), true) = (&mut still, exact) {
                 for (s, ts) in v.iter_mut().zip(&self.tstates) {
                     if *ts != last {
                         *s = Still::Quiet;
@@ -497,6 +540,7 @@ impl Plan {
                 Some(Epoch {
                     holder: le_u64(gil_state, (last_holder - lo) as usize),
                     switches: le_u64(gil_state, (switch - lo) as usize),
+                    exact,
                 })
             }
             _ => None,

@@ -334,7 +334,26 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     let frame_len = frame_read_len(l);
     same_at.clear();
     same.clear();
+    let mut retained = 0usize;
     for (i, look) in looks.iter_mut().enumerate() {
+        // A thread not looked at keeps its second copy's buffers and what its last look
+        // worked out, for its next look: busy threads take turns with the GIL, and freeing
+        // them cost an allocation, a zeroed 4 KiB and a new layout at every turn (~1.5k
+        // instructions a tick on threads8). Bounded, for processes of many threads.
+        if !want(i) {
+            let (_, copy) = look.parts();
+            let bytes: usize = copy.iter().map(|c| c.1.capacity()).sum();
+            if retained + bytes <= MAX_LOOK_RETAINED {
+                retained += bytes;
+            } else {
+                copy.clear();
+                if let Some(kept) = look.layout() {
+                    kept.forget();
+                }
+            }
+            same_at.push(None);
+            continue;
+        }
         // The second copy's buffers still have the places and sizes this layout gave them.
         if want(i)
             && let Some(kept) = look.layout()
@@ -452,7 +471,10 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     stands.clear();
     {
         let mut reqs: Vec<(u64, &mut [u8])> = Vec::new();
-        for look in looks.iter_mut() {
+        for (i, look) in looks.iter_mut().enumerate() {
+            if !want(i) {
+                continue;
+            }
             for (addr, buf) in look.parts().1.iter_mut() {
                 reqs.push((*addr, buf));
             }
@@ -524,6 +546,9 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
     }));
     stands
 }
+
+/// Most bytes of second-copy buffers kept by the threads a [`second_look`] does not look at.
+const MAX_LOOK_RETAINED: usize = 256 << 10;
 
 /// Most bytes of a thread's callers kept by [`Steady`]: a deeper stack is walked every sample.
 const MAX_STEADY_BYTES: usize = 256 << 10;
@@ -1631,6 +1656,32 @@ mod tests {
                 "frame {k}, function object"
             );
         }
+        // Two threads taking turns (the same one listed twice here): the one not looked at
+        // keeps its second copy's buffers for its next look, which still tells.
+        let two = [threads[0].clone(), threads[0].clone()];
+        let regions = vec![regions[0].clone(), regions[0].clone()];
+        let mut looks = [
+            crate::python::ThreadScratch::default(),
+            crate::python::ThreadScratch::default(),
+        ];
+        for t in looks.iter_mut() {
+            t.walked = walked.clone();
+        }
+        let mut look = |now: &ImageMemory, wanted: [bool; 2], looks: &mut [_; 2]| {
+            second_look(now, &l, &two, &wanted, &regions, looks, &mut raw).to_vec()
+        };
+        assert_eq!(look(&first, [true, false], &mut looks), [true, false]);
+        let at = looks[0].second[0].1.as_ptr();
+        assert_eq!(look(&first, [false, true], &mut looks), [false, true]);
+        assert_eq!(
+            looks[0].second[0].1.as_ptr(),
+            at,
+            "kept while not looked at"
+        );
+        assert_eq!(look(&first, [true, false], &mut looks), [true, false]);
+        assert_eq!(looks[0].second[0].1.as_ptr(), at, "and used again");
+        let moved = image(stack([frames[0], (0x50000, 40), frames[2]]), inner);
+        assert_eq!(look(&moved, [true, true], &mut looks), [false, false]);
     }
 
     /// Memory that counts its reads (a batch is one, as one process_vm_readv is).

@@ -77,9 +77,11 @@ struct Kept {
     tid: Option<u32>,
     /// When the sample that read it started (before its read).
     at: std::time::Instant,
-    /// The GIL's hands at the start of the batch that copied it, when the thread was not
-    /// their last holder then and the stack is consistent: while a later batch starts with
-    /// the same, the thread has not run Python code since, and the stack stands.
+    /// The GIL's hands at the start of the batch that copied it (or of a later one that
+    /// found it still), when the thread was not their last holder then and the stack is
+    /// consistent: while a later batch starts with hands the thread is still since (see
+    /// [`batch::Epoch::still_since`]), the thread has not run Python code, and the stack
+    /// stands.
     epoch: Option<batch::Epoch>,
     frames: Frames,
 }
@@ -124,10 +126,19 @@ pub struct ThreadScratch {
 impl Kept {
     /// Does the batch that found thread `t` at the GIL's hands `now` show this stack still?
     fn stands(&self, t: &threads::PyThread, now: Option<batch::Epoch>) -> bool {
-        self.epoch.is_some()
-            && self.epoch == now
-            && self.tstate == t.tstate
+        self.tstate == t.tstate
             && self.thread_id == t.thread_id
+            && self
+                .epoch
+                .zip(now)
+                .is_some_and(|(kept, now)| now.still_since(&kept, self.tstate))
+    }
+
+    /// Would this stack stand if the next batch found the GIL's hands as they were at
+    /// `last` (exactly)? A guess, which the batch then checks.
+    fn would_stand(&self, last: batch::Epoch) -> bool {
+        self.epoch
+            .is_some_and(|kept| last.assumed_exact().still_since(&kept, self.tstate))
     }
 }
 
@@ -221,9 +232,10 @@ pub struct StackReader<M: Memory> {
     /// What the asyncio task reader keeps between samples (`--async`).
     asyncio: asyncio::TaskCache,
     /// The GIL's hands at the start of the last batch (see [`Kept::epoch`]), and whether
-    /// the batch before showed the same: only then are stacks left out on the guess that
-    /// the GIL has not changed hands since (at `-r 100` it has, most ticks, and every
-    /// wrong guess reads the batch twice).
+    /// they had changed at most once since the batch before: only then are stacks left out
+    /// on the guess that the GIL has not changed hands since, or once (at `-r 100` it
+    /// changes hands more often than that, most ticks, and every wrong guess reads the
+    /// batch twice).
     epoch: Option<batch::Epoch>,
     epoch_held: bool,
 }
@@ -305,31 +317,50 @@ impl<M: Memory> StackReader<M> {
         let last_epoch = self.epoch.filter(|_| self.epoch_held);
         v.still.clear();
         v.still.extend(self.scratch.iter().map(|s| {
-            last_epoch.is_some() && s.kept.as_ref().is_some_and(|k| k.epoch == last_epoch)
+            last_epoch.is_some_and(|last| s.kept.as_ref().is_some_and(|k| k.would_stand(last)))
         }));
         v.left_out.clear();
         v.left_out
             .extend((0..self.scratch.len()).map(|i| v.still[i] || v.skip.get(i) == Some(&true)));
         let (mut threads, mut chunks, mut still, mut epoch) =
             self.read_threads(opts.validate, &mut v.left_out)?;
-        // Left out on that guess, and it was wrong: read again, with those.
-        let guessed_wrong = (0..threads.len()).any(|i| {
-            v.left_out.get(i) == Some(&true)
-                && v.skip.get(i) != Some(&true)
-                && !self.scratch[i]
-                    .kept
-                    .as_ref()
-                    .is_some_and(|k| k.stands(&threads[i], epoch))
-        });
-        if guessed_wrong {
+        let mut retries = 0;
+        loop {
+            // Left out on that guess, and it was wrong: read again.
+            let wrong = |i: usize| {
+                v.left_out.get(i) == Some(&true)
+                    && v.skip.get(i) != Some(&true)
+                    && !self.scratch[i]
+                        .kept
+                        .as_ref()
+                        .is_some_and(|k| k.stands(&threads[i], epoch))
+            };
+            if !(0..threads.len()).any(wrong) {
+                break;
+            }
             if let Some(plan) = &mut self.plan {
                 plan.recycle(threads, chunks);
             }
-            v.left_out.clear();
-            v.left_out.extend_from_slice(&v.skip);
+            // First with the threads the hands this batch saw would show still: when the
+            // GIL went to one thread left out, only that one (and those read anyway) is
+            // read again, not every stack. Then, if the GIL moved on meanwhile, all.
+            retries += 1;
+            for i in 0..v.left_out.len() {
+                let keep = retries == 1
+                    && v.left_out[i]
+                    && epoch.is_some_and(|e| {
+                        self.scratch[i]
+                            .kept
+                            .as_ref()
+                            .is_some_and(|k| k.would_stand(e))
+                    });
+                v.left_out[i] = keep || v.skip.get(i) == Some(&true);
+            }
             (threads, chunks, still, epoch) = self.read_threads(opts.validate, &mut v.left_out)?;
         }
-        self.epoch_held = epoch.is_some() && epoch == self.epoch;
+        self.epoch_held = epoch
+            .zip(self.epoch)
+            .is_some_and(|(now, last)| now.follows(&last));
         self.epoch = epoch;
         let still_there = self
             .failed
@@ -460,6 +491,14 @@ impl<M: Memory> StackReader<M> {
                 frames,
             };
             if reused[i] {
+                // Still at an exact reading: kept as of it, so that one more change of
+                // hands to another thread leaves it standing too.
+                if let (Some(k), Some(now)) = (&mut self.scratch[i].kept, epoch)
+                    && now.exact()
+                    && k.stands(t, epoch)
+                {
+                    k.epoch = epoch;
+                }
                 // Its flags and frame addresses are still those of the kept stack.
                 let kept = self.scratch[i].kept.as_ref().map(|k| k.frames.clone());
                 out.push(stack(kept.unwrap_or_default()));
@@ -1444,8 +1483,9 @@ mod tests {
         let base = of([main, work, step, leaf]);
         let ran = of([main, other, step, leaf]);
         let this = batch::tests::TSTATES[0];
-        // A thread state not in the list: another thread (or none living) holds the GIL.
+        // Thread states not in the list: other threads (or none living) hold the GIL.
         let elsewhere = 0x9000;
+        let (second, third) = (0x9100, 0x9200);
         // Moments of the target, one sample each: what happened, the thread id, the stack,
         // the GIL's last holder and count of changes of hands, and whether the reader may
         // hand out its last stack again without reading it.
@@ -1457,7 +1497,7 @@ mod tests {
         let moments: Vec<Moment> = vec![
             at("first", &base, (elsewhere, 5), false),
             at("the batch's first", &base, (elsewhere, 5), false),
-            // Left out only once two batches in a row showed the same hands.
+            // Left out only once two batches in a row showed hands at most one change apart.
             at("the GIL stayed", &base, (elsewhere, 5), false),
             at("the GIL stayed still", &base, (elsewhere, 5), true),
             at("and still", &base, (elsewhere, 5), true),
@@ -1471,14 +1511,27 @@ mod tests {
             at("it kept the GIL", &ran, (this, 8), false),
             at("it kept the GIL still", &base, (this, 8), false),
             at("it gave the GIL away", &ran, (elsewhere, 9), false),
-            at("the GIL stayed once more", &ran, (elsewhere, 9), false),
+            // One change of hands since the last batch: its stack was read then.
+            at("the GIL stayed once more", &ran, (elsewhere, 9), true),
             at("the GIL stayed still once more", &ran, (elsewhere, 9), true),
+            // One change of hands, to another thread: only that one ran.
+            at("the GIL went to another thread", &ran, (second, 10), true),
+            // Once more: the stack was known still at the last change, and stands again.
+            at("and on to a third", &ran, (third, 11), true),
+            // One change of hands, to this thread: it ran.
+            at("it took the GIL", &base, (this, 12), false),
+            at("it gave the GIL away again", &base, (elsewhere, 13), false),
+            at("the GIL went on once", &base, (second, 14), true),
+            // Two changes: the thread between them is not known (here it was this one).
+            at("two changes of hands", &ran, (third, 16), false),
+            at("the GIL stayed after two changes", &ran, (third, 16), false),
+            at("and stayed still", &ran, (third, 16), true),
             // The thread state went to another thread: not the kept stack's thread.
             (
                 "the thread state reused",
                 8,
                 base.clone(),
-                (elsewhere, 9),
+                (third, 16),
                 false,
             ),
         ];
@@ -1523,6 +1576,116 @@ mod tests {
                     "{what}: as a full walk reads it"
                 );
                 last = Some(got[0].frames.clone());
+            }
+            assert_eq!(reader.errors(), 0);
+        }
+    }
+
+    /// A process whose batched reads see `start`, but for their last group (the GIL's
+    /// second reading, the second look's roots), which sees `end`: a GIL that changed hands
+    /// while the batch was copied.
+    #[derive(Default)]
+    struct Torn {
+        start: std::cell::RefCell<crate::process::ImageMemory>,
+        end: std::cell::RefCell<crate::process::ImageMemory>,
+    }
+
+    impl Memory for Torn {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> crate::process::memory::MemResult<()> {
+            self.start.borrow().read(addr, buf)
+        }
+        fn read_many_then(
+            &self,
+            reqs: &mut [(u64, &mut [u8])],
+            cuts: &[usize],
+        ) -> crate::process::memory::MemResult<()> {
+            let last = cuts.last().copied().unwrap_or(reqs.len());
+            let (a, b) = reqs.split_at_mut(last);
+            self.start.borrow().read_many(a)?;
+            self.end.borrow().read_many(b)
+        }
+    }
+
+    #[test]
+    fn a_torn_reading_of_the_gil_never_hands_out_a_stale_stack() {
+        let l = Arc::new(Layout::from_table(Version::new(3, 12, 1), false).unwrap());
+        let [main, work, step, leaf, other] = KEPT_CODES;
+        let of = |frames: [(u64, &'static str); 4]| -> Vec<(u64, &'static str, u64)> {
+            frames.iter().map(|&(a, n)| (a, n, 8)).collect()
+        };
+        let (base, ran) = (of([main, work, step, leaf]), of([main, other, step, leaf]));
+        let (elsewhere, second) = (0x9000, 0x9100);
+        let this = batch::tests::TSTATES[0];
+        // One sample each: what happened, the stack, the GIL's hands as the batch's start
+        // and its end see them, and whether the kept stack is handed out again.
+        type Moment<'a> = (
+            &'a str,
+            Vec<(u64, &'a str, u64)>,
+            (u64, u64),
+            (u64, u64),
+            bool,
+        );
+        let moments: Vec<Moment> = vec![
+            ("first", base.clone(), (elsewhere, 5), (elsewhere, 5), false),
+            (
+                "the batch's first",
+                base.clone(),
+                (elsewhere, 5),
+                (elsewhere, 5),
+                false,
+            ),
+            (
+                "the GIL stayed",
+                base.clone(),
+                (elsewhere, 5),
+                (elsewhere, 5),
+                false,
+            ),
+            (
+                "stayed still",
+                base.clone(),
+                (elsewhere, 5),
+                (elsewhere, 5),
+                true,
+            ),
+            // The thread took the GIL (the 6th change), ran, and gave it to another (the
+            // 7th); the read's start saw that one's thread state with the count from before
+            // its change was counted: one change from the kept hands, to another thread, as
+            // it seems. The end's reading, another, shows it torn.
+            ("torn", ran.clone(), (second, 6), (second, 7), false),
+            ("after", ran.clone(), (second, 7), (second, 7), false),
+            ("still after", ran.clone(), (second, 7), (second, 7), true),
+            // The thread took the GIL (the 8th change) as the read began: its start saw the
+            // count of that change beside the holder before it. The stack was read, and
+            // kept at that reading, which does not show that the thread holds the GIL.
+            (
+                "torn at its start",
+                ran.clone(),
+                (elsewhere, 8),
+                (this, 8),
+                false,
+            ),
+            // It ran, and gave the GIL to another: one change from the torn reading.
+            ("it ran", base.clone(), (second, 9), (second, 9), false),
+            ("and stayed", base.clone(), (second, 9), (second, 9), true),
+        ];
+        let all = [main, work, step, leaf, other];
+        let mem = Torn::default();
+        for validate in [true, false] {
+            let opts = FrameOptions {
+                validate,
+                ..checked()
+            };
+            let mut reader = StackReader::new(&mem, interp_at(&l));
+            for (what, stack, start, end, again) in moments.clone() {
+                let what = format!("{what} (validate {validate})");
+                *mem.start.borrow_mut() = process_312_stack(&l, 7, &stack, &all, start);
+                *mem.end.borrow_mut() = process_312_stack(&l, 7, &stack, &all, end);
+                let got = reader.stacks(&[], opts, None).unwrap();
+                assert_eq!(reader.verdicts.reused[0], again, "{what}: handed out again");
+                let want: Vec<&str> = stack.iter().rev().map(|f| f.1).collect();
+                let names: Vec<String> = shown(&got).into_iter().map(|f| f.0).collect();
+                assert_eq!(names, want, "{what}");
             }
             assert_eq!(reader.errors(), 0);
         }
