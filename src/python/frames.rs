@@ -355,8 +355,7 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             continue;
         }
         // The second copy's buffers still have the places and sizes this layout gave them.
-        if want(i)
-            && let Some(kept) = look.layout()
+        if let Some(kept) = look.layout()
             && kept.holds_for(&regions[i])
         {
             same_at.push(kept.same.as_ref().map(|v| {
@@ -380,9 +379,8 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
         // The byte comparison needs every caller's bytes in the first copy, and a walk
         // whose only reads from outside the copies are of the innermost frame's code object
         // (thread-local bytecode is read from live memory).
-        let mut by_copy = want(i) && l.f_tlbc_index.is_none();
+        let mut by_copy = l.f_tlbc_index.is_none();
         let mut last = 0;
-        let walked = if want(i) { walked } else { &[] };
         for (n, f) in walked.iter().enumerate() {
             let within = |k: usize| f.addr.wrapping_sub(region[k].0) < region[k].1.len() as u64;
             let k = if last < region.len() && within(last) {
@@ -452,7 +450,7 @@ pub fn second_look<'s, M: Memory + ?Sized, S: Look>(
             copy.sort_unstable_by_key(|c| c.0);
         }
         if let Some(kept) = look.layout() {
-            kept.valid = want(i);
+            kept.valid = true;
             kept.regions.clear();
             kept.regions
                 .extend(regions[i].iter().map(|(a, d)| (*a, d.len())));
