@@ -579,8 +579,8 @@ pub fn timing_loop(
         // the window: a tick drawn past either would stand for time nobody asked for.
         let ends = ((tick + 1) as f64 / rate).min(window.unwrap_or(f64::INFINITY));
         let from = begins.max(clock.now().duration_since(start).as_secs_f64());
-        let at = from + (ends - from).max(0.0) * clock.phase(tick);
-        clock.sleep_until(start + Duration::from_secs_f64(at), stop);
+        let due = from + (ends - from).max(0.0) * clock.phase(tick);
+        clock.sleep_until(start + Duration::from_secs_f64(due), stop);
         if stop.load(Ordering::SeqCst) {
             break;
         }
